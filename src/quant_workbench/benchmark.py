@@ -1,0 +1,139 @@
+"""Interleaved latency benchmark: every variant is timed in the same process, turn by turn.
+
+Timing float and INT8 one after the other (all float calls, then all INT8 calls) lets thermal
+throttling, turbo states, other tenants and page-cache effects drift between the two blocks and
+land in the speed-up. Running the variants round-robin inside one loop gives both the same
+machine state, so the ratio of their medians is a fair comparison even on a noisy host.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from .recipe import BenchmarkSpec
+from .results import LatencyStats
+
+Runner = Callable[[dict[str, np.ndarray]], object]  # runs one inference on a feed dict
+
+# Low ids of BERT-family vocabularies are special tokens ([PAD], [CLS], [unused*]); sampling from a
+# range of ordinary word pieces keeps the benchmark input representative of real text.
+_TOKEN_LOW = 1000
+_TOKEN_HIGH_CAP = 20000
+
+
+def make_feed(
+    batch_size: int,
+    seq_length: int,
+    input_names: Sequence[str],
+    vocab_size: int,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """A synthetic int64 feed for the encoder inputs named in `input_names`.
+
+    Only input_ids, attention_mask and token_type_ids are produced; other names are left out so
+    the caller decides how to fill inputs this module does not know about.
+    """
+    if batch_size < 1 or seq_length < 1:
+        raise ValueError(f"batch_size and seq_length must be positive, got {batch_size} and {seq_length}")
+    if vocab_size < 2:
+        raise ValueError(f"vocab_size must be at least 2, got {vocab_size}")
+    high = min(vocab_size, _TOKEN_HIGH_CAP)
+    # Tiny test vocabularies have no "ordinary" range above 1000; fall back to everything but id 0.
+    low = _TOKEN_LOW if high > _TOKEN_LOW else 1
+    rng = np.random.default_rng(seed)
+    shape = (batch_size, seq_length)
+    feed: dict[str, np.ndarray] = {}
+    names = set(input_names)
+    if "input_ids" in names:
+        feed["input_ids"] = rng.integers(low, high, size=shape, dtype=np.int64)
+    if "attention_mask" in names:
+        feed["attention_mask"] = np.ones(shape, dtype=np.int64)
+    if "token_type_ids" in names:
+        feed["token_type_ids"] = np.zeros(shape, dtype=np.int64)
+    return feed
+
+
+def _stats(batch_size: int, seq_length: int, seconds: list[float]) -> LatencyStats:
+    ms = np.asarray(seconds, dtype=np.float64) * 1000.0
+    p50, p95, p99 = (float(x) for x in np.percentile(ms, [50, 95, 99]))
+    return LatencyStats(
+        batch_size=batch_size,
+        seq_length=seq_length,
+        iterations=len(seconds),
+        p50_ms=p50,
+        p95_ms=p95,
+        p99_ms=p99,
+        mean_ms=float(ms.mean()),
+        # The median, not the mean, so that one preempted call does not understate throughput.
+        throughput_seq_per_s=batch_size / (p50 / 1000.0) if p50 > 0 else float("inf"),
+    )
+
+
+def benchmark_interleaved(
+    runners: dict[str, Runner],
+    spec: BenchmarkSpec,
+    input_names: Sequence[str],
+    vocab_size: int,
+    progress: bool = True,
+) -> dict[str, list[LatencyStats]]:
+    """Time every runner at every (batch, seq) of `spec`, round-robin within each iteration.
+
+    Returns, per runner name, one LatencyStats per shape in spec order (batch-major). A runner must
+    block until its result is ready (e.g. synchronize a GPU stream), otherwise only the launch is
+    timed. Exceptions from a runner propagate: a variant that cannot run has no latency to report.
+    """
+    shapes = [(b, s) for b in spec.batch_sizes for s in spec.seq_lengths]
+    results: dict[str, list[LatencyStats]] = {name: [] for name in runners}
+    if not runners:
+        return results
+    total = len(shapes) * spec.iterations * len(runners)
+    with tqdm(total=total, desc="benchmark", unit="call", disable=not progress, leave=False) as bar:
+        for batch_size, seq_length in shapes:
+            # One feed shared by all runners: differences must come from the variant, not the input.
+            feed = make_feed(batch_size, seq_length, input_names, vocab_size)
+            bar.set_postfix_str(f"b{batch_size}xs{seq_length}")
+            for _ in range(spec.warmup):
+                for run in runners.values():
+                    run(feed)
+            times: dict[str, list[float]] = {name: [] for name in runners}
+            # A collector pause inside one timed call would be charged to whichever variant was
+            # running at that moment; collect now and keep it off while timing (as timeit does).
+            gc.collect()
+            gc_was_enabled = gc.isenabled()
+            gc.disable()
+            try:
+                for _ in range(spec.iterations):
+                    for name, run in runners.items():
+                        start = time.perf_counter()
+                        run(feed)
+                        times[name].append(time.perf_counter() - start)
+                    bar.update(len(runners))
+            finally:
+                if gc_was_enabled:
+                    gc.enable()
+            for name, seconds in times.items():
+                results[name].append(_stats(batch_size, seq_length, seconds))
+    return results
+
+
+def speedups(latency: dict[str, list[LatencyStats]], baseline: str) -> dict[str, dict[str, float]]:
+    """Per non-baseline runner: {shape key: baseline p50 / runner p50} (> 1 means faster than baseline).
+
+    Shapes measured for only one of the two are skipped rather than guessed.
+    """
+    if baseline not in latency:
+        raise ValueError(
+            f"baseline '{baseline}' was not benchmarked; measured: {', '.join(latency) or 'none'}"
+        )
+    base = {s.key: s.p50_ms for s in latency[baseline]}
+    out: dict[str, dict[str, float]] = {}
+    for name, stats in latency.items():
+        if name == baseline:
+            continue
+        out[name] = {s.key: base[s.key] / s.p50_ms for s in stats if s.key in base and s.p50_ms > 0}
+    return out

@@ -1,0 +1,1 @@
+"""Inference engines: each runs an ONNX artifact on a backend and returns numpy outputs."""

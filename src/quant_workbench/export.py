@@ -1,0 +1,310 @@
+"""Float and Q/DQ ONNX export (torch.export-based exporter), graph finishing and fidelity checks.
+
+Q/DQ layout (what TensorRT's explicit quantization and ONNX Runtime's QDQ fusions expect):
+- activation: x -> QuantizeLinear(scale, int8 zero point 0) -> DequantizeLinear -> MatMul
+- weight:     W (initializer) -> QuantizeLinear(per-channel, axis 0) -> DequantizeLinear -> Transpose -> MatMul
+- every consumer gets its own Q/DQ pair, because ONNX Runtime only fuses a DQ -> MatMul whose Q/DQ
+  are not shared (a shared pair, e.g. the input of Q, K and V, leaves those MatMuls in float).
+Nodes are renamed after their quantizers (`encoder.layer.0.attention.self.query.input_quantizer/Q`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io as _io
+import logging
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from .errors import ExportError
+from .io import atomic_path
+from .quantize.apply import set_export_mode
+from .quantize.modules import QuantLinear
+
+log = logging.getLogger(__name__)
+
+HF_PREFIX = "hf."
+
+
+def _qdq_translation(opset: int) -> Any:
+    import onnxscript
+
+    op = onnxscript.values.Opset("", opset)
+
+    def qdq(x: Any, scale: Any, zero_point: Any, axis: int) -> Any:
+        if axis < 0:
+            return op.DequantizeLinear(op.QuantizeLinear(x, scale, zero_point), scale, zero_point)
+        q = op.QuantizeLinear(x, scale, zero_point, axis=axis)
+        return op.DequantizeLinear(q, scale, zero_point, axis=axis)
+
+    return qdq
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The exporter prints progress lines and warnings that say nothing actionable to our users."""
+    buf = _io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(buf):
+        warnings.simplefilter("ignore")
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        logging.getLogger("torch._dynamo").setLevel(logging.ERROR)
+        yield
+
+
+def export_onnx(
+    model: nn.Module,
+    path: Path,
+    example: dict[str, torch.Tensor],
+    input_names: Sequence[str],
+    output_name: str,
+    opset: int,
+) -> Path:
+    """Export with dynamic batch and sequence axes; finish the graph; full checker; atomic write."""
+    args = tuple(example[n] for n in input_names)
+    dyn = {n: {0: torch.export.Dim("batch", min=1, max=4096), 1: torch.export.Dim("sequence", min=2, max=8192)} for n in input_names}
+    set_export_mode(model, True)
+    try:
+        with _quiet(), torch.no_grad():
+            program = torch.onnx.export(
+                model,
+                args,
+                dynamo=True,
+                input_names=list(input_names),
+                output_names=[output_name],
+                dynamic_shapes=dyn,
+                opset_version=opset,
+                custom_translation_table={torch.ops.qwb.qdq.default: _qdq_translation(opset)},
+                optimize=True,
+                verbose=False,
+            )
+    except Exception as exc:  # the exporter raises many error types; all mean "cannot export"
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"ONNX export to {path.name} failed: {first}", "run with --debug for the exporter's full trace") from exc
+    finally:
+        set_export_mode(model, False)
+    assert program is not None
+    proto = program.model_proto
+    proto = finish_graph(proto)
+    with atomic_path(path) as tmp:
+        onnx.save_model(proto, str(tmp))
+        try:
+            onnx.checker.check_model(str(tmp), full_check=True)
+        except onnx.checker.ValidationError as exc:
+            raise ExportError(f"exported {path.name} fails onnx.checker: {str(exc).splitlines()[0]}") from exc
+    return path
+
+
+def _quantizer_of(scale_name: str) -> str | None:
+    if scale_name.endswith("._scale"):
+        name = scale_name[: -len("._scale")]
+        return name[len(HF_PREFIX) :] if name.startswith(HF_PREFIX) else name
+    return None
+
+
+def finish_graph(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Unshare Q/DQ pairs per consumer, name Q/DQ nodes after quantizers, fix metadata for byte determinism."""
+    graph = model.graph
+    producers = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    for n in graph.node:
+        for i, x in enumerate(n.input):
+            consumers.setdefault(x, []).append((n, i))
+    new_nodes: list[onnx.NodeProto] = []
+    for node in graph.node:
+        new_nodes.append(node)
+        if node.op_type != "DequantizeLinear":
+            continue
+        users = consumers.get(node.output[0], [])
+        q = producers.get(node.input[0])
+        if len(users) <= 1 or q is None or q.op_type != "QuantizeLinear":
+            continue
+        for k, (user, idx) in enumerate(users[1:], start=1):
+            q2 = onnx.NodeProto()
+            q2.CopyFrom(q)
+            q2.output[0] = f"{q.output[0]}__{k}"
+            dq2 = onnx.NodeProto()
+            dq2.CopyFrom(node)
+            dq2.input[0] = q2.output[0]
+            dq2.output[0] = f"{node.output[0]}__{k}"
+            user.input[idx] = dq2.output[0]
+            q2.name, dq2.name = f"{q.name}__{k}", f"{node.name}__{k}"
+            new_nodes.extend([q2, dq2])
+    # Topological order: the copies were appended right after their DQ, whose inputs precede it.
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    seen: dict[str, int] = {}
+    named: set[int] = set()
+    for module, nodes in find_linears(model).items():
+        for role, qdq_nodes in (("input_quantizer", nodes.activation_qdq), ("weight_quantizer", nodes.weight_qdq)):
+            for n in qdq_nodes:
+                n.name = f"{module}.{role}/{'Q' if n.op_type == 'QuantizeLinear' else 'DQ'}"
+                named.add(id(n))
+    for node in graph.node:
+        if id(node) in named:
+            continue
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 1:
+            quantizer = _quantizer_of(node.input[1])
+            if quantizer:
+                base = f"{quantizer}/{'Q' if node.op_type == 'QuantizeLinear' else 'DQ'}"
+                count = seen.get(base, 0)
+                seen[base] = count + 1
+                node.name = base if count == 0 else f"{base}_{count}"
+    model.producer_name = "quant-workbench"
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# inspection helpers
+
+
+def qdq_summary(path: Path) -> dict[str, Any]:
+    model = onnx.load(str(path), load_external_data=False)
+    ops: dict[str, int] = {}
+    for n in model.graph.node:
+        ops[n.op_type] = ops.get(n.op_type, 0) + 1
+    inits = {i.name: i for i in model.graph.initializer}
+    zp_types = sorted({onnx.TensorProto.DataType.Name(inits[n.input[2]].data_type) for n in model.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[2] in inits})
+    axes = sorted({next((a.i for a in n.attribute if a.name == "axis"), 1) for n in model.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 1 and n.input[1] in inits and len(inits[n.input[1]].dims) == 1})
+    return {
+        "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None),
+        "quantize_linear": ops.get("QuantizeLinear", 0),
+        "dequantize_linear": ops.get("DequantizeLinear", 0),
+        "matmul": ops.get("MatMul", 0) + ops.get("Gemm", 0),
+        "zero_point_types": zp_types,
+        "per_channel_axes": axes,
+        "inputs": [i.name for i in model.graph.input],
+        "outputs": [o.name for o in model.graph.output],
+    }
+
+
+@dataclass
+class LayerFidelity:
+    module: str
+    max_abs_diff: float
+    cosine: float
+    mismatch_fraction: float  # elements differing by more than half an output quantization-free tolerance
+
+    def ok(self, min_cosine: float = 0.9999) -> bool:
+        return self.cosine >= min_cosine
+
+
+@dataclass
+class LinearNodes:
+    """The ONNX nodes of one quantized Linear, found through its named weight initializer."""
+
+    matmul: onnx.NodeProto
+    input_tensor: str  # the float activation entering the input quantizer
+    output_tensor: str  # after the bias Add when there is one
+    activation_qdq: list[onnx.NodeProto]
+    weight_qdq: list[onnx.NodeProto]
+
+
+def find_linears(model: onnx.ModelProto) -> dict[str, LinearNodes]:
+    graph = model.graph
+    producers = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.node:
+        for x in n.input:
+            consumers.setdefault(x, []).append(n)
+    found: dict[str, LinearNodes] = {}
+    for init in graph.initializer:
+        if not (init.name.startswith(HF_PREFIX) and init.name.endswith(".weight")):
+            continue
+        module = init.name[len(HF_PREFIX) : -len(".weight")]
+        chain: list[onnx.NodeProto] = []
+        tensor = init.name
+        matmul = None
+        for _ in range(4):  # W -> Q -> DQ -> Transpose -> MatMul
+            users = consumers.get(tensor, [])
+            if len(users) != 1:
+                break
+            user = users[0]
+            if user.op_type in ("MatMul", "Gemm"):
+                matmul = user
+                break
+            if user.op_type not in ("QuantizeLinear", "DequantizeLinear", "Transpose"):
+                break
+            chain.append(user)
+            tensor = user.output[0]
+        if matmul is None or not any(n.op_type == "DequantizeLinear" for n in chain):
+            continue
+        act = matmul.input[0] if matmul.input[1] == tensor else matmul.input[1]
+        act_nodes: list[onnx.NodeProto] = []
+        dq = producers.get(act)
+        if dq is not None and dq.op_type == "DequantizeLinear":
+            q = producers.get(dq.input[0])
+            if q is not None and q.op_type == "QuantizeLinear":
+                act_nodes = [q, dq]
+                act = q.input[0]
+        out = matmul.output[0]
+        bias_users = [c for c in consumers.get(out, []) if c.op_type == "Add"]
+        if len(consumers.get(out, [])) == 1 and bias_users:
+            out = bias_users[0].output[0]
+        found[module] = LinearNodes(matmul, act, out, act_nodes, [n for n in chain if n.op_type != "Transpose"])
+    return found
+
+
+def per_layer_fidelity(
+    qdq_path: Path,
+    fake_quant_model: nn.Module,
+    example: dict[str, torch.Tensor],
+    session_factory: Any,
+) -> list[LayerFidelity]:
+    """Each quantized Linear of the Q/DQ ONNX, run alone in the engine on the PyTorch layer's real input,
+    against the fake-quant PyTorch layer's output."""
+    captured: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    hooks = []
+    for name, mod in fake_quant_model.named_modules():
+        if isinstance(mod, QuantLinear) and mod.input_quantizer.enabled:
+            key = name[len(HF_PREFIX) :] if name.startswith(HF_PREFIX) else name
+
+            def hook(m: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor, key: str = key) -> None:
+                captured[key] = (inp[0].detach().clone(), out.detach().clone())
+
+            hooks.append(mod.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            fake_quant_model(**example)
+    finally:
+        for h in hooks:
+            h.remove()
+    model = onnx.load(str(qdq_path))
+    results: list[LayerFidelity] = []
+    extractor = onnx.utils.Extractor(model)
+    linears = find_linears(model)
+    for module, (x, y) in captured.items():
+        nodes = linears.get(module)
+        if nodes is None or not nodes.activation_qdq:
+            raise ExportError(f"quantized layer {module} has no Q/DQ MatMul in {qdq_path.name}")
+        sub = extractor.extract_model([nodes.input_tensor], [nodes.output_tensor])
+        engine = session_factory(sub.SerializeToString())
+        got = engine({nodes.input_tensor: x.numpy()})
+        ref = y.numpy()
+        diff = np.abs(got - ref)
+        denom = float(np.linalg.norm(got) * np.linalg.norm(ref)) or 1.0
+        tol = 1e-3 * float(np.abs(ref).max() or 1.0)
+        results.append(
+            LayerFidelity(
+                module=module,
+                max_abs_diff=float(diff.max()),
+                cosine=float(np.sum(got.astype(np.float64) * ref) / denom),
+                mismatch_fraction=float((diff > tol).mean()),
+            )
+        )
+    return results
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a.reshape(len(a), -1).astype(np.float64)
+    b = b.reshape(len(b), -1).astype(np.float64)
+    num = (a * b).sum(1)
+    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return np.asarray(num / np.maximum(den, 1e-12))

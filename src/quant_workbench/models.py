@@ -1,0 +1,181 @@
+"""Load a Hugging Face encoder and wrap it with its task head as one exportable module."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .errors import ModelError
+from .io import hash_json, hash_tree
+from .quantize.modules import ATTENTION_FUNCTION, register_attention_function
+from .recipe import ModelSpec
+
+log = logging.getLogger(__name__)
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class EncoderWithHead(nn.Module):
+    """input ids -> embeddings (mean/CLS pooled, optionally L2-normalised) or classification logits.
+
+    The Hugging Face model sits under `hf`, so module names inside it are the model's own names.
+    """
+
+    def __init__(self, hf: nn.Module, task: str, pooling: str, normalize: bool, input_names: Sequence[str]) -> None:
+        super().__init__()
+        self.hf = hf
+        self.task = task
+        self.pooling = pooling
+        self.normalize = normalize
+        self.input_names = list(input_names)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        kwargs: dict[str, torch.Tensor] = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        out = self.hf(**kwargs)
+        if self.task == "sequence-classification":
+            logits: torch.Tensor = out.logits
+            return logits
+        hidden: torch.Tensor = out.last_hidden_state
+        if self.pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return F.normalize(pooled, p=2, dim=-1) if self.normalize else pooled
+
+    @property
+    def output_name(self) -> str:
+        return "logits" if self.task == "sequence-classification" else "embeddings"
+
+
+@dataclass
+class LoadedModel:
+    model: EncoderWithHead
+    tokenizer: Any
+    spec: ModelSpec
+    input_names: list[str]
+    fingerprint: str
+    vocab_size: int
+    num_labels: int | None
+    local_dir: Path | None
+
+    @property
+    def output_name(self) -> str:
+        return self.model.output_name
+
+
+def load_model(spec: ModelSpec, num_labels: int | None = None) -> LoadedModel:
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+    register_attention_function()
+    location = spec.location
+    local = Path(location)
+    is_local = local.exists()
+    # Hub ids are 'name' or 'org/name'; anything else that does not exist is a missing local path.
+    looks_like_path = location.startswith((".", "/", "~")) or location.count("/") > 1 or spec.source.startswith("package:")
+    if not is_local and looks_like_path:
+        raise ModelError(
+            f"model.source '{spec.source}' resolves to '{location}', which does not exist.",
+            "point model.source at a folder with config.json and weights, or at a Hub id like 'bert-base-uncased'",
+        )
+    if is_local and not (local / "config.json").is_file():
+        raise ModelError(
+            f"model folder '{location}' has no config.json.",
+            "point model.source at the folder that holds config.json, the weights and the tokenizer files",
+        )
+    common: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
+    if spec.revision:
+        common["revision"] = spec.revision
+    try:
+        config = AutoConfig.from_pretrained(location, **common)
+        tokenizer = AutoTokenizer.from_pretrained(location, **common)
+        if spec.task == "sequence-classification":
+            kwargs: dict[str, Any] = {}
+            if num_labels is not None and getattr(config, "num_labels", None) != num_labels:
+                kwargs = {"num_labels": num_labels, "ignore_mismatched_sizes": True}
+            hf = AutoModelForSequenceClassification.from_pretrained(
+                location, attn_implementation=ATTENTION_FUNCTION, **common, **kwargs
+            )
+        else:
+            hf = AutoModel.from_pretrained(location, attn_implementation=ATTENTION_FUNCTION, **common)
+    except (OSError, ValueError) as exc:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelError(
+            f"cannot load model '{spec.source}': {text}",
+            "for a Hub id you need network access (or a local copy in the HF cache); "
+            "set trust_remote_code: true only for models that need custom code",
+        ) from exc
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is not None and spec.max_seq_length > limit:
+        raise ModelError(
+            f"model.max_seq_length={spec.max_seq_length} exceeds the model's limit of {limit} positions.",
+            f"set model.max_seq_length to {limit} or less",
+        )
+    hf.eval()
+    input_names = [n for n in MODEL_INPUTS if n in tokenizer.model_input_names]
+    if "input_ids" not in input_names or "attention_mask" not in input_names:
+        input_names = ["input_ids", "attention_mask"]
+    if is_local:
+        fingerprint = hash_json({"files": hash_tree(local, ("*.json", "*.safetensors", "*.bin", "*.txt")), "spec": spec.model_dump(), "num_labels": num_labels})
+    else:
+        fingerprint = hash_json({"hub": location, "revision": spec.revision, "spec": spec.model_dump(), "num_labels": num_labels})
+    wrapped = EncoderWithHead(hf, spec.task, spec.pooling, spec.normalize_embeddings, input_names).eval()
+    return LoadedModel(
+        model=wrapped,
+        tokenizer=tokenizer,
+        spec=spec,
+        input_names=input_names,
+        fingerprint=fingerprint,
+        vocab_size=int(config.vocab_size),
+        num_labels=getattr(hf.config, "num_labels", None) if spec.task == "sequence-classification" else None,
+        local_dir=local if is_local else None,
+    )
+
+
+def tokenize(
+    tokenizer: Any,
+    texts: Sequence[str] | Sequence[tuple[str, str]],
+    max_length: int,
+    input_names: Sequence[str],
+) -> dict[str, np.ndarray]:
+    if texts and isinstance(texts[0], tuple):
+        first = [t[0] for t in texts]  # type: ignore[index]
+        second = [t[1] for t in texts]  # type: ignore[index]
+        enc = tokenizer(first, second, padding="longest", truncation=True, max_length=max_length, return_tensors="np")
+    else:
+        enc = tokenizer(list(texts), padding="longest", truncation=True, max_length=max_length, return_tensors="np")
+    feed = {n: np.asarray(enc[n], dtype=np.int64) for n in input_names if n in enc}
+    if "token_type_ids" in input_names and "token_type_ids" not in feed:
+        feed["token_type_ids"] = np.zeros_like(feed["input_ids"])
+    return feed
+
+
+def batches(
+    tokenizer: Any,
+    texts: Sequence[str] | Sequence[tuple[str, str]],
+    batch_size: int,
+    max_length: int,
+    input_names: Sequence[str],
+) -> Iterator[dict[str, np.ndarray]]:
+    """Tokenized batches in input order (padding per batch keeps CPU work proportional to real length)."""
+    for start in range(0, len(texts), batch_size):
+        yield tokenize(tokenizer, texts[start : start + batch_size], max_length, input_names)
+
+
+def to_torch(feed: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(v) for k, v in feed.items()}

@@ -1,0 +1,128 @@
+"""Swapped-in quantized modules carrying `input_quantizer` / `weight_quantizer` (NVIDIA's naming).
+
+- QuantLinear replaces nn.Linear and shares its Parameters, so QAT trains the original weights.
+- QuantMatMul holds the two quantizers of an attention matmul (Q·Kᵀ or probabilities·V); it is
+  attached to the self-attention module as `qk_matmul` / `pv_matmul` and used by the attention
+  function registered below.
+- QuantAdd holds the two quantizers of a residual add; attached as `residual_add` to the
+  `*SelfOutput` / `*Output` blocks (dense -> dropout -> LayerNorm(x + residual)).
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .quantizer import QuantFormat, TensorQuantizer
+
+ACTIVATION_FORMAT = QuantFormat("int8", axis=None)
+ATTENTION_FUNCTION = "quant_workbench_eager"
+
+
+class QuantLinear(nn.Linear):
+    def __init__(self, linear: nn.Linear, weight_fmt: QuantFormat, input_fmt: QuantFormat = ACTIVATION_FORMAT) -> None:
+        nn.Module.__init__(self)
+        self.in_features = linear.in_features
+        self.out_features = linear.out_features
+        self.weight = linear.weight
+        self.bias = linear.bias
+        self.input_quantizer = TensorQuantizer(input_fmt)
+        self.weight_quantizer = TensorQuantizer(weight_fmt, num_channels=linear.out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.input_quantizer(x), self.weight_quantizer(self.weight), self.bias)
+
+    def to_float(self) -> nn.Linear:
+        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
+        lin.weight = self.weight
+        lin.bias = self.bias
+        return lin
+
+
+class QuantMatMul(nn.Module):
+    """torch.matmul(input, other) with both operands quantized per tensor."""
+
+    def __init__(self, fmt: QuantFormat = ACTIVATION_FORMAT) -> None:
+        super().__init__()
+        self.input_quantizer = TensorQuantizer(fmt)
+        self.other_quantizer = TensorQuantizer(fmt)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(self.input_quantizer(a), self.other_quantizer(b))
+
+
+class QuantAdd(nn.Module):
+    """input + other (a residual connection) with both operands quantized per tensor."""
+
+    def __init__(self, fmt: QuantFormat = ACTIVATION_FORMAT) -> None:
+        super().__init__()
+        self.input_quantizer = TensorQuantizer(fmt)
+        self.other_quantizer = TensorQuantizer(fmt)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.input_quantizer(a) + self.other_quantizer(b)
+
+
+def quant_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eager attention (same math as transformers' eager path) with optional quantized matmuls."""
+    if scaling is None:
+        scaling = query.size(-1) ** -0.5
+    qk: nn.Module | None = getattr(module, "qk_matmul", None)
+    pv: nn.Module | None = getattr(module, "pv_matmul", None)
+    key_t = key.transpose(2, 3)
+    scores = qk(query, key_t) if qk is not None else torch.matmul(query, key_t)
+    scores = scores * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    probs = F.softmax(scores, dim=-1)
+    probs = F.dropout(probs, p=dropout, training=module.training)
+    out = pv(probs, value) if pv is not None else torch.matmul(probs, value)
+    return out.transpose(1, 2).contiguous(), probs
+
+
+def register_attention_function() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTENTION_FUNCTION, quant_attention_forward)
+
+
+def is_self_attention(module: nn.Module) -> bool:
+    return all(hasattr(module, a) for a in ("query", "key", "value")) and type(module).__name__.endswith("SelfAttention")
+
+
+def is_residual_block(module: nn.Module) -> bool:
+    """BERT-family `*SelfOutput` / `*Output`: dense -> dropout -> LayerNorm(hidden + input_tensor)."""
+    name = type(module).__name__
+    return name.endswith("Output") and all(hasattr(module, a) for a in ("dense", "LayerNorm", "dropout"))
+
+
+def _residual_forward(self: nn.Module, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+    hidden_states = self.dropout(self.dense(hidden_states))
+    return self.LayerNorm(self.residual_add(hidden_states, input_tensor))
+
+
+def attach_residual_add(block: nn.Module) -> QuantAdd:
+    add = QuantAdd()
+    block.residual_add = add
+    # An instance-level forward keeps the original class (and its other methods) intact.
+    block.forward = types.MethodType(_residual_forward, block)
+    return add
+
+
+def attach_attention_matmuls(attn: nn.Module) -> tuple[QuantMatMul, QuantMatMul]:
+    attn.qk_matmul = QuantMatMul()
+    attn.pv_matmul = QuantMatMul()
+    return attn.qk_matmul, attn.pv_matmul

@@ -1,0 +1,123 @@
+"""TensorQuantizer: one quantization point (a tensor entering a quantized op).
+
+Three modes, switched by the caller:
+- calibrating: pass the tensor through unchanged and feed it to the calibrator;
+- fake-quant (default once `amax` is set): quantize-dequantize with straight-through gradients
+  (torch's fake_quantize ops), so the same module serves PTQ evaluation and QAT;
+- export: emit the `qwb::qdq` custom op, which the ONNX exporter lowers to a
+  QuantizeLinear/DequantizeLinear pair whose scale and zero point are named initializers
+  (`<quantizer name>._scale`, `<quantizer name>._zero_point`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from .calibrate import HistogramCalibrator
+
+INT8_MAX = 127.0
+
+
+@dataclass(frozen=True)
+class QuantFormat:
+    """Per-tensor quantization arguments (one level of the spec: bits, kind, granularity)."""
+
+    kind: Literal["int8"] = "int8"
+    axis: int | None = None  # None = per-tensor; otherwise the channel axis kept by per-channel scales
+
+    @property
+    def qmin(self) -> int:
+        return -128
+
+    @property
+    def qmax(self) -> int:
+        return 127
+
+    @property
+    def max_representable(self) -> float:
+        return INT8_MAX
+
+    def describe(self) -> str:
+        gran = "per-tensor" if self.axis is None else f"per-channel(axis={self.axis})"
+        return f"{self.kind} {gran}"
+
+
+# ---------------------------------------------------------------------------------------------
+# export-time op: a leaf custom op so torch.export keeps it whole and our ONNX translation decides
+# the exact Q/DQ layout (zero point dtype, axis) instead of torch's decompositions.
+
+
+@torch.library.custom_op("qwb::qdq", mutates_args=())
+def qdq(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, axis: int) -> torch.Tensor:
+    zp = zero_point.to(torch.int32)
+    if scale.dim() == 0:
+        return torch.fake_quantize_per_tensor_affine(x, scale.float(), zp, -128, 127)
+    return torch.fake_quantize_per_channel_affine(x, scale.float(), zp, axis, -128, 127)
+
+
+@qdq.register_fake
+def _qdq_fake(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, axis: int) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+class TensorQuantizer(nn.Module):
+    def __init__(self, fmt: QuantFormat, *, num_channels: int | None = None, enabled: bool = True) -> None:
+        super().__init__()
+        self.fmt = fmt
+        self.enabled = enabled
+        self.calibrating = False
+        self.export_mode = False
+        self.calibrator: HistogramCalibrator | None = None
+        shape = () if fmt.axis is None else (int(num_channels or 1),)
+        # Buffers (not parameters) so they travel with state_dict and become named ONNX initializers.
+        self.register_buffer("_amax", torch.full(shape, float("nan")))
+        self.register_buffer("_scale", torch.ones(shape))
+        self.register_buffer("_zero_point", torch.zeros(shape, dtype=torch.int8))
+        self.learn_amax = False
+
+    # -- scale management -----------------------------------------------------------------------
+    @property
+    def amax(self) -> torch.Tensor:
+        return self._amax
+
+    @property
+    def is_calibrated(self) -> bool:
+        return bool(torch.isfinite(self._amax).all())
+
+    def set_amax(self, amax: torch.Tensor | float) -> None:
+        value = torch.as_tensor(amax, dtype=torch.float32).reshape(self._amax.shape).clone()
+        if not torch.isfinite(value).all() or bool((value <= 0).any()):
+            # An all-zero channel (dead weight row) gets a tiny range instead of a zero scale, which
+            # would be a division by zero in QuantizeLinear; its values are all zero anyway.
+            value = torch.where(torch.isfinite(value) & (value > 0), value, torch.full_like(value, 1e-8))
+        self._amax.copy_(value)
+        self._scale.copy_(value / self.fmt.max_representable)
+
+    # -- forward ----------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return x
+        if self.calibrating:
+            if self.calibrator is not None:
+                self.calibrator.collect(x.detach())
+            return x
+        if self.export_mode:
+            # Data-dependent checks cannot run under torch.export; set_export_mode checks amax first.
+            axis = -1 if self.fmt.axis is None else self.fmt.axis
+            return torch.ops.qwb.qdq(x, self._scale, self._zero_point, axis)
+        if not self.is_calibrated:
+            raise RuntimeError(f"quantizer {self.extra_repr()} is enabled but has no amax; calibrate first")
+        zp = self._zero_point.to(torch.int32)
+        if self.fmt.axis is None:
+            return torch.fake_quantize_per_tensor_affine(x, self._scale, zp, self.fmt.qmin, self.fmt.qmax)
+        return torch.fake_quantize_per_channel_affine(x, self._scale, zp, self.fmt.axis, self.fmt.qmin, self.fmt.qmax)
+
+    def extra_repr(self) -> str:
+        state = "disabled" if not self.enabled else ("calibrating" if self.calibrating else "fake-quant")
+        amax = self._amax
+        amax_text = f"amax={float(amax):.4g}" if amax.dim() == 0 else f"amax=[{amax.numel()} channels]"
+        return f"{self.fmt.describe()}, {state}, {amax_text}"

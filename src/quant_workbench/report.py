@@ -1,0 +1,595 @@
+"""Run reports: report.json (the RunResult itself), report.md for people, and an accuracy-vs-latency plot.
+
+Metrics in `VariantResult.metrics` are fractions in [0, 1] and are shown as percentages; a delta
+between two of them is shown in percentage points. Cosine similarities are not percentages and keep
+four decimals, because the interesting differences (0.9991 vs 0.9874) would vanish at two.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .io import atomic_path, write_json, write_text
+from .results import LatencyStats, RunResult, VariantResult
+
+PLOT_RELPATH = "plots/accuracy_vs_latency.png"
+DASH = "—"
+
+_PERCENT_METRICS = ("accuracy", "macro_f1", "agreement")
+_COSINE_KEYS = ("cosine_to_float", "cosine")
+_METRIC_LABELS = {
+    "accuracy": "Accuracy",
+    "macro_f1": "Macro F1",
+    "agreement": "Agreement",
+    "cosine_to_float": "Cosine",
+    "cosine": "Cosine",
+}
+# Lists longer than this are summarised (count + worst) so that per-layer or per-sample fidelity
+# dumps don't turn the report into pages of numbers.
+_INLINE_LIST_MAX = 8
+_MAX_DEPTH = 4
+# Names whose values get worse as they get smaller; everything else (errors, diffs, mse) gets worse
+# as it grows.
+_HIGHER_IS_BETTER_HINTS = ("cos", "sim", "agree", "acc", "f1", "snr", "score", "match")
+
+
+# ---------------------------------------------------------------------------------------------
+# formatting helpers
+
+
+def _metric_label(name: str) -> str:
+    return _METRIC_LABELS.get(name, name.replace("_", " "))
+
+
+def _pct(x: float | None) -> str:
+    return DASH if x is None or not math.isfinite(x) else f"{100.0 * x:.2f}"
+
+
+def _points(x: float | None) -> str:
+    return DASH if x is None or not math.isfinite(x) else f"{100.0 * x:+.2f}"
+
+
+def _ms(x: float | None) -> str:
+    return DASH if x is None else f"{x:.2f}"
+
+
+def _speedup(x: float | None) -> str:
+    return DASH if x is None or not math.isfinite(x) else f"{x:.2f}×"
+
+
+def _mb(n: int | None) -> str:
+    return DASH if n is None else f"{n / 1e6:.2f}"
+
+
+def _cosine(x: float | None) -> str:
+    return DASH if x is None or not math.isfinite(x) else f"{x:.4f}"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _cell(text: str) -> str:
+    """Make text safe inside a Markdown table cell: no line breaks, escaped pipes."""
+    return _one_line(text).replace("\\", "\\\\").replace("|", "\\|")
+
+
+def _table(
+    header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool] | None = None
+) -> list[str]:
+    right = right or [False] * len(header)
+    sep = ["---:" if r else "---" for r in right]
+    out = ["| " + " | ".join(_cell(h) for h in header) + " |", "| " + " | ".join(sep) + " |"]
+    out += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return out
+
+
+def _fmt_scalar(v: Any) -> str:
+    if v is None:
+        return DASH
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if hasattr(v, "item"):  # numpy scalars that slipped into a dict
+        return _fmt_scalar(v.item())
+    return _one_line(str(v))
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _higher_is_better(name: str) -> bool:
+    low = name.lower()
+    return any(h in low for h in _HIGHER_IS_BETTER_HINTS)
+
+
+def _worst_number(name: str, values: Sequence[float]) -> tuple[str, float | None]:
+    finite = [float(x) for x in values if math.isfinite(float(x))]
+    if not finite:
+        return "min", None
+    return ("min", min(finite)) if _higher_is_better(name) else ("max", max(finite))
+
+
+def _inline(v: Any, depth: int = 0) -> str:
+    """Compact one-line rendering for values nested too deep for bullets."""
+    if isinstance(v, Mapping):
+        if depth >= _MAX_DEPTH:
+            return f"{{{len(v)} keys}}"
+        return "{" + ", ".join(f"{k}={_inline(x, depth + 1)}" for k, x in v.items()) + "}"
+    if isinstance(v, (list, tuple)):
+        return _summarise_list("", list(v), depth + 1)
+    return _fmt_scalar(v)
+
+
+def _rank_field(items: Sequence[Mapping[str, Any]]) -> str | None:
+    """The numeric field that decides which entry of a list of records is the worst."""
+    numeric = [k for k, x in items[0].items() if _is_number(x) and all(_is_number(it.get(k)) for it in items)]
+    quality = [
+        k for k in numeric if any(h in k.lower() for h in ("cos", "mse", "err", "diff", "snr", "agree"))
+    ]
+    candidates = quality or numeric
+    return candidates[0] if candidates else None
+
+
+def _summarise_list(key: str, items: list[Any], depth: int = 0) -> str:
+    if not items:
+        return "(none)"
+    if all(_is_number(x) for x in items):
+        if len(items) <= _INLINE_LIST_MAX:
+            return ", ".join(_fmt_scalar(x) for x in items)
+        which, worst = _worst_number(key, items)
+        finite = [float(x) for x in items if math.isfinite(float(x))]
+        nonfinite = len(items) - len(finite)
+        text = f"{len(items)} values; worst ({which}) {_fmt_scalar(worst)}"
+        if finite:
+            text += f", mean {_fmt_scalar(sum(finite) / len(finite))}"
+        if nonfinite:
+            text += f", {nonfinite} not finite"
+        return text
+    if all(isinstance(x, Mapping) for x in items):
+        field = _rank_field(items) if items[0] else None
+        if field is None:
+            return f"{len(items)} entries; first: {_inline(items[0], depth)}"
+        values = [float(it[field]) for it in items]
+        which, worst = _worst_number(field, values)
+        idx = values.index(worst) if worst is not None else 0
+        return f"{len(items)} entries; worst by {field} ({which}): {_inline(items[idx], depth)}"
+    shown = [_inline(x, depth) for x in items[:_INLINE_LIST_MAX]]
+    more = len(items) - len(shown)
+    return ", ".join(shown) + (f", … (+{more} more)" if more else "")
+
+
+def _bullets(d: Mapping[str, Any], depth: int = 0) -> list[str]:
+    pad = "  " * depth
+    lines: list[str] = []
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            if not v:
+                lines.append(f"{pad}- {k}: (empty)")
+            elif depth >= _MAX_DEPTH:
+                lines.append(f"{pad}- {k}: {_inline(v, depth)}")
+            else:
+                lines.append(f"{pad}- {k}:")
+                lines += _bullets(v, depth + 1)
+        elif isinstance(v, (list, tuple)):
+            items = list(v)
+            # A few records read better one per line than squeezed into a summary.
+            if 0 < len(items) <= 3 and all(isinstance(x, Mapping) for x in items) and depth < _MAX_DEPTH:
+                lines.append(f"{pad}- {k}:")
+                lines += [f"{pad}  - {_inline(x, depth + 1)}" for x in items]
+            else:
+                lines.append(f"{pad}- {k}: {_summarise_list(str(k), items, depth)}")
+        else:
+            lines.append(f"{pad}- {k}: {_fmt_scalar(v)}")
+    return lines
+
+
+def _fenced(text: str) -> list[str]:
+    # A fence longer than any backtick run inside keeps arbitrary error text from closing it early.
+    longest = run = 0
+    for ch in text:
+        run = run + 1 if ch == "`" else 0
+        longest = max(longest, run)
+    fence = "`" * max(3, longest + 1)
+    return [fence + "text", text.rstrip("\n"), fence]
+
+
+# ---------------------------------------------------------------------------------------------
+# lookups shared by the Markdown report, the terminal table and the plot
+
+
+def _float_variant(result: RunResult) -> VariantResult | None:
+    return result.variant("float") or next((v for v in result.variants if v.precision == "float32"), None)
+
+
+def _ok(result: RunResult) -> list[VariantResult]:
+    return [v for v in result.variants if v.status == "ok"]
+
+
+def _shapes(result: RunResult) -> list[tuple[int, int]]:
+    return sorted({(s.batch_size, s.seq_length) for v in _ok(result) for s in v.latency})
+
+
+def _default_shape(
+    result: RunResult, batch_size: int | None = None, seq_length: int | None = None
+) -> tuple[int, int] | None:
+    """(batch, seq) to summarise at: the largest measured unless pinned by the caller."""
+    shapes = _shapes(result)
+    if batch_size is not None and seq_length is not None:
+        return batch_size, seq_length
+    if batch_size is not None:
+        shapes = [x for x in shapes if x[0] == batch_size]
+    if seq_length is not None:
+        shapes = [x for x in shapes if x[1] == seq_length]
+    if not shapes:
+        return None
+    b = max(x[0] for x in shapes)
+    return b, max(x[1] for x in shapes if x[0] == b)
+
+
+def _latency(v: VariantResult, key: str) -> LatencyStats | None:
+    return next((s for s in v.latency if s.key == key), None)
+
+
+def _speedup_at(v: VariantResult, key: str, ref: VariantResult | None) -> float | None:
+    if key in v.speedup_vs_float:
+        return v.speedup_vs_float[key]
+    if ref is None:
+        return None
+    if ref is v:
+        return 1.0
+    mine, theirs = _latency(v, key), _latency(ref, key)
+    if mine is None or theirs is None or mine.p50_ms <= 0:
+        return None
+    return theirs.p50_ms / mine.p50_ms
+
+
+def _metric(v: VariantResult | None, name: str) -> float | None:
+    if v is None or v.status != "ok":
+        return None
+    x = v.metrics.get(name)
+    return None if x is None else float(x)
+
+
+def _cosine_of(v: VariantResult) -> float | None:
+    return next((float(v.metrics[k]) for k in _COSINE_KEYS if k in v.metrics), None)
+
+
+def _delta(v: VariantResult, ref: VariantResult | None, name: str) -> float | None:
+    mine, theirs = _metric(v, name), _metric(ref, name)
+    if v is ref or mine is None or theirs is None:
+        return None
+    return mine - theirs
+
+
+# ---------------------------------------------------------------------------------------------
+# Markdown
+
+
+def _results_section(result: RunResult, ref: VariantResult | None) -> list[str]:
+    primary = result.primary_metric
+    extra = [
+        m for m in ("macro_f1", "agreement") if m != primary and any(m in v.metrics for v in result.variants)
+    ]
+    has_cos = any(_cosine_of(v) is not None for v in result.variants)
+    header = [
+        "Variant",
+        "Precision",
+        "Calibration",
+        "Status",
+        f"{_metric_label(primary)} (%)",
+        "Δ vs float (pts)",
+    ]
+    header += [f"{_metric_label(m)} (%)" for m in extra]
+    header += ["Cosine to float"] if has_cos else []
+    header += ["Size (MB)"]
+    rows = []
+    for v in result.variants:
+        name = v.name + (" (best)" if v.name == result.best_variant else "")
+        row = [
+            name,
+            v.precision,
+            v.calibration_method or DASH,
+            v.status if v.status == "ok" else "failed (see below)",
+            _pct(_metric(v, primary)),
+            "reference" if v is ref else _points(_delta(v, ref, primary)),
+        ]
+        row += [_pct(_metric(v, m)) for m in extra]
+        row += [_cosine(_cosine_of(v)) if v.status == "ok" else DASH] if has_cos else []
+        row += [_mb(v.size_bytes)]
+        rows.append(row)
+    right = [False, False, False, False] + [True] * (len(header) - 4)
+    lines = ["## Results", "", *_table(header, rows, right), ""]
+    shown = {primary, *extra, *_COSINE_KEYS}
+    others = {v.name: {k: x for k, x in v.metrics.items() if k not in shown} for v in result.variants}
+    others = {k: x for k, x in others.items() if x}
+    if others:
+        lines += ["Other metrics:", "", *_bullets(others), ""]
+    return lines
+
+
+def _latency_section(result: RunResult, ref: VariantResult | None) -> list[str]:
+    lines = ["## Latency", ""]
+    shapes = _shapes(result)
+    if not shapes:
+        return [*lines, "No latency was measured.", ""]
+    lines += [
+        "All variants were timed interleaved (round-robin within each iteration) in one process, so they "
+        "saw the same machine state. Speed-up = float p50 / variant p50.",
+        "",
+    ]
+    for b, s in shapes:
+        key = f"b{b}xs{s}"
+        measured = [(v, st) for v in _ok(result) if (st := _latency(v, key)) is not None]
+        iters = max(st.iterations for _, st in measured)
+        lines += [f"### Batch {b} × sequence length {s} ({iters} timed iterations)", ""]
+        header = [
+            "Variant",
+            "p50 (ms)",
+            "p95 (ms)",
+            "p99 (ms)",
+            "mean (ms)",
+            "Throughput (seq/s)",
+            "Speed-up vs float",
+        ]
+        rows = [
+            [
+                v.name,
+                _ms(st.p50_ms),
+                _ms(st.p95_ms),
+                _ms(st.p99_ms),
+                _ms(st.mean_ms),
+                f"{st.throughput_seq_per_s:.1f}",
+                _speedup(_speedup_at(v, key, ref)),
+            ]
+            for v, st in measured
+        ]
+        lines += [*_table(header, rows, [False] + [True] * 6), ""]
+    return lines
+
+
+def _per_variant_section(title: str, result: RunResult, attr: str, empty: str) -> list[str]:
+    lines = [f"## {title}", ""]
+    found = False
+    for v in result.variants:
+        data = getattr(v, attr)
+        if data:
+            found = True
+            lines += [f"### {v.name}", "", *_bullets(data), ""]
+    return lines if found else [*lines, empty, ""]
+
+
+def _summary(result: RunResult, ref: VariantResult | None) -> list[str]:
+    lines = ["## Selected variant", ""]
+    best = result.variant(result.best_variant) if result.best_variant else None
+    if best is None:
+        lines.append("No variant was selected.")
+    else:
+        primary = result.primary_metric
+        parts = [f"{_metric_label(primary)} {_pct(_metric(best, primary))}%"]
+        if best is not ref and _delta(best, ref, primary) is not None:
+            parts.append(f"{_points(_delta(best, ref, primary))} pts vs float")
+        shape = _default_shape(result)
+        if shape is not None:
+            key = f"b{shape[0]}xs{shape[1]}"
+            sp = _speedup_at(best, key, ref)
+            if sp is not None:
+                parts.append(f"{_speedup(sp)} p50 speed-up at batch {shape[0]}, seq {shape[1]}")
+        if best.size_bytes and ref is not None and ref.size_bytes and best is not ref:
+            parts.append(f"{ref.size_bytes / best.size_bytes:.2f}× smaller than float")
+        lines.append(f"**{best.name}**: " + ", ".join(parts) + ".")
+    lines += ["", f"Selection rule: {result.selection_rule or '(not recorded)'}", ""]
+    return lines
+
+
+def render_markdown(result: RunResult) -> str:
+    ref = _float_variant(result)
+    lines = [
+        f"# Quantization report: {result.recipe_name}",
+        "",
+        f"Run `{result.run_id}` · task {result.task} · created {result.created_utc} · "
+        f"recipe hash `{result.recipe_hash[:12]}` · schema v{result.schema_version}",
+        "",
+    ]
+    lines += _summary(result, ref)
+    lines += _results_section(result, ref)
+    lines += ["## Accuracy vs latency", "", f"![accuracy vs latency]({PLOT_RELPATH})", ""]
+    lines += _latency_section(result, ref)
+    lines += _per_variant_section("Fidelity", result, "fidelity", "No fidelity checks were recorded.")
+    lines += _per_variant_section("Engine", result, "engine", "No engine information was recorded.")
+
+    failed = [v for v in result.variants if v.status != "ok"]
+    lines += ["## Failed variants", ""]
+    if not failed:
+        lines += ["None.", ""]
+    for v in failed:
+        lines += [f"- **{v.name}** ({v.precision}, calibration {v.calibration_method or DASH}):", ""]
+        lines += ["  " + x for x in _fenced(v.error or "(no error message recorded)")] + [""]
+
+    lines += ["## Calibration", ""]
+    lines += [*(_bullets(result.calibration) or ["No calibration was run."]), ""]
+    lines += ["## Data", ""]
+    lines += [*(_bullets(result.data) or ["No data description was recorded."]), ""]
+    lines += ["## Machine", ""]
+    lines += [*(_bullets(result.hardware) or ["Not recorded."]), ""]
+    lines += ["## Versions", ""]
+    if result.versions:
+        lines += [*_table(["Package", "Version"], [[k, str(x)] for k, x in result.versions.items()]), ""]
+    else:
+        lines += ["Not recorded.", ""]
+    if result.timings_s:
+        lines += ["## Stage timings", ""]
+        lines += [f"- {k}: {x:.2f} s" for k, x in result.timings_s.items()] + [""]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# terminal table
+
+
+def results_table(result: RunResult) -> str:
+    """Short fixed-width table for the terminal, plus one line per failed variant."""
+    ref = _float_variant(result)
+    primary = result.primary_metric
+    shapes = _shapes(result)
+    big = _default_shape(result)
+    seq = big[1] if big else None
+    small_b = min((b for b, s in shapes if s == seq), default=None)
+    small_key = f"b{small_b}xs{seq}" if small_b is not None else None
+    big_key = f"b{big[0]}xs{big[1]}" if big else None
+    header = ["variant", f"{primary} %", "Δ vs float (pts)", "cosine"]
+    if small_key and small_key != big_key:
+        header.append(f"p50 b{small_b} ms")
+    header += [f"p50 b{big[0]} ms" if big else "p50 ms", "speed-up", "size MB", "status"]
+    rows: list[list[str]] = []
+    for v in result.variants:
+        name = v.name + (" *" if v.name == result.best_variant else "")
+        ok = v.status == "ok"
+        row = [
+            name,
+            _pct(_metric(v, primary)),
+            "ref" if v is ref else _points(_delta(v, ref, primary)),
+            _cosine(_cosine_of(v)) if ok else DASH,
+        ]
+        if small_key and small_key != big_key:
+            st = _latency(v, small_key)
+            row.append(_ms(st.p50_ms if st else None))
+        st_big = _latency(v, big_key) if big_key else None
+        row.append(_ms(st_big.p50_ms if st_big else None))
+        row.append(_speedup(_speedup_at(v, big_key, ref)) if big_key and ok else DASH)
+        row += [_mb(v.size_bytes), v.status]
+        rows.append(row)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    left = {0, len(header) - 1}
+
+    def fmt(row: list[str]) -> str:
+        return "  ".join(
+            c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+
+    out = [fmt(header), "  ".join("-" * w for w in widths), *(fmt(r) for r in rows)]
+    if big:
+        out.append(f"speed-up = float p50 / variant p50 at batch {big[0]}, seq {big[1]}")
+    if result.best_variant:
+        out.append(
+            f"* best: {result.best_variant}"
+            + (f" ({result.selection_rule})" if result.selection_rule else "")
+        )
+    for v in result.variants:
+        if v.status != "ok":
+            err = _one_line(v.error or "(no error message recorded)")
+            out.append(f"{v.name} failed: {err[:300] + '…' if len(err) > 300 else err}")
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# plot
+
+_MARKERS = {"float32": ("s", "0.35"), "int8": ("o", "C0"), "fp8": ("D", "C2")}
+
+
+def plot_accuracy_vs_latency(
+    result: RunResult, path: Path, batch_size: int | None = None, seq_length: int | None = None
+) -> Path:
+    """Primary metric (%) against p50 latency (ms) at one (batch, seq), one labelled point per ok variant."""
+    # The object-oriented API with an explicit Agg canvas renders headless and never touches
+    # pyplot's global backend, so calling this from a notebook or GUI app leaves the host alone.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    primary = result.primary_metric
+    shape = _default_shape(result, batch_size, seq_length)
+    ref = _float_variant(result)
+
+    fig = Figure(figsize=(7.5, 5.0), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    points: list[tuple[VariantResult, float, float]] = []
+    if shape is not None:
+        for v in _ok(result):
+            st = v.latency_at(*shape)
+            m = _metric(v, primary)
+            if st is not None and m is not None:
+                points.append((v, st.p50_ms, 100.0 * m))
+
+    shape_text = f"batch {shape[0]}, seq {shape[1]}" if shape else "no latency measured"
+    ax.set_title(f"{result.recipe_name}: {_metric_label(primary)} vs p50 latency ({shape_text})", fontsize=11)
+    ax.set_xlabel("p50 latency (ms), lower is better")
+    ax.set_ylabel(f"{_metric_label(primary)} (%), higher is better")
+    ax.grid(True, alpha=0.3)
+
+    if not points:
+        ax.text(
+            0.5,
+            0.5,
+            "no variant has both a metric and a latency here",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+        )
+    else:
+        ref_point = next((p for p in points if p[0] is ref), None)
+        if ref_point is not None:
+            ax.axhline(
+                ref_point[2],
+                color="0.6",
+                linestyle="--",
+                linewidth=1,
+                label=f"float {_metric_label(primary)}",
+            )
+        seen: set[str] = set()
+        for v, x, y in points:
+            marker, color = _MARKERS.get(v.precision, ("^", "C1"))
+            label = None if v.precision in seen else v.precision
+            seen.add(v.precision)
+            ax.scatter([x], [y], marker=marker, color=color, s=60, zorder=3, label=label)
+            best = v.name == result.best_variant
+            ax.annotate(
+                f"{v.name}\n{y:.2f}%, {x:.2f} ms",
+                (x, y),
+                textcoords="offset points",
+                xytext=(8, 6),
+                fontsize=8,
+                fontweight="bold" if best else "normal",
+            )
+            if best:
+                ax.scatter(
+                    [x],
+                    [y],
+                    s=320,
+                    facecolors="none",
+                    edgecolors="C3",
+                    linewidths=2,
+                    zorder=4,
+                    label="selected",
+                )
+        # Starting the axis at zero keeps distances between points proportional to the speed-up.
+        ax.set_xlim(left=0, right=max(x for _, x, _ in points) * 1.3)
+        ax.margins(y=0.25)
+        ax.legend(loc="best", fontsize=8)
+
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        # Without a Software entry the PNG carries no version string or timestamp: same input, same bytes.
+        fig.savefig(tmp, format="png", metadata={"Software": None})
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def write_report(result: RunResult, run_dir: Path) -> dict[str, Path]:
+    run_dir = Path(run_dir)
+    # JSON first: it is the machine-readable record and must exist even if rendering fails later.
+    json_path = write_json(run_dir / "report.json", result.to_dict())
+    plot_path = plot_accuracy_vs_latency(result, run_dir / PLOT_RELPATH)
+    md_path = write_text(run_dir / "report.md", render_markdown(result))
+    return {"json": json_path, "markdown": md_path, "plot": plot_path}

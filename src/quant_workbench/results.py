@@ -1,0 +1,81 @@
+"""Results as plain, serializable data: the contract between evaluate/benchmark and report/deploy.
+
+`RunResult.to_dict()` is exactly what `report.json` holds (schema documented in README.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class LatencyStats:
+    batch_size: int
+    seq_length: int
+    iterations: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    mean_ms: float
+    throughput_seq_per_s: float  # sequences per second at the median latency
+
+    @property
+    def key(self) -> str:
+        return f"b{self.batch_size}xs{self.seq_length}"
+
+
+@dataclass
+class VariantResult:
+    name: str  # "float", "int8-max", "int8-entropy", ...
+    precision: Literal["float32", "int8", "fp8"]
+    calibration_method: str | None = None
+    status: Literal["ok", "failed"] = "ok"
+    error: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)  # accuracy, macro_f1, agreement, cosine_to_float
+    fidelity: dict[str, Any] = field(default_factory=dict)
+    latency: list[LatencyStats] = field(default_factory=list)
+    speedup_vs_float: dict[str, float] = field(default_factory=dict)  # latency key -> float p50 / variant p50
+    size_bytes: int | None = None
+    engine: dict[str, Any] = field(default_factory=dict)  # provider, integer matmul count, ...
+    artifacts: dict[str, str] = field(default_factory=dict)  # relative to the run folder
+
+    def latency_at(self, batch_size: int, seq_length: int) -> LatencyStats | None:
+        return next((x for x in self.latency if x.batch_size == batch_size and x.seq_length == seq_length), None)
+
+
+@dataclass
+class RunResult:
+    recipe_name: str
+    run_id: str
+    task: str
+    primary_metric: str  # "accuracy"
+    created_utc: str
+    versions: dict[str, str]
+    hardware: dict[str, Any]
+    recipe_hash: str
+    data: dict[str, Any]  # split sizes, label names, data hash
+    calibration: dict[str, Any]  # cache key, cache hit, per-method amax summary, seconds
+    variants: list[VariantResult]
+    best_variant: str | None = None
+    selection_rule: str = ""
+    timings_s: dict[str, float] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def variant(self, name: str) -> VariantResult | None:
+        return next((v for v in self.variants if v.name == name), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunResult:
+        d = dict(d)
+        variants = []
+        for v in d.pop("variants"):
+            v = dict(v)
+            v["latency"] = [LatencyStats(**x) for x in v.get("latency", [])]
+            variants.append(VariantResult(**v))
+        return cls(variants=variants, **d)

@@ -1,0 +1,197 @@
+"""Report rendering from a hand-built RunResult: JSON round trip, Markdown content, plot, terminal table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from quant_workbench.report import (
+    plot_accuracy_vs_latency,
+    render_markdown,
+    results_table,
+    write_report,
+)
+from quant_workbench.results import LatencyStats, RunResult, VariantResult
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _lat(b: int, s: int, p50: float) -> LatencyStats:
+    return LatencyStats(
+        batch_size=b,
+        seq_length=s,
+        iterations=20,
+        p50_ms=p50,
+        p95_ms=p50 * 1.1,
+        p99_ms=p50 * 1.2,
+        mean_ms=p50 * 1.05,
+        throughput_seq_per_s=b / (p50 / 1000),
+    )
+
+
+@pytest.fixture
+def result() -> RunResult:
+    float_v = VariantResult(
+        name="float",
+        precision="float32",
+        metrics={"accuracy": 0.9125, "macro_f1": 0.9012},
+        fidelity={"max_abs_diff": 3.2e-06, "passed": True},
+        latency=[_lat(1, 128, 10.0), _lat(32, 128, 200.0)],
+        size_bytes=90_000_000,
+        engine={"provider": "CPUExecutionProvider", "integer_matmul_count": 0},
+    )
+    int8 = VariantResult(
+        name="int8-entropy",
+        precision="int8",
+        calibration_method="entropy",
+        metrics={"accuracy": 0.9050, "macro_f1": 0.8950, "agreement": 0.9800, "cosine_to_float": 0.99871},
+        fidelity={
+            "cosine_to_float": 0.99871,
+            "per_layer": [{"name": f"layer.{i}", "cosine": 0.999 - i * 0.001} for i in range(12)],
+            "thresholds": {"min_cosine": 0.99, "ok": True},
+        },
+        latency=[_lat(1, 128, 5.0), _lat(32, 128, 80.0)],
+        speedup_vs_float={"b1xs128": 2.0, "b32xs128": 2.5},
+        size_bytes=23_000_000,
+        engine={"provider": "CPUExecutionProvider", "integer_matmul_count": 36},
+    )
+    failed = VariantResult(
+        name="int8-mse",
+        precision="int8",
+        calibration_method="mse",
+        status="failed",
+        error="ONNX Runtime rejected the graph: node | MatMulInteger_7 has no kernel",
+    )
+    return RunResult(
+        recipe_name="bert_int8",
+        run_id="20240101-120000-abc123",
+        task="sequence-classification",
+        primary_metric="accuracy",
+        created_utc="2024-01-01T12:00:00Z",
+        versions={"python": "3.11.2", "onnxruntime": "1.20.0"},
+        hardware={"cpu": "Test CPU @ 2.0GHz", "cores": 16, "avx512_vnni": True},
+        recipe_hash="f" * 64,
+        data={"splits": {"calibration": 512, "eval": 1000}, "label_names": ["neg", "pos"]},
+        calibration={
+            "cache_key": "abc",
+            "cache_hit": False,
+            "seconds": 12.5,
+            "amax": {"entropy": {"mean": 4.2, "max": 17.0}},
+        },
+        variants=[float_v, int8, failed],
+        best_variant="int8-entropy",
+        selection_rule="fastest variant within 1.0 accuracy point of float",
+        timings_s={"calibrate": 12.5, "benchmark": 30.0},
+    )
+
+
+def test_write_report_artifacts(result: RunResult, tmp_path: Path) -> None:
+    paths = write_report(result, tmp_path / "run")
+    assert set(paths) == {"json", "markdown", "plot"}
+    assert paths["plot"] == tmp_path / "run" / "plots" / "accuracy_vs_latency.png"
+    for p in paths.values():
+        assert p.is_file()
+    assert paths["plot"].read_bytes()[:8] == PNG_MAGIC
+    loaded = RunResult.from_dict(json.loads(paths["json"].read_text(encoding="utf-8")))
+    assert loaded == result
+    assert "![accuracy vs latency](plots/accuracy_vs_latency.png)" in paths["markdown"].read_text(
+        encoding="utf-8"
+    )
+    # Atomic writes leave no temporary files behind.
+    assert not list((tmp_path / "run").rglob("*.tmp"))
+
+
+def test_markdown_sections_and_numbers(result: RunResult) -> None:
+    md = render_markdown(result)
+    assert md.startswith("# Quantization report: bert_int8")
+    assert "20240101-120000-abc123" in md
+    for section in (
+        "## Selected variant",
+        "## Results",
+        "## Latency",
+        "## Fidelity",
+        "## Engine",
+        "## Failed variants",
+        "## Calibration",
+        "## Data",
+        "## Machine",
+        "## Versions",
+    ):
+        assert section in md, section
+    assert "91.25" in md and "90.50" in md  # accuracy in %
+    assert "-0.75" in md  # delta vs float in points
+    assert "89.50" in md and "98.00" in md  # macro F1 and agreement
+    assert "0.9987" in md  # cosine keeps 4 decimals
+    assert "2.50×" in md and "1.00×" in md  # speed-ups, float is its own reference
+    assert "200.00" in md and "80.00" in md  # p50 ms at batch 32
+    assert "90.00" in md and "23.00" in md  # sizes in MB
+    assert "fastest variant within 1.0 accuracy point of float" in md
+    assert "**int8-entropy**" in md
+    assert "Test CPU @ 2.0GHz" in md and "onnxruntime" in md
+    assert "calibration: 512" in md and "eval: 1000" in md
+    assert "integer_matmul_count: 36" in md
+    assert "12 entries; worst by cosine (min)" in md and "layer.11" in md  # long list summarised
+    assert "MatMulInteger_7 has no kernel" in md
+    assert "cache_hit: false" in md
+
+
+def test_markdown_tables_are_valid(result: RunResult) -> None:
+    md = render_markdown(result)
+    blocks: list[list[str]] = []
+    current: list[str] = []
+    for line in md.splitlines():
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            blocks.append(current)
+            current = []
+    assert len(blocks) >= 4  # results, two latency shapes, versions
+
+    def cells(row: str) -> int:
+        # Count unescaped pipes: every row of a table must have the same number of columns.
+        return row.replace("\\|", "").count("|")
+
+    for block in blocks:
+        assert all(cells(r) == cells(block[0]) for r in block), block
+        assert set(block[1].replace("|", "").replace(" ", "")) <= {"-", ":"}
+
+
+def test_pipes_escaped_in_table_cells(result: RunResult) -> None:
+    result.variants[1].name = "int8|weird"
+    result.best_variant = "int8|weird"
+    md = render_markdown(result)
+    assert "int8\\|weird" in md
+
+
+def test_results_table_terminal(result: RunResult) -> None:
+    text = results_table(result)
+    for name in ("float", "int8-entropy", "int8-mse"):
+        assert name in text
+    assert "91.25" in text and "-0.75" in text and "2.50×" in text
+    assert "p50 b1 ms" in text and "p50 b32 ms" in text
+    assert "failed" in text and "MatMulInteger_7 has no kernel" in text
+    assert "* best: int8-entropy" in text
+
+
+def test_plot_deterministic_and_shape_choice(result: RunResult, tmp_path: Path) -> None:
+    a = plot_accuracy_vs_latency(result, tmp_path / "a.png")
+    b = plot_accuracy_vs_latency(result, tmp_path / "b.png")
+    assert a.read_bytes() == b.read_bytes()
+    c = plot_accuracy_vs_latency(result, tmp_path / "c.png", batch_size=1, seq_length=128)
+    assert c.read_bytes()[:8] == PNG_MAGIC
+    assert c.read_bytes() != a.read_bytes()
+
+
+def test_report_without_latency_or_float(result: RunResult, tmp_path: Path) -> None:
+    for v in result.variants:
+        v.latency = []
+        v.speedup_vs_float = {}
+    result.variants = result.variants[1:]
+    result.best_variant = None
+    paths = write_report(result, tmp_path)
+    assert paths["plot"].read_bytes()[:8] == PNG_MAGIC
+    md = paths["markdown"].read_text(encoding="utf-8")
+    assert "No latency was measured." in md and "No variant was selected." in md
+    assert "int8-mse" in results_table(result)
