@@ -131,7 +131,7 @@ class QuantSpec(Strict):
 
 
 class ExportSpec(Strict):
-    opset: int = Field(17, ge=13, le=21)
+    opset: int = Field(18, ge=17, le=21)
     fidelity_samples: int = Field(64, ge=1)
     float_tolerance: float = Field(1e-4, gt=0)
     min_cosine: float = Field(0.99, gt=0, le=1)

@@ -8,6 +8,7 @@ The statistics are saved to one ``.npz`` (:func:`save_stats`) that is byte-for-b
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -40,8 +41,9 @@ _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 _MAX_EXTENSION_FACTOR = 128
 # Larger tensors are binned in chunks to bound the temporary float/int copies to ~200 MB.
 _COLLECT_CHUNK = 1 << 24
-# Upper bound on amax candidates the mse search evaluates (each costs one pass over the nonzero bins).
-_MSE_MAX_CANDIDATES = 1024
+# Upper bound on amax candidates the mse search evaluates (each costs one pass over the nonzero
+# bins); with the default 2048-bin working histogram every bin edge is a candidate.
+_MSE_MAX_CANDIDATES = 2048
 # Upper bound on entropy candidates; each is O(levels), so this is generous.
 _ENTROPY_MAX_CANDIDATES = 4096
 _FP8_E4M3_MAX = 448.0
@@ -144,9 +146,10 @@ class HistogramCalibrator:
         for start in range(0, n, _COLLECT_CHUNK):
             chunk = flat[start : start + _COLLECT_CHUNK]
             # Truncation == floor for non-negative values; the clamp puts the range's closed top
-            # edge (the max itself, or float rounding just above it) into the last bin.
+            # edge (the max itself, or float rounding just above it) into the last bin, and runs
+            # before the int cast so an overflowing quotient (denormal width) cannot wrap around.
             # int32 indices halve the memory traffic versus int64 (nbins <= num_bins * 128 fits).
-            idx = chunk.abs().div_(self._width).to(torch.int32).clamp_(max=nbins - 1)
+            idx = chunk.abs().div_(self._width).clamp_(max=nbins - 1).to(torch.int32)
             counts += torch.bincount(idx, minlength=nbins).cpu().numpy().astype(np.int64, copy=False)
         self._hist += counts
 
@@ -305,9 +308,12 @@ def entropy_divergences(
 
     (empty bins contribute eps*log(eps/eps) = 0). The first sum depends on ``e``, which differs per
     candidate, so it is evaluated as the Taylor series of ``x log x`` around each ``h_j``, whose
-    coefficients are prefix sums of ``h^-m`` (``e <= 2e-4 * n_bins`` is far below ``h_j >= 1``, so a
-    few dozen terms reach double precision); candidates where that ratio exceeds 1/2 fall back to
-    a direct evaluation. Cost: O(#candidates * (L + terms)). Returns ``(candidates, divergences)``.
+    coefficients are prefix sums of ``h^-m``: for counts ``h_j >= 1`` while ``e = 1e-4 * zeros /
+    nonzeros <= 0.21`` on 2048 bins, so a few dozen terms reach double precision. Candidates where
+    ``e / min(h)`` exceeds 1/2 (only possible for fractional histograms) fall back to a direct sum.
+    Exact up to rounding for integer counts (their cumsums are exact); fractional histograms lose
+    some digits to cumsum differences. Cost: O(#candidates * (L + terms)).
+    Returns ``(candidates, divergences)``.
     """
     bins = np.array(hist, dtype=np.float64).reshape(-1)
     n = len(bins)
@@ -377,7 +383,9 @@ def entropy_divergences(
         p_last_s = np.where(p_last > 0, p_last - e_p, eps)
         plogp = head + p_last_s * np.log(np.where(valid, p_last_s, 1.0))
         q_vals = np.where(has_group, group_mean - e_q[:, None], 1.0)
-        q_term = ((group_mass - group_nz * e_p[:, None]) * np.log(np.where(valid[:, None], q_vals, 1.0))).sum(axis=1)
+        q_term = ((group_mass - group_nz * e_p[:, None]) * np.log(np.where(valid[:, None], q_vals, 1.0))).sum(
+            axis=1
+        )
         last_group = ((cand - 1) * num_levels) // cand
         q_last = q_vals[rows, last_group]
         # Bin i-1 was counted in q_term with weight h_{i-1} - e_p; its real P' also holds the
@@ -435,8 +443,8 @@ def mse_errors(
         scale = amaxes[lo : lo + rows_per_chunk, None] / qmax
         scaled = np.minimum(centers[None, :] / scale, qmax)
         if fp8:
-            t = torch.from_numpy(scaled.astype(np.float32))
-            q = t.to(torch.float8_e4m3fn).to(torch.float64).numpy()
+            # Cast straight from float64: going through float32 first could double-round.
+            q = torch.from_numpy(scaled).to(torch.float8_e4m3fn).to(torch.float64).numpy()
         else:
             q = np.rint(scaled)
         diff = q * scale - centers[None, :]
@@ -462,7 +470,8 @@ def save_stats(path: Path, calibrators: dict[str, HistogramCalibrator], meta: di
 
     Entries are written in sorted order with a fixed timestamp (np.savez would stamp wall-clock
     time), so identical statistics give identical bytes; a temp file in the target directory plus
-    ``os.replace`` means readers never see a half-written file.
+    ``os.replace`` means readers never see a half-written file. The dict keys are the names stored
+    (and restored by :func:`load_stats`); ``meta`` is stored as one sorted-key JSON string.
     """
     path = Path(path)
     arrays: dict[str, npt.NDArray[Any]] = {
@@ -470,8 +479,6 @@ def save_stats(path: Path, calibrators: dict[str, HistogramCalibrator], meta: di
         _META_KEY: np.array(json.dumps({str(k): str(v) for k, v in meta.items()}, sort_keys=True)),
     }
     for name, calib in calibrators.items():
-        if name != calib.name:
-            raise ValueError(f"calibrator registered as {name!r} is named {calib.name!r}")
         for field, value in calib.state().items():
             arrays[f"{name}{_SEP}{field}"] = np.asarray(value)
 
@@ -479,6 +486,8 @@ def save_stats(path: Path, calibrators: dict[str, HistogramCalibrator], meta: di
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
+            if hasattr(os, "fchmod"):  # mkstemp creates 0600; stats are an ordinary shareable artifact
+                os.fchmod(fh.fileno(), 0o644)
             with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED) as zf:
                 for key in sorted(arrays):
                     info = zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_EPOCH)
@@ -491,10 +500,8 @@ def save_stats(path: Path, calibrators: dict[str, HistogramCalibrator], meta: di
             os.fsync(fh.fileno())
         os.replace(tmp_name, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
         raise
 
 
@@ -513,7 +520,9 @@ def load_stats(path: Path) -> tuple[dict[str, HistogramCalibrator], dict[str, st
                 raise ValueError(f"{path}: unexpected entry {key!r}")
             name, field = key.rsplit(_SEP, 1)
             fields.setdefault(name, {})[field] = data[key]
-    calibrators = {name: HistogramCalibrator.from_state(name, state) for name, state in sorted(fields.items())}
+    calibrators = {
+        name: HistogramCalibrator.from_state(name, state) for name, state in sorted(fields.items())
+    }
     meta = {str(k): str(v) for k, v in meta_raw.items()}
     return calibrators, meta
 

@@ -1,0 +1,387 @@
+"""Run one recipe through the stages and return a RunResult.
+
+recipe -> splits -> model -> plan -> float ONNX -> calibration stats (cached) -> per method: scales ->
+Q/DQ ONNX -> engines -> metrics -> interleaved latency -> selection -> report.
+
+Runs are resumable: the run folder is named after the resolved recipe's hash, every artifact is
+written atomically, and an artifact whose `.key` sidecar matches the current inputs is reused.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import __version__
+from .benchmark import benchmark_interleaved, speedups
+from .data import Splits, load_splits
+from .engines.onnxruntime import OrtEngine, optimized_op_counts
+from .errors import WorkbenchError
+from .evaluate import LinearProbe, run_outputs, score_classification, score_embedding
+from .export import cosine_rows, export_onnx, per_layer_fidelity, qdq_summary
+from .io import hash_json, write_json, write_text
+from .models import LoadedModel, load_model, to_torch, tokenize
+from .quantize.apply import calibrate, prepare, set_scales
+from .quantize.calibrate import HistogramCalibrator, load_stats, save_stats
+from .quantize.select import QuantPlan, build_plan
+from .recipe import Recipe
+from .report import results_table, write_report
+from .results import RunResult, VariantResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunContext:
+    recipe: Recipe
+    run_dir: Path
+    progress: bool = True
+    say: Callable[[str], None] = print
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def stage(self, name: str) -> _Stage:
+        return _Stage(self, name)
+
+
+class _Stage:
+    def __init__(self, ctx: RunContext, name: str) -> None:
+        self.ctx, self.name = ctx, name
+
+    def __enter__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.ctx.say(f"[{self.name}]")
+
+    def __exit__(self, *exc: object) -> None:
+        self.ctx.timings[self.name] = round(self.ctx.timings.get(self.name, 0.0) + time.perf_counter() - self.t0, 2)
+
+
+def recipe_hash(recipe: Recipe) -> str:
+    return hash_json(recipe.model_dump(mode="json"))
+
+
+def run_dir_for(recipe: Recipe, run_id: str | None = None) -> Path:
+    return Path(recipe.output_dir) / recipe.name / (run_id or recipe_hash(recipe)[:12])
+
+
+def _cached(path: Path, key: str) -> bool:
+    sidecar = path.with_name(path.name + ".key")
+    return path.exists() and sidecar.exists() and sidecar.read_text().strip() == key
+
+
+def _mark(path: Path, key: str) -> None:
+    write_text(path.with_name(path.name + ".key"), key + "\n")
+
+
+def hardware() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    info: dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine(), "os": platform.platform()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import transformers
+
+    return {
+        "quant_workbench": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def _example_inputs(loaded: LoadedModel, splits: Splits, n: int) -> dict[str, torch.Tensor]:
+    texts = splits.evaluation.texts[:n]
+    return to_torch(tokenize(loaded.tokenizer, texts, loaded.spec.max_seq_length, loaded.input_names))
+
+
+def _forward_loop(loaded: LoadedModel, splits: Splits, batch_size: int, progress: bool) -> Callable[[torch.nn.Module], None]:
+    texts = splits.calibration.texts
+
+    def loop(model: torch.nn.Module) -> None:
+        steps = range(0, len(texts), batch_size)
+        for start in tqdm(steps, desc="calibrate", disable=not progress, leave=False):
+            feed = tokenize(loaded.tokenizer, texts[start : start + batch_size], loaded.spec.max_seq_length, loaded.input_names)
+            model(**to_torch(feed))
+
+    return loop
+
+
+def calibration_statistics(ctx: RunContext, loaded: LoadedModel, splits: Splits, plan: QuantPlan) -> tuple[dict[str, HistogramCalibrator], dict[str, Any]]:
+    """One pass over the calibration split, cached by model + data + quantizer layout."""
+    cal = ctx.recipe.quantization.calibration
+    key = hash_json(
+        {
+            "model": loaded.fingerprint,
+            "data": splits.fingerprint,
+            "calibration_texts": len(splits.calibration),
+            "layout": plan.layout(),
+            "num_bins": cal.num_bins,
+            "batch_size": cal.batch_size,
+            "max_seq_length": loaded.spec.max_seq_length,
+        }
+    )
+    cache = Path(cal.cache_dir) / f"{ctx.recipe.name}-{key[:16]}.npz"
+    info: dict[str, Any] = {"cache_key": key, "cache_file": str(cache), "samples": len(splits.calibration)}
+    t0 = time.perf_counter()
+    if cache.exists():
+        try:
+            calibrators, meta = load_stats(cache)
+            if meta.get("key") == key:
+                info.update(cache_hit=True, seconds=round(time.perf_counter() - t0, 3))
+                ctx.say(f"  calibration statistics from cache {cache}")
+                return calibrators, info
+        except Exception as exc:  # a corrupt cache is rebuilt, never trusted
+            log.warning("ignoring unreadable calibration cache %s: %s", cache, exc)
+    loop = _forward_loop(loaded, splits, cal.batch_size, ctx.progress)
+    calibrators = calibrate(loaded.model, loop, num_bins=cal.num_bins)
+    save_stats(cache, calibrators, {"key": key, "model": loaded.spec.source})
+    info.update(cache_hit=False, seconds=round(time.perf_counter() - t0, 3))
+    return calibrators, info
+
+
+def _size(path: Path) -> int:
+    total = path.stat().st_size
+    data = path.with_name(path.name + ".data")
+    return total + (data.stat().st_size if data.exists() else 0)
+
+
+def execute(recipe: Recipe, *, run_id: str | None = None, progress: bool = True, say: Callable[[str], None] = print) -> RunResult:
+    run_dir = run_dir_for(recipe, run_id)
+    ctx = RunContext(recipe, run_dir, progress, say)
+    models_dir = run_dir / "models"
+    t_start = time.perf_counter()
+    say(f"run folder: {run_dir}")
+    write_text(run_dir / "recipe.resolved.yaml", recipe.to_yaml())
+    torch.manual_seed(recipe.seed)
+    np.random.seed(recipe.seed)
+
+    with ctx.stage("data"):
+        splits = load_splits(recipe.data)
+        say(f"  splits: {splits.sizes()} labels={splits.label_names}")
+    with ctx.stage("model"):
+        num_labels = len(splits.label_names) if recipe.model.task == "sequence-classification" else None
+        loaded = load_model(recipe.model, num_labels=num_labels)
+        plan = build_plan(loaded.model.hf, recipe.quantization)
+        say(f"  {recipe.model.source}: {len(plan.enabled)} of {len(plan.points)} quantizable ops selected")
+
+    example = _example_inputs(loaded, splits, recipe.export.fidelity_samples)
+    base_key = hash_json({"model": loaded.fingerprint, "opset": recipe.export.opset, "version": __version__})
+    fidelity_float: dict[str, Any] = {}
+    with ctx.stage("export float"):
+        float_path = models_dir / "float.onnx"
+        if not _cached(float_path, base_key):
+            export_onnx(loaded.model, float_path, example, loaded.input_names, loaded.output_name, recipe.export.opset)
+            _mark(float_path, base_key)
+        with torch.no_grad():
+            ref = loaded.model(**example).numpy()
+        with OrtEngine(float_path, recipe.engine, "float") as eng:
+            got = eng({k: v.numpy() for k, v in example.items()})
+        diff = float(np.abs(got - ref).max())
+        fidelity_float = {"onnx_vs_pytorch_max_abs_diff": diff, "tolerance": recipe.export.float_tolerance, "passed": diff <= recipe.export.float_tolerance, "samples": len(ref)}
+        if diff > recipe.export.float_tolerance:
+            raise WorkbenchError(
+                f"float ONNX disagrees with PyTorch: max abs diff {diff:.3g} > {recipe.export.float_tolerance}.",
+                "the exporter mis-translated the model; try another export.opset or run with --debug",
+            )
+
+    prepare(loaded.model.hf, plan, per_channel_weights=recipe.quantization.per_channel_weights)
+    with ctx.stage("calibrate"):
+        calibrators, cal_info = calibration_statistics(ctx, loaded, splits, plan)
+        shutil.copyfile(cal_info["cache_file"], run_dir / ".calibration_stats.npz.tmp")
+        os.replace(run_dir / ".calibration_stats.npz.tmp", run_dir / "calibration_stats.npz")
+
+    variants: list[VariantResult] = [
+        VariantResult(name="float", precision="float32", artifacts={"onnx": "models/float.onnx"}, fidelity=fidelity_float, size_bytes=_size(float_path))
+    ]
+    engines_paths: dict[str, Path] = {"float": float_path}
+    methods = recipe.quantization.calibration.methods
+    cal_info["methods"] = {}
+    for method in methods:
+        name = f"int8-{method}"
+        variant = VariantResult(name=name, precision="int8", calibration_method=method)
+        variants.append(variant)
+        try:
+            with ctx.stage(f"quantize {name}"):
+                amax = set_scales(loaded.model, calibrators, method, percentile=recipe.quantization.calibration.percentile)
+                scales_path = models_dir / f"{name}.scales.json"
+                write_json(scales_path, {"method": method, "amax": amax})
+                cal_info["methods"][method] = {"quantizers": len(amax), "median_amax": float(np.median(list(amax.values()))) if amax else None}
+                path = models_dir / f"{name}.qdq.onnx"
+                key = hash_json({"base": base_key, "plan": plan.to_rows(), "amax": amax, "weights": recipe.quantization.per_channel_weights})
+                if not _cached(path, key):
+                    export_onnx(loaded.model, path, example, loaded.input_names, loaded.output_name, recipe.export.opset)
+                    _mark(path, key)
+                variant.artifacts = {"onnx": f"models/{path.name}", "scales": f"models/{scales_path.name}"}
+                variant.size_bytes = _size(path)
+                variant.fidelity = _qdq_fidelity(recipe, loaded, path, example)
+                variant.engine = optimized_op_counts(path, recipe.engine)
+                engines_paths[name] = path
+        except WorkbenchError as exc:
+            variant.status, variant.error = "failed", str(exc)
+            say(f"  {name} failed: {exc}")
+        except Exception as exc:  # a broken trial is recorded, the run goes on
+            log.debug("variant %s failed", name, exc_info=True)
+            variant.status, variant.error = "failed", f"{type(exc).__name__}: {exc}"
+            say(f"  {name} failed: {variant.error}")
+
+    with ctx.stage("evaluate"):
+        _evaluate(ctx, loaded, splits, variants, engines_paths)
+    if recipe.benchmark.enabled:
+        with ctx.stage("benchmark"):
+            _benchmark(ctx, loaded, variants, engines_paths)
+
+    best = _select(variants)
+    result = RunResult(
+        recipe_name=recipe.name,
+        run_id=run_dir.name,
+        task=recipe.model.task,
+        primary_metric="accuracy",
+        created_utc=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        versions=versions(),
+        hardware=hardware(),
+        recipe_hash=recipe_hash(recipe),
+        data={"sizes": splits.sizes(), "label_names": splits.label_names, "fingerprint": splits.fingerprint, "source": recipe.data.files or (recipe.data.hub.name if recipe.data.hub else "")},
+        calibration=cal_info,
+        variants=variants,
+        best_variant=best,
+        selection_rule=(
+            "highest accuracy among INT8 variants that passed the export fidelity checks; "
+            "ties broken by the lowest p50 latency at the largest benchmarked shape"
+        ),
+        timings_s={**ctx.timings, "total": round(time.perf_counter() - t_start, 2)},
+    )
+    with ctx.stage("report"):
+        paths = write_report(result, run_dir)
+        plan_rows = plan.to_rows()
+        write_json(run_dir / "quant_plan.json", plan_rows)
+    say("")
+    say(results_table(result))
+    say(f"\nreport: {paths['markdown']}")
+    return result
+
+
+def _qdq_fidelity(recipe: Recipe, loaded: LoadedModel, path: Path, example: dict[str, torch.Tensor]) -> dict[str, Any]:
+    summary = qdq_summary(path)
+    layers = per_layer_fidelity(path, loaded.model, example, lambda b: OrtEngine(b, recipe.engine, "layer"))
+    with torch.no_grad():
+        fake = loaded.model(**example).numpy()
+    with OrtEngine(path, recipe.engine, path.stem) as eng:
+        got = eng({k: v.numpy() for k, v in example.items()})
+    cos = cosine_rows(got, fake)
+    worst = min(layers, key=lambda x: x.cosine) if layers else None
+    out = {
+        "graph": summary,
+        "per_layer": {
+            "layers": len(layers),
+            "min_cosine": worst.cosine if worst else None,
+            "worst_layer": worst.module if worst else None,
+            "max_abs_diff": max((x.max_abs_diff for x in layers), default=0.0),
+            "passed": all(x.ok() for x in layers),
+        },
+        "end_to_end": {"mean_cosine": float(cos.mean()), "min_cosine": float(cos.min()), "threshold": recipe.export.min_cosine, "passed": bool(cos.mean() >= recipe.export.min_cosine), "samples": len(cos)},
+    }
+    if not out["per_layer"]["passed"] or not out["end_to_end"]["passed"]:
+        raise WorkbenchError(
+            f"Q/DQ ONNX {path.name} disagrees with the fake-quant model "
+            f"(worst layer {out['per_layer']['worst_layer']} cosine {out['per_layer']['min_cosine']:.5f}, end-to-end mean cosine {cos.mean():.4f}).",
+            "this is an export bug; run with --debug and report it",
+        )
+    return out
+
+
+def _evaluate(ctx: RunContext, loaded: LoadedModel, splits: Splits, variants: list[VariantResult], paths: dict[str, Path]) -> None:
+    recipe = ctx.recipe
+    bs = recipe.quantization.calibration.batch_size
+    maxlen = recipe.model.max_seq_length
+    outputs: dict[str, np.ndarray] = {}
+    for v in variants:
+        if v.status != "ok":
+            continue
+        try:
+            with OrtEngine(paths[v.name], recipe.engine, v.name) as eng:
+                outputs[v.name] = run_outputs(eng, splits.evaluation, loaded.tokenizer, loaded.input_names, maxlen, bs, f"evaluate {v.name}", ctx.progress)
+                if v.name == "float" and recipe.model.task == "embedding":
+                    probe_x = run_outputs(eng, splits.probe, loaded.tokenizer, loaded.input_names, maxlen, bs, "embed probe split", ctx.progress)
+                v.engine = {**eng.describe(), **v.engine}
+        except Exception as exc:
+            v.status, v.error = "failed", f"evaluation failed: {exc}"
+    if "float" not in outputs:
+        raise WorkbenchError("the float baseline could not be evaluated; nothing to compare against.", "see the error above")
+    labels = splits.evaluation.labels
+    if recipe.model.task == "embedding":
+        probe = LinearProbe(seed=recipe.seed).fit(probe_x, splits.probe.labels)
+        for v in variants:
+            if v.name in outputs:
+                v.metrics = score_embedding(probe, outputs[v.name], labels, outputs["float"])
+    else:
+        for v in variants:
+            if v.name in outputs:
+                v.metrics = score_classification(outputs[v.name], labels, outputs["float"])
+
+
+def _benchmark(ctx: RunContext, loaded: LoadedModel, variants: list[VariantResult], paths: dict[str, Path]) -> None:
+    spec = ctx.recipe.benchmark
+    ok = [v for v in variants if v.status == "ok"]
+    engines = {v.name: OrtEngine(paths[v.name], ctx.recipe.engine, v.name, threads=spec.threads) for v in ok}
+    try:
+        latency = benchmark_interleaved(dict(engines.items()), spec, loaded.input_names, loaded.vocab_size, progress=ctx.progress)
+    finally:
+        engines.clear()
+    ratios = speedups(latency, "float")
+    for v in ok:
+        v.latency = latency.get(v.name, [])
+        v.speedup_vs_float = ratios.get(v.name, {})
+
+
+def _select(variants: list[VariantResult]) -> str | None:
+    candidates = [v for v in variants if v.precision != "float32" and v.status == "ok" and v.metrics]
+    if not candidates:
+        return None
+
+    def slowest_p50(v: VariantResult) -> float:
+        return max((x.p50_ms for x in v.latency), default=float("inf"))
+
+    return max(candidates, key=lambda v: (v.metrics.get("accuracy", 0.0), -slowest_p50(v))).name
+
+
+def dry_run(recipe: Recipe, say: Callable[[str], None] = print) -> QuantPlan:
+    """Resolve the recipe and the quantization plan without touching data or running anything."""
+    loaded = load_model(recipe.model, num_labels=len(recipe.data.label_names) if recipe.data.label_names else None)
+    plan = build_plan(loaded.model.hf, recipe.quantization)
+    say("# resolved recipe")
+    say(recipe.to_yaml())
+    say(f"# quantization plan for {recipe.model.source} ({recipe.quantization.format}, activations per-tensor, "
+        f"weights {'per-channel (output axis)' if recipe.quantization.per_channel_weights else 'per-tensor'})")
+    say(plan.describe())
+    cal = recipe.quantization.calibration
+    say(f"# calibration: methods {', '.join(cal.methods)} from one pass over {recipe.data.calibration_samples} samples (batch {cal.batch_size})")
+    say(f"# would write: {run_dir_for(recipe)}")
+    return plan
+
+
+def load_result(run_dir: Path) -> RunResult:
+    return RunResult.from_dict(json.loads((run_dir / "report.json").read_text()))
