@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import RecipeError
 
 CalibMethod = Literal["max", "percentile", "entropy", "mse"]
+ALL_METHODS: tuple[CalibMethod, ...] = ("max", "percentile", "entropy", "mse")
 Task = Literal["embedding", "sequence-classification"]
 
 # Matches every Linear inside the encoder blocks of BERT-family models (bert, roberta, distilbert's
@@ -95,7 +96,7 @@ class DataSpec(Strict):
 
 
 class CalibrationSpec(Strict):
-    methods: list[CalibMethod] = Field(default_factory=lambda: ["max", "percentile", "entropy", "mse"], min_length=1)
+    methods: list[CalibMethod] = Field(default_factory=lambda: list(ALL_METHODS), min_length=1)
     percentile: float = Field(99.99, gt=50.0, lt=100.0)
     batch_size: int = Field(32, ge=1)
     num_bins: int = Field(2048, ge=256, le=65536)

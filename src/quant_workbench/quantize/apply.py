@@ -119,7 +119,7 @@ def set_scales(
     for name, q in quantizers(model).items():
         if name.endswith(".weight_quantizer"):
             parent = model.get_submodule(name.rsplit(".", 1)[0])
-            weight = parent.weight.detach()
+            weight = parent.get_parameter("weight").detach()
             axis = q.fmt.axis
             q.set_amax(per_channel_amax(weight, axis) if axis is not None else weight.abs().max())
             continue

@@ -109,9 +109,10 @@ def is_residual_block(module: nn.Module) -> bool:
     return name.endswith("Output") and all(hasattr(module, a) for a in ("dense", "LayerNorm", "dropout"))
 
 
-def _residual_forward(self: nn.Module, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+def _residual_forward(self: Any, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
     hidden_states = self.dropout(self.dense(hidden_states))
-    return self.LayerNorm(self.residual_add(hidden_states, input_tensor))
+    out: torch.Tensor = self.LayerNorm(self.residual_add(hidden_states, input_tensor))
+    return out
 
 
 def attach_residual_add(block: nn.Module) -> QuantAdd:
@@ -123,6 +124,7 @@ def attach_residual_add(block: nn.Module) -> QuantAdd:
 
 
 def attach_attention_matmuls(attn: nn.Module) -> tuple[QuantMatMul, QuantMatMul]:
-    attn.qk_matmul = QuantMatMul()
-    attn.pv_matmul = QuantMatMul()
-    return attn.qk_matmul, attn.pv_matmul
+    qk, pv = QuantMatMul(), QuantMatMul()
+    attn.qk_matmul = qk
+    attn.pv_matmul = pv
+    return qk, pv

@@ -65,6 +65,10 @@ def _qdq_fake(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, ax
 
 
 class TensorQuantizer(nn.Module):
+    _amax: torch.Tensor
+    _scale: torch.Tensor
+    _zero_point: torch.Tensor
+
     def __init__(self, fmt: QuantFormat, *, num_channels: int | None = None, enabled: bool = True) -> None:
         super().__init__()
         self.fmt = fmt
