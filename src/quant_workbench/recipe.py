@@ -80,6 +80,7 @@ class DataSpec(Strict):
     calibration_samples: int = Field(512, ge=1)
     probe_samples: int = Field(2000, ge=0)
     eval_samples: int = Field(1000, ge=1)
+    validation_samples: int = Field(0, ge=0, description="carved from the probe split (the training pool of finetune/qat)")
     seed: int = 0
 
     @model_validator(mode="after")
@@ -160,6 +161,95 @@ class BenchmarkSpec(Strict):
         return v
 
 
+DeployTarget = Literal["python-onnxruntime", "onnxruntime", "tensorrt"]
+
+
+class TensorRTSpec(Strict):
+    """TensorRT engine builds (deploy target `tensorrt`); shapes default to the deploy batch and model length."""
+
+    min_batch: int = Field(1, ge=1)
+    opt_batch: int | None = Field(None, ge=1, description="default: max_batch")
+    max_batch: int | None = Field(None, ge=1, description="default: deploy.max_batch_size")
+    min_seq: int = Field(1, ge=1)
+    opt_seq: int | None = Field(None, ge=1, description="default: max_seq")
+    max_seq: int | None = Field(None, ge=1, description="default: model.max_seq_length")
+    fp16: bool = True
+    workspace_mib: int = Field(4096, ge=16)
+    optimization_level: int = Field(3, ge=0, le=5)
+    timing_cache: str | None = Field(None, description="timing cache file reused across builds; default <output_dir>/<name>/tensorrt.timing.cache")
+    version_compatible: bool = False
+
+
+class DeploySpec(Strict):
+    """Triton model repository for the run's selected variant (and float for comparison)."""
+
+    targets: list[DeployTarget] = Field(default_factory=lambda: ["python-onnxruntime"], min_length=1)
+    variants: list[str] = Field(default_factory=lambda: ["best", "float"], min_length=1, description="'best' = the run's selected variant")
+    output_dir: str = Field("triton", description="relative paths are inside the run folder")
+    max_batch_size: int = Field(32, ge=1)
+    preferred_batch_sizes: list[int] = Field(default_factory=lambda: [8, 16, 32])
+    max_queue_delay_microseconds: int = Field(500, ge=0)
+    instance_count: int = Field(1, ge=1)
+    instance_kind: Literal["cpu", "gpu"] = Field("gpu", description="instance group kind of the onnxruntime target")
+    tensorrt_accelerator: bool = Field(True, description="onnxruntime target on GPU: TensorRT execution accelerator (INT8 for int8 variants)")
+    tokenizer_instances: int = Field(1, ge=1)
+    tokenizer_padding: Literal["longest", "max_length"] = "longest"
+    threads: int = Field(0, ge=0, description="intra-op threads of the python-onnxruntime model; 0 = ONNX Runtime default")
+    tensorrt: TensorRTSpec = Field(default_factory=TensorRTSpec)
+
+    @field_validator("targets", "variants")
+    @classmethod
+    def _unique_entries(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("entries must not repeat")
+        return v
+
+    @model_validator(mode="after")
+    def _batch_sizes(self) -> DeploySpec:
+        bad = [b for b in self.preferred_batch_sizes if b < 1 or b > self.max_batch_size]
+        if bad:
+            raise ValueError(f"preferred_batch_sizes {bad} must lie in 1..max_batch_size={self.max_batch_size}")
+        return self
+
+
+class TrainSpec(Strict):
+    """Shared fields of the `finetune` (float) and `qat` sections (see quant_workbench.train)."""
+
+    epochs: float | None = Field(None, gt=0, description="passes over the training split (fractions allowed); default 1")
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps; wins over epochs when both are set")
+    learning_rate: float | None = Field(None, gt=0, lt=1)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="linear warm-up over this fraction of the steps, then linear decay to 0")
+    batch_size: int = Field(32, ge=1)
+    weight_decay: float = Field(0.01, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0, description="gradient clipping (global L2 norm); null = off")
+    seed: int = 0
+    eval_every: int = Field(50, ge=1, description="validate (and checkpoint) every N optimizer steps")
+    metric: Literal["accuracy", "macro_f1"] = "accuracy"
+    early_stopping_patience: int | None = Field(None, ge=1, description="stop after N validations without improvement")
+    mixed_precision: bool = Field(True, description="bf16 autocast on CUDA for float fine-tuning (CPU always float32)")
+    checkpoint_dir: str = "checkpoints"
+
+
+class FinetuneSpec(TrainSpec):
+    learning_rate: float | None = Field(5e-5, gt=0, lt=1)
+
+
+class DistillationSpec(Strict):
+    weight: float = Field(0.5, ge=0, le=1, description="loss = (1-w)*CE + w*T^2*KL(teacher || student)")
+    temperature: float = Field(2.0, gt=0)
+    hidden_mse_weight: float = Field(0.0, ge=0, description="extra weight of the MSE between hidden states")
+
+
+class QatSpec(TrainSpec):
+    learning_rate: float | None = Field(None, gt=0, lt=1, description="default: lr_fraction x the finetune learning rate")
+    lr_fraction: float = Field(0.1, gt=0, le=1)
+    init_method: Literal["auto", "max", "percentile", "entropy", "mse"] = Field(
+        "auto", description="calibration method that initialises the scales; auto = best on the validation split"
+    )
+    learn_amax: bool = Field(False, description="learn activation ranges (LSQ straight-through on the scale)")
+    distillation: DistillationSpec | None = None
+
+
 class Recipe(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
@@ -171,12 +261,22 @@ class Recipe(Strict):
     export: ExportSpec = Field(default_factory=ExportSpec)
     engine: EngineSpec = Field(default_factory=EngineSpec)
     benchmark: BenchmarkSpec = Field(default_factory=BenchmarkSpec)
+    finetune: FinetuneSpec | None = None
+    qat: QatSpec | None = None
+    deploy: DeploySpec | None = None
 
     @model_validator(mode="after")
     def _combinations(self) -> Recipe:
         if self.model.task == "embedding" and self.data.probe_samples < 10:
             raise ValueError(
                 "the embedding task scores a linear probe, which needs data.probe_samples >= 10"
+            )
+        if (self.finetune or self.qat) and self.model.task != "sequence-classification":
+            raise ValueError("finetune and qat train a classifier; they need model.task: sequence-classification")
+        if (self.finetune or self.qat) and self.data.validation_samples >= self.data.probe_samples:
+            raise ValueError(
+                f"data.validation_samples={self.data.validation_samples} is carved from data.probe_samples="
+                f"{self.data.probe_samples} (the training pool) and must be smaller"
             )
         too_long = [s for s in self.benchmark.seq_lengths if s > self.model.max_seq_length]
         if too_long:
@@ -264,7 +364,7 @@ def format_validation_error(exc: ValidationError, source: str) -> RecipeError:
             msg = err.get("msg", "invalid").removeprefix("Value error, ")
             ctx = err.get("ctx") or {}
             allowed_vals = ctx.get("expected")
-            extra = f"; allowed: {allowed_vals}" if allowed_vals else ""
+            extra = f"; allowed: {allowed_vals}" if allowed_vals and str(allowed_vals) not in msg else ""
             lines.append(f"'{field_path}' = {bad_text}: {msg}{extra}")
             hints.append("see the recipe reference in README.md")
     message = f"recipe {source} is invalid: " + "; ".join(lines) + "."
