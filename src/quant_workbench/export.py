@@ -141,14 +141,15 @@ def finish_graph(model: onnx.ModelProto) -> onnx.ModelProto:
     del graph.node[:]
     graph.node.extend(new_nodes)
     seen: dict[str, int] = {}
-    named: set[int] = set()
+    # Names, not id(): protobuf hands out fresh wrapper objects, so ids of nodes are not stable.
+    named: set[str] = set()
     for module, nodes in find_linears(model).items():
         for role, qdq_nodes in (("input_quantizer", nodes.activation_qdq), ("weight_quantizer", nodes.weight_qdq)):
             for n in qdq_nodes:
                 n.name = f"{module}.{role}/{'Q' if n.op_type == 'QuantizeLinear' else 'DQ'}"
-                named.add(id(n))
+                named.add(n.name)
     for node in graph.node:
-        if id(node) in named:
+        if node.name in named:
             continue
         if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 1:
             quantizer = _quantizer_of(node.input[1])
@@ -182,7 +183,23 @@ def qdq_summary(path: Path) -> dict[str, Any]:
         "per_channel_axes": axes,
         "inputs": [i.name for i in model.graph.input],
         "outputs": [o.name for o in model.graph.output],
+        "weight_bytes": _weight_bytes(model),
     }
+
+
+def _weight_bytes(model: onnx.ModelProto) -> dict[str, int]:
+    """Initializer bytes as stored (float weights + Q/DQ) and as a deployed engine would hold them:
+    a weight feeding a QuantizeLinear takes 1 byte per element (int8 or fp8) instead of 4."""
+    total = 0
+    quantized = 0
+    fed_to_q = {n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    for init in model.graph.initializer:
+        n = int(np.prod(init.dims)) if init.dims else 1
+        size = n * onnx.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
+        total += size
+        if init.name in fed_to_q and init.data_type == onnx.TensorProto.FLOAT:
+            quantized += size - n
+    return {"stored": total, "deployed": total - quantized}
 
 
 @dataclass
@@ -244,6 +261,12 @@ def find_linears(model: onnx.ModelProto) -> dict[str, LinearNodes]:
             if q is not None and q.op_type == "QuantizeLinear":
                 act_nodes = [q, dq]
                 act = q.input[0]
+                # SmoothQuant's explicit input scale: x -> Mul(1/s) -> Q -> DQ; the layer starts at x.
+                mul = producers.get(act)
+                if mul is not None and mul.op_type == "Mul":
+                    scale_in = [i for i in mul.input if i.endswith(".smooth_scale")]
+                    if len(scale_in) == 1:
+                        act = next(i for i in mul.input if i != scale_in[0])
         out = matmul.output[0]
         bias_users = [c for c in consumers.get(out, []) if c.op_type == "Add"]
         if len(consumers.get(out, [])) == 1 and bias_users:

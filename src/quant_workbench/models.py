@@ -82,6 +82,10 @@ class LoadedModel:
 def load_model(spec: ModelSpec, num_labels: int | None = None) -> LoadedModel:
     from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
+    from transformers.utils import logging as hf_logging
+
+    # The per-tensor "Loading weights" bar is noise next to our own stage progress.
+    hf_logging.disable_progress_bar()
     register_attention_function()
     location = spec.location
     local = Path(location)
