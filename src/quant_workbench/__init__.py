@@ -1,3 +1,3 @@
 """quant-workbench: INT8/FP8 quantization workbench for Hugging Face transformer encoders."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -81,7 +81,6 @@ class LoadedModel:
 
 def load_model(spec: ModelSpec, num_labels: int | None = None) -> LoadedModel:
     from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
-
     from transformers.utils import logging as hf_logging
 
     # The per-tensor "Loading weights" bar is noise next to our own stage progress.
