@@ -1,4 +1,5 @@
-"""`quantize RECIPE.yaml [--set key.path=value ...] [--dry-run] [--debug]`.
+"""`quantize RECIPE.yaml [--set key.path=value ...] [--dry-run] [--debug]`
+and `quantize deploy RUN_DIR [--out DIR] [--no-engines]` (Triton model repository for a finished run).
 
 Exit codes: 0 success, 2 user error (bad recipe, missing file, impossible request), 1 internal error.
 """
@@ -28,6 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the resolved recipe and every quantizer (enabled or not, and why); run nothing")
     p.add_argument("--run-id", default=None, help="run folder name under reports/<recipe>/ (default: the recipe hash, so a re-run resumes)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--storage", default=None, metavar="URL", help="search: Optuna storage shared by several workers, e.g. postgresql://user@host/db (default: SQLite in the run folder)")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     return p
 
@@ -36,7 +38,41 @@ def _paragraph(prefix: str, text: str) -> str:
     return textwrap.fill(f"{prefix}{text}", width=100, break_long_words=False, break_on_hyphens=False)
 
 
+def _deploy_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="quantize deploy",
+        description="Write a Triton model repository for a finished run: the selected variant and float "
+        "(or the recipe's deploy.variants), a tokenizer model and text-in ensembles; every config.pbtxt is "
+        "validated against Triton's schema and the ONNX model.",
+        epilog="example: quantize deploy reports/bert_int8/8f202c3f37af --out /models/bert",
+    )
+    p.add_argument("run_dir", help="run folder (reports/<recipe>/<run id>) holding report.json")
+    p.add_argument("--out", default=None, help="repository folder (default: the recipe's deploy.output_dir, RUN_DIR/triton)")
+    p.add_argument("--no-engines", action="store_true", help="write tensorrt_plan configs without building engines (build them on the serving GPU later)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    return p
+
+
+def _deploy(argv: Sequence[str]) -> int:
+    args = _deploy_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    try:
+        from .deploy import deploy_run
+
+        deploy_run(args.run_dir, args.out, build_engines=not args.no_engines)
+        return 0
+    except WorkbenchError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(_paragraph("error: ", str(exc)), file=sys.stderr)
+        return exc.exit_code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["deploy"]:  # sub-command; otherwise the first positional is the recipe
+        return _deploy(argv[1:])
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # Bundled models and data are local; never let a missing file turn into a silent Hub download attempt.
@@ -47,6 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .recipe import load_recipe
 
         recipe = load_recipe(args.recipe, args.overrides)
+        if args.storage:  # search workers sharing one study (issue 4)
+            if recipe.search is None:
+                raise WorkbenchError("--storage is for recipes with a search section; this recipe has none.", "add a search: section or drop --storage")
+            recipe = load_recipe(args.recipe, [*args.overrides, f"search.storage={args.storage}"])
         if args.dry_run:
             from .run import dry_run
 

@@ -156,8 +156,14 @@ def finish_graph(model: onnx.ModelProto) -> onnx.ModelProto:
             if quantizer:
                 base = f"{quantizer}/{'Q' if node.op_type == 'QuantizeLinear' else 'DQ'}"
                 count = seen.get(base, 0)
+                name = base if count == 0 else f"{base}_{count}"
+                # A de-duplicated scale initializer can point at a quantizer whose Linear Q/DQ were
+                # already named above: ONNX rejects duplicate node names, so skip those.
+                while name in named:
+                    count += 1
+                    name = f"{base}_{count}"
                 seen[base] = count + 1
-                node.name = base if count == 0 else f"{base}_{count}"
+                node.name = name
     model.producer_name = "quant-workbench"
     return model
 

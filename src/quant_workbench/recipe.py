@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import RecipeError
+from .search.spec import SearchSpec
 
 CalibMethod = Literal["max", "percentile", "entropy", "mse"]
 ALL_METHODS: tuple[CalibMethod, ...] = ("max", "percentile", "entropy", "mse")
@@ -111,14 +112,70 @@ class CalibrationSpec(Strict):
         return v
 
 
+QuantFamily = Literal["int8", "int8-smoothquant", "fp8"]
+
+
+class SmoothQuantSpec(Strict):
+    """SmoothQuant (Xiao et al. 2022) for INT8: s_j = max|X_j|^alpha / max|W_j|^(1-alpha)."""
+
+    alpha: float | list[float] = Field(0.5, description="migration strength in [0, 1]; a list sweeps it (one variant family per alpha)")
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha_range(cls, v: float | list[float]) -> float | list[float]:
+        values = v if isinstance(v, list) else [v]
+        if not values:
+            raise ValueError("give at least one alpha")
+        if any(not 0.0 <= a <= 1.0 for a in values):
+            raise ValueError("alpha must be in [0, 1]")
+        if len(set(values)) != len(values):
+            raise ValueError("alphas must not repeat")
+        return v
+
+    @property
+    def alphas(self) -> list[float]:
+        return list(self.alpha) if isinstance(self.alpha, list) else [self.alpha]
+
+
 class QuantSpec(Strict):
-    format: Literal["int8"] = "int8"
+    format: Literal["int8", "fp8"] = "int8"
     per_channel_weights: bool = True
     calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
     targets: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGETS), min_length=1)
     ignore: list[str] = Field(default_factory=list)
     quantize_attention_matmuls: bool = False
     quantize_residual_adds: bool = False
+    smoothquant: SmoothQuantSpec | None = Field(None, description="INT8 only; null = off")
+    compare: list[QuantFamily] = Field(
+        default_factory=list, description="variant families compared in one run; empty = just `format` (+ smoothquant)"
+    )
+
+    @model_validator(mode="after")
+    def _families_consistent(self) -> QuantSpec:
+        if len(set(self.compare)) != len(self.compare):
+            raise ValueError("quantization.compare entries must not repeat")
+        if self.compare:
+            if self.format != "int8":
+                raise ValueError(
+                    f"quantization.format '{self.format}' conflicts with quantization.compare, which names the formats "
+                    "itself; leave format at its default (int8) when compare is set"
+                )
+            if "int8-smoothquant" in self.compare and self.smoothquant is None:
+                raise ValueError("quantization.compare has 'int8-smoothquant' but quantization.smoothquant is not set; add smoothquant: {alpha: 0.5}")
+            if self.smoothquant is not None and "int8-smoothquant" not in self.compare:
+                raise ValueError("quantization.smoothquant is set but quantization.compare has no 'int8-smoothquant' family to use it")
+        elif self.smoothquant is not None and self.format != "int8":
+            raise ValueError(f"quantization.smoothquant applies to int8 only, not format '{self.format}'; remove smoothquant or use compare")
+        return self
+
+    @property
+    def families(self) -> list[QuantFamily]:
+        """The variant families this recipe runs, in order."""
+        if self.compare:
+            return list(self.compare)
+        if self.format == "fp8":
+            return ["fp8"]
+        return ["int8-smoothquant"] if self.smoothquant is not None else ["int8"]
 
     @field_validator("targets", "ignore")
     @classmethod
@@ -162,6 +219,7 @@ class BenchmarkSpec(Strict):
 
 
 DeployTarget = Literal["python-onnxruntime", "onnxruntime", "tensorrt"]
+DEFAULT_DEPLOY_TARGETS: tuple[DeployTarget, ...] = ("python-onnxruntime",)
 
 
 class TensorRTSpec(Strict):
@@ -183,7 +241,7 @@ class TensorRTSpec(Strict):
 class DeploySpec(Strict):
     """Triton model repository for the run's selected variant (and float for comparison)."""
 
-    targets: list[DeployTarget] = Field(default_factory=lambda: ["python-onnxruntime"], min_length=1)
+    targets: list[DeployTarget] = Field(default_factory=lambda: list(DEFAULT_DEPLOY_TARGETS), min_length=1)
     variants: list[str] = Field(default_factory=lambda: ["best", "float"], min_length=1, description="'best' = the run's selected variant")
     output_dir: str = Field("triton", description="relative paths are inside the run folder")
     max_batch_size: int = Field(32, ge=1)
@@ -264,6 +322,7 @@ class Recipe(Strict):
     finetune: FinetuneSpec | None = None
     qat: QatSpec | None = None
     deploy: DeploySpec | None = None
+    search: SearchSpec | None = None
 
     @model_validator(mode="after")
     def _combinations(self) -> Recipe:
@@ -277,6 +336,21 @@ class Recipe(Strict):
             raise ValueError(
                 f"data.validation_samples={self.data.validation_samples} is carved from data.probe_samples="
                 f"{self.data.probe_samples} (the training pool) and must be smaller"
+            )
+        if "fp8" in self.quantization.families:
+            if self.export.opset < 19:
+                raise ValueError(
+                    f"fp8 quantization needs ONNX QuantizeLinear/DequantizeLinear with float8e4m3fn, i.e. export.opset >= 19 "
+                    f"(got {self.export.opset}); set export.opset: 19"
+                )
+            if "entropy" in self.quantization.calibration.methods:
+                raise ValueError(
+                    "calibration method 'entropy' (KL over uniformly spaced integer levels) is not defined for fp8; "
+                    "remove 'entropy' from quantization.calibration.methods (max, percentile and mse work for fp8)"
+                )
+        if self.search is not None and (self.search.latency.seq_length or 0) > self.model.max_seq_length:
+            raise ValueError(
+                f"search.latency.seq_length={self.search.latency.seq_length} exceeds model.max_seq_length={self.model.max_seq_length}"
             )
         too_long = [s for s in self.benchmark.seq_lengths if s > self.model.max_seq_length]
         if too_long:

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .format_notes import formats_section
 from .io import atomic_path, write_json, write_text
 from .results import LatencyStats, RunResult, VariantResult
 
@@ -383,7 +384,10 @@ def _summary(result: RunResult, ref: VariantResult | None) -> list[str]:
             if sp is not None:
                 parts.append(f"{_speedup(sp)} p50 speed-up at batch {shape[0]}, seq {shape[1]}")
         if best.size_bytes and ref is not None and ref.size_bytes and best is not ref:
-            parts.append(f"{ref.size_bytes / best.size_bytes:.2f}× smaller than float")
+            ratio = ref.size_bytes / best.size_bytes
+            parts.append(
+                f"{ratio:.2f}× smaller than float" if ratio >= 1 else f"{1 / ratio:.2f}× larger than float on disk"
+            )
         lines.append(f"**{best.name}**: " + ", ".join(parts) + ".")
     lines += ["", f"Selection rule: {result.selection_rule or '(not recorded)'}", ""]
     return lines
@@ -400,6 +404,7 @@ def render_markdown(result: RunResult) -> str:
     ]
     lines += _summary(result, ref)
     lines += _results_section(result, ref)
+    lines += formats_section(result)
     lines += ["## Accuracy vs latency", "", f"![accuracy vs latency]({PLOT_RELPATH})", ""]
     lines += _latency_section(result, ref)
     lines += _per_variant_section("Fidelity", result, "fidelity", "No fidelity checks were recorded.")
@@ -413,6 +418,11 @@ def render_markdown(result: RunResult) -> str:
         lines += [f"- **{v.name}** ({v.precision}, calibration {v.calibration_method or DASH}):", ""]
         lines += ["  " + x for x in _fenced(v.error or "(no error message recorded)")] + [""]
 
+    for kind, info in (result.training or {}).items():
+        lines += [f"## Training: {kind}", ""]
+        if isinstance(info, dict) and info.get("curve"):
+            lines += [f"![{kind} training curve]({info['curve']})", ""]
+        lines += [*_bullets({k: x for k, x in info.items() if k != "curve"} if isinstance(info, dict) else {"info": info}), ""]
     lines += ["## Calibration", ""]
     lines += [*(_bullets(result.calibration) or ["No calibration was run."]), ""]
     lines += ["## Data", ""]

@@ -62,6 +62,7 @@ class RunResult:
     best_variant: str | None = None
     selection_rule: str = ""
     timings_s: dict[str, float] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)  # finetune / qat summaries (quant_workbench.train)
     schema_version: int = SCHEMA_VERSION
 
     def variant(self, name: str) -> VariantResult | None:

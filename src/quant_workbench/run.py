@@ -32,11 +32,18 @@ from .engines.onnxruntime import OrtEngine, optimized_op_counts
 from .errors import WorkbenchError
 from .evaluate import LinearProbe, run_outputs, score_classification, score_embedding
 from .export import cosine_rows, export_onnx, per_layer_fidelity, qdq_summary
+from .families import family_variants
 from .io import hash_json, write_json, write_text
 from .models import LoadedModel, load_model, to_torch, tokenize
-from .quantize.apply import calibrate, prepare, set_scales
+from .quantize.apply import activation_quantizers, calibrate, prepare, set_scales
 from .quantize.calibrate import HistogramCalibrator, load_stats, save_stats
 from .quantize.select import QuantPlan, build_plan
+from .quantize.smoothquant import (
+    ChannelAmaxCollector,
+    channel_amax_path,
+    load_channel_amax,
+    save_channel_amax,
+)
 from .recipe import Recipe
 from .report import results_table, write_report
 from .results import RunResult, VariantResult
@@ -69,7 +76,13 @@ class _Stage:
 
 
 def recipe_hash(recipe: Recipe) -> str:
-    return hash_json(recipe.model_dump(mode="json"))
+    # The deploy section only packages finished artifacts: changing it must not start a new run.
+    data = recipe.model_dump(mode="json", exclude={"deploy"})
+    if data.get("search") is None:
+        data.pop("search", None)  # recipes without a search keep their run ids
+    else:
+        data["search"].pop("storage", None)  # where the study lives does not change the run
+    return hash_json(data)
 
 
 def run_dir_for(recipe: Recipe, run_id: str | None = None) -> Path:
@@ -130,35 +143,59 @@ def _forward_loop(loaded: LoadedModel, splits: Splits, batch_size: int, progress
     return loop
 
 
-def calibration_statistics(ctx: RunContext, loaded: LoadedModel, splits: Splits, plan: QuantPlan) -> tuple[dict[str, HistogramCalibrator], dict[str, Any]]:
-    """One pass over the calibration split, cached by model + data + quantizer layout."""
+def calibration_statistics(
+    ctx: RunContext,
+    loaded: LoadedModel,
+    splits: Splits,
+    plan: QuantPlan,
+    *,
+    extra_key: dict[str, Any] | None = None,
+    channel_amax: dict[str, torch.Tensor] | None = None,
+) -> tuple[dict[str, HistogramCalibrator], dict[str, Any]]:
+    """One pass over the calibration split, cached by model + data + quantizer layout.
+
+    `extra_key` (e.g. the SmoothQuant alpha of a rewritten model) joins the cache key; without it the
+    key is unchanged. A `channel_amax` dict is filled with every QuantLinear's per-input-channel abs
+    max, collected in the same pass and cached beside the statistics (an older cache without it is
+    refreshed once).
+    """
     cal = ctx.recipe.quantization.calibration
-    key = hash_json(
-        {
-            "model": loaded.fingerprint,
-            "data": splits.fingerprint,
-            "calibration_texts": len(splits.calibration),
-            "layout": plan.layout(),
-            "num_bins": cal.num_bins,
-            "batch_size": cal.batch_size,
-            "max_seq_length": loaded.spec.max_seq_length,
-        }
-    )
+    key_fields: dict[str, Any] = {
+        # A fix in the model wrapper changes the activations, so statistics are per workbench version.
+        "version": __version__,
+        "model": loaded.fingerprint,
+        "data": splits.fingerprint,
+        "calibration_texts": len(splits.calibration),
+        "layout": plan.layout(),
+        "num_bins": cal.num_bins,
+        "batch_size": cal.batch_size,
+        "max_seq_length": loaded.spec.max_seq_length,
+    }
+    key = hash_json({**key_fields, **(extra_key or {})})
     cache = Path(cal.cache_dir) / f"{ctx.recipe.name}-{key[:16]}.npz"
+    channels_file = channel_amax_path(cache)
+    if channel_amax is not None and cache.exists():
+        stored = load_channel_amax(channels_file, key)
+        if stored is not None:  # else the statistics are recollected below, channels with them
+            channel_amax.update(stored)
     info: dict[str, Any] = {"cache_key": key, "cache_file": str(cache), "samples": len(splits.calibration)}
     t0 = time.perf_counter()
     if cache.exists():
         try:
             calibrators, meta = load_stats(cache)
-            if meta.get("key") == key:
+            if meta.get("key") == key and (channel_amax is None or channel_amax):
                 info.update(cache_hit=True, seconds=round(time.perf_counter() - t0, 3))
                 ctx.say(f"  calibration statistics from cache {cache}")
                 return calibrators, info
         except Exception as exc:  # a corrupt cache is rebuilt, never trusted
             log.warning("ignoring unreadable calibration cache %s: %s", cache, exc)
     loop = _forward_loop(loaded, splits, cal.batch_size, ctx.progress)
-    calibrators = calibrate(loaded.model, loop, num_bins=cal.num_bins)
+    with ChannelAmaxCollector(loaded.model) as channels:
+        calibrators = calibrate(loaded.model, loop, num_bins=cal.num_bins)
     save_stats(cache, calibrators, {"key": key, "model": loaded.spec.source})
+    save_channel_amax(channels_file, key, channels.amax)
+    if channel_amax is not None:
+        channel_amax.update(channels.amax)
     info.update(cache_hit=False, seconds=round(time.perf_counter() - t0, 3))
     return calibrators, info
 
@@ -174,6 +211,10 @@ def execute(recipe: Recipe, *, run_id: str | None = None, progress: bool = True,
     ctx = RunContext(recipe, run_dir, progress, say)
     models_dir = run_dir / "models"
     t_start = time.perf_counter()
+    if recipe.deploy is not None:  # a missing optional package fails now, not after the whole run
+        from .deploy import preflight
+
+        preflight(recipe.deploy)
     say(f"run folder: {run_dir}")
     write_text(run_dir / "recipe.resolved.yaml", recipe.to_yaml())
     torch.manual_seed(recipe.seed)
@@ -187,6 +228,12 @@ def execute(recipe: Recipe, *, run_id: str | None = None, progress: bool = True,
         loaded = load_model(recipe.model, num_labels=num_labels)
         plan = build_plan(loaded.model.hf, recipe.quantization)
         say(f"  {recipe.model.source}: {len(plan.enabled)} of {len(plan.points)} quantizable ops selected")
+    training: dict[str, Any] = {}
+    if recipe.finetune is not None:
+        from .train import finetune_float
+
+        with ctx.stage("finetune"):
+            training["finetune"] = finetune_float(recipe, loaded, splits, progress=ctx.progress, say=say, plots_dir=run_dir / "plots")
 
     example = _example_inputs(loaded, splits, recipe.export.fidelity_samples)
     base_key = hash_json({"model": loaded.fingerprint, "opset": recipe.export.opset, "version": __version__})
@@ -210,34 +257,51 @@ def execute(recipe: Recipe, *, run_id: str | None = None, progress: bool = True,
 
     prepare(loaded.model.hf, plan, per_channel_weights=recipe.quantization.per_channel_weights)
     with ctx.stage("calibrate"):
-        calibrators, cal_info = calibration_statistics(ctx, loaded, splits, plan)
+        channel_amax: dict[str, torch.Tensor] = {}
+        wants_channels = "int8-smoothquant" in recipe.quantization.families
+        calibrators, cal_info = calibration_statistics(ctx, loaded, splits, plan, channel_amax=channel_amax if wants_channels else None)
         shutil.copyfile(cal_info["cache_file"], run_dir / ".calibration_stats.npz.tmp")
         os.replace(run_dir / ".calibration_stats.npz.tmp", run_dir / "calibration_stats.npz")
+
+    if recipe.search is not None:  # issue 4: sensitivity, fallback and an Optuna study reuse these statistics
+        from .search.study import run_search
+
+        return run_search(ctx, loaded, splits, plan, calibrators, cal_info, example, float_path, base_key, fidelity_float, t_start)
 
     variants: list[VariantResult] = [
         VariantResult(name="float", precision="float32", artifacts={"onnx": "models/float.onnx"}, fidelity=fidelity_float, size_bytes=_size(float_path))
     ]
     engines_paths: dict[str, Path] = {"float": float_path}
-    methods = recipe.quantization.calibration.methods
     cal_info["methods"] = {}
-    for method in methods:
-        name = f"int8-{method}"
-        variant = VariantResult(name=name, precision="int8", calibration_method=method)
+    # One family (int8 | int8 + SmoothQuant per alpha | fp8) after another, each with every method;
+    # the generator puts the model into the family's state and undoes it (families.py).
+    families = family_variants(
+        recipe.quantization, loaded.model, example, calibrators, channel_amax,
+        lambda extra: calibration_statistics(ctx, loaded, splits, plan, extra_key=extra),
+        float_tolerance=recipe.export.float_tolerance, say=say,
+    )
+    for family, method in families:
+        name = f"{family.prefix}-{method}"
+        variant = VariantResult(name=name, precision=family.precision, calibration_method=method)
         variants.append(variant)
+        if family.fidelity:
+            cal_info.setdefault("families", {})[family.prefix] = family.fidelity
         try:
             with ctx.stage(f"quantize {name}"):
-                amax = set_scales(loaded.model, calibrators, method, percentile=recipe.quantization.calibration.percentile)
+                if family.error:
+                    raise WorkbenchError(family.error, "see the family's checks in the report")
+                amax = set_scales(loaded.model, family.calibrators, method, percentile=recipe.quantization.calibration.percentile)
                 scales_path = models_dir / f"{name}.scales.json"
                 write_json(scales_path, {"method": method, "amax": amax})
-                cal_info["methods"][method] = {"quantizers": len(amax), "median_amax": float(np.median(list(amax.values()))) if amax else None}
+                cal_info["methods"][method if family.prefix == "int8" else name] = {"quantizers": len(amax), "median_amax": float(np.median(list(amax.values()))) if amax else None}
                 path = models_dir / f"{name}.qdq.onnx"
-                key = hash_json({"base": base_key, "plan": plan.to_rows(), "amax": amax, "weights": recipe.quantization.per_channel_weights})
+                key = hash_json({"base": base_key, "plan": plan.to_rows(), "amax": amax, "weights": recipe.quantization.per_channel_weights, **family.key})
                 if not _cached(path, key):
                     export_onnx(loaded.model, path, example, loaded.input_names, loaded.output_name, recipe.export.opset)
                     _mark(path, key)
                 variant.artifacts = {"onnx": f"models/{path.name}", "scales": f"models/{scales_path.name}"}
                 variant.size_bytes = _size(path)
-                variant.fidelity = _qdq_fidelity(recipe, loaded, path, example)
+                variant.fidelity = {**_qdq_fidelity(recipe, loaded, path, example), **family.fidelity}
                 variant.engine = optimized_op_counts(path, recipe.engine)
                 engines_paths[name] = path
         except WorkbenchError as exc:
@@ -247,6 +311,9 @@ def execute(recipe: Recipe, *, run_id: str | None = None, progress: bool = True,
             log.debug("variant %s failed", name, exc_info=True)
             variant.status, variant.error = "failed", f"{type(exc).__name__}: {exc}"
             say(f"  {name} failed: {variant.error}")
+
+    if recipe.qat is not None:
+        _qat_variant(ctx, loaded, splits, calibrators, plan.to_rows(), base_key, variants, engines_paths, example, training)
 
     with ctx.stage("evaluate"):
         _evaluate(ctx, loaded, splits, variants, engines_paths)
@@ -269,10 +336,11 @@ def execute(recipe: Recipe, *, run_id: str | None = None, progress: bool = True,
         variants=variants,
         best_variant=best,
         selection_rule=(
-            "highest accuracy among INT8 variants that passed the export fidelity checks; "
+            "highest accuracy among quantized (INT8/FP8) variants that passed the export fidelity checks; "
             "ties broken by the lowest p50 latency at the largest benchmarked shape"
         ),
         timings_s={**ctx.timings, "total": round(time.perf_counter() - t_start, 2)},
+        training=training,
     )
     with ctx.stage("report"):
         paths = write_report(result, run_dir)
@@ -281,7 +349,59 @@ def execute(recipe: Recipe, *, run_id: str | None = None, progress: bool = True,
     say("")
     say(results_table(result))
     say(f"\nreport: {paths['markdown']}")
+    if recipe.deploy is not None:
+        from .deploy import deploy_run
+
+        with ctx.stage("deploy"):
+            deploy_run(run_dir, recipe=recipe, result=result, say=say)
     return result
+
+
+def _qat_variant(
+    ctx: RunContext,
+    loaded: LoadedModel,
+    splits: Splits,
+    calibrators: dict[str, HistogramCalibrator],
+    plan_rows: Any,
+    base_key: str,
+    variants: list[VariantResult],
+    engines_paths: dict[str, Path],
+    example: dict[str, torch.Tensor],
+    training: dict[str, Any],
+) -> None:
+    """`qat` section: train from PTQ-initialised scales (train.qat_model), export and check like PTQ."""
+    from dataclasses import replace
+
+    from .train import qat_model
+
+    recipe, name = ctx.recipe, "int8-qat"
+    variant = VariantResult(name=name, precision="int8")
+    variants.append(variant)
+    try:
+        with ctx.stage("qat"):
+            model, info = qat_model(recipe, loaded, splits, calibrators, progress=ctx.progress, say=ctx.say, plots_dir=ctx.run_dir / "plots")
+            training["qat"] = info
+            variant.calibration_method = f"qat (init {info['init_method']})"
+            amax = {n: float(q.amax) for n, q in activation_quantizers(model).items() if q.enabled}
+            scales_path = ctx.run_dir / "models" / f"{name}.scales.json"
+            write_json(scales_path, {"method": "qat", "init_method": info["init_method"], "amax": amax})
+            path = ctx.run_dir / "models" / f"{name}.qdq.onnx"
+            key = hash_json({"base": base_key, "plan": plan_rows, "qat": info["cache_key"], "weights": recipe.quantization.per_channel_weights})
+            if not _cached(path, key):
+                export_onnx(model, path, example, loaded.input_names, loaded.output_name, recipe.export.opset)
+                _mark(path, key)
+            variant.artifacts = {"onnx": f"models/{path.name}", "scales": f"models/{scales_path.name}"}
+            variant.size_bytes = _size(path)
+            variant.fidelity = _qdq_fidelity(recipe, replace(loaded, model=model), path, example)
+            variant.engine = optimized_op_counts(path, recipe.engine)
+            engines_paths[name] = path
+    except WorkbenchError as exc:
+        variant.status, variant.error = "failed", str(exc)
+        ctx.say(f"  {name} failed: {exc}")
+    except Exception as exc:  # a broken trial is recorded, the run goes on
+        log.debug("variant %s failed", name, exc_info=True)
+        variant.status, variant.error = "failed", f"{type(exc).__name__}: {exc}"
+        ctx.say(f"  {name} failed: {variant.error}")
 
 
 def _qdq_fidelity(recipe: Recipe, loaded: LoadedModel, path: Path, example: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -374,7 +494,7 @@ def dry_run(recipe: Recipe, say: Callable[[str], None] = print) -> QuantPlan:
     plan = build_plan(loaded.model.hf, recipe.quantization)
     say("# resolved recipe")
     say(recipe.to_yaml())
-    say(f"# quantization plan for {recipe.model.source} ({recipe.quantization.format}, activations per-tensor, "
+    say(f"# quantization plan for {recipe.model.source} ({', '.join(recipe.quantization.families)}, activations per-tensor, "
         f"weights {'per-channel (output axis)' if recipe.quantization.per_channel_weights else 'per-tensor'})")
     say(plan.describe())
     cal = recipe.quantization.calibration

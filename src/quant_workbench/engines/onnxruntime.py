@@ -23,6 +23,10 @@ FLOAT_MATMUL_OPS = {"MatMul", "FusedMatMul", "Gemm", "FusedGemm"}
 # ONNX Runtime's common-subexpression elimination merges the per-consumer Q/DQ pairs of a shared input
 # (Q, K and V read the same tensor) and then its QDQ fusion skips those MatMuls; keep them apart.
 DISABLED_OPTIMIZERS = ["CommonSubexpressionElimination"]
+# ONNX Runtime 1.32's Relu/Clip -> QuantizeLinear rewrites read a float8 zero point as if it were
+# uint8 (0 = the lowest level) and drop the Relu/Clip, which is wrong for FP8 E4M3 Q/DQ; BERT-family
+# graphs have neither before a QuantizeLinear, so keeping them costs INT8 models nothing here.
+DISABLED_OPTIMIZERS += ["ReluQuantRewrite", "ClipQuantRewrite"]
 
 
 def _session_options(spec: EngineSpec, threads: int | None = None) -> Any:

@@ -18,7 +18,7 @@ from ..errors import WorkbenchError
 from ..recipe import CalibMethod
 from .calibrate import CalibrationError, HistogramCalibrator, per_channel_amax
 from .modules import QuantAdd, QuantLinear, QuantMatMul, attach_attention_matmuls, attach_residual_add
-from .quantizer import QuantFormat, TensorQuantizer
+from .quantizer import QuantFormat, QuantKind, TensorQuantizer
 from .select import QuantPlan
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ def _get(model: nn.Module, name: str) -> nn.Module:
     return model.get_submodule(name)
 
 
-def prepare(model: nn.Module, plan: QuantPlan, *, per_channel_weights: bool = True) -> nn.Module:
+def prepare(model: nn.Module, plan: QuantPlan, *, per_channel_weights: bool = True, kind: QuantKind = "int8") -> nn.Module:
     """Swap in quantized modules for every candidate point (disabled ones pass through).
 
     Every candidate gets modules, enabled or not, so that the calibration pass can collect
@@ -61,7 +61,17 @@ def prepare(model: nn.Module, plan: QuantPlan, *, per_channel_weights: bool = Tr
             for q in m.modules():
                 if isinstance(q, TensorQuantizer):
                     q.enabled = point.enabled
+    if kind != "int8":
+        set_format(model, kind)
     return model
+
+
+def set_format(model: nn.Module, kind: QuantKind) -> None:
+    """Switch every quantizer of a prepared model to int8 or fp8 (granularity kept); call
+    set_scales afterwards. Calibration statistics are format independent, so one pass serves both."""
+    for q in quantizers(model).values():
+        if q.fmt.kind != kind:
+            q.set_format(QuantFormat(kind, axis=q.fmt.axis))
 
 
 def quantizers(model: nn.Module) -> dict[str, TensorQuantizer]:
@@ -132,7 +142,7 @@ def set_scales(
                 "the calibration cache does not match the model; delete it or change calibration.cache_dir",
             )
         try:
-            amax = cal.compute_amax(method, percentile=percentile)
+            amax = cal.compute_amax(method, percentile=percentile, fp8=q.fmt.kind == "fp8")
         except CalibrationError as exc:
             raise WorkbenchError(str(exc), "keep this op in float with quantization.ignore") from exc
         q.set_amax(amax)
@@ -163,6 +173,7 @@ __all__ = [
     "prepare",
     "quantizers",
     "set_export_mode",
+    "set_format",
     "set_scales",
     "strip_quantization",
 ]

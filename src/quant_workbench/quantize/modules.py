@@ -24,6 +24,8 @@ ATTENTION_FUNCTION = "quant_workbench_eager"
 
 
 class QuantLinear(nn.Linear):
+    smooth_scale: torch.Tensor | None
+
     def __init__(self, linear: nn.Linear, weight_fmt: QuantFormat, input_fmt: QuantFormat = ACTIVATION_FORMAT) -> None:
         nn.Module.__init__(self)
         self.in_features = linear.in_features
@@ -32,11 +34,18 @@ class QuantLinear(nn.Linear):
         self.bias = linear.bias
         self.input_quantizer = TensorQuantizer(input_fmt)
         self.weight_quantizer = TensorQuantizer(weight_fmt, num_channels=linear.out_features)
+        # SmoothQuant's per-input-channel 1/s (quantize/smoothquant.py), applied before the input
+        # quantizer whatever its state; the weight then holds W * s. None = not smoothed.
+        self.register_buffer("smooth_scale", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.smooth_scale is not None:
+            x = x * self.smooth_scale
         return F.linear(self.input_quantizer(x), self.weight_quantizer(self.weight), self.bias)
 
     def to_float(self) -> nn.Linear:
+        if self.smooth_scale is not None:
+            raise ValueError("a smoothed QuantLinear has no plain nn.Linear equivalent; restore the SmoothQuant state first")
         lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
         lin.weight = self.weight
         lin.bias = self.bias
@@ -97,6 +106,14 @@ def register_attention_function() -> None:
     from transformers import AttentionInterface
 
     AttentionInterface.register(ATTENTION_FUNCTION, quant_attention_forward)
+    # transformers 5 builds the attention mask only for implementations that have a mask function:
+    # without this the mask silently stays None and padded positions take part in attention.
+    try:
+        from transformers import AttentionMaskInterface
+        from transformers.masking_utils import eager_mask
+    except ImportError:  # transformers 4.x passes the 4D additive mask to any implementation
+        return
+    AttentionMaskInterface.register(ATTENTION_FUNCTION, eager_mask)
 
 
 def is_self_attention(module: nn.Module) -> bool:

@@ -20,13 +20,22 @@ from torch import nn
 from .calibrate import HistogramCalibrator
 
 INT8_MAX = 127.0
+# Largest finite float8 E4M3 (e4m3fn: no infinities, one NaN pattern) value: scale = amax / 448.
+FP8_E4M3_MAX = 448.0
+
+QuantKind = Literal["int8", "fp8"]
 
 
 @dataclass(frozen=True)
 class QuantFormat:
-    """Per-tensor quantization arguments (one level of the spec: bits, kind, granularity)."""
+    """Per-tensor quantization arguments (one level of the spec: bits, kind, granularity).
 
-    kind: Literal["int8"] = "int8"
+    int8: symmetric, zero point 0 (int8), scale = amax / 127.
+    fp8: float8 E4M3 (torch.float8_e4m3fn / ONNX FLOAT8E4M3FN), zero point 0 of that dtype,
+    scale = amax / 448, saturating at +-448 (ONNX QuantizeLinear's saturate=1 default).
+    """
+
+    kind: QuantKind = "int8"
     axis: int | None = None  # None = per-tensor; otherwise the channel axis kept by per-channel scales
 
     @property
@@ -39,11 +48,52 @@ class QuantFormat:
 
     @property
     def max_representable(self) -> float:
-        return INT8_MAX
+        return FP8_E4M3_MAX if self.kind == "fp8" else INT8_MAX
+
+    @property
+    def zero_point_dtype(self) -> torch.dtype:
+        return torch.float8_e4m3fn if self.kind == "fp8" else torch.int8
 
     def describe(self) -> str:
         gran = "per-tensor" if self.axis is None else f"per-channel(axis={self.axis})"
         return f"{self.kind} {gran}"
+
+
+# ---------------------------------------------------------------------------------------------
+# FP8 E4M3 fake quantization: (x / scale) saturated to +-448, rounded by the float8_e4m3fn cast
+# (round to nearest even, subnormals kept), times scale. Division (not a reciprocal multiply) so the
+# result matches ONNX QuantizeLinear bit for bit.
+
+
+def _broadcast_scale(scale: torch.Tensor, x: torch.Tensor, axis: int | None) -> torch.Tensor:
+    if axis is None or scale.dim() == 0:
+        return scale
+    shape = [1] * x.dim()
+    shape[axis % x.dim()] = -1
+    return scale.reshape(shape)
+
+
+def fp8_e4m3_qdq(x: torch.Tensor, scale: torch.Tensor, axis: int | None = None) -> torch.Tensor:
+    """Quantize-dequantize through float8 E4M3 (no gradient handling; see Fp8FakeQuant)."""
+    s = _broadcast_scale(scale.to(x.dtype), x, axis)
+    q = (x / s).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
+    return q.to(x.dtype) * s
+
+
+class Fp8FakeQuant(torch.autograd.Function):
+    """fp8_e4m3_qdq with a straight-through gradient inside the representable range (zero outside,
+    like torch's fake_quantize ops), so QAT can reuse FP8 quantizers."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, scale: torch.Tensor, axis: int | None) -> torch.Tensor:
+        s = _broadcast_scale(scale.to(x.dtype), x, axis)
+        ctx.save_for_backward((x / s).abs() <= FP8_E4M3_MAX)
+        return fp8_e4m3_qdq(x, scale, axis)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, *grads: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
+        (inside,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        return grads[0] * inside, None, None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -53,6 +103,9 @@ class QuantFormat:
 
 @torch.library.custom_op("qwb::qdq", mutates_args=())
 def qdq(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, axis: int) -> torch.Tensor:
+    # The zero point's dtype decides the format (int8 or float8 E4M3), as in ONNX QuantizeLinear.
+    if zero_point.dtype == torch.float8_e4m3fn:
+        return fp8_e4m3_qdq(x, scale.float(), None if axis < 0 or scale.dim() == 0 else axis)
     zp = zero_point.to(torch.int32)
     if scale.dim() == 0:
         return torch.fake_quantize_per_tensor_affine(x, scale.float(), zp, -128, 127)
@@ -80,7 +133,7 @@ class TensorQuantizer(nn.Module):
         # Buffers (not parameters) so they travel with state_dict and become named ONNX initializers.
         self.register_buffer("_amax", torch.full(shape, float("nan")))
         self.register_buffer("_scale", torch.ones(shape))
-        self.register_buffer("_zero_point", torch.zeros(shape, dtype=torch.int8))
+        self.register_buffer("_zero_point", torch.zeros(shape, dtype=fmt.zero_point_dtype))
         self.learn_amax = False
 
     # -- scale management -----------------------------------------------------------------------
@@ -101,6 +154,15 @@ class TensorQuantizer(nn.Module):
         self._amax.copy_(value)
         self._scale.copy_(value / self.fmt.max_representable)
 
+    def set_format(self, fmt: QuantFormat) -> None:
+        """Switch int8 <-> fp8 (same granularity); the scale follows the current amax."""
+        if (fmt.axis is None) != (self.fmt.axis is None):
+            raise ValueError(f"cannot change quantizer granularity from {self.fmt.describe()} to {fmt.describe()}")
+        self.fmt = fmt
+        self._zero_point = torch.zeros(self._zero_point.shape, dtype=fmt.zero_point_dtype, device=self._zero_point.device)
+        if self.is_calibrated:
+            self._scale.copy_(self._amax / fmt.max_representable)
+
     # -- forward ----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
@@ -115,6 +177,9 @@ class TensorQuantizer(nn.Module):
             return torch.ops.qwb.qdq(x, self._scale, self._zero_point, axis)
         if not self.is_calibrated:
             raise RuntimeError(f"quantizer {self.extra_repr()} is enabled but has no amax; calibrate first")
+        if self.fmt.kind == "fp8":
+            out: torch.Tensor = Fp8FakeQuant.apply(x, self._scale, self.fmt.axis)
+            return out
         zp = self._zero_point.to(torch.int32)
         if self.fmt.axis is None:
             return torch.fake_quantize_per_tensor_affine(x, self._scale, zp, self.fmt.qmin, self.fmt.qmax)

@@ -1,0 +1,97 @@
+"""Deployment: Triton model repositories (and TensorRT engines) for a finished run.
+
+`deploy_run(run_dir)` is what `quantize deploy RUN_DIR` and a recipe's `deploy:` section call: it
+reads the run's report.json and resolved recipe, builds TensorRT engines when the `tensorrt` target is
+asked for, writes the repository (see deploy/triton.py) and validates it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import OptionalDependencyError
+from ..recipe import DeploySpec, Recipe, load_recipe
+from ..results import RunResult
+from .triton import DeployError, Repository, resolve_variants, validate_repository, write_repository
+
+__all__ = ["DeployError", "Repository", "deploy_run", "preflight", "validate_repository", "write_repository"]
+
+
+def preflight(spec: DeploySpec, build_engines: bool = True) -> None:
+    """Fail fast (before a long run) when an optional package the deploy section needs is missing."""
+    from .triton import model_config_pb2
+
+    model_config_pb2()
+    if build_engines and "tensorrt" in spec.targets:
+        from ..engines.tensorrt import require_tensorrt
+
+        require_tensorrt("building the TensorRT engines of deploy.targets [tensorrt]")
+
+
+def deploy_run(
+    run_dir: Path | str,
+    out: Path | str | None = None,
+    *,
+    recipe: Recipe | None = None,
+    result: RunResult | None = None,
+    build_engines: bool = True,
+    say: Callable[[str], None] = print,
+) -> Repository:
+    run_dir = Path(run_dir)
+    report = run_dir / "report.json"
+    if result is None:
+        if not report.is_file():
+            raise DeployError(
+                f"'{run_dir}' is not a finished run folder (it has no report.json).",
+                "pass a folder like reports/<recipe name>/<run id> written by `quantize RECIPE.yaml`",
+            )
+        result = RunResult.from_dict(json.loads(report.read_text()))
+    if recipe is None:
+        resolved = run_dir / "recipe.resolved.yaml"
+        if not resolved.is_file():
+            raise DeployError(f"'{run_dir}' has no recipe.resolved.yaml.", "re-run the recipe to recreate the run folder")
+        recipe = load_recipe(resolved)
+    spec = recipe.deploy or DeploySpec()
+    preflight(spec, build_engines)
+
+    files: dict[str, Path] = {}
+    for v in result.variants:
+        onnx_rel = v.artifacts.get("onnx")
+        if v.status == "ok" and onnx_rel and (run_dir / onnx_rel).is_file():
+            files[v.name] = run_dir / onnx_rel
+    precision = {v.name: v.precision for v in result.variants}
+    engines: dict[tuple[str, str], Path] = {}
+    notes: dict[tuple[str, str], str] = {}
+    if build_engines and "tensorrt" in spec.targets:
+        from ..engines.tensorrt import build_for_deploy
+        from ..errors import WorkbenchError
+
+        for name in resolve_variants(spec.variants, result.best_variant, files):
+            say(f"  building TensorRT engine for {name}")
+            try:
+                engines[(name, "tensorrt")] = build_for_deploy(recipe, spec, files[name], run_dir / "engines" / f"{name}.plan", int8=precision.get(name) == "int8")
+            except WorkbenchError as exc:  # this engine failed; the rest of the repository is still written
+                if isinstance(exc, OptionalDependencyError):
+                    raise
+                notes[(name, "tensorrt")] = f"engine build failed: {exc}"
+                say(f"  {name}: TensorRT engine build failed: {exc}")
+
+    repo = write_repository(
+        run_dir,
+        recipe,
+        files,
+        precision,
+        result.best_variant,
+        result.task,
+        out=Path(out) if out is not None else None,
+        spec=spec,
+        engines=engines,
+        notes=notes,
+    )
+    validate_repository(repo.path)
+    say(f"  Triton model repository: {repo.path}")
+    for m in repo.models:
+        say(f"    {m.ensemble:<28} text -> {m.name} ({m.kind}){'  ' + m.note if m.note else ''}")
+    return repo

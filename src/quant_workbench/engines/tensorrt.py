@@ -1,0 +1,539 @@
+"""TensorRT engines (TensorRT 10 and 11 Python API): build from Q/DQ ONNX, inspect, run.
+
+- `build_engine(onnx, plan, BuildSettings(...))`: explicit quantization from the Q/DQ ONNX. On
+  TensorRT 10 the network is weakly typed with the INT8 flag (Q/DQ decide what runs in INT8) plus FP16
+  for the float parts; the FP16 baseline is the float ONNX with FP16 alone. TensorRT 11 has no
+  precision flags (strong typing only): the Q/DQ nodes give INT8, and FP16 needs the ONNX converted to
+  mixed precision first (ModelOpt AutoCast, `nvidia-modelopt`). One optimization profile (min/opt/max
+  batch x sequence) covers every input; the workspace is set through the WORKSPACE memory pool; a
+  timing cache file is loaded before and saved after every build; builder optimization level and
+  version-compatible plans are settings.
+  Beside `<name>.plan` it writes `<name>.plan.json` (TensorRT version, GPU, settings, I/O) and
+  `<name>.layers.json` (the engine inspector's per-layer report, built with DETAILED verbosity), and
+  returns a summary of which layers run in INT8 / FP16 / FP32.
+- A failed build raises EngineBuildError carrying the TensorRT log lines that explain it (captured
+  by a custom ILogger); callers mark that trial failed and go on.
+- `TrtEngine(plan)`: the Engine protocol of engines/base.py over the name-based tensor API
+  (set_input_shape, set_tensor_address, execute_async_v3) with torch CUDA tensors as buffers.
+  A plan built by another TensorRT version is refused with a clear message (PlanVersionError).
+
+`import tensorrt` happens only inside these functions; without it every entry point raises
+OptionalDependencyError naming the extra and NVIDIA's install route.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import OptionalDependencyError, WorkbenchError
+from ..io import write_bytes, write_json
+
+if TYPE_CHECKING:
+    import tensorrt as trt
+
+    from ..deploy.triton import TensorSig
+    from ..recipe import DeploySpec, Recipe
+
+INSTALL_HINT = (
+    " — TensorRT comes from NVIDIA's package index: pip install --extra-index-url https://pypi.nvidia.com "
+    "tensorrt-cu12 (CUDA 12) or tensorrt-cu13, on Linux with an NVIDIA GPU and driver; or use an NGC "
+    "container (nvcr.io/nvidia/tensorrt) where it is preinstalled"
+)
+LOG_LINES_KEPT = 400
+
+
+class EngineBuildError(WorkbenchError):
+    """TensorRT could not parse the ONNX model or build the engine; `log` holds TensorRT's own lines."""
+
+    def __init__(self, message: str, log: list[str] | None = None, hint: str | None = None) -> None:
+        self.log = list(log or [])
+        shown = [line for line in self.log if line.startswith(("[E]", "[F]"))] or self.log[-15:]
+        if shown:
+            message = f"{message} TensorRT says: " + " | ".join(shown[-15:])
+        super().__init__(message, hint or "see the TensorRT lines above; a smaller workspace or max shapes, or another opset, may help")
+
+
+class PlanVersionError(WorkbenchError):
+    """A serialized engine built by another TensorRT version (or for another GPU)."""
+
+
+def require_tensorrt(feature: str = "TensorRT engines") -> None:
+    """The `tensorrt` module, or OptionalDependencyError. A stub-only install (tensorrt-stubs leaves an
+    empty `tensorrt` namespace package) counts as missing."""
+    try:
+        import tensorrt as trt_mod
+    except ImportError as exc:
+        raise OptionalDependencyError("tensorrt", "tensorrt", feature, INSTALL_HINT) from exc
+    except OSError as exc:  # the bindings are there but libnvinfer is not loadable
+        raise OptionalDependencyError("tensorrt", "tensorrt", f"{feature} (libnvinfer failed to load: {exc})", INSTALL_HINT) from exc
+    if not hasattr(trt_mod, "Builder"):
+        raise OptionalDependencyError("tensorrt", "tensorrt", feature, INSTALL_HINT)
+
+
+def tensorrt_major(version: str) -> int:
+    m = re.match(r"(\d+)", version)
+    return int(m.group(1)) if m else 0
+
+
+class LogBuffer:
+    """The last LOG_LINES_KEPT TensorRT messages (INFO and above) as '[E] message' lines."""
+
+    TAGS = {"INTERNAL_ERROR": "F", "ERROR": "E", "WARNING": "W", "INFO": "I", "VERBOSE": "V"}
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self._lock = threading.Lock()
+
+    def add(self, severity_name: str, msg: str) -> None:
+        with self._lock:
+            self.lines.append(f"[{self.TAGS.get(severity_name, '?')}] {msg}")
+            del self.lines[:-LOG_LINES_KEPT]
+
+    def errors(self) -> list[str]:
+        return [x for x in self.lines if x.startswith(("[E]", "[F]"))]
+
+    def warnings(self) -> list[str]:
+        return [x for x in self.lines if x.startswith("[W]")]
+
+
+def capturing_logger() -> tuple[trt.ILogger, LogBuffer]:
+    """A custom trt.ILogger that records into a LogBuffer (the builder's errors end up in exceptions)."""
+    require_tensorrt()
+    import tensorrt as trt
+
+    buffer = LogBuffer()
+
+    class CapturingLogger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+
+        def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
+            if severity != trt.ILogger.Severity.VERBOSE:
+                buffer.add(severity.name, msg)
+
+    return CapturingLogger(), buffer
+
+
+# ---------------------------------------------------------------------------------------------
+# build
+
+
+@dataclass(frozen=True)
+class Shapes:
+    min: tuple[int, int]
+    opt: tuple[int, int]
+    max: tuple[int, int]
+
+    def check(self) -> Shapes:
+        for i, axis in enumerate(("batch", "sequence")):
+            if not (1 <= self.min[i] <= self.opt[i] <= self.max[i]):
+                raise WorkbenchError(
+                    f"TensorRT optimization profile {axis}: min {self.min[i]} <= opt {self.opt[i]} <= max {self.max[i]} does not hold.",
+                    "fix deploy.tensorrt min_/opt_/max_ batch and seq",
+                )
+        return self
+
+
+@dataclass
+class BuildSettings:
+    shapes: Shapes
+    int8: bool  # the ONNX carries Q/DQ nodes (explicit quantization)
+    fp16: bool = True
+    workspace_bytes: int = 4 << 30
+    optimization_level: int = 3
+    timing_cache: Path | None = None
+    version_compatible: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["timing_cache"] = str(self.timing_cache) if self.timing_cache else None
+        return d
+
+
+@dataclass
+class BuildReport:
+    plan: str
+    tensorrt_version: str
+    seconds: float
+    settings: dict[str, Any]
+    strongly_typed: bool
+    layers: dict[str, Any] = field(default_factory=dict)  # summary of the inspector report
+    timing_cache_hit: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+
+def settings_for_deploy(recipe: Recipe, spec: DeploySpec, int8: bool) -> BuildSettings:
+    t = spec.tensorrt
+    max_batch = t.max_batch or spec.max_batch_size
+    if max_batch < spec.max_batch_size:
+        raise WorkbenchError(
+            f"deploy.tensorrt.max_batch={max_batch} is below deploy.max_batch_size={spec.max_batch_size}: "
+            "Triton would send batches the engine cannot take.",
+            "raise deploy.tensorrt.max_batch or lower deploy.max_batch_size",
+        )
+    max_seq = t.max_seq or recipe.model.max_seq_length
+    shapes = Shapes((t.min_batch, t.min_seq), (t.opt_batch or max_batch, t.opt_seq or max_seq), (max_batch, max_seq)).check()
+    cache = Path(t.timing_cache) if t.timing_cache else Path(recipe.output_dir) / recipe.name / "tensorrt.timing.cache"
+    return BuildSettings(
+        shapes=shapes,
+        int8=int8,
+        fp16=t.fp16,
+        workspace_bytes=t.workspace_mib << 20,
+        optimization_level=t.optimization_level,
+        timing_cache=cache,
+        version_compatible=t.version_compatible,
+    )
+
+
+def _fp16_onnx(onnx_path: Path, folder: Path) -> Path:
+    """TensorRT 11: FP16 for the float parts means an ONNX converted to mixed precision (ModelOpt AutoCast)."""
+    try:
+        from modelopt.onnx.autocast import convert_to_mixed_precision
+    except ImportError as exc:
+        raise WorkbenchError(
+            "TensorRT 11 has no FP16 builder flag: FP16 engines need the ONNX converted to mixed precision by "
+            "ModelOpt AutoCast, which is not installed.",
+            "pip install 'nvidia-modelopt[onnx]', or set deploy.tensorrt.fp16: false (float parts stay FP32)",
+        ) from exc
+    import onnx
+
+    converted = convert_to_mixed_precision(onnx_path=str(onnx_path), low_precision_type="fp16", keep_io_types=True)
+    out = folder / f"{onnx_path.stem}.fp16.onnx"
+    onnx.save_model(converted, str(out), save_as_external_data=converted.ByteSize() > (1 << 31) - 4096)
+    return out
+
+
+def build_engine(onnx_path: Path, plan_path: Path, settings: BuildSettings) -> BuildReport:
+    """Parse, configure, build, save plan + timing cache + metadata + inspector report."""
+    import tempfile
+    import time
+
+    require_tensorrt("building TensorRT engines")
+    import tensorrt as trt
+
+    logger, log = capturing_logger()
+    version = str(trt.__version__)
+    strongly_typed = tensorrt_major(version) >= 11
+    t0 = time.perf_counter()
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        source = _fp16_onnx(onnx_path, Path(tmp)) if strongly_typed and settings.fp16 else onnx_path
+        builder = trt.Builder(logger)
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
+        network = builder.create_network(flags)
+        parser = trt.OnnxParser(network, logger)
+        if not parser.parse_from_file(str(source)):
+            errors = [f"[E] {parser.get_error(i)}" for i in range(parser.num_errors)]
+            raise EngineBuildError(f"TensorRT cannot parse {onnx_path.name}.", errors + log.lines, "an ONNX op or opset TensorRT does not support; see the lines")
+        config = builder.create_builder_config()
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_bytes)
+        config.builder_optimization_level = settings.optimization_level
+        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+        if not strongly_typed:  # TensorRT 10: weak typing; Q/DQ nodes still decide what runs in INT8
+            if settings.int8:
+                config.set_flag(trt.BuilderFlag.INT8)
+            if settings.fp16:
+                config.set_flag(trt.BuilderFlag.FP16)
+        if settings.version_compatible:
+            config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+        profile = builder.create_optimization_profile()
+        s = settings.shapes
+        for i in range(network.num_inputs):
+            tensor = network.get_input(i)
+            if len(tensor.shape) != 2:
+                raise EngineBuildError(f"input '{tensor.name}' of {onnx_path.name} has rank {len(tensor.shape)}; the profile covers [batch, sequence] inputs only.")
+            profile.set_shape(tensor.name, trt.Dims(list(s.min)), trt.Dims(list(s.opt)), trt.Dims(list(s.max)))
+        config.add_optimization_profile(profile)
+        cache_hit = False
+        if settings.timing_cache is not None:
+            blob = settings.timing_cache.read_bytes() if settings.timing_cache.is_file() else b""
+            cache_hit = bool(blob)
+            if not config.set_timing_cache(config.create_timing_cache(blob), ignore_mismatch=False):
+                notes.append(f"timing cache {settings.timing_cache} was not usable (another GPU or TensorRT version); started a new one")
+                config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+                cache_hit = False
+        serialized = builder.build_serialized_network(network, config)
+        if serialized is None:
+            raise EngineBuildError(f"TensorRT could not build an engine from {onnx_path.name}.", log.lines)
+        plan_bytes = bytes(memoryview(serialized))
+        if settings.timing_cache is not None:
+            write_bytes(settings.timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
+    write_bytes(plan_path, plan_bytes)
+    loaded = _deserialize(plan_bytes, logger, log, settings.version_compatible, plan_path)
+    inputs, outputs = _engine_io(loaded.engine)
+    meta = {
+        "tensorrt_version": version,
+        "version_compatible": settings.version_compatible,
+        "gpu": _gpu_name(),
+        "machine": platform.machine(),
+        "onnx": str(onnx_path),
+        "settings": settings.to_dict(),
+        "strongly_typed": strongly_typed,
+        "inputs": [x.to_dict() for x in inputs],
+        "outputs": [x.to_dict() for x in outputs],
+    }
+    write_json(plan_meta_path(plan_path), meta)
+    info = loaded.engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
+    layers_path = plan_path.with_name(plan_path.stem + ".layers.json")
+    try:
+        parsed: Any = json.loads(info)
+    except json.JSONDecodeError:
+        parsed = {"raw": info}
+    write_json(layers_path, parsed)
+    return BuildReport(
+        plan=str(plan_path),
+        tensorrt_version=version,
+        seconds=round(time.perf_counter() - t0, 2),
+        settings=settings.to_dict(),
+        strongly_typed=strongly_typed,
+        layers={**summarize_layers(parsed), "report": layers_path.name},
+        timing_cache_hit=cache_hit,
+        warnings=notes + log.warnings()[-20:],
+    )
+
+
+def build_for_deploy(recipe: Recipe, spec: DeploySpec, onnx_path: Path, plan_path: Path, *, int8: bool) -> Path:
+    report = build_engine(onnx_path, plan_path, settings_for_deploy(recipe, spec, int8))
+    write_json(plan_path.with_name(plan_path.stem + ".build.json"), asdict(report))
+    return plan_path
+
+
+# ---------------------------------------------------------------------------------------------
+# inspection
+
+
+_PRECISIONS = (("int8", ("int8",)), ("fp16", ("half", "fp16")), ("bf16", ("bf16",)), ("fp8", ("fp8",)), ("fp32", ("float", "fp32")))
+
+
+def _tensor_types(entry: Any) -> list[str]:
+    """Data types named by one inspector tensor entry: TensorRT 10 writes "Format/Datatype"
+    ("Row major linear INT8 format"), TensorRT 11 splits it into "Format" and "DataType"."""
+    if not isinstance(entry, dict):
+        return []
+    out = []
+    for key in ("DataType", "Datatype", "Format/Datatype", "Format/DataType"):
+        value = entry.get(key)
+        if isinstance(value, str):
+            out.append(value.lower())
+    return out
+
+
+def layer_precision(layer: dict[str, Any]) -> str:
+    """The lowest precision among a layer's inputs and outputs (int8 < fp8 < fp16/bf16 < fp32)."""
+    names: list[str] = []
+    for side in ("Inputs", "Outputs"):
+        for entry in layer.get(side, []) or []:
+            names += _tensor_types(entry)
+    text = " ".join(names)
+    for label, needles in _PRECISIONS:
+        if any(n in text for n in needles):
+            return label
+    return "other"
+
+
+def summarize_layers(report: Any) -> dict[str, Any]:
+    layers = report.get("Layers", []) if isinstance(report, dict) else []
+    layers = [x for x in layers if isinstance(x, dict)]  # LAYER_NAMES_ONLY reports are plain strings
+    counts: dict[str, int] = {}
+    int8_names: list[str] = []
+    for layer in layers:
+        p = layer_precision(layer)
+        counts[p] = counts.get(p, 0) + 1
+        if p == "int8":
+            int8_names.append(str(layer.get("Name", "")))
+    return {"layers": len(layers), "by_precision": dict(sorted(counts.items())), "int8_layers": int8_names[:200]}
+
+
+def plan_meta_path(plan: Path) -> Path:
+    return plan.with_name(plan.name + ".json")
+
+
+def check_plan_version(meta: dict[str, Any], running: str, plan: Path) -> None:
+    built = str(meta.get("tensorrt_version", ""))
+    if not built or built == running:
+        return
+    if meta.get("version_compatible") and tensorrt_major(built) == tensorrt_major(running) and _version_tuple(running) >= _version_tuple(built):
+        return
+    raise PlanVersionError(
+        f"{plan} was built by TensorRT {built}; this is TensorRT {running}. A TensorRT plan loads only in the "
+        "version that built it (version-compatible plans: the same major version, same or newer).",
+        "rebuild the engine on this machine (quantize deploy RUN_DIR), or build with deploy.tensorrt.version_compatible: true",
+    )
+
+
+def _version_tuple(v: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", v)[:4])
+
+
+@dataclass
+class LoadedPlan:
+    engine: trt.ICudaEngine
+    runtime: trt.Runtime  # kept alive as long as the engine
+    logger: trt.ILogger
+    log: LogBuffer
+
+
+def _deserialize(plan_bytes: bytes, logger: trt.ILogger, log: LogBuffer, version_compatible: bool, plan: Path) -> LoadedPlan:
+    import tensorrt as trt
+
+    runtime = trt.Runtime(logger)
+    if version_compatible:
+        runtime.engine_host_code_allowed = True
+    engine = runtime.deserialize_cuda_engine(plan_bytes)
+    if engine is None:
+        lines = log.errors() or log.lines[-10:]
+        text = " ".join(lines).lower()
+        if "version" in text or "magic" in text or "serialization" in text:
+            raise PlanVersionError(
+                f"{plan} cannot be loaded by TensorRT {trt.__version__}: it was built by another TensorRT version or for another GPU ({' | '.join(lines)}).",
+                "rebuild the engine on this machine (quantize deploy RUN_DIR)",
+            )
+        raise EngineBuildError(f"TensorRT cannot deserialize {plan}.", lines)
+    return LoadedPlan(engine, runtime, logger, log)
+
+
+TRT_TO_TRITON = {"FLOAT": "TYPE_FP32", "HALF": "TYPE_FP16", "BF16": "TYPE_BF16", "INT8": "TYPE_INT8", "INT32": "TYPE_INT32", "INT64": "TYPE_INT64", "BOOL": "TYPE_BOOL", "UINT8": "TYPE_UINT8"}
+
+
+def _dims(d: trt.Dims) -> list[int]:
+    return [int(d[i]) for i in range(len(d))]
+
+
+def _engine_io(engine: trt.ICudaEngine) -> tuple[list[TensorSig], list[TensorSig]]:
+    import tensorrt as trt
+
+    from ..deploy.triton import TensorSig
+
+    inputs: list[TensorSig] = []
+    outputs: list[TensorSig] = []
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        dtype = engine.get_tensor_dtype(name).name
+        sig = TensorSig(name, TRT_TO_TRITON.get(dtype, f"TYPE_{dtype}"), tuple(_dims(engine.get_tensor_shape(name))[1:]))
+        (inputs if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else outputs).append(sig)
+    return inputs, outputs
+
+
+def load_engine(plan: Path) -> LoadedPlan:
+    """Deserialize a plan file; refuses plans of another TensorRT version with PlanVersionError."""
+    require_tensorrt("loading TensorRT engines")
+    import tensorrt as trt
+
+    plan = Path(plan)
+    if not plan.is_file():
+        raise WorkbenchError(f"TensorRT plan {plan} does not exist.", "build it with quantize deploy RUN_DIR")
+    meta_file = plan_meta_path(plan)
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    check_plan_version(meta, str(trt.__version__), plan)
+    logger, log = capturing_logger()
+    return _deserialize(plan.read_bytes(), logger, log, bool(meta.get("version_compatible")), plan)
+
+
+def engine_signature(plan: Path) -> tuple[list[TensorSig], list[TensorSig]]:
+    """Inputs/outputs of a plan in Triton terms (batch axis removed), for config cross-checks."""
+    return _engine_io(load_engine(plan).engine)
+
+
+def _gpu_name() -> str | None:
+    try:
+        import torch
+
+        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except Exception:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# runner
+
+
+class TrtEngine:
+    """`engine(feed) -> first output` on the GPU, like OrtEngine; buffers are torch CUDA tensors."""
+
+    def __init__(self, plan: Path | str, name: str = "tensorrt", device: int = 0) -> None:
+        import torch
+
+        require_tensorrt("running TensorRT engines")
+        import tensorrt as trt
+
+        if not torch.cuda.is_available():
+            raise WorkbenchError("running a TensorRT engine needs a CUDA GPU visible to torch.", "run on a machine with an NVIDIA GPU and a CUDA build of torch")
+        self.name = name
+        self.plan = Path(plan)
+        self.device = torch.device("cuda", device)
+        with torch.cuda.device(self.device):
+            self.loaded = load_engine(self.plan)
+            context = self.loaded.engine.create_execution_context()
+        if context is None:
+            raise EngineBuildError(f"TensorRT could not create an execution context for {self.plan}.", self.loaded.log.lines)
+        self.context: trt.IExecutionContext = context
+        engine = self.loaded.engine
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        self.input_names = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.output_names = [n for n in names if n not in self.input_names]
+        self.stream = torch.cuda.Stream(device=self.device)
+        self.version = str(trt.__version__)
+
+    def _torch_dtype(self, name: str) -> Any:
+        import torch
+
+        mapping = {
+            "FLOAT": torch.float32,
+            "HALF": torch.float16,
+            "BF16": torch.bfloat16,
+            "INT8": torch.int8,
+            "INT32": torch.int32,
+            "INT64": torch.int64,
+            "BOOL": torch.bool,
+            "UINT8": torch.uint8,
+        }
+        return mapping[self.loaded.engine.get_tensor_dtype(name).name]
+
+    def run_all(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        keep: list[torch.Tensor] = []  # input buffers must live until the stream is done
+        with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
+            for name in self.input_names:
+                if name not in feed:
+                    raise WorkbenchError(f"the engine needs input '{name}', which the feed lacks.")
+                t = torch.from_numpy(np.ascontiguousarray(feed[name])).to(self.device, dtype=self._torch_dtype(name))
+                keep.append(t)
+                if not self.context.set_input_shape(name, tuple(t.shape)):
+                    allowed = [tuple(_dims(d)) for d in self.loaded.engine.get_tensor_profile_shape(name, 0)]
+                    raise WorkbenchError(
+                        f"shape {tuple(t.shape)} of '{name}' is outside the engine's optimization profile (min, opt, max) {allowed}.",
+                        "rebuild with larger deploy.tensorrt max_batch / max_seq",
+                    )
+                self.context.set_tensor_address(name, t.data_ptr())
+            outputs: dict[str, torch.Tensor] = {}
+            for name in self.output_names:
+                out = torch.empty(tuple(_dims(self.context.get_tensor_shape(name))), dtype=self._torch_dtype(name), device=self.device)
+                outputs[name] = out
+                self.context.set_tensor_address(name, out.data_ptr())
+            if not self.context.execute_async_v3(self.stream.cuda_stream):
+                raise EngineBuildError(f"TensorRT inference failed for {self.plan.name}.", self.loaded.log.errors())
+            self.stream.synchronize()
+        return {k: (v.float() if v.is_floating_point() else v).cpu().numpy() for k, v in outputs.items()}
+
+    def __call__(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        return self.run_all(feed)[self.output_names[0]]
+
+    def describe(self) -> dict[str, Any]:
+        meta_file = plan_meta_path(self.plan)
+        meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+        return {"backend": "tensorrt", "tensorrt_version": self.version, "gpu": _gpu_name(), "plan": self.plan.name, "build": meta.get("settings", {})}
+
+    def __enter__(self) -> TrtEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        del self.context

@@ -1,0 +1,157 @@
+"""Variant families of one run: INT8, INT8 + SmoothQuant (one per alpha) and FP8 E4M3.
+
+`quantization.compare` (or `format` + `smoothquant`) names the families; every family gets one
+variant per calibration method, all in the same report. :func:`family_variants` drives run.py's
+variant loop: it puts the prepared model into each family's state (quantizer format, SmoothQuant
+rewrite and its re-calibrated statistics) while that family's variants are built, undoes it
+afterwards, and leaves the model in INT8 format for later stages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from .io import hash_json
+from .quantize.apply import set_format
+from .quantize.calibrate import HistogramCalibrator
+from .quantize.quantizer import QuantKind
+from .quantize.smoothquant import SmoothState, apply_smoothquant, float_mode
+from .recipe import CalibMethod, QuantFamily, QuantSpec
+
+Recalibrate = Callable[[dict[str, Any]], tuple[dict[str, HistogramCalibrator], dict[str, Any]]]
+
+
+@dataclass
+class Family:
+    name: QuantFamily
+    kind: QuantKind
+    alpha: float | None = None
+    calibrators: dict[str, HistogramCalibrator] = field(default_factory=dict)
+    fidelity: dict[str, Any] = field(default_factory=dict)  # merged into each variant's fidelity
+    key: dict[str, Any] = field(default_factory=dict)  # joins each variant's ONNX cache key
+    error: str | None = None  # set when the family could not be prepared: its variants fail with it
+
+    @property
+    def prefix(self) -> str:
+        """Variant names are `<prefix>-<method>`: int8-mse, int8-sq0.5-mse, fp8-mse."""
+        return f"int8-sq{self.alpha:g}" if self.alpha is not None else self.kind
+
+    @property
+    def precision(self) -> Literal["int8", "fp8"]:
+        return self.kind
+
+
+def expand_families(spec: QuantSpec) -> list[Family]:
+    out: list[Family] = []
+    for name in spec.families:
+        if name == "int8-smoothquant":
+            assert spec.smoothquant is not None  # the recipe validator guarantees it
+            out += [Family(name, "int8", alpha=a) for a in spec.smoothquant.alphas]
+        else:
+            out.append(Family(name, "fp8" if name == "fp8" else "int8"))
+    return out
+
+
+def _float_outputs(model: nn.Module, example: dict[str, torch.Tensor]) -> torch.Tensor:
+    with float_mode(model), torch.no_grad():
+        out: torch.Tensor = model(**example)
+    return out
+
+
+def _prepare_smoothquant(
+    fam: Family,
+    model: nn.Module,
+    example: dict[str, torch.Tensor],
+    base: dict[str, HistogramCalibrator],
+    channel_amax: dict[str, torch.Tensor],
+    recalibrate: Recalibrate,
+    tolerance: float,
+) -> SmoothState:
+    assert fam.alpha is not None
+    before = _float_outputs(model, example)
+    state = apply_smoothquant(model, channel_amax, fam.alpha)
+    try:
+        diff = float((_float_outputs(model, example) - before).abs().max())
+        check = {"float_max_abs_diff": diff, "tolerance": tolerance, "passed": diff <= tolerance}
+        if diff > tolerance:
+            fam.fidelity["smoothquant"] = {**state.summary(), "float_equivalence": check}
+            fam.error = (
+                f"SmoothQuant (alpha {fam.alpha:g}) changed the float model's outputs by {diff:.3g} > {tolerance:g}; "
+                "its variants are skipped"
+            )
+            return state
+        groups = [g.describe() for g in state.groups]
+        factors = {n: s.tolist() for n, s in sorted(state.factors.items())}
+        calibrators, info = recalibrate({"smoothquant": {"alpha": fam.alpha, "groups": groups}})
+        fam.calibrators = calibrators
+        ratios: list[float] = []
+        amax_before: list[float] = []
+        amax_after: list[float] = []
+        for g in state.groups:
+            for lin in g.linears:
+                qname = f"{lin}.input_quantizer"
+                if qname in base and qname in calibrators and calibrators[qname].amax_max > 0:
+                    amax_before.append(base[qname].amax_max)
+                    amax_after.append(calibrators[qname].amax_max)
+                    ratios.append(amax_before[-1] / amax_after[-1])
+        fam.fidelity["smoothquant"] = {
+            **state.summary(),
+            "float_equivalence": check,
+            "input_range": {
+                "max_amax_before": max(amax_before, default=0.0),
+                "max_amax_after": max(amax_after, default=0.0),
+                "median_reduction": float(np.median(ratios)) if ratios else None,
+                "reduced_inputs": sum(r > 1.0 for r in ratios),
+                "inputs": len(ratios),
+            },
+            "calibration_cache": info.get("cache_file"),
+            "calibration_cache_hit": info.get("cache_hit"),
+        }
+        fam.key = {"smoothquant": {"alpha": fam.alpha, "factors": hash_json(factors)}}
+        return state
+    except BaseException:
+        state.restore()
+        raise
+
+
+def family_variants(
+    spec: QuantSpec,
+    model: nn.Module,
+    example: dict[str, torch.Tensor],
+    base_calibrators: dict[str, HistogramCalibrator],
+    channel_amax: dict[str, torch.Tensor],
+    recalibrate: Recalibrate,
+    *,
+    float_tolerance: float,
+    say: Callable[[str], None] = print,
+) -> Iterator[tuple[Family, CalibMethod]]:
+    """Yield (family, method) pairs with the model in that family's state while they are consumed."""
+    methods: list[CalibMethod] = list(spec.calibration.methods)
+    try:
+        for fam in expand_families(spec):
+            state: SmoothState | None = None
+            try:
+                set_format(model, fam.kind)
+                if fam.kind != "int8":
+                    fam.key = {"format": fam.kind}
+                if fam.alpha is None:
+                    fam.calibrators = base_calibrators
+                else:
+                    say(f"[smoothquant alpha {fam.alpha:g}]")
+                    state = _prepare_smoothquant(fam, model, example, base_calibrators, channel_amax, recalibrate, float_tolerance)
+            except Exception as exc:  # the family's variants are recorded as failed; the run goes on
+                fam.error = f"{fam.prefix} could not be prepared: {type(exc).__name__}: {exc}"
+            try:
+                for method in methods:
+                    yield fam, method
+            finally:
+                if state is not None:
+                    state.restore()
+    finally:
+        set_format(model, "int8")

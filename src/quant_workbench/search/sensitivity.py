@@ -1,0 +1,321 @@
+"""Evaluate one configuration end to end, per-group sensitivity, and the greedy float fallback.
+
+A configuration = calibration method (+ percentile) x which layer groups stay float. Evaluating it
+toggles the prepared model's quantizers (no re-swap), sets scales from the cached calibration
+statistics (never a new calibration pass), exports the Q/DQ ONNX (the real artifact), scores it on
+ONNX Runtime and times it interleaved with float at the search's batch x sequence. Results are kept
+per configuration key under `search/trials/`, so a repeated or resumed configuration costs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..benchmark import benchmark_interleaved
+from ..data import Splits
+from ..engines.onnxruntime import OrtEngine
+from ..evaluate import LinearProbe, run_outputs, score_classification, score_embedding
+from ..export import export_onnx
+from ..io import hash_json, write_json, write_text
+from ..models import LoadedModel
+from ..quantize.apply import set_scales
+from ..quantize.calibrate import HistogramCalibrator
+from ..quantize.select import QuantPlan
+from ..recipe import BenchmarkSpec, Recipe
+from .groups import LayerGroup, apply_flags, build_groups, only_groups, with_fallback
+from .spec import SearchSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Config:
+    method: str
+    percentile: float | None = None  # only for method "percentile"
+    float_groups: tuple[str, ...] = ()  # groups kept float on top of the recipe's plan
+    only: tuple[str, ...] = ()  # non-empty: quantize only these groups (sensitivity)
+
+    def label(self) -> str:
+        m = f"{self.method}{self.percentile:g}" if self.method == "percentile" and self.percentile is not None else self.method
+        if self.only:
+            return f"{m} only[{'+'.join(self.only)}]"
+        return f"{m} float[{'+'.join(self.float_groups)}]" if self.float_groups else f"{m} all-int8"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "percentile": self.percentile, "float_groups": list(self.float_groups), "only": list(self.only)}
+
+
+@dataclass
+class TrialRecord:
+    source: str  # baseline | sensitivity-only | sensitivity-float | fallback | study
+    config: Config
+    status: str = "ok"  # ok | failed
+    error: str | None = None
+    key: str = ""
+    accuracy: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    p50_ms: float | None = None
+    float_p50_ms: float | None = None
+    speedup: float | None = None
+    size_bytes: int | None = None
+    quantized_ops: int = 0
+    float_modules: list[str] = field(default_factory=list)
+    artifacts: dict[str, str] = field(default_factory=dict)  # relative to the run folder
+    seconds: dict[str, float] = field(default_factory=dict)
+    meets: bool | None = None
+    trial_number: int | None = None
+    reused: bool = False
+
+    @property
+    def relative_latency(self) -> float | None:
+        """p50 / float p50, both timed interleaved in the same loop: the latency objective.
+
+        Absolute milliseconds of configurations timed minutes apart drift with machine load (and differ
+        between the machines of several workers); the ratio to float measured alongside does not.
+        """
+        if self.p50_ms is None or not self.float_p50_ms:
+            return None
+        return self.p50_ms / self.float_p50_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["config"] = self.config.to_dict()
+        d["label"] = self.config.label()
+        d["relative_latency"] = self.relative_latency
+        return d
+
+
+def _size(path: Path) -> int:
+    data = path.with_name(path.name + ".data")
+    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+
+
+class TrialRunner:
+    """Evaluates configurations against the float baseline; every result is recorded in `records`."""
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        loaded: LoadedModel,
+        splits: Splits,
+        plan: QuantPlan,
+        calibrators: dict[str, HistogramCalibrator],
+        example: dict[str, torch.Tensor],
+        float_path: Path,
+        base_key: str,
+        run_dir: Path,
+        *,
+        progress: bool = False,
+        say: Callable[[str], None] = print,
+    ) -> None:
+        assert recipe.search is not None
+        self.recipe, self.spec = recipe, recipe.search
+        self.loaded, self.splits, self.plan = loaded, splits, plan
+        self.calibrators, self.example, self.float_path, self.base_key = calibrators, example, float_path, base_key
+        self.run_dir, self.progress, self.say = run_dir, progress, say
+        self.trials_dir = run_dir / "search" / "trials"
+        self.groups: list[LayerGroup] = build_groups(plan, self.spec.groups)
+        self.records: list[TrialRecord] = []
+        self.exports = 0
+        lat = self.spec.latency
+        self.bench_spec = BenchmarkSpec(
+            batch_sizes=[lat.batch_size], seq_lengths=[lat.seq_length or recipe.model.max_seq_length], warmup=lat.warmup, iterations=lat.iterations, threads=lat.threads
+        )
+        t0 = time.perf_counter()
+        bs = recipe.quantization.calibration.batch_size
+        maxlen = recipe.model.max_seq_length
+        with OrtEngine(float_path, recipe.engine, "float") as eng:
+            self.float_out = run_outputs(eng, splits.evaluation, loaded.tokenizer, loaded.input_names, maxlen, bs, "evaluate float", progress)
+            self.probe: LinearProbe | None = None
+            if recipe.model.task == "embedding":
+                probe_x = run_outputs(eng, splits.probe, loaded.tokenizer, loaded.input_names, maxlen, bs, "embed probe split", progress)
+                self.probe = LinearProbe(seed=recipe.seed).fit(probe_x, splits.probe.labels)
+        self.float_metrics = self._score(self.float_out)
+        self.float_accuracy = self.float_metrics["accuracy"]
+        self.threshold = self.spec.criterion.threshold(self.float_accuracy)
+        self.float_seconds = round(time.perf_counter() - t0, 3)
+
+    @property
+    def spec_search(self) -> SearchSpec:
+        return self.spec
+
+    def _score(self, out: np.ndarray) -> dict[str, float]:
+        labels = self.splits.evaluation.labels
+        if self.probe is not None:
+            return score_embedding(self.probe, out, labels, self.float_out)
+        return score_classification(out, labels, self.float_out)
+
+    def plan_for(self, config: Config) -> QuantPlan:
+        if config.only:
+            return only_groups(self.plan, self.groups, config.only)
+        return with_fallback(self.plan, self.groups, config.float_groups)
+
+    def evaluate(self, config: Config, source: str, *, trial_number: int | None = None) -> TrialRecord:
+        """Export, score and time one configuration. Errors are recorded (status failed), not raised."""
+        rec = TrialRecord(source=source, config=config, trial_number=trial_number)
+        t0 = time.perf_counter()
+        try:
+            self._evaluate(config, rec)
+        except Exception as exc:  # a broken configuration is recorded, the search goes on
+            log.debug("configuration %s failed", config.label(), exc_info=True)
+            rec.status, rec.error = "failed", f"{type(exc).__name__}: {exc}"
+            self.say(f"  {config.label()} failed: {rec.error}")
+        rec.seconds["total"] = round(time.perf_counter() - t0, 3)
+        if rec.accuracy is not None:
+            rec.meets = rec.accuracy >= self.threshold - 1e-12
+        self.records.append(rec)
+        return rec
+
+    def _evaluate(self, config: Config, rec: TrialRecord) -> None:
+        t_start = time.perf_counter()
+        recipe, loaded = self.recipe, self.loaded
+        plan = self.plan_for(config)
+        apply_flags(loaded.model.hf, plan)
+        pct = config.percentile if config.percentile is not None else recipe.quantization.calibration.percentile
+        amax = set_scales(loaded.model, self.calibrators, config.method, percentile=pct)  # type: ignore[arg-type]
+        enabled = [p.module for p in plan.enabled]
+        rec.quantized_ops = len(enabled)
+        rec.float_modules = [p.module for p in plan.points if not p.enabled and p.reason.startswith("fallback")]
+        rec.key = key = hash_json(
+            {"base": self.base_key, "enabled": enabled, "amax": amax, "weights": recipe.quantization.per_channel_weights, "latency": self.spec.latency.model_dump()}
+        )[:16]
+        path = self.trials_dir / f"{key}.qdq.onnx"
+        result_file = self.trials_dir / f"{key}.json"
+        rel = lambda p: str(p.relative_to(self.run_dir))  # noqa: E731
+        rec.artifacts = {"onnx": rel(path), "scales": rel(self.trials_dir / f"{key}.scales.json"), "plan": rel(self.trials_dir / f"{key}.plan.json")}
+        if result_file.exists() and path.exists():  # evaluated before (this run or a killed one)
+            stored = json.loads(result_file.read_text())
+            for name in ("accuracy", "metrics", "p50_ms", "float_p50_ms", "speedup", "size_bytes"):
+                setattr(rec, name, stored[name])
+            rec.seconds["first_evaluation"] = stored["seconds"].get("total", 0.0)
+            rec.reused = True
+            return
+        write_json(self.trials_dir / f"{key}.scales.json", {"method": config.method, "percentile": pct, "amax": amax})
+        write_json(self.trials_dir / f"{key}.plan.json", plan.to_rows())
+        t = time.perf_counter()
+        key_file = path.with_name(path.name + ".key")
+        if not (path.exists() and key_file.exists() and key_file.read_text().strip() == key):
+            export_onnx(loaded.model, path, self.example, loaded.input_names, loaded.output_name, recipe.export.opset)
+            write_text(key_file, key + "\n")
+            self.exports += 1
+        rec.seconds["export"] = round(time.perf_counter() - t, 3)
+        rec.size_bytes = _size(path)
+        if self.spec.check_fidelity:
+            from ..run import _qdq_fidelity
+
+            t = time.perf_counter()
+            _qdq_fidelity(recipe, loaded, path, self.example)
+            rec.seconds["fidelity"] = round(time.perf_counter() - t, 3)
+        bs, maxlen = recipe.quantization.calibration.batch_size, recipe.model.max_seq_length
+        with OrtEngine(path, recipe.engine, key) as eng:
+            t = time.perf_counter()
+            out = run_outputs(eng, self.splits.evaluation, loaded.tokenizer, loaded.input_names, maxlen, bs, f"evaluate {config.label()}", self.progress)
+            rec.metrics = self._score(out)
+            rec.accuracy = rec.metrics["accuracy"]
+            rec.seconds["evaluate"] = round(time.perf_counter() - t, 3)
+            if "latency" in self.spec.objectives:
+                t = time.perf_counter()
+                threads = self.spec.latency.threads or None
+                with OrtEngine(self.float_path, recipe.engine, "float", threads=threads) as f_eng, OrtEngine(path, recipe.engine, key, threads=threads) as t_eng:
+                    lat = benchmark_interleaved({"float": f_eng, "trial": t_eng}, self.bench_spec, loaded.input_names, loaded.vocab_size, progress=False)
+                rec.p50_ms = lat["trial"][0].p50_ms
+                rec.float_p50_ms = lat["float"][0].p50_ms
+                rec.speedup = rec.float_p50_ms / rec.p50_ms if rec.p50_ms > 0 else None
+                rec.seconds["benchmark"] = round(time.perf_counter() - t, 3)
+        rec.seconds["total"] = round(time.perf_counter() - t_start, 3)
+        write_json(result_file, {n: getattr(rec, n) for n in ("accuracy", "metrics", "p50_ms", "float_p50_ms", "speedup", "size_bytes", "seconds")})
+
+
+@dataclass
+class SensitivityRow:
+    group: LayerGroup
+    only_quantized: TrialRecord
+    only_float: TrialRecord
+    score: float = 0.0
+
+    def to_dict(self, float_accuracy: float, all_int8_accuracy: float | None) -> dict[str, Any]:
+        oq, of = self.only_quantized, self.only_float
+        return {
+            **self.group.to_dict(),
+            "accuracy_only_quantized": oq.accuracy,
+            "drop_only_quantized": None if oq.accuracy is None else float_accuracy - oq.accuracy,
+            "cosine_only_quantized": oq.metrics.get("cosine_to_float"),
+            "accuracy_only_float": of.accuracy,
+            "gain_only_float": None if of.accuracy is None or all_int8_accuracy is None else of.accuracy - all_int8_accuracy,
+            "score": self.score,
+        }
+
+
+def sensitivity(runner: TrialRunner, method: str, percentile: float | None, all_int8: TrialRecord) -> list[SensitivityRow]:
+    """Per group: quantize only it, and keep only it float. Ranked most sensitive first.
+
+    score = (float accuracy - accuracy with only this group quantized)
+          + (accuracy with only this group float - accuracy all-INT8)
+          + the same two effects on the output's mean cosine to float (1 - cos_only_int8) + (cos_only_float - cos_all_int8).
+    Accuracy on an evaluation split moves in steps of 1/N and is noisy; the cosine terms (same scale as
+    accuracy points on real models: 0.97-0.99) keep the ranking stable where accuracies tie.
+    """
+    rows: list[SensitivityRow] = []
+    for g in runner.groups:
+        oq = runner.evaluate(Config(method, percentile, only=(g.name,)), "sensitivity-only")
+        of = runner.evaluate(Config(method, percentile, float_groups=(g.name,)), "sensitivity-float")
+        rows.append(SensitivityRow(g, oq, of))
+    fa, aa = runner.float_accuracy, all_int8.accuracy
+    for r in rows:
+        drop = fa - r.only_quantized.accuracy if r.only_quantized.accuracy is not None else 1.0
+        gain = r.only_float.accuracy - aa if r.only_float.accuracy is not None and aa is not None else 0.0
+        cos_q = r.only_quantized.metrics.get("cosine_to_float", 0.0) if r.only_quantized.metrics else 0.0
+        cos_f = r.only_float.metrics.get("cosine_to_float", 0.0) if r.only_float.metrics else 0.0
+        cos_all = all_int8.metrics.get("cosine_to_float", 0.0) if all_int8.metrics else 0.0
+        r.score = float(drop + gain + (1.0 - cos_q) + (cos_f - cos_all))
+    rows.sort(key=lambda r: r.score, reverse=True)
+    return rows
+
+
+@dataclass
+class FallbackResult:
+    steps: list[TrialRecord]
+    final: TrialRecord
+    float_groups: list[str]
+    meets: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"float_groups": self.float_groups, "meets": self.meets, "final": self.final.to_dict(), "steps": [s.to_dict() for s in self.steps]}
+
+
+def auto_fallback(runner: TrialRunner, ranking: Sequence[str], method: str, percentile: float | None, start: TrialRecord) -> FallbackResult:
+    """From all-INT8 (`start`), put the most sensitive groups back in float until the criterion holds,
+    then try re-quantizing each fallen-back group (least sensitive first) and keep it INT8 if the
+    criterion still holds. Every evaluated configuration is returned in `steps`."""
+    steps = [start]
+    current: list[str] = []
+    rec = start
+    for g in ranking:
+        if rec.meets:
+            break
+        current.append(g)
+        rec = runner.evaluate(Config(method, percentile, float_groups=tuple(current)), "fallback")
+        steps.append(rec)
+    if rec.meets:
+        for g in reversed(list(current)):
+            if len(current) == 0:
+                break
+            trial = [x for x in current if x != g]
+            r = runner.evaluate(Config(method, percentile, float_groups=tuple(trial)), "fallback")
+            steps.append(r)
+            if r.meets:
+                current, rec = trial, r
+    ok = [s for s in steps if s.meets]
+    final = rec if rec.meets else max((s for s in steps if s.accuracy is not None), key=lambda s: s.accuracy or 0.0, default=rec)
+    if not rec.meets and ok:
+        final = ok[-1]
+    return FallbackResult(steps, final, list(final.config.float_groups), bool(final.meets))

@@ -1,0 +1,611 @@
+"""Search orchestration: baselines -> sensitivity -> automatic fallback -> Optuna study -> Pareto
+front -> selection (fastest configuration meeting the criterion) -> `best/` -> report section.
+
+The study lives in Optuna's RDB storage: SQLite in the run folder by default (a killed search,
+restarted with the same command, resumes with every finished trial), or any SQLAlchemy URL such as
+`postgresql://...` so that several workers share one study. The budget (`max_trials`) counts the
+finished trials of all workers together; each worker decides by trial number, so workers never
+overshoot it. Trials interrupted by a dead worker on this host are marked failed (`interrupted`)
+and do not count.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import shutil
+import socket
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data import Splits
+from ..errors import WorkbenchError
+from ..io import write_json, write_text
+from ..models import LoadedModel
+from ..quantize.calibrate import HistogramCalibrator
+from ..quantize.select import QuantPlan
+from ..recipe import Recipe
+from ..results import RunResult, VariantResult
+from .groups import LayerGroup
+from .sensitivity import (
+    Config,
+    FallbackResult,
+    SensitivityRow,
+    TrialRecord,
+    TrialRunner,
+    auto_fallback,
+    sensitivity,
+)
+from .spec import SearchSpec
+
+log = logging.getLogger(__name__)
+WORKER_ATTR = "worker"
+ERROR_ATTR = "error"
+INTERRUPTED_ATTR = "interrupted"
+SKIPPED_ATTR = "skipped"
+
+
+def import_optuna() -> Any:
+    try:
+        import optuna
+    except ImportError as exc:  # pragma: no cover - optuna is a core dependency
+        raise WorkbenchError("the search needs optuna, which is not installed.", "pip install optuna") from exc
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def normalize_storage(url: str) -> str:
+    """`postgresql://` -> the installed driver (SQLAlchemy 2.1 defaults to psycopg 3; the extra installs psycopg2).
+
+    A URL naming its driver (`postgresql+psycopg://`) is kept. A missing driver is a user error naming the extra.
+    """
+    if not url.startswith("postgresql"):
+        return url
+    scheme, sep, rest = url.partition("://")
+    if "+" in scheme:
+        return url
+    import importlib.util
+
+    for module, dialect in (("psycopg2", "postgresql+psycopg2"), ("psycopg", "postgresql+psycopg")):
+        if importlib.util.find_spec(module) is not None:
+            return f"{dialect}{sep}{rest}"
+    raise WorkbenchError(
+        f"search storage {url.split('@')[-1]} is PostgreSQL, but no PostgreSQL driver is installed.",
+        "pip install 'quant-workbench[postgres]' (psycopg2-binary)",
+    )
+
+
+def default_storage(run_dir: Path) -> str:
+    return f"sqlite:///{(run_dir / 'study.db').resolve()}"
+
+
+def _worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fail_dead_local_trials(study: Any) -> int:
+    """RUNNING trials whose worker was a process on this host that no longer exists -> FAIL (interrupted)."""
+    optuna = import_optuna()
+    host = socket.gethostname()
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        worker = str(t.user_attrs.get(WORKER_ATTR, ""))
+        h, _, pid = worker.rpartition(":")
+        if h == host and pid.isdigit() and not _pid_alive(int(pid)):
+            study._storage.set_trial_user_attr(t._trial_id, INTERRUPTED_ATTR, f"worker {worker} died")
+            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+            n += 1
+    return n
+
+
+def _counts(t: Any, optuna: Any) -> bool:
+    """Does a trial use budget: finished (complete, or failed with an error) or still running."""
+    st = optuna.trial.TrialState
+    if t.state in (st.COMPLETE, st.RUNNING):
+        return True
+    return bool(t.state == st.FAIL and ERROR_ATTR in t.user_attrs)
+
+
+def _sampler(spec: SearchSpec, optuna: Any) -> Any:
+    if spec.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=spec.seed)
+    if spec.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=spec.seed, multivariate=True)
+    return optuna.samplers.NSGAIISampler(seed=spec.seed, population_size=max(4, min(20, spec.max_trials // 3 or 4)))
+
+
+def directions(spec: SearchSpec) -> list[str]:
+    return ["maximize" if o == "accuracy" else "minimize" for o in spec.objectives]
+
+
+def config_params(config: Config, groups: Sequence[LayerGroup]) -> dict[str, Any]:
+    params: dict[str, Any] = {"method": config.method}
+    if config.method == "percentile":
+        params["percentile"] = config.percentile
+    params.update({f"float:{g.name}": g.name in config.float_groups for g in groups})
+    return params
+
+
+def suggest(trial: Any, spec: SearchSpec, groups: Sequence[LayerGroup]) -> Config:
+    method = trial.suggest_categorical("method", list(spec.methods))
+    pct = trial.suggest_categorical("percentile", list(spec.percentiles)) if method == "percentile" else None
+    floats = tuple(g.name for g in groups if trial.suggest_categorical(f"float:{g.name}", [False, True]))
+    return Config(method, pct, floats)
+
+
+def _values(rec: TrialRecord, spec: SearchSpec) -> list[float]:
+    out = []
+    for o in spec.objectives:
+        v = rec.accuracy if o == "accuracy" else rec.relative_latency if o == "latency" else rec.size_bytes
+        if v is None:
+            raise WorkbenchError(f"trial has no {o} value")
+        out.append(float(v))
+    return out
+
+
+def resolved_recipe(recipe: Recipe, config: Config, rec: TrialRecord) -> dict[str, Any]:
+    """The plain recipe (no search) that reproduces this configuration as a normal run."""
+    data = recipe.model_dump(mode="json")
+    data.pop("search", None)
+    cal = data["quantization"]["calibration"]
+    cal["methods"] = [config.method]
+    if config.percentile is not None:
+        cal["percentile"] = config.percentile
+    data["quantization"]["ignore"] = list(data["quantization"]["ignore"]) + list(rec.float_modules)
+    return data
+
+
+def run_study(
+    runner: TrialRunner,
+    storage: str,
+    study_name: str,
+    *,
+    enqueue: Sequence[Config] = (),
+    say: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run this worker's share of the study; returns a summary of the whole study (all workers)."""
+    optuna = import_optuna()
+    spec = runner.spec
+    storage = normalize_storage(storage)
+    for attempt in range(5):
+        try:  # workers starting together on a fresh database race to create its tables and the study
+            study = optuna.create_study(
+                study_name=study_name, storage=storage, directions=directions(spec), sampler=_sampler(spec, optuna), load_if_exists=True
+            )
+            break
+        except Exception as exc:
+            if attempt == 4:
+                raise WorkbenchError(f"cannot open the study '{study_name}' in {storage.split('@')[-1]}: {exc}", "check search.storage / --storage") from exc
+            log.debug("create_study failed (attempt %d): %s", attempt + 1, exc)
+            time.sleep(1.0 + attempt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # experimental API warning
+        study.set_metric_names(list(spec.objectives))
+    interrupted = fail_dead_local_trials(study)
+    if interrupted:
+        say(f"  {interrupted} trial(s) of a killed worker marked failed (interrupted); they do not count")
+    if enqueue and not study.get_trials(deepcopy=False):
+        for c in enqueue:
+            study.enqueue_trial(config_params(c, runner.groups), skip_if_exists=True)
+    t0 = time.monotonic()
+    ran = 0
+    while True:
+        if spec.timeout_s is not None and time.monotonic() - t0 > spec.timeout_s:
+            say(f"  study: timeout {spec.timeout_s:g} s reached")
+            break
+        if sum(_counts(t, optuna) for t in study.get_trials(deepcopy=False)) >= spec.max_trials:
+            break
+        trial = study.ask()
+        trial.set_user_attr(WORKER_ATTR, _worker_id())
+        before = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number and _counts(t, optuna)]
+        if len(before) >= spec.max_trials:  # another worker took the last slot first
+            trial.set_user_attr(SKIPPED_ATTR, "budget reached")
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            break
+        try:
+            config = suggest(trial, spec, runner.groups)
+        except Exception as exc:
+            trial.set_user_attr(ERROR_ATTR, f"{type(exc).__name__}: {exc}")
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            continue
+        rec = runner.evaluate(config, "study", trial_number=trial.number)
+        trial.set_user_attr("record", rec.to_dict())
+        trial.set_user_attr("resolved_recipe", resolved_recipe(runner.recipe, config, rec))
+        trial.set_user_attr("artifacts", rec.artifacts)
+        ran += 1
+        if rec.status != "ok":
+            trial.set_user_attr(ERROR_ATTR, rec.error or "failed")
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            continue
+        try:
+            study.tell(trial, _values(rec, spec))
+        except WorkbenchError as exc:
+            trial.set_user_attr(ERROR_ATTR, str(exc))
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        say(f"  trial {trial.number}: {config.label()} acc {rec.accuracy:.4f} p50 {rec.p50_ms or float('nan'):.2f} ms ({rec.relative_latency or float('nan'):.3f}x float)")
+    return study_summary(study, ran)
+
+
+def study_summary(study: Any, ran_here: int = 0) -> dict[str, Any]:
+    optuna = import_optuna()
+    st = optuna.trial.TrialState
+    trials = study.get_trials(deepcopy=False)
+    rows = []
+    for t in trials:
+        rec = t.user_attrs.get("record")
+        rows.append({
+            "number": t.number,
+            "state": t.state.name,
+            "values": t.values,
+            "params": t.params,
+            "error": t.user_attrs.get(ERROR_ATTR),
+            "interrupted": t.user_attrs.get(INTERRUPTED_ATTR),
+            "skipped": t.user_attrs.get(SKIPPED_ATTR),
+            "worker": t.user_attrs.get(WORKER_ATTR),
+            "record": rec,
+        })
+    return {
+        "study_name": study.study_name,
+        "complete": sum(t.state == st.COMPLETE for t in trials),
+        "failed": sum(t.state == st.FAIL and ERROR_ATTR in t.user_attrs for t in trials),
+        "interrupted": sum(INTERRUPTED_ATTR in t.user_attrs for t in trials),
+        "skipped": sum(SKIPPED_ATTR in t.user_attrs for t in trials),
+        "ran_by_this_worker": ran_here,
+        "trials": rows,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Pareto front and selection
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the non-dominated points of (accuracy: max, latency: min)."""
+    front = []
+    for i, (a, lat) in enumerate(points):
+        dominated = any((a2 >= a and l2 <= lat) and (a2 > a or l2 < lat) for j, (a2, l2) in enumerate(points) if j != i)
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: points[i][1])
+
+
+def _dedupe(records: Sequence[TrialRecord]) -> list[TrialRecord]:
+    seen: dict[str, TrialRecord] = {}
+    for r in records:
+        if r.status == "ok" and r.accuracy is not None and r.key and r.key not in seen:
+            seen[r.key] = r
+    return list(seen.values())
+
+
+def select(records: Sequence[TrialRecord], threshold: float) -> tuple[TrialRecord | None, bool]:
+    """Fastest configuration meeting the criterion; else the most accurate one found (meets=False)."""
+    ok = _dedupe(records)
+    meeting = [r for r in ok if r.accuracy is not None and r.accuracy >= threshold - 1e-12]
+    if meeting:
+        return min(meeting, key=lambda r: (r.relative_latency if r.relative_latency is not None else float("inf"), -(r.accuracy or 0.0))), True
+    if not ok:
+        return None, False
+    return max(ok, key=lambda r: (r.accuracy or 0.0, -(r.relative_latency or 0.0))), False
+
+
+def copy_best(rec: TrialRecord, run_dir: Path) -> dict[str, str]:
+    best = run_dir / "best"
+    tmp = run_dir / ".best.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    out = {}
+    names = {"onnx": "model.qdq.onnx", "scales": "scales.json", "plan": "quant_plan.json"}
+    for kind, rel in rec.artifacts.items():
+        src = run_dir / rel
+        if src.exists():
+            shutil.copyfile(src, tmp / names.get(kind, src.name))
+            data = src.with_name(src.name + ".data")
+            if data.exists():
+                shutil.copyfile(data, tmp / (names.get(kind, src.name) + ".data"))
+            out[kind] = f"best/{names.get(kind, src.name)}"
+    write_json(tmp / "config.json", rec.to_dict())
+    shutil.rmtree(best, ignore_errors=True)
+    os.replace(tmp, best)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# plots and report section
+
+
+def plot_sensitivity(rows: Sequence[SensitivityRow], float_acc: float, all_int8_acc: float | None, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r.group.name for r in rows]
+    drop = [(float_acc - (r.only_quantized.accuracy or 0.0)) * 100 for r in rows]
+    gain = [((r.only_float.accuracy or 0.0) - (all_int8_acc or 0.0)) * 100 for r in rows]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(rows) + 3), 4))
+    x = np.arange(len(rows))
+    ax.bar(x - 0.2, drop, 0.4, label="accuracy drop vs float, only this group INT8")
+    ax.bar(x + 0.2, gain, 0.4, label="accuracy gain vs all-INT8, only this group float")
+    ax.set_xticks(x, names, rotation=45, ha="right")
+    ax.set_ylabel("accuracy points")
+    ax.set_title("Sensitivity per layer group (most sensitive first)")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return path
+
+
+def plot_pareto(records: Sequence[TrialRecord], selected: TrialRecord | None, float_acc: float, float_ms: float | None, threshold: float, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in _dedupe(records) if r.relative_latency is not None]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    if ok:
+        pts = [(r.accuracy or 0.0, r.relative_latency or 0.0) for r in ok]
+        front = pareto_front(pts)
+        ax.scatter([p[1] for p in pts], [p[0] * 100 for p in pts], s=18, color="C0", alpha=0.6, label="evaluated configs")
+        ax.plot([pts[i][1] for i in front], [pts[i][0] * 100 for i in front], "-o", color="C1", label="Pareto front")
+    ax.scatter([1.0], [float_acc * 100], marker="s", color="k", label="float")
+    ax.axhline(threshold * 100, color="C3", ls="--", lw=1, label="criterion")
+    if selected is not None and selected.relative_latency is not None:
+        ax.scatter([selected.relative_latency], [(selected.accuracy or 0) * 100], s=250, facecolors="none", edgecolors="C3", lw=2, label="selected")
+    ax.set_xlabel("p50 latency relative to float (timed interleaved; lower is faster)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("Accuracy vs latency: every evaluated configuration")
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return path
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{x * 100:.2f} %"
+
+
+def _ms(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2f} ms"
+
+
+def _rel(x: float | None) -> str:
+    return "—" if x is None else f"{x:.3f}×"
+
+
+def render_section(s: dict[str, Any]) -> str:
+    lat = s["latency_shape"]
+    lines = ["", "## Search", ""]
+    lines.append(f"Criterion: {s['criterion']} → accuracy ≥ {_pct(s['threshold'])} (float {_pct(s['float_accuracy'])}). "
+                 f"Latency objective: p50 relative to float (timed interleaved in one loop, so machine-load drift cancels) "
+                 f"at batch {lat['batch_size']} × seq {lat['seq_length']} on {s['engine']}.")
+    lines.append(f"Calibration passes during the search: {s['calibration_passes']} (statistics from {s['calibration_source']}); "
+                 f"{s['configs_evaluated']} configurations evaluated, {s['exports']} Q/DQ exports, median {s['median_trial_s']:.1f} s per configuration.")
+    lines.append("")
+    sel = s.get("selected")
+    if sel:
+        verdict = "meets the criterion" if s["selected_meets"] else f"**misses the criterion by {s['miss'] * 100:.2f} points** (best found)"
+        lines.append(f"**Selected:** `{sel['label']}` — accuracy {_pct(sel['accuracy'])}, p50 {_ms(sel['p50_ms'])} "
+                     f"(float {_ms(sel['float_p50_ms'])}, {sel['speedup'] or 0:.2f}×), {verdict}; artifacts in `best/`.")
+        lines.append(f"Float modules: {', '.join(sel['float_modules']) or 'none'}")
+    lines.append("")
+    cmp_rows = s.get("comparison", [])
+    if cmp_rows:
+        lines += ["| config | accuracy | Δ vs float | p50 (search shape) | speed-up vs float |", "|---|---:|---:|---:|---:|"]
+        for r in cmp_rows:
+            d = None if r["accuracy"] is None else (r["accuracy"] - s["float_accuracy"]) * 100
+            sp = "—" if not r.get("speedup") else f"{r['speedup']:.2f}×"
+            dd = "—" if d is None else f"{d:+.2f}"
+            lines.append(f"| {r['name']} | {_pct(r['accuracy'])} | {dd} | {_ms(r['p50_ms'])} | {sp} |")
+        lines.append("")
+    if s.get("sensitivity"):
+        lines += ["### Sensitivity (most sensitive first)", "", "![sensitivity](plots/sensitivity.png)", "",
+                  "| rank | group | accuracy, only this group INT8 | drop | accuracy, only this group float | gain vs all-INT8 | modules |",
+                  "|---:|---|---:|---:|---:|---:|---|"]
+        for i, r in enumerate(s["sensitivity"], 1):
+            drop = r["drop_only_quantized"]
+            gain = r["gain_only_float"]
+            lines.append(f"| {i} | {r['name']} | {_pct(r['accuracy_only_quantized'])} | {'—' if drop is None else f'{drop * 100:+.2f}'} | "
+                         f"{_pct(r['accuracy_only_float'])} | {'—' if gain is None else f'{gain * 100:+.2f}'} | {', '.join(f'`{m}`' for m in r['modules'])} |")
+        lines.append("")
+    fb = s.get("fallback")
+    if fb:
+        lines += ["### Automatic fallback", "", f"Result: float groups {fb['float_groups'] or 'none'} ({'meets' if fb['meets'] else 'does not meet'} the criterion).", "",
+                  "| step | config | accuracy | p50 | vs float | meets |", "|---:|---|---:|---:|---:|---|"]
+        for i, st in enumerate(fb["steps"]):
+            lines.append(f"| {i} | {st['label']} | {_pct(st['accuracy'])} | {_ms(st['p50_ms'])} | {_rel(st['relative_latency'])} | {st['meets']} |")
+        lines.append("")
+    st = s.get("study")
+    if st:
+        lines += ["### Optuna study", "", f"Study `{st['study_name']}` ({s['storage_kind']}): {st['complete']} complete, {st['failed']} failed, "
+                  f"{st['interrupted']} interrupted, {st['skipped']} skipped.", ""]
+        failed = [t for t in st["trials"] if t["error"]]
+        for t in failed:
+            lines.append(f"- trial {t['number']} failed: {t['error']}")
+        lines.append("")
+    lines += ["### Pareto front (accuracy vs latency)", "", "![pareto](plots/pareto.png)", "", "| config | source | accuracy | p50 | vs float | meets |", "|---|---|---:|---:|---:|---|"]
+    for r in s["pareto"]:
+        lines.append(f"| {r['label']} | {r['source']} | {_pct(r['accuracy'])} | {_ms(r['p50_ms'])} | {_rel(r['relative_latency'])} | {r['meets']} |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# orchestration (called by run.execute after calibration when recipe.search is set)
+
+
+def run_search(
+    ctx: Any,
+    loaded: LoadedModel,
+    splits: Splits,
+    plan: QuantPlan,
+    calibrators: dict[str, HistogramCalibrator],
+    cal_info: dict[str, Any],
+    example: dict[str, torch.Tensor],
+    float_path: Path,
+    base_key: str,
+    fidelity_float: dict[str, Any],
+    t_start: float,
+) -> RunResult:
+    from .. import run as run_mod
+    from ..report import results_table, write_report
+
+    recipe: Recipe = ctx.recipe
+    spec = recipe.search
+    assert spec is not None
+    say, run_dir = ctx.say, ctx.run_dir
+    if recipe.quantization.families != ["int8"]:
+        raise WorkbenchError(
+            f"the search covers the int8 family only; this recipe asks for {recipe.quantization.families}.",
+            "remove quantization.compare / smoothquant / format fp8 from a recipe with a search section",
+        )
+    with ctx.stage("search: float baseline"):
+        runner = TrialRunner(recipe, loaded, splits, plan, calibrators, example, float_path, base_key, run_dir, progress=ctx.progress, say=say)
+        if not runner.groups:
+            raise WorkbenchError("the search found no layer groups among the quantized ops.", "check quantization.targets (--dry-run)")
+        say(f"  float accuracy {runner.float_accuracy:.4f}; criterion {spec.criterion.describe()} -> >= {runner.threshold:.4f}; {len(runner.groups)} groups")
+    method = spec.method_for_analysis
+    pct = (recipe.quantization.calibration.percentile if recipe.quantization.calibration.percentile in spec.percentiles else spec.percentiles[0]) if method == "percentile" else None
+    with ctx.stage("search: baselines"):
+        all_int8 = runner.evaluate(Config(method, pct), "baseline")
+        max_full = all_int8 if method == "max" else runner.evaluate(Config("max"), "baseline")
+    rows: list[SensitivityRow] = []
+    fallback: FallbackResult | None = None
+    if spec.sensitivity:
+        with ctx.stage("search: sensitivity"):
+            rows = sensitivity(runner, method, pct, all_int8)
+            say("  ranking: " + ", ".join(f"{r.group.name} ({r.score:+.4f})" for r in rows))
+    if spec.fallback and rows:
+        with ctx.stage("search: fallback"):
+            fallback = auto_fallback(runner, [r.group.name for r in rows], method, pct, all_int8)
+            say(f"  fallback: float {fallback.float_groups or 'none'} -> acc {fallback.final.accuracy} meets={fallback.meets}")
+    study: dict[str, Any] | None = None
+    storage = spec.storage or default_storage(run_dir)
+    if spec.max_trials > 0:
+        with ctx.stage("search: study"):
+            enqueue = [all_int8.config] + ([fallback.final.config] if fallback else []) + ([max_full.config] if max_full is not all_int8 else [])
+            name = spec.study_name or f"{recipe.name}-{run_dir.name}"
+            study = run_study(runner, storage, name, enqueue=enqueue, say=say)
+    # every configuration of the whole study (other workers too) joins the selection
+    records = list(runner.records)
+    if study:
+        for t in study["trials"]:
+            rec = t.get("record")
+            if rec and rec.get("status") == "ok" and not any(r.key == rec["key"] for r in records):
+                records.append(_record_from_dict(rec))
+    selected, meets = select(records, runner.threshold)
+    if selected is not None and not (run_dir / selected.artifacts.get("onnx", "-")).exists():
+        # found by another worker (another run folder or machine): rebuild its artifacts here from the same statistics
+        local = runner.evaluate(selected.config, "selected (from another worker)")
+        if local.status == "ok":
+            selected = local
+    best_artifacts = copy_best(selected, run_dir) if selected else {}
+
+    # Final comparison with the workbench's own stages: float vs plain max INT8 vs the selection
+    variants = [VariantResult(name="float", precision="float32", artifacts={"onnx": "models/float.onnx"}, fidelity=fidelity_float, size_bytes=float_path.stat().st_size)]
+    paths: dict[str, Path] = {"float": float_path}
+    for name, rec in (("int8-max", max_full), ("int8-search", selected)):
+        if rec is None or rec.status != "ok":
+            continue
+        v = VariantResult(name=name, precision="int8", calibration_method=rec.config.method, artifacts=dict(rec.artifacts), size_bytes=rec.size_bytes)
+        if name == "int8-search":
+            v.artifacts = {**v.artifacts, **{f"best_{k}": p for k, p in best_artifacts.items()}}
+        variants.append(v)
+        paths[name] = run_dir / rec.artifacts["onnx"]
+    with ctx.stage("evaluate"):
+        run_mod._evaluate(ctx, loaded, splits, variants, paths)
+    if recipe.benchmark.enabled:
+        with ctx.stage("benchmark"):
+            run_mod._benchmark(ctx, loaded, variants, paths)
+    float_ms = next((r.float_p50_ms for r in runner.records if r.float_p50_ms is not None), None)
+    ok = [r for r in _dedupe(records) if r.relative_latency is not None]
+    front = [ok[i] for i in pareto_front([(r.accuracy or 0.0, r.relative_latency or 0.0) for r in ok])]
+    trial_s = [r.seconds.get("total", 0.0) for r in runner.records if not r.reused]
+    summary: dict[str, Any] = {
+        "criterion": spec.criterion.describe(),
+        "threshold": runner.threshold,
+        "float_accuracy": runner.float_accuracy,
+        "float_p50_ms": float_ms,
+        "latency_shape": {**spec.latency.model_dump(), "seq_length": spec.latency.seq_length or recipe.model.max_seq_length},
+        "engine": f"ONNX Runtime {recipe.engine.provider}",
+        "groups": [g.to_dict() for g in runner.groups],
+        "calibration_passes": 0 if cal_info.get("cache_hit") else 1,
+        "calibration_source": "the cache" if cal_info.get("cache_hit") else "one pass before the search",
+        "configs_evaluated": len(runner.records),
+        "exports": runner.exports,
+        "median_trial_s": float(np.median(trial_s)) if trial_s else 0.0,
+        "trial_seconds": trial_s,
+        "selected": selected.to_dict() if selected else None,
+        "selected_meets": meets,
+        "miss": None if meets or selected is None or selected.accuracy is None else runner.threshold - selected.accuracy,
+        "best_artifacts": best_artifacts,
+        "comparison": [
+            {"name": "float", "accuracy": runner.float_accuracy, "p50_ms": float_ms, "speedup": 1.0},
+            {"name": f"int8-max (all INT8) {max_full.config.label()}", "accuracy": max_full.accuracy, "p50_ms": max_full.p50_ms, "speedup": max_full.speedup},
+            *([{"name": f"selected {selected.config.label()}", "accuracy": selected.accuracy, "p50_ms": selected.p50_ms, "speedup": selected.speedup}] if selected else []),
+        ],
+        "sensitivity": [r.to_dict(runner.float_accuracy, all_int8.accuracy) for r in rows],
+        "fallback": fallback.to_dict() if fallback else None,
+        "study": study,
+        "storage_kind": storage.split(":", 1)[0],
+        "pareto": [r.to_dict() for r in front],
+        "records": [r.to_dict() for r in runner.records],
+    }
+    write_json(run_dir / "search.json", summary)
+    if rows:
+        plot_sensitivity(rows, runner.float_accuracy, all_int8.accuracy, run_dir / "plots" / "sensitivity.png")
+    plot_pareto(records, selected, runner.float_accuracy, float_ms, runner.threshold, run_dir / "plots" / "pareto.png")
+    result = RunResult(
+        recipe_name=recipe.name,
+        run_id=run_dir.name,
+        task=recipe.model.task,
+        primary_metric="accuracy",
+        created_utc=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        versions=run_mod.versions(),
+        hardware=run_mod.hardware(),
+        recipe_hash=run_mod.recipe_hash(recipe),
+        data={"sizes": splits.sizes(), "label_names": splits.label_names, "fingerprint": splits.fingerprint, "source": recipe.data.files or (recipe.data.hub.name if recipe.data.hub else "")},
+        calibration=cal_info,
+        variants=variants,
+        best_variant="int8-search" if any(v.name == "int8-search" and v.status == "ok" for v in variants) else None,
+        selection_rule=f"search: the fastest configuration (p50 at the search shape) meeting {spec.criterion.describe()}; if none does, the most accurate one found",
+        timings_s={**ctx.timings, "total": round(time.perf_counter() - t_start, 2)},
+    )
+    with ctx.stage("report"):
+        paths_out = write_report(result, run_dir)
+        md = paths_out["markdown"]
+        write_text(md, md.read_text(encoding="utf-8") + render_section(summary))
+        write_json(run_dir / "quant_plan.json", runner.plan_for(selected.config).to_rows() if selected else plan.to_rows())
+    say("")
+    say(results_table(result))
+    say(f"\nreport: {md}")
+    return result
+
+
+def _record_from_dict(d: dict[str, Any]) -> TrialRecord:
+    c = d["config"]
+    rec = TrialRecord(source=d["source"], config=Config(c["method"], c["percentile"], tuple(c["float_groups"]), tuple(c["only"])))
+    for k in ("status", "error", "key", "accuracy", "metrics", "p50_ms", "float_p50_ms", "speedup", "size_bytes", "quantized_ops", "float_modules", "artifacts", "seconds", "meets", "trial_number"):
+        setattr(rec, k, d.get(k))
+    return rec
