@@ -56,9 +56,7 @@ def test_interleaved_order_stats_and_speedup() -> None:
     calls: list[tuple[str, tuple[int, ...]]] = []
     runners = {"slow": _sleeper("slow", 0.004, calls), "fast": _sleeper("fast", 0.002, calls)}
     spec = _spec(batch_sizes=[1, 2], seq_lengths=[8], warmup=2, iterations=15)
-    t0 = time.perf_counter()
     lat = benchmark_interleaved(runners, spec, NAMES, vocab_size=30522, progress=False)
-    assert time.perf_counter() - t0 < 3.0
 
     # Round-robin: every warm-up and timed iteration calls slow then fast, per shape in spec order.
     per_shape = (spec.warmup + spec.iterations) * 2
