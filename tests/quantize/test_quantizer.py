@@ -142,14 +142,6 @@ def test_fake_quant_matches_onnx_qdq_off_ties() -> None:
     np.testing.assert_allclose(qc(torch.from_numpy(x)).numpy(), _ort_qdq(x, qc._scale.numpy(), axis=0), rtol=0, atol=1e-7)
 
 
-@pytest.mark.xfail(
-    reason=(
-        "BUG: INT8 fake-quant (torch.fake_quantize_*, which rounds x * (1/scale)) is not bit-exact with ONNX "
-        "QuantizeLinear (which rounds x / scale): for non-power-of-two scales values at rounding ties land one "
-        "level apart (e.g. 14 of 260 tie points for amax=0.7391)"
-    ),
-    strict=True,
-)
 def test_fake_quant_matches_onnx_qdq_bit_exact_at_ties() -> None:
     q = _quantizer(0.7391)
     s = q._scale.numpy()

@@ -3,7 +3,7 @@
 Three modes, switched by the caller:
 - calibrating: pass the tensor through unchanged and feed it to the calibrator;
 - fake-quant (default once `amax` is set): quantize-dequantize with straight-through gradients
-  (torch's fake_quantize ops), so the same module serves PTQ evaluation and QAT;
+  (division-exact INT8 / FP8 quantize-dequantize, like ONNX QuantizeLinear), so the same module serves PTQ evaluation and QAT;
 - export: emit the `qwb::qdq` custom op, which the ONNX exporter lowers to a
   QuantizeLinear/DequantizeLinear pair whose scale and zero point are named initializers
   (`<quantizer name>._scale`, `<quantizer name>._zero_point`).
@@ -96,6 +96,30 @@ class Fp8FakeQuant(torch.autograd.Function):
         return grads[0] * inside, None, None
 
 
+def int8_qdq(x: torch.Tensor, scale: torch.Tensor, axis: int | None, qmin: int = -128, qmax: int = 127) -> torch.Tensor:
+    """Symmetric INT8 quantize-dequantize that rounds x / scale half-to-even, exactly as ONNX
+    QuantizeLinear does (torch.fake_quantize_* multiply by 1/scale, which moves some ties a level)."""
+    s = _broadcast_scale(scale.to(x.dtype), x, axis)
+    return torch.clamp(torch.round(x / s), qmin, qmax) * s
+
+
+class Int8FakeQuant(torch.autograd.Function):
+    """int8_qdq with the straight-through gradient of torch's fake_quantize ops (1 where the rounded
+    value is representable, 0 where it is clipped)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, scale: torch.Tensor, axis: int | None) -> torch.Tensor:
+        s = _broadcast_scale(scale.to(x.dtype), x, axis)
+        r = torch.round(x / s)
+        ctx.save_for_backward((r >= -128) & (r <= 127))
+        return torch.clamp(r, -128, 127) * s
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, *grads: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
+        (inside,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        return grads[0] * inside, None, None
+
+
 # ---------------------------------------------------------------------------------------------
 # export-time op: a leaf custom op so torch.export keeps it whole and our ONNX translation decides
 # the exact Q/DQ layout (zero point dtype, axis) instead of torch's decompositions.
@@ -106,10 +130,7 @@ def qdq(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, axis: in
     # The zero point's dtype decides the format (int8 or float8 E4M3), as in ONNX QuantizeLinear.
     if zero_point.dtype == torch.float8_e4m3fn:
         return fp8_e4m3_qdq(x, scale.float(), None if axis < 0 or scale.dim() == 0 else axis)
-    zp = zero_point.to(torch.int32)
-    if scale.dim() == 0:
-        return torch.fake_quantize_per_tensor_affine(x, scale.float(), zp, -128, 127)
-    return torch.fake_quantize_per_channel_affine(x, scale.float(), zp, axis, -128, 127)
+    return int8_qdq(x, scale.float(), None if axis < 0 or scale.dim() == 0 else axis)
 
 
 @qdq.register_fake
@@ -180,10 +201,8 @@ class TensorQuantizer(nn.Module):
         if self.fmt.kind == "fp8":
             out: torch.Tensor = Fp8FakeQuant.apply(x, self._scale, self.fmt.axis)
             return out
-        zp = self._zero_point.to(torch.int32)
-        if self.fmt.axis is None:
-            return torch.fake_quantize_per_tensor_affine(x, self._scale, zp, self.fmt.qmin, self.fmt.qmax)
-        return torch.fake_quantize_per_channel_affine(x, self._scale, zp, self.fmt.axis, self.fmt.qmin, self.fmt.qmax)
+        result: torch.Tensor = Int8FakeQuant.apply(x, self._scale, self.fmt.axis)
+        return result
 
     def extra_repr(self) -> str:
         state = "disabled" if not self.enabled else ("calibrating" if self.calibrating else "fake-quant")
