@@ -38,6 +38,14 @@ def _paragraph(prefix: str, text: str) -> str:
     return textwrap.fill(f"{prefix}{text}", width=100, break_long_words=False, break_on_hyphens=False)
 
 
+def _user_error(exc: WorkbenchError, debug: bool) -> int:
+    """A user mistake: one paragraph on stderr (the traceback only with --debug), exit code 2."""
+    if debug:
+        traceback.print_exc()
+    print(_paragraph("error: ", str(exc)), file=sys.stderr)
+    return exc.exit_code
+
+
 def _deploy_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="quantize deploy",
@@ -63,10 +71,7 @@ def _deploy(argv: Sequence[str]) -> int:
         deploy_run(args.run_dir, args.out, build_engines=not args.no_engines)
         return 0
     except WorkbenchError as exc:
-        if args.debug:
-            traceback.print_exc()
-        print(_paragraph("error: ", str(exc)), file=sys.stderr)
-        return exc.exit_code
+        return _user_error(exc, args.debug)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -97,10 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         execute(recipe, run_id=args.run_id, progress=not args.no_progress)
         return 0
     except WorkbenchError as exc:
-        if args.debug:
-            traceback.print_exc()
-        print(_paragraph("error: ", str(exc)), file=sys.stderr)
-        return exc.exit_code
+        return _user_error(exc, args.debug)
     except KeyboardInterrupt:
         print("interrupted: finished artifacts are kept; run the same command again to resume.", file=sys.stderr)
         return 130
