@@ -126,6 +126,26 @@ def versions() -> dict[str, str]:
     }
 
 
+def run_identity(recipe: Recipe, run_dir: Path, splits: Splits) -> dict[str, Any]:
+    """The RunResult fields that say which run this is: recipe, machine, versions, data."""
+    return {
+        "recipe_name": recipe.name,
+        "run_id": run_dir.name,
+        "task": recipe.model.task,
+        "primary_metric": "accuracy",
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "versions": versions(),
+        "hardware": hardware(),
+        "recipe_hash": recipe_hash(recipe),
+        "data": {
+            "sizes": splits.sizes(),
+            "label_names": splits.label_names,
+            "fingerprint": splits.fingerprint,
+            "source": recipe.data.files or (recipe.data.hub.name if recipe.data.hub else ""),
+        },
+    }
+
+
 def _example_inputs(loaded: LoadedModel, splits: Splits, n: int) -> dict[str, torch.Tensor]:
     texts = splits.evaluation.texts[:n]
     return to_torch(tokenize(loaded.tokenizer, texts, loaded.spec.max_seq_length, loaded.input_names))
@@ -323,15 +343,7 @@ def execute(recipe: Recipe, *, run_id: str | None = None, progress: bool = True,
 
     best = _select(variants)
     result = RunResult(
-        recipe_name=recipe.name,
-        run_id=run_dir.name,
-        task=recipe.model.task,
-        primary_metric="accuracy",
-        created_utc=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        versions=versions(),
-        hardware=hardware(),
-        recipe_hash=recipe_hash(recipe),
-        data={"sizes": splits.sizes(), "label_names": splits.label_names, "fingerprint": splits.fingerprint, "source": recipe.data.files or (recipe.data.hub.name if recipe.data.hub else "")},
+        **run_identity(recipe, run_dir, splits),
         calibration=cal_info,
         variants=variants,
         best_variant=best,

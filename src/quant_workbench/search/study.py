@@ -11,7 +11,6 @@ and do not count.
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
 import os
 import shutil
@@ -577,15 +576,7 @@ def run_search(
         plot_sensitivity(rows, runner.float_accuracy, all_int8.accuracy, run_dir / "plots" / "sensitivity.png")
     plot_pareto(records, selected, runner.float_accuracy, float_ms, runner.threshold, run_dir / "plots" / "pareto.png")
     result = RunResult(
-        recipe_name=recipe.name,
-        run_id=run_dir.name,
-        task=recipe.model.task,
-        primary_metric="accuracy",
-        created_utc=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        versions=run_mod.versions(),
-        hardware=run_mod.hardware(),
-        recipe_hash=run_mod.recipe_hash(recipe),
-        data={"sizes": splits.sizes(), "label_names": splits.label_names, "fingerprint": splits.fingerprint, "source": recipe.data.files or (recipe.data.hub.name if recipe.data.hub else "")},
+        **run_mod.run_identity(recipe, run_dir, splits),
         calibration=cal_info,
         variants=variants,
         best_variant="int8-search" if any(v.name == "int8-search" and v.status == "ok" for v in variants) else None,
