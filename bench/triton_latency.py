@@ -31,6 +31,7 @@ from quant_workbench.deploy.server import TritonServer
 from quant_workbench.deploy.triton import Repository
 from quant_workbench.io import write_json
 from quant_workbench.recipe import DeploySpec, load_recipe
+from quant_workbench.report import update_report
 from quant_workbench.run import hardware, versions
 
 
@@ -201,6 +202,9 @@ def main() -> None:
     }
     out = args.out or run_dir / "bench_triton_latency.json"
     write_json(out, result)
+    if (run_dir / "report.json").is_file():
+        update_report(run_dir, "triton_benchmark", result)
+        print(f"report updated: {run_dir / 'report.md'}")
     print(f"\n{'variant':<16}{'seq p50 ms':>12}{'seq p90 ms':>12}{'conc p50 ms':>13}{'conc p90 ms':>13}{'req/s':>9}{'batch':>7}")
     for v in variants:
         s, c = result["variants"][v]["sequential_batch1"], result["variants"][v]["concurrent"]

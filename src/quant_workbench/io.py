@@ -89,3 +89,14 @@ def hash_tree(path: Path | str, patterns: tuple[str, ...] = ("*",)) -> str:
         h.update(str(p.relative_to(root)).encode())
         h.update(sha256_file(p).encode())
     return h.hexdigest()
+
+
+def artifact_is_current(path: Path, key: str) -> bool:
+    """True when `path` exists and its `.key` sidecar says it was made from inputs hashing to `key`."""
+    sidecar = path.with_name(path.name + ".key")
+    return path.exists() and sidecar.exists() and sidecar.read_text().strip() == key
+
+
+def mark_artifact(path: Path, key: str) -> None:
+    """Written after the artifact itself, so a crash in between leaves a stale (rebuilt) artifact, never a wrong one."""
+    write_text(path.with_name(path.name + ".key"), key + "\n")

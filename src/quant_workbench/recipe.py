@@ -196,10 +196,37 @@ class ExportSpec(Strict):
     min_cosine: float = Field(0.99, gt=0, le=1)
 
 
+class TensorRTSpec(Strict):
+    """TensorRT engine builds: `deploy.tensorrt` for the Triton `tensorrt` target (shapes default to the
+    deploy batch and the model length), `engine.tensorrt` for `engine.runtime: tensorrt` (shapes default
+    to the largest evaluation/benchmark batch and the model length)."""
+
+    min_batch: int = Field(1, ge=1)
+    opt_batch: int | None = Field(None, ge=1, description="default: max_batch")
+    max_batch: int | None = Field(None, ge=1, description="default: deploy.max_batch_size (deploy) or the largest evaluated/benchmarked batch (engine)")
+    min_seq: int = Field(1, ge=1)
+    opt_seq: int | None = Field(None, ge=1, description="default: max_seq")
+    max_seq: int | None = Field(None, ge=1, description="default: model.max_seq_length")
+    fp16: bool = True
+    workspace_mib: int = Field(4096, ge=16)
+    optimization_level: int = Field(3, ge=0, le=5)
+    timing_cache: str | None = Field(None, description="timing cache file reused across builds; default <output_dir>/<name>/tensorrt.timing.cache")
+    version_compatible: bool = False
+
+
+EngineRuntime = Literal["onnxruntime", "tensorrt"]
+
+
 class EngineSpec(Strict):
-    provider: Literal["cpu", "cuda", "tensorrt"] = "cpu"
+    """What scores and times every variant: ONNX Runtime (any machine) or TensorRT engines built from
+    the same ONNX files (NVIDIA GPU with the `tensorrt` extra). Export fidelity checks always use
+    ONNX Runtime on CPU, the reference for the Q/DQ graph."""
+
+    runtime: EngineRuntime = "onnxruntime"
+    provider: Literal["cpu", "cuda", "tensorrt"] = Field("cpu", description="ONNX Runtime execution provider (runtime onnxruntime)")
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     threads: int = Field(0, ge=0, description="intra-op threads; 0 = all cores")
+    tensorrt: TensorRTSpec = Field(default_factory=TensorRTSpec, description="engine builds when runtime is tensorrt")
 
 
 class BenchmarkSpec(Strict):
@@ -220,22 +247,6 @@ class BenchmarkSpec(Strict):
 
 DeployTarget = Literal["python-onnxruntime", "onnxruntime", "tensorrt"]
 DEFAULT_DEPLOY_TARGETS: tuple[DeployTarget, ...] = ("python-onnxruntime",)
-
-
-class TensorRTSpec(Strict):
-    """TensorRT engine builds (deploy target `tensorrt`); shapes default to the deploy batch and model length."""
-
-    min_batch: int = Field(1, ge=1)
-    opt_batch: int | None = Field(None, ge=1, description="default: max_batch")
-    max_batch: int | None = Field(None, ge=1, description="default: deploy.max_batch_size")
-    min_seq: int = Field(1, ge=1)
-    opt_seq: int | None = Field(None, ge=1, description="default: max_seq")
-    max_seq: int | None = Field(None, ge=1, description="default: model.max_seq_length")
-    fp16: bool = True
-    workspace_mib: int = Field(4096, ge=16)
-    optimization_level: int = Field(3, ge=0, le=5)
-    timing_cache: str | None = Field(None, description="timing cache file reused across builds; default <output_dir>/<name>/tensorrt.timing.cache")
-    version_compatible: bool = False
 
 
 class DeploySpec(Strict):

@@ -7,6 +7,7 @@ four decimals, because the interesting differences (0.9991 vs 0.9874) would vani
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -367,6 +368,77 @@ def _per_variant_section(title: str, result: RunResult, attr: str, empty: str) -
     return lines if found else [*lines, empty, ""]
 
 
+def _tensorrt_rows(result: RunResult) -> list[list[str]]:
+    """One row per TensorRT engine: built by the run (engine.runtime: tensorrt) or by deploy."""
+    rows: list[list[str]] = []
+    sources: list[tuple[str, str, Mapping[str, Any]]] = []
+    for v in result.variants:
+        if isinstance(v.engine.get("tensorrt_layers"), Mapping):
+            sources.append((v.name, "evaluate + benchmark", {**v.engine["tensorrt_layers"], "seconds": v.engine.get("build_seconds"), "version": v.engine.get("tensorrt_version")}))
+    for name, info in (result.deployment.get("tensorrt_engines") or {}).items():
+        if isinstance(info, Mapping):
+            sources.append((name, "Triton tensorrt_plan", info))
+    for name, used_for, info in sources:
+        by = info.get("by_precision") or {}
+        precisions = ", ".join(f"{k} {n}" for k, n in by.items()) or DASH
+        seconds = info.get("seconds")
+        rows.append([name, used_for, str(info.get("version") or DASH), str(info.get("layers", DASH)), precisions, f"{seconds:.1f}" if isinstance(seconds, (int, float)) else DASH])
+    return rows
+
+
+def _deployment_section(result: RunResult) -> list[str]:
+    lines: list[str] = []
+    trt_rows = _tensorrt_rows(result)
+    if trt_rows:
+        lines += [
+            "## TensorRT engines",
+            "",
+            "Layer precisions from TensorRT's engine inspector (a layer counts as INT8/FP8 when any of its tensors is); "
+            "the full per-layer report is `<engine>.layers.json` beside each plan.",
+            "",
+            *_table(["engine", "used for", "TensorRT", "layers", "layers by precision", "build s"], trt_rows, [False, False, False, True, False, True]),
+            "",
+        ]
+    triton = result.deployment.get("triton")
+    if isinstance(triton, Mapping):
+        lines += ["## Triton model repository", "", f"Written to `{triton.get('path')}` (validated against Triton's model-config schema).", ""]
+        models = triton.get("models") or []
+        if models:
+            lines += [*_table(["ensemble (text in)", "model", "kind", "note"], [[str(m.get("ensemble")), str(m.get("name")), str(m.get("kind")), str(m.get("note") or "")] for m in models]), ""]
+    bench = result.deployment.get("triton_benchmark")
+    if isinstance(bench, Mapping) and isinstance(bench.get("variants"), Mapping):
+        rows = []
+        for name, b in bench["variants"].items():
+            seq, conc = b.get("sequential_batch1", {}), b.get("concurrent", {})
+            rows.append([
+                name, _ms(seq.get("p50_ms")), _ms(seq.get("p90_ms")), _ms(conc.get("p50_ms")), _ms(conc.get("p90_ms")),
+                f"{conc.get('throughput_req_per_s', 0):.1f}", f"{conc.get('mean_server_batch', 0):.2f}",
+            ])
+        clients = next((b.get("concurrent", {}).get("clients") for b in bench["variants"].values()), None)
+        sp = bench.get("speedup_int8_vs_float") or {}
+        lines += [
+            "## Served through Triton (text in, tokenization on the server)",
+            "",
+            f"`bench/triton_latency.py`, {bench.get('protocol', '?')}, {bench.get('texts', {}).get('count', '?')} texts of the evaluation split; "
+            f"sequential = one request at a time (batch 1); concurrent = {clients} client threads, dynamic batching on the server. "
+            f"Machine: {bench.get('hardware', {}).get('cpu', '?')}; client and server share its cores.",
+            "",
+            *_table(["variant", "seq p50 ms", "seq p90 ms", "conc p50 ms", "conc p90 ms", "req/s", "mean server batch"], rows, [False] + [True] * 6),
+            "",
+        ]
+        if sp:
+            lines += [f"Quantized vs float: sequential p50 {_speedup(sp.get('sequential_p50'))}, concurrent p50 {_speedup(sp.get('concurrent_p50'))}, throughput {_speedup(sp.get('concurrent_throughput'))}.", ""]
+    return lines
+
+
+def update_report(run_dir: Path | str, key: str, value: Any) -> dict[str, Path]:
+    """Record a later stage's output (deploy, Triton benchmark) in a finished run's report."""
+    run_dir = Path(run_dir)
+    result = RunResult.from_dict(json.loads((run_dir / "report.json").read_text()))
+    result.deployment[key] = value
+    return write_report(result, run_dir)
+
+
 def _summary(result: RunResult, ref: VariantResult | None) -> list[str]:
     lines = ["## Selected variant", ""]
     best = result.variant(result.best_variant) if result.best_variant else None
@@ -409,6 +481,7 @@ def render_markdown(result: RunResult) -> str:
     lines += _latency_section(result, ref)
     lines += _per_variant_section("Fidelity", result, "fidelity", "No fidelity checks were recorded.")
     lines += _per_variant_section("Engine", result, "engine", "No engine information was recorded.")
+    lines += _deployment_section(result)
 
     failed = [v for v in result.variants if v.status != "ok"]
     lines += ["## Failed variants", ""]

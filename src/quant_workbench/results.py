@@ -63,6 +63,9 @@ class RunResult:
     selection_rule: str = ""
     timings_s: dict[str, float] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)  # finetune / qat summaries (quant_workbench.train)
+    # filled after the run by later stages: "triton" (repository written by deploy), "tensorrt_engines"
+    # (per variant: the engine inspector's layer summary), "triton_benchmark" (bench/triton_latency.py)
+    deployment: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     def variant(self, name: str) -> VariantResult | None:

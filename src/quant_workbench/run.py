@@ -28,12 +28,13 @@ from tqdm.auto import tqdm
 from . import __version__
 from .benchmark import benchmark_interleaved, speedups
 from .data import Splits, load_splits
+from .engines import EngineFromOnnx, preflight_runtime
 from .engines.onnxruntime import OrtEngine, optimized_op_counts
 from .errors import WorkbenchError
 from .evaluate import LinearProbe, run_outputs, score_classification, score_embedding
 from .export import cosine_rows, export_onnx, per_layer_fidelity, qdq_summary
 from .families import family_variants
-from .io import hash_json, write_json, write_text
+from .io import artifact_is_current, hash_json, mark_artifact, write_json, write_text
 from .models import LoadedModel, load_model, to_torch, tokenize
 from .quantize.apply import activation_quantizers, calibrate, prepare, set_scales
 from .quantize.calibrate import HistogramCalibrator, load_stats, save_stats
@@ -87,15 +88,6 @@ def recipe_hash(recipe: Recipe) -> str:
 
 def run_dir_for(recipe: Recipe, run_id: str | None = None) -> Path:
     return Path(recipe.output_dir) / recipe.name / (run_id or recipe_hash(recipe)[:12])
-
-
-def _cached(path: Path, key: str) -> bool:
-    sidecar = path.with_name(path.name + ".key")
-    return path.exists() and sidecar.exists() and sidecar.read_text().strip() == key
-
-
-def _mark(path: Path, key: str) -> None:
-    write_text(path.with_name(path.name + ".key"), key + "\n")
 
 
 def hardware() -> dict[str, Any]:
@@ -231,6 +223,7 @@ def execute(recipe: Recipe, *, run_id: str | None = None, progress: bool = True,
     ctx = RunContext(recipe, run_dir, progress, say)
     models_dir = run_dir / "models"
     t_start = time.perf_counter()
+    preflight_runtime(recipe)  # engine.runtime: tensorrt without TensorRT or a GPU fails now
     if recipe.deploy is not None:  # a missing optional package fails now, not after the whole run
         from .deploy import preflight
 
@@ -260,9 +253,9 @@ def execute(recipe: Recipe, *, run_id: str | None = None, progress: bool = True,
     fidelity_float: dict[str, Any] = {}
     with ctx.stage("export float"):
         float_path = models_dir / "float.onnx"
-        if not _cached(float_path, base_key):
+        if not artifact_is_current(float_path, base_key):
             export_onnx(loaded.model, float_path, example, loaded.input_names, loaded.output_name, recipe.export.opset)
-            _mark(float_path, base_key)
+            mark_artifact(float_path, base_key)
         with torch.no_grad():
             ref = loaded.model(**example).numpy()
         with OrtEngine(float_path, recipe.engine, "float") as eng:
@@ -316,9 +309,9 @@ def execute(recipe: Recipe, *, run_id: str | None = None, progress: bool = True,
                 cal_info["methods"][method if family.prefix == "int8" else name] = {"quantizers": len(amax), "median_amax": float(np.median(list(amax.values()))) if amax else None}
                 path = models_dir / f"{name}.qdq.onnx"
                 key = hash_json({"base": base_key, "plan": plan.to_rows(), "amax": amax, "weights": recipe.quantization.per_channel_weights, **family.key})
-                if not _cached(path, key):
+                if not artifact_is_current(path, key):
                     export_onnx(loaded.model, path, example, loaded.input_names, loaded.output_name, recipe.export.opset)
-                    _mark(path, key)
+                    mark_artifact(path, key)
                 variant.artifacts = {"onnx": f"models/{path.name}", "scales": f"models/{scales_path.name}"}
                 variant.size_bytes = _size(path)
                 variant.fidelity = {**_qdq_fidelity(recipe, loaded, path, example), **family.fidelity}
@@ -399,9 +392,9 @@ def _qat_variant(
             write_json(scales_path, {"method": "qat", "init_method": info["init_method"], "amax": amax})
             path = ctx.run_dir / "models" / f"{name}.qdq.onnx"
             key = hash_json({"base": base_key, "plan": plan_rows, "qat": info["cache_key"], "weights": recipe.quantization.per_channel_weights})
-            if not _cached(path, key):
+            if not artifact_is_current(path, key):
                 export_onnx(model, path, example, loaded.input_names, loaded.output_name, recipe.export.opset)
-                _mark(path, key)
+                mark_artifact(path, key)
             variant.artifacts = {"onnx": f"models/{path.name}", "scales": f"models/{scales_path.name}"}
             variant.size_bytes = _size(path)
             variant.fidelity = _qdq_fidelity(recipe, replace(loaded, model=model), path, example)
@@ -454,13 +447,14 @@ def _evaluate(ctx: RunContext, loaded: LoadedModel, splits: Splits, variants: li
         if v.status != "ok":
             continue
         try:
-            with OrtEngine(paths[v.name], recipe.engine, v.name) as eng:
+            with EngineFromOnnx(paths[v.name], recipe, v.name, v.precision) as eng:
                 outputs[v.name] = run_outputs(eng, splits.evaluation, loaded.tokenizer, loaded.input_names, maxlen, bs, f"evaluate {v.name}", ctx.progress)
                 if v.name == "float" and recipe.model.task == "embedding":
                     probe_x = run_outputs(eng, splits.probe, loaded.tokenizer, loaded.input_names, maxlen, bs, "embed probe split", ctx.progress)
                 v.engine = {**eng.describe(), **v.engine}
         except Exception as exc:
             v.status, v.error = "failed", f"evaluation failed: {exc}"
+            outputs.pop(v.name, None)  # half-scored variants are not scored
     if "float" not in outputs:
         raise WorkbenchError("the float baseline could not be evaluated; nothing to compare against.", "see the error above")
     labels = splits.evaluation.labels
@@ -478,7 +472,7 @@ def _evaluate(ctx: RunContext, loaded: LoadedModel, splits: Splits, variants: li
 def _benchmark(ctx: RunContext, loaded: LoadedModel, variants: list[VariantResult], paths: dict[str, Path]) -> None:
     spec = ctx.recipe.benchmark
     ok = [v for v in variants if v.status == "ok"]
-    engines = {v.name: OrtEngine(paths[v.name], ctx.recipe.engine, v.name, threads=spec.threads) for v in ok}
+    engines = {v.name: EngineFromOnnx(paths[v.name], ctx.recipe, v.name, v.precision, threads=spec.threads) for v in ok}
     try:
         latency = benchmark_interleaved(dict(engines.items()), spec, loaded.input_names, loaded.vocab_size, progress=ctx.progress)
     finally:

@@ -33,6 +33,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from . import __version__
 from .data import Splits, TextSet
 from .errors import WorkbenchError
 from .evaluate import classification_metrics
@@ -536,7 +537,8 @@ def finetune_float(
     assert isinstance(spec, FinetuneSpec)
     train_set, val_set = train_validation(splits, recipe.data.validation_samples)
     key = hash_json(
-        {"model": loaded.fingerprint, "data": splits.fingerprint, "finetune": _section_key(spec), "max_seq_length": loaded.spec.max_seq_length}
+        # the version: a fix to the model's forward (e.g. the attention mask) makes old checkpoints wrong
+        {"model": loaded.fingerprint, "data": splits.fingerprint, "finetune": _section_key(spec), "max_seq_length": loaded.spec.max_seq_length, "version": __version__}
     )
     lr = spec.learning_rate or DEFAULT_FLOAT_LR
     trainer = Trainer(

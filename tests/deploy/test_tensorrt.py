@@ -41,7 +41,7 @@ skip_without_gpu_trt = pytest.mark.skipif(not (HAS_TRT and _has_cuda()), reason=
 @pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed here")
 def test_missing_tensorrt_is_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(OptionalDependencyError) as err:
-        qtrt.build_engine(tmp_path / "m.onnx", tmp_path / "m.plan", qtrt.BuildSettings(qtrt.Shapes((1, 1), (1, 8), (2, 8)), int8=True))
+        qtrt.build_engine(tmp_path / "m.onnx", tmp_path / "m.plan", qtrt.BuildSettings(qtrt.Shapes((1, 1), (1, 8), (2, 8)), precision="int8"))
     text = str(err.value)
     assert "pip install 'quant-workbench[tensorrt]'" in text and "pypi.nvidia.com" in text and "NGC" in text
     for call in (lambda: qtrt.TrtEngine(tmp_path / "m.plan"), lambda: qtrt.load_engine(tmp_path / "m.plan"), lambda: qtrt.engine_signature(tmp_path / "m.plan")):
@@ -53,16 +53,16 @@ def test_settings_from_the_recipe() -> None:
     base = {"name": "x", "model": {"source": "/nonexistent", "max_seq_length": 128}, "data": {"files": ["a.csv"]}}
     recipe = recipe_from_dict({**base, "deploy": {"max_batch_size": 16, "preferred_batch_sizes": [8], "tensorrt": {"opt_batch": 8, "opt_seq": 64, "workspace_mib": 512, "optimization_level": 5, "version_compatible": True}}})
     assert recipe.deploy is not None
-    s = qtrt.settings_for_deploy(recipe, recipe.deploy, int8=True)
+    s = qtrt.settings_for_deploy(recipe, recipe.deploy, precision="int8")
     assert s.shapes == qtrt.Shapes((1, 1), (8, 64), (16, 128))
-    assert s.workspace_bytes == 512 << 20 and s.optimization_level == 5 and s.version_compatible and s.int8 and s.fp16
+    assert s.workspace_bytes == 512 << 20 and s.optimization_level == 5 and s.version_compatible and s.precision == "int8" and s.fp16
     assert s.timing_cache == Path("reports/x/tensorrt.timing.cache")
     small = DeploySpec.model_validate({"max_batch_size": 16, "preferred_batch_sizes": [8], "tensorrt": {"max_batch": 8}})
     with pytest.raises(WorkbenchError, match="below deploy.max_batch_size"):
-        qtrt.settings_for_deploy(recipe, small, int8=False)
+        qtrt.settings_for_deploy(recipe, small, precision="float32")
     bad = DeploySpec.model_validate({"tensorrt": {"opt_seq": 256}})
     with pytest.raises(WorkbenchError, match="sequence: min 1 <= opt 256 <= max 128"):
-        qtrt.settings_for_deploy(recipe, bad, int8=False)
+        qtrt.settings_for_deploy(recipe, bad, precision="float32")
 
 
 def test_inspector_summary_tensorrt_10_and_11_formats() -> None:
@@ -126,7 +126,7 @@ def test_build_and_run_against_onnxruntime(embedding_run: Path, tmp_path: Path, 
 
     onnx = embedding_run / "models" / ("float.onnx" if variant == "float" else f"{variant}.qdq.onnx")
     cache = tmp_path / "timing.cache"
-    settings = qtrt.BuildSettings(qtrt.Shapes((1, 1), (4, 16), (8, 32)), int8=variant != "float", timing_cache=cache, workspace_bytes=256 << 20)
+    settings = qtrt.BuildSettings(qtrt.Shapes((1, 1), (4, 16), (8, 32)), precision="float32" if variant == "float" else "int8", timing_cache=cache, workspace_bytes=256 << 20)
     report = qtrt.build_engine(onnx, tmp_path / f"{variant}.plan", settings)
     assert cache.stat().st_size > 0 and not report.timing_cache_hit
     assert (tmp_path / f"{variant}.layers.json").is_file() and report.layers["layers"] > 0
@@ -161,9 +161,9 @@ def test_build_failure_and_foreign_plan(embedding_run: Path, tmp_path: Path) -> 
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"not an onnx file")
     with pytest.raises(qtrt.EngineBuildError, match="cannot parse"):
-        qtrt.build_engine(broken, tmp_path / "b.plan", qtrt.BuildSettings(qtrt.Shapes((1, 1), (1, 8), (2, 8)), int8=False))
+        qtrt.build_engine(broken, tmp_path / "b.plan", qtrt.BuildSettings(qtrt.Shapes((1, 1), (1, 8), (2, 8)), precision="float32"))
     plan = tmp_path / "f.plan"
-    qtrt.build_engine(onnx, plan, qtrt.BuildSettings(qtrt.Shapes((1, 1), (1, 8), (2, 8)), int8=False, timing_cache=None))
+    qtrt.build_engine(onnx, plan, qtrt.BuildSettings(qtrt.Shapes((1, 1), (1, 8), (2, 8)), precision="float32", timing_cache=None))
     meta = json.loads(qtrt.plan_meta_path(plan).read_text())
     meta["tensorrt_version"] = "9.0.0.1"
     qtrt.plan_meta_path(plan).write_text(json.dumps(meta))

@@ -65,13 +65,13 @@ def deploy_run(
     engines: dict[tuple[str, str], Path] = {}
     notes: dict[tuple[str, str], str] = {}
     if build_engines and "tensorrt" in spec.targets:
-        from ..engines.tensorrt import build_for_deploy
+        from ..engines.tensorrt import build_for_deploy, engine_precision
         from ..errors import WorkbenchError
 
         for name in resolve_variants(spec.variants, result.best_variant, files):
             say(f"  building TensorRT engine for {name}")
             try:
-                engines[(name, "tensorrt")] = build_for_deploy(recipe, spec, files[name], run_dir / "engines" / f"{name}.plan", int8=precision.get(name) == "int8")
+                engines[(name, "tensorrt")] = build_for_deploy(recipe, spec, files[name], run_dir / "engines" / f"{name}.plan", precision=engine_precision(precision.get(name)))
             except WorkbenchError as exc:  # this engine failed; the rest of the repository is still written
                 if isinstance(exc, OptionalDependencyError):
                     raise
@@ -92,6 +92,22 @@ def deploy_run(
     )
     validate_repository(repo.path)
     say(f"  Triton model repository: {repo.path}")
+    if (run_dir / "report.json").is_file():  # the run's report shows what was deployed and how engines came out
+        from ..report import update_report
+
+        trt_layers = {}
+        for (name, _), plan in engines.items():
+            build = plan.with_name(plan.stem + ".build.json")
+            if build.is_file():
+                info = json.loads(build.read_text())
+                trt_layers[name] = {**{k: x for k, x in info.get("layers", {}).items() if k != "int8_layers"}, "seconds": info.get("seconds"), "version": info.get("tensorrt_version")}
+        update_report(run_dir, "triton", {
+            "path": str(repo.path),
+            "models": [{"ensemble": m.ensemble, "name": m.name, "kind": m.kind, "note": m.note} for m in repo.models],
+            "failed_engines": {f"{n}/{t}": note for (n, t), note in notes.items()},
+        })
+        if trt_layers:
+            update_report(run_dir, "tensorrt_engines", trt_layers)
     for m in repo.models:
         say(f"    {m.ensemble:<28} text -> {m.name} ({m.kind}){'  ' + m.note if m.note else ''}")
     return repo

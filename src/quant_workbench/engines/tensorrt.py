@@ -29,7 +29,7 @@ import re
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     import tensorrt as trt
 
     from ..deploy.triton import TensorSig
-    from ..recipe import DeploySpec, Recipe
+    from ..recipe import DeploySpec, Recipe, TensorRTSpec
 
 INSTALL_HINT = (
     " — TensorRT comes from NVIDIA's package index: pip install --extra-index-url https://pypi.nvidia.com "
@@ -76,6 +76,13 @@ def require_tensorrt(feature: str = "TensorRT engines") -> None:
         raise OptionalDependencyError("tensorrt", "tensorrt", f"{feature} (libnvinfer failed to load: {exc})", INSTALL_HINT) from exc
     if not hasattr(trt_mod, "Builder"):
         raise OptionalDependencyError("tensorrt", "tensorrt", feature, INSTALL_HINT)
+
+
+def tensorrt_version() -> str:
+    require_tensorrt()
+    import tensorrt as trt
+
+    return str(trt.__version__)
 
 
 def tensorrt_major(version: str) -> int:
@@ -142,10 +149,14 @@ class Shapes:
         return self
 
 
+Precision = Literal["float32", "int8", "fp8"]  # a variant's precision: what its Q/DQ nodes carry
+FP8_MIN_CAPABILITY = (8, 9)  # FP8 tensor cores: Ada (8.9), Hopper (9.0) and newer
+
+
 @dataclass
 class BuildSettings:
     shapes: Shapes
-    int8: bool  # the ONNX carries Q/DQ nodes (explicit quantization)
+    precision: Precision  # int8/fp8: the ONNX carries Q/DQ nodes of that type (explicit quantization)
     fp16: bool = True
     workspace_bytes: int = 4 << 30
     optimization_level: int = 3
@@ -168,9 +179,10 @@ class BuildReport:
     layers: dict[str, Any] = field(default_factory=dict)  # summary of the inspector report
     timing_cache_hit: bool = False
     warnings: list[str] = field(default_factory=list)
+    cached: bool = False  # the plan was reused, not built (plan_from_onnx)
 
 
-def settings_for_deploy(recipe: Recipe, spec: DeploySpec, int8: bool) -> BuildSettings:
+def settings_for_deploy(recipe: Recipe, spec: DeploySpec, precision: Precision) -> BuildSettings:
     t = spec.tensorrt
     max_batch = t.max_batch or spec.max_batch_size
     if max_batch < spec.max_batch_size:
@@ -179,12 +191,34 @@ def settings_for_deploy(recipe: Recipe, spec: DeploySpec, int8: bool) -> BuildSe
             "Triton would send batches the engine cannot take.",
             "raise deploy.tensorrt.max_batch or lower deploy.max_batch_size",
         )
-    max_seq = t.max_seq or recipe.model.max_seq_length
-    shapes = Shapes((t.min_batch, t.min_seq), (t.opt_batch or max_batch, t.opt_seq or max_seq), (max_batch, max_seq)).check()
+    return _settings(recipe, t, max_batch, precision, "deploy.tensorrt")
+
+
+def settings_for_runtime(recipe: Recipe, precision: Precision) -> BuildSettings:
+    """`engine.runtime: tensorrt`: one profile that covers evaluation batches and every benchmark shape."""
+    t = recipe.engine.tensorrt
+    needed_batch = max([recipe.quantization.calibration.batch_size, *recipe.benchmark.batch_sizes])
+    needed_seq = max([recipe.model.max_seq_length, *recipe.benchmark.seq_lengths])
+    max_batch = t.max_batch or needed_batch
+    if max_batch < needed_batch or (t.max_seq or needed_seq) < needed_seq:
+        raise WorkbenchError(
+            f"engine.tensorrt max_batch={t.max_batch} / max_seq={t.max_seq} is below what the run feeds the engine "
+            f"(batch {needed_batch}: calibration.batch_size and benchmark.batch_sizes; sequence {needed_seq}).",
+            "raise engine.tensorrt.max_batch / max_seq, or leave them unset to follow the recipe",
+        )
+    return _settings(recipe, t, max_batch, precision, "engine.tensorrt", max_seq=t.max_seq or needed_seq)
+
+
+def _settings(recipe: Recipe, t: TensorRTSpec, max_batch: int, precision: Precision, where: str, max_seq: int | None = None) -> BuildSettings:
+    max_seq = max_seq or t.max_seq or recipe.model.max_seq_length
+    try:
+        shapes = Shapes((t.min_batch, t.min_seq), (t.opt_batch or max_batch, t.opt_seq or max_seq), (max_batch, max_seq)).check()
+    except WorkbenchError as exc:
+        raise WorkbenchError(str(exc).replace("deploy.tensorrt", where), f"fix {where} min_/opt_/max_ batch and seq") from None
     cache = Path(t.timing_cache) if t.timing_cache else Path(recipe.output_dir) / recipe.name / "tensorrt.timing.cache"
     return BuildSettings(
         shapes=shapes,
-        int8=int8,
+        precision=precision,
         fp16=t.fp16,
         workspace_bytes=t.workspace_mib << 20,
         optimization_level=t.optimization_level,
@@ -219,6 +253,8 @@ def build_engine(onnx_path: Path, plan_path: Path, settings: BuildSettings) -> B
     require_tensorrt("building TensorRT engines")
     import tensorrt as trt
 
+    if settings.precision == "fp8":
+        require_fp8_gpu()
     logger, log = capturing_logger()
     version = str(trt.__version__)
     strongly_typed = tensorrt_major(version) >= 11
@@ -237,9 +273,11 @@ def build_engine(onnx_path: Path, plan_path: Path, settings: BuildSettings) -> B
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_bytes)
         config.builder_optimization_level = settings.optimization_level
         config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
-        if not strongly_typed:  # TensorRT 10: weak typing; Q/DQ nodes still decide what runs in INT8
-            if settings.int8:
+        if not strongly_typed:  # TensorRT 10: weak typing; Q/DQ nodes still decide what runs in INT8/FP8
+            if settings.precision == "int8":
                 config.set_flag(trt.BuilderFlag.INT8)
+            if settings.precision == "fp8":
+                config.set_flag(trt.BuilderFlag.FP8)
             if settings.fp16:
                 config.set_flag(trt.BuilderFlag.FP16)
         if settings.version_compatible:
@@ -300,8 +338,54 @@ def build_engine(onnx_path: Path, plan_path: Path, settings: BuildSettings) -> B
     )
 
 
-def build_for_deploy(recipe: Recipe, spec: DeploySpec, onnx_path: Path, plan_path: Path, *, int8: bool) -> Path:
-    report = build_engine(onnx_path, plan_path, settings_for_deploy(recipe, spec, int8))
+def engine_precision(variant_precision: str | None) -> Precision:
+    """A run variant's precision ("float32", "int8", "fp8") as the engine build's."""
+    if variant_precision in ("int8", "fp8"):
+        return variant_precision  # type: ignore[return-value]
+    return "float32"
+
+
+def gpu_capability() -> tuple[int, int] | None:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            major, minor = torch.cuda.get_device_capability(0)
+            return int(major), int(minor)
+    except Exception:
+        return None
+    return None
+
+
+def require_fp8_gpu() -> None:
+    """FP8 Q/DQ engines need FP8 tensor cores; elsewhere TensorRT rejects or emulates them."""
+    cap = gpu_capability()
+    if cap is None or cap < FP8_MIN_CAPABILITY:
+        where = f"this GPU ({_gpu_name()}) has compute capability {cap[0]}.{cap[1]}" if cap else "no CUDA GPU is visible"
+        raise WorkbenchError(
+            f"FP8 TensorRT engines need compute capability {FP8_MIN_CAPABILITY[0]}.{FP8_MIN_CAPABILITY[1]} or newer (Ada, Hopper, Blackwell); {where}.",
+            "build the INT8 variants only on this GPU (drop fp8 from quantization.families), or build on an L4/L40/H100-class GPU",
+        )
+
+
+def plan_from_onnx(onnx_path: Path, plan_path: Path, settings: BuildSettings) -> BuildReport:
+    """`build_engine` with a cache: a plan whose `.key` sidecar matches the ONNX bytes, the settings,
+    the TensorRT version and the GPU is reused (its saved build report is returned, `cached` set)."""
+    from ..io import artifact_is_current, hash_json, mark_artifact, sha256_file
+
+    key = hash_json({"onnx": sha256_file(onnx_path), "settings": {**settings.to_dict(), "timing_cache": None}, "tensorrt": tensorrt_version(), "gpu": _gpu_name()})
+    report_path = plan_path.with_name(plan_path.stem + ".build.json")
+    if artifact_is_current(plan_path, key) and report_path.is_file():
+        saved = json.loads(report_path.read_text())
+        return BuildReport(**{**saved, "cached": True})
+    report = build_engine(onnx_path, plan_path, settings)
+    write_json(report_path, asdict(report))
+    mark_artifact(plan_path, key)
+    return report
+
+
+def build_for_deploy(recipe: Recipe, spec: DeploySpec, onnx_path: Path, plan_path: Path, *, precision: Precision) -> Path:
+    report = build_engine(onnx_path, plan_path, settings_for_deploy(recipe, spec, precision))
     write_json(plan_path.with_name(plan_path.stem + ".build.json"), asdict(report))
     return plan_path
 
@@ -530,7 +614,13 @@ class TrtEngine:
     def describe(self) -> dict[str, Any]:
         meta_file = plan_meta_path(self.plan)
         meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-        return {"backend": "tensorrt", "tensorrt_version": self.version, "gpu": _gpu_name(), "plan": self.plan.name, "build": meta.get("settings", {})}
+        out: dict[str, Any] = {"backend": "tensorrt", "tensorrt_version": self.version, "gpu": _gpu_name(), "plan": self.plan.name, "build": meta.get("settings", {})}
+        report_file = self.plan.with_name(self.plan.stem + ".build.json")
+        if report_file.is_file():  # written by plan_from_onnx / build_for_deploy: the inspector's summary
+            report = json.loads(report_file.read_text())
+            out["tensorrt_layers"] = {k: v for k, v in report.get("layers", {}).items() if k != "int8_layers"}
+            out["build_seconds"] = report.get("seconds")
+        return out
 
     def __enter__(self) -> TrtEngine:
         return self

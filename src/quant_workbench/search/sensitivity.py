@@ -22,7 +22,7 @@ import torch
 
 from ..benchmark import benchmark_interleaved
 from ..data import Splits
-from ..engines.onnxruntime import OrtEngine
+from ..engines import EngineFromOnnx
 from ..evaluate import LinearProbe, run_outputs, score_classification, score_embedding
 from ..export import export_onnx
 from ..io import hash_json, write_json, write_text
@@ -133,7 +133,7 @@ class TrialRunner:
         t0 = time.perf_counter()
         bs = recipe.quantization.calibration.batch_size
         maxlen = recipe.model.max_seq_length
-        with OrtEngine(float_path, recipe.engine, "float") as eng:
+        with EngineFromOnnx(float_path, recipe, "float", "float32") as eng:
             self.float_out = run_outputs(eng, splits.evaluation, loaded.tokenizer, loaded.input_names, maxlen, bs, "evaluate float", progress)
             self.probe: LinearProbe | None = None
             if recipe.model.task == "embedding":
@@ -216,7 +216,7 @@ class TrialRunner:
             _qdq_fidelity(recipe, loaded, path, self.example)
             rec.seconds["fidelity"] = round(time.perf_counter() - t, 3)
         bs, maxlen = recipe.quantization.calibration.batch_size, recipe.model.max_seq_length
-        with OrtEngine(path, recipe.engine, key) as eng:
+        with EngineFromOnnx(path, recipe, key, "int8") as eng:
             t = time.perf_counter()
             out = run_outputs(eng, self.splits.evaluation, loaded.tokenizer, loaded.input_names, maxlen, bs, f"evaluate {config.label()}", self.progress)
             rec.metrics = self._score(out)
@@ -225,7 +225,10 @@ class TrialRunner:
             if "latency" in self.spec.objectives:
                 t = time.perf_counter()
                 threads = self.spec.latency.threads or None
-                with OrtEngine(self.float_path, recipe.engine, "float", threads=threads) as f_eng, OrtEngine(path, recipe.engine, key, threads=threads) as t_eng:
+                with (
+                    EngineFromOnnx(self.float_path, recipe, "float", "float32", threads=threads) as f_eng,
+                    EngineFromOnnx(path, recipe, key, "int8", threads=threads) as t_eng,
+                ):
                     lat = benchmark_interleaved({"float": f_eng, "trial": t_eng}, self.bench_spec, loaded.input_names, loaded.vocab_size, progress=False)
                 rec.p50_ms = lat["trial"][0].p50_ms
                 rec.float_p50_ms = lat["float"][0].p50_ms

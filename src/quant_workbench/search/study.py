@@ -547,7 +547,7 @@ def run_search(
         "float_accuracy": runner.float_accuracy,
         "float_p50_ms": float_ms,
         "latency_shape": {**spec.latency.model_dump(), "seq_length": spec.latency.seq_length or recipe.model.max_seq_length},
-        "engine": f"ONNX Runtime {recipe.engine.provider}",
+        "engine": "TensorRT" if recipe.engine.runtime == "tensorrt" else f"ONNX Runtime {recipe.engine.provider}",
         "groups": [g.to_dict() for g in runner.groups],
         "calibration_passes": 0 if cal_info.get("cache_hit") else 1,
         "calibration_source": "the cache" if cal_info.get("cache_hit") else "one pass before the search",
