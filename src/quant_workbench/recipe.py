@@ -348,6 +348,11 @@ class Recipe(Strict):
                 f"data.validation_samples={self.data.validation_samples} is carved from data.probe_samples="
                 f"{self.data.probe_samples} (the training pool) and must be smaller"
             )
+        if self.search is not None and "fp8" in self.search.formats and self.export.opset < 19:
+            raise ValueError(
+                f"search.formats has fp8, which needs ONNX QuantizeLinear/DequantizeLinear with float8e4m3fn, i.e. export.opset >= 19 "
+                f"(got {self.export.opset}); set export.opset: 19"
+            )
         if "fp8" in self.quantization.families:
             if self.export.opset < 19:
                 raise ValueError(

@@ -271,7 +271,7 @@ def execute(recipe: Recipe, *, run_id: str | None = None, progress: bool = True,
     prepare(loaded.model.hf, plan, per_channel_weights=recipe.quantization.per_channel_weights)
     with ctx.stage("calibrate"):
         channel_amax: dict[str, torch.Tensor] = {}
-        wants_channels = "int8-smoothquant" in recipe.quantization.families
+        wants_channels = "int8-smoothquant" in recipe.quantization.families or bool(recipe.search and recipe.search.smoothquant_alphas)
         calibrators, cal_info = calibration_statistics(ctx, loaded, splits, plan, channel_amax=channel_amax if wants_channels else None)
         shutil.copyfile(cal_info["cache_file"], run_dir / ".calibration_stats.npz.tmp")
         os.replace(run_dir / ".calibration_stats.npz.tmp", run_dir / "calibration_stats.npz")
@@ -279,7 +279,7 @@ def execute(recipe: Recipe, *, run_id: str | None = None, progress: bool = True,
     if recipe.search is not None:  # issue 4: sensitivity, fallback and an Optuna study reuse these statistics
         from .search.study import run_search
 
-        return run_search(ctx, loaded, splits, plan, calibrators, cal_info, example, float_path, base_key, fidelity_float, t_start)
+        return run_search(ctx, loaded, splits, plan, calibrators, cal_info, example, float_path, base_key, fidelity_float, t_start, channel_amax)
 
     variants: list[VariantResult] = [
         VariantResult(name="float", precision="float32", artifacts={"onnx": "models/float.onnx"}, fidelity=fidelity_float, size_bytes=_size(float_path))

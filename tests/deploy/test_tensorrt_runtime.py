@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tiny_fixtures import TINY_SEQ
 
 from quant_workbench.engines import preflight_runtime
 from quant_workbench.engines import tensorrt as qtrt
@@ -20,8 +21,6 @@ from quant_workbench.engines.onnxruntime import OrtEngine
 from quant_workbench.errors import OptionalDependencyError, WorkbenchError
 from quant_workbench.recipe import EngineSpec, recipe_from_dict
 from quant_workbench.run import execute
-from tiny_fixtures import TINY_SEQ
-
 
 REAL_TRT_ENGINE = qtrt.TrtEngine
 

@@ -15,9 +15,8 @@ from typing import Any
 
 import optuna
 import pytest
-import torch
 import yaml
-from tiny_fixtures import recipe_dict, save_tiny_tokenizer
+from tiny_fixtures import recipe_dict
 
 import quant_workbench.run as run_mod
 import quant_workbench.search.sensitivity as sens_mod
@@ -27,28 +26,6 @@ from quant_workbench.run import execute, run_dir_for
 QUIET: dict[str, Any] = {"progress": False, "say": lambda s: None}
 FAST_LATENCY = {"batch_size": 1, "seq_length": 16, "warmup": 1, "iterations": 2}
 BROKEN = "encoder.layer.1.output.dense"
-
-
-@pytest.fixture(scope="module")
-def broken_bert_dir(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path) -> Path:
-    """The tiny BERT with one huge activation outlier at the input of layer 1's FFN-out Linear.
-
-    Neuron 0 of layer 1's FFN-in gets bias 500 (GELU passes it: a constant outlier channel) and the
-    FFN-out weight column that reads it is zeroed, so the float model ignores it; the FFN-out weights
-    are scaled up so that its output matters. Max calibration of that Linear's input then gets amax
-    ~500 and rounds every other channel to zero: quantizing this one op destroys the output.
-    """
-    from transformers import BertModel
-
-    folder = tmp_path_factory.mktemp("broken_bert")
-    model = BertModel.from_pretrained(str(tiny_bert_dir))
-    with torch.no_grad():
-        model.encoder.layer[1].intermediate.dense.bias[0] = 500.0
-        model.encoder.layer[1].output.dense.weight.mul_(500.0)
-        model.encoder.layer[1].output.dense.weight[:, 0] = 0.0
-    model.save_pretrained(str(folder))
-    save_tiny_tokenizer(folder)
-    return folder
 
 
 def _search_recipe(out: Path, model_dir: Path, csv: Path, **search: Any) -> dict[str, Any]:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,13 +24,16 @@ import torch
 from ..benchmark import benchmark_interleaved
 from ..data import Splits
 from ..engines import EngineFromOnnx
+from ..errors import WorkbenchError
 from ..evaluate import LinearProbe, run_outputs, score_classification, score_embedding
 from ..export import export_onnx
+from ..families import Recalibrate
 from ..io import hash_json, write_json, write_text
 from ..models import LoadedModel
-from ..quantize.apply import set_scales
+from ..quantize.apply import set_format, set_scales
 from ..quantize.calibrate import HistogramCalibrator
 from ..quantize.select import QuantPlan
+from ..quantize.smoothquant import smoothquant_applied
 from ..recipe import BenchmarkSpec, Recipe
 from .groups import LayerGroup, apply_flags, build_groups, only_groups, with_fallback
 from .spec import SearchSpec
@@ -43,15 +47,32 @@ class Config:
     percentile: float | None = None  # only for method "percentile"
     float_groups: tuple[str, ...] = ()  # groups kept float on top of the recipe's plan
     only: tuple[str, ...] = ()  # non-empty: quantize only these groups (sensitivity)
+    format: str = "int8"  # int8 | fp8
+    alpha: float | None = None  # SmoothQuant migration strength (int8 only); None = off
+
+    @property
+    def precision(self) -> str:
+        return self.format
 
     def label(self) -> str:
         m = f"{self.method}{self.percentile:g}" if self.method == "percentile" and self.percentile is not None else self.method
+        if self.alpha is not None:
+            m = f"sq{self.alpha:g} {m}"
+        if self.format != "int8":
+            m = f"{self.format} {m}"
         if self.only:
             return f"{m} only[{'+'.join(self.only)}]"
-        return f"{m} float[{'+'.join(self.float_groups)}]" if self.float_groups else f"{m} all-int8"
+        return f"{m} float[{'+'.join(self.float_groups)}]" if self.float_groups else f"{m} all-{self.format}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "percentile": self.percentile, "float_groups": list(self.float_groups), "only": list(self.only)}
+        return {
+            "method": self.method, "percentile": self.percentile, "float_groups": list(self.float_groups), "only": list(self.only),
+            "format": self.format, "alpha": self.alpha,
+        }
+
+    @classmethod
+    def from_dict(cls, c: dict[str, Any]) -> Config:
+        return cls(c["method"], c.get("percentile"), tuple(c.get("float_groups", ())), tuple(c.get("only", ())), c.get("format", "int8"), c.get("alpha"))
 
 
 @dataclass
@@ -114,6 +135,8 @@ class TrialRunner:
         base_key: str,
         run_dir: Path,
         *,
+        channel_amax: dict[str, torch.Tensor] | None = None,
+        recalibrate: Recalibrate | None = None,
         progress: bool = False,
         say: Callable[[str], None] = print,
     ) -> None:
@@ -122,6 +145,9 @@ class TrialRunner:
         self.loaded, self.splits, self.plan = loaded, splits, plan
         self.calibrators, self.example, self.float_path, self.base_key = calibrators, example, float_path, base_key
         self.run_dir, self.progress, self.say = run_dir, progress, say
+        self.channel_amax, self.recalibrate = channel_amax or {}, recalibrate
+        self.smooth_calibrators: dict[float, dict[str, HistogramCalibrator]] = {}
+        self.calibration_passes = 0  # SmoothQuant alphas whose statistics were collected during the search
         self.trials_dir = run_dir / "search" / "trials"
         self.groups: list[LayerGroup] = build_groups(plan, self.spec.groups)
         self.records: list[TrialRecord] = []
@@ -175,18 +201,53 @@ class TrialRunner:
         self.records.append(rec)
         return rec
 
+    @contextmanager
+    def _format_state(self, config: Config) -> Iterator[dict[str, HistogramCalibrator]]:
+        """The model in the configuration's format (and SmoothQuant rewrite) while it is evaluated;
+        yields the calibration statistics that match that state."""
+        model = self.loaded.model
+        if config.alpha is None:
+            set_format(model, config.format)  # type: ignore[arg-type]
+            try:
+                yield self.calibrators
+            finally:
+                set_format(model, "int8")
+            return
+        # SmoothQuant groups are chosen on the recipe's whole plan, so a trial's float fallback does
+        # not change the rewrite (it is exact in float either way) nor the statistics collected for it.
+        apply_flags(model.hf, self.plan)
+        with smoothquant_applied(model, self.channel_amax, config.alpha) as state:
+            if config.alpha not in self.smooth_calibrators:
+                if self.recalibrate is None or not self.channel_amax:
+                    raise WorkbenchError("SmoothQuant trials need per-channel statistics and a calibration pass; none were given.")
+                groups = [g.describe() for g in state.groups]
+                calibrators, info = self.recalibrate({"smoothquant": {"alpha": config.alpha, "groups": groups}})
+                self.calibration_passes += 0 if info.get("cache_hit") else 1
+                self.smooth_calibrators[config.alpha] = calibrators
+            yield self.smooth_calibrators[config.alpha]
+
     def _evaluate(self, config: Config, rec: TrialRecord) -> None:
+        with self._format_state(config) as calibrators:
+            self._evaluate_in_state(config, rec, calibrators)
+
+    def _evaluate_in_state(self, config: Config, rec: TrialRecord, calibrators: dict[str, HistogramCalibrator]) -> None:
         t_start = time.perf_counter()
         recipe, loaded = self.recipe, self.loaded
         plan = self.plan_for(config)
         apply_flags(loaded.model.hf, plan)
         pct = config.percentile if config.percentile is not None else recipe.quantization.calibration.percentile
-        amax = set_scales(loaded.model, self.calibrators, config.method, percentile=pct)  # type: ignore[arg-type]
+        amax = set_scales(loaded.model, calibrators, config.method, percentile=pct)  # type: ignore[arg-type]
         enabled = [p.module for p in plan.enabled]
         rec.quantized_ops = len(enabled)
         rec.float_modules = [p.module for p in plan.points if not p.enabled and p.reason.startswith("fallback")]
         rec.key = key = hash_json(
-            {"base": self.base_key, "enabled": enabled, "amax": amax, "weights": recipe.quantization.per_channel_weights, "latency": self.spec.latency.model_dump()}
+            {
+                "base": self.base_key, "enabled": enabled, "amax": amax, "weights": recipe.quantization.per_channel_weights,
+                "latency": self.spec.latency.model_dump(),
+                # the int8 key is unchanged from earlier versions, so their trial results stay reusable
+                **({"format": config.format} if config.format != "int8" else {}),
+                **({"smoothquant": config.alpha} if config.alpha is not None else {}),
+            }
         )[:16]
         path = self.trials_dir / f"{key}.qdq.onnx"
         result_file = self.trials_dir / f"{key}.json"
@@ -199,7 +260,7 @@ class TrialRunner:
             rec.seconds["first_evaluation"] = stored["seconds"].get("total", 0.0)
             rec.reused = True
             return
-        write_json(self.trials_dir / f"{key}.scales.json", {"method": config.method, "percentile": pct, "amax": amax})
+        write_json(self.trials_dir / f"{key}.scales.json", {"method": config.method, "percentile": pct, "format": config.format, "smoothquant_alpha": config.alpha, "amax": amax})
         write_json(self.trials_dir / f"{key}.plan.json", plan.to_rows())
         t = time.perf_counter()
         key_file = path.with_name(path.name + ".key")
@@ -216,7 +277,7 @@ class TrialRunner:
             _qdq_fidelity(recipe, loaded, path, self.example)
             rec.seconds["fidelity"] = round(time.perf_counter() - t, 3)
         bs, maxlen = recipe.quantization.calibration.batch_size, recipe.model.max_seq_length
-        with EngineFromOnnx(path, recipe, key, "int8") as eng:
+        with EngineFromOnnx(path, recipe, key, config.precision) as eng:
             t = time.perf_counter()
             out = run_outputs(eng, self.splits.evaluation, loaded.tokenizer, loaded.input_names, maxlen, bs, f"evaluate {config.label()}", self.progress)
             rec.metrics = self._score(out)
@@ -227,7 +288,7 @@ class TrialRunner:
                 threads = self.spec.latency.threads or None
                 with (
                     EngineFromOnnx(self.float_path, recipe, "float", "float32", threads=threads) as f_eng,
-                    EngineFromOnnx(path, recipe, key, "int8", threads=threads) as t_eng,
+                    EngineFromOnnx(path, recipe, key, config.precision, threads=threads) as t_eng,
                 ):
                     lat = benchmark_interleaved({"float": f_eng, "trial": t_eng}, self.bench_spec, loaded.input_names, loaded.vocab_size, progress=False)
                 rec.p50_ms = lat["trial"][0].p50_ms

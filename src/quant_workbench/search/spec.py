@@ -9,11 +9,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 SearchMethod = Literal["max", "percentile", "entropy", "mse"]
 GroupKind = Literal["layer", "kind"]
 Objective = Literal["accuracy", "latency", "size"]
+SearchFormat = Literal["int8", "fp8"]
 
 
 _ALL_METHODS: tuple[SearchMethod, ...] = ("max", "percentile", "entropy", "mse")
 _GROUP_KINDS: tuple[GroupKind, ...] = ("layer", "kind")
 _OBJECTIVES: tuple[Objective, ...] = ("accuracy", "latency")
+_DEFAULT_FORMATS: tuple[SearchFormat, ...] = ("int8",)
 
 
 class _Strict(BaseModel):
@@ -71,8 +73,16 @@ class SearchSpec(_Strict):
     sampler: Literal["nsga2", "tpe", "random"] = "nsga2"
     seed: int = 0
     check_fidelity: bool = Field(False, description="run the export fidelity checks on every trial (slower)")
+    formats: list[SearchFormat] = Field(
+        default_factory=lambda: list(_DEFAULT_FORMATS), min_length=1,
+        description="quantization formats the study may pick per trial (fp8 = E4M3; needs export.opset >= 19); sensitivity and fallback use int8",
+    )
+    smoothquant_alphas: list[float] = Field(
+        default_factory=list,
+        description="INT8 trials may also apply SmoothQuant with one of these alphas (or none); one extra calibration pass per alpha, cached",
+    )
 
-    @field_validator("methods", "percentiles", "groups", "objectives")
+    @field_validator("methods", "percentiles", "groups", "objectives", "formats", "smoothquant_alphas")
     @classmethod
     def _unique(cls, v: list[object]) -> list[object]:
         if len(set(v)) != len(v):
@@ -86,8 +96,21 @@ class SearchSpec(_Strict):
             raise ValueError("percentiles must lie in (50, 100)")
         return v
 
+    @field_validator("smoothquant_alphas")
+    @classmethod
+    def _alphas(cls, v: list[float]) -> list[float]:
+        if any(not 0.0 <= a <= 1.0 for a in v):
+            raise ValueError("SmoothQuant alphas must lie in [0, 1]")
+        return v
+
     @model_validator(mode="after")
     def _consistent(self) -> SearchSpec:
+        if "int8" not in self.formats:
+            raise ValueError("search.formats must include int8: sensitivity and fallback run on INT8 (add int8; fp8 stays a study dimension)")
+        if "fp8" in self.formats and not self.fp8_methods:
+            raise ValueError("search.formats has fp8 but search.methods is only entropy, which FP8 cannot use; add max, percentile or mse")
+        if self.smoothquant_alphas and "int8" not in self.formats:
+            raise ValueError("search.smoothquant_alphas apply to INT8 trials, but search.formats has no int8")
         if "accuracy" not in self.objectives:
             raise ValueError("search.objectives must include accuracy")
         if self.fallback and not self.sensitivity:
@@ -97,3 +120,8 @@ class SearchSpec(_Strict):
     @property
     def method_for_analysis(self) -> SearchMethod:
         return self.analysis_method or self.methods[0]
+
+    @property
+    def fp8_methods(self) -> list[SearchMethod]:
+        """Entropy minimises KL over integer levels; it has no FP8 counterpart."""
+        return [m for m in self.methods if m != "entropy"]

@@ -18,6 +18,7 @@ import socket
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -134,8 +135,25 @@ def directions(spec: SearchSpec) -> list[str]:
     return ["maximize" if o == "accuracy" else "minimize" for o in spec.objectives]
 
 
-def config_params(config: Config, groups: Sequence[LayerGroup]) -> dict[str, Any]:
-    params: dict[str, Any] = {"method": config.method}
+SMOOTHQUANT_OFF = "off"
+
+
+def _alpha_choice(alpha: float | None) -> str:
+    # categorical choices are strings: "off" and the alphas as written (Optuna compares choices by value)
+    return SMOOTHQUANT_OFF if alpha is None else f"{alpha:g}"
+
+
+def config_params(config: Config, groups: Sequence[LayerGroup], spec: SearchSpec) -> dict[str, Any]:
+    """The Optuna parameters that `suggest` turns back into `config` (for enqueued configurations)."""
+    params: dict[str, Any] = {}
+    if len(spec.formats) > 1:
+        params["format"] = config.format
+    if config.format == "fp8":
+        params["fp8_method"] = config.method  # FP8 has its own method list (no entropy)
+    else:
+        params["method"] = config.method
+        if spec.smoothquant_alphas:
+            params["smoothquant"] = _alpha_choice(config.alpha)
     if config.method == "percentile":
         params["percentile"] = config.percentile
     params.update({f"float:{g.name}": g.name in config.float_groups for g in groups})
@@ -143,10 +161,18 @@ def config_params(config: Config, groups: Sequence[LayerGroup]) -> dict[str, Any
 
 
 def suggest(trial: Any, spec: SearchSpec, groups: Sequence[LayerGroup]) -> Config:
-    method = trial.suggest_categorical("method", list(spec.methods))
+    fmt = trial.suggest_categorical("format", list(spec.formats)) if len(spec.formats) > 1 else spec.formats[0]
+    alpha: float | None = None
+    if fmt == "fp8":
+        method = trial.suggest_categorical("fp8_method", spec.fp8_methods)
+    else:
+        method = trial.suggest_categorical("method", list(spec.methods))
+        if spec.smoothquant_alphas:
+            choice = trial.suggest_categorical("smoothquant", [SMOOTHQUANT_OFF, *(_alpha_choice(a) for a in spec.smoothquant_alphas)])
+            alpha = None if choice == SMOOTHQUANT_OFF else float(choice)
     pct = trial.suggest_categorical("percentile", list(spec.percentiles)) if method == "percentile" else None
     floats = tuple(g.name for g in groups if trial.suggest_categorical(f"float:{g.name}", [False, True]))
-    return Config(method, pct, floats)
+    return Config(method, pct, floats, format=fmt, alpha=alpha)
 
 
 def _values(rec: TrialRecord, spec: SearchSpec) -> list[float]:
@@ -167,6 +193,11 @@ def resolved_recipe(recipe: Recipe, config: Config, rec: TrialRecord) -> dict[st
     cal["methods"] = [config.method]
     if config.percentile is not None:
         cal["percentile"] = config.percentile
+    data["quantization"]["format"] = config.format
+    data["quantization"]["compare"] = []
+    data["quantization"]["smoothquant"] = {"alpha": config.alpha} if config.alpha is not None else None
+    if config.format == "fp8":
+        data["export"]["opset"] = max(int(data["export"]["opset"]), 19)
     data["quantization"]["ignore"] = list(data["quantization"]["ignore"]) + list(rec.float_modules)
     return data
 
@@ -202,7 +233,7 @@ def run_study(
         say(f"  {interrupted} trial(s) of a killed worker marked failed (interrupted); they do not count")
     if enqueue and not study.get_trials(deepcopy=False):
         for c in enqueue:
-            study.enqueue_trial(config_params(c, runner.groups), skip_if_exists=True)
+            study.enqueue_trial(config_params(c, runner.groups, spec), skip_if_exists=True)
     t0 = time.monotonic()
     ran = 0
     while True:
@@ -365,8 +396,14 @@ def plot_pareto(records: Sequence[TrialRecord], selected: TrialRecord | None, fl
     if ok:
         pts = [(r.accuracy or 0.0, r.relative_latency or 0.0) for r in ok]
         front = pareto_front(pts)
-        ax.scatter([p[1] for p in pts], [p[0] * 100 for p in pts], s=18, color="C0", alpha=0.6, label="evaluated configs")
-        ax.plot([pts[i][1] for i in front], [pts[i][0] * 100 for i in front], "-o", color="C1", label="Pareto front")
+        by_family: dict[str, list[tuple[float, float]]] = {}
+        for r, p in zip(ok, pts, strict=True):
+            by_family.setdefault(family_label(r.config.to_dict()), []).append(p)
+        markers = {"INT8": "o", "FP8 E4M3": "^"}
+        for i, (fam, fam_pts) in enumerate(sorted(by_family.items())):
+            label = "evaluated configs" if len(by_family) == 1 else fam
+            ax.scatter([p[1] for p in fam_pts], [p[0] * 100 for p in fam_pts], s=18, color=f"C{[0, 2, 4, 5, 6, 8, 9][i % 7]}", alpha=0.6, marker=markers.get(fam, "s"), label=label)
+        ax.plot([pts[i][1] for i in front], [pts[i][0] * 100 for i in front], "-", color="C1", label="Pareto front")
     ax.scatter([1.0], [float_acc * 100], marker="s", color="k", label="float")
     ax.axhline(threshold * 100, color="C3", ls="--", lw=1, label="criterion")
     if selected is not None and selected.relative_latency is not None:
@@ -380,6 +417,13 @@ def plot_pareto(records: Sequence[TrialRecord], selected: TrialRecord | None, fl
     fig.savefig(path, format="png", metadata={"Software": None})
     plt.close(fig)
     return path
+
+
+def family_label(config: dict[str, Any]) -> str:
+    """INT8, INT8 + SmoothQuant 0.5, FP8 E4M3: the format dimension of a configuration."""
+    if config.get("format", "int8") == "fp8":
+        return "FP8 E4M3"
+    return f"INT8 + SmoothQuant {config['alpha']:g}" if config.get("alpha") is not None else "INT8"
 
 
 def _pct(x: float | None) -> str:
@@ -444,9 +488,28 @@ def render_section(s: dict[str, Any]) -> str:
         for t in failed:
             lines.append(f"- trial {t['number']} failed: {t['error']}")
         lines.append("")
-    lines += ["### Pareto front (accuracy vs latency)", "", "![pareto](plots/pareto.png)", "", "| config | source | accuracy | p50 | vs float | meets |", "|---|---|---:|---:|---:|---|"]
+    space = s.get("space") or {}
+    lines += ["### Pareto front (accuracy vs latency)", "", "![pareto](plots/pareto.png)", ""]
+    if space:
+        alphas = ", ".join(f"{a:g}" for a in space.get("smoothquant_alphas", [])) or "none"
+        lines += [f"Search space: formats {', '.join(space.get('formats', []))}; SmoothQuant alphas {alphas}; methods {', '.join(space.get('methods', []))}; "
+                  "per-group float fallback. The front is taken over every format together.", ""]
+    lines += ["| config | format | source | accuracy | p50 | vs float | meets |", "|---|---|---|---:|---:|---:|---|"]
     for r in s["pareto"]:
-        lines.append(f"| {r['label']} | {r['source']} | {_pct(r['accuracy'])} | {_ms(r['p50_ms'])} | {_rel(r['relative_latency'])} | {r['meets']} |")
+        lines.append(f"| {r['label']} | {family_label(r['config'])} | {r['source']} | {_pct(r['accuracy'])} | {_ms(r['p50_ms'])} | {_rel(r['relative_latency'])} | {r['meets']} |")
+    families: dict[str, list[dict[str, Any]]] = {}
+    for r in s.get("records", []):
+        if r.get("status") == "ok" and r.get("accuracy") is not None:
+            families.setdefault(family_label(r["config"]), []).append(r)
+    if len(families) > 1:
+        lines += ["", "Best configuration of each format (every evaluated configuration, this worker):", "",
+                  "| format | configs | best accuracy | its p50 vs float | fastest vs float | its accuracy |", "|---|---:|---:|---:|---:|---:|"]
+        for fam, recs in families.items():
+            acc = max(recs, key=lambda r: r["accuracy"])
+            timed = [r for r in recs if r.get("relative_latency") is not None]
+            fast = min(timed, key=lambda r: r["relative_latency"]) if timed else None
+            lines.append(f"| {fam} | {len(recs)} | {_pct(acc['accuracy'])} | {_rel(acc.get('relative_latency'))} | "
+                         f"{_rel(fast['relative_latency']) if fast else '—'} | {_pct(fast['accuracy']) if fast else '—'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -466,6 +529,7 @@ def run_search(
     base_key: str,
     fidelity_float: dict[str, Any],
     t_start: float,
+    channel_amax: dict[str, torch.Tensor] | None = None,
 ) -> RunResult:
     from .. import run as run_mod
     from ..report import results_table, write_report
@@ -476,11 +540,16 @@ def run_search(
     say, run_dir = ctx.say, ctx.run_dir
     if recipe.quantization.families != ["int8"]:
         raise WorkbenchError(
-            f"the search covers the int8 family only; this recipe asks for {recipe.quantization.families}.",
-            "remove quantization.compare / smoothquant / format fp8 from a recipe with a search section",
+            f"a search takes its formats from search.formats and search.smoothquant_alphas; this recipe also asks for {recipe.quantization.families} in quantization.",
+            "move fp8 to search.formats and the SmoothQuant alphas to search.smoothquant_alphas; remove quantization.compare / smoothquant / format",
         )
     with ctx.stage("search: float baseline"):
-        runner = TrialRunner(recipe, loaded, splits, plan, calibrators, example, float_path, base_key, run_dir, progress=ctx.progress, say=say)
+        runner = TrialRunner(
+            recipe, loaded, splits, plan, calibrators, example, float_path, base_key, run_dir,
+            channel_amax=channel_amax,
+            recalibrate=lambda extra: run_mod.calibration_statistics(ctx, loaded, splits, plan, extra_key=extra),
+            progress=ctx.progress, say=say,
+        )
         if not runner.groups:
             raise WorkbenchError("the search found no layer groups among the quantized ops.", "check quantization.targets (--dry-run)")
         say(f"  float accuracy {runner.float_accuracy:.4f}; criterion {spec.criterion.describe()} -> >= {runner.threshold:.4f}; {len(runner.groups)} groups")
@@ -504,6 +573,11 @@ def run_search(
     if spec.max_trials > 0:
         with ctx.stage("search: study"):
             enqueue = [all_int8.config] + ([fallback.final.config] if fallback else []) + ([max_full.config] if max_full is not all_int8 else [])
+            # every other format of the space starts from its all-quantized point, so the front covers it
+            base = all_int8.config
+            if "fp8" in spec.formats:
+                enqueue.append(replace(base, format="fp8", method=base.method if base.method in spec.fp8_methods else spec.fp8_methods[0]))
+            enqueue += [replace(base, alpha=a) for a in spec.smoothquant_alphas]
             name = spec.study_name or f"{recipe.name}-{run_dir.name}"
             study = run_study(runner, storage, name, enqueue=enqueue, say=say)
     # every configuration of the whole study (other workers too) joins the selection
@@ -524,11 +598,13 @@ def run_search(
     # Final comparison with the workbench's own stages: float vs plain max INT8 vs the selection
     variants = [VariantResult(name="float", precision="float32", artifacts={"onnx": "models/float.onnx"}, fidelity=fidelity_float, size_bytes=float_path.stat().st_size)]
     paths: dict[str, Path] = {"float": float_path}
-    for name, rec in (("int8-max", max_full), ("int8-search", selected)):
+    # the selection is named by its format: int8-search, or fp8-search when the study chose FP8
+    search_name = f"{selected.config.format}-search" if selected is not None else "int8-search"
+    for name, rec in (("int8-max", max_full), (search_name, selected)):
         if rec is None or rec.status != "ok":
             continue
-        v = VariantResult(name=name, precision="int8", calibration_method=rec.config.method, artifacts=dict(rec.artifacts), size_bytes=rec.size_bytes)
-        if name == "int8-search":
+        v = VariantResult(name=name, precision="fp8" if rec.config.format == "fp8" else "int8", calibration_method=rec.config.method, artifacts=dict(rec.artifacts), size_bytes=rec.size_bytes)
+        if name == search_name:
             v.artifacts = {**v.artifacts, **{f"best_{k}": p for k, p in best_artifacts.items()}}
         variants.append(v)
         paths[name] = run_dir / rec.artifacts["onnx"]
@@ -549,8 +625,10 @@ def run_search(
         "latency_shape": {**spec.latency.model_dump(), "seq_length": spec.latency.seq_length or recipe.model.max_seq_length},
         "engine": "TensorRT" if recipe.engine.runtime == "tensorrt" else f"ONNX Runtime {recipe.engine.provider}",
         "groups": [g.to_dict() for g in runner.groups],
-        "calibration_passes": 0 if cal_info.get("cache_hit") else 1,
-        "calibration_source": "the cache" if cal_info.get("cache_hit") else "one pass before the search",
+        "calibration_passes": (0 if cal_info.get("cache_hit") else 1) + runner.calibration_passes,
+        "calibration_source": ("the cache" if cal_info.get("cache_hit") else "one pass before the search")
+        + (f", plus {len(runner.smooth_calibrators)} SmoothQuant alpha(s) ({runner.calibration_passes} collected now, the rest cached)" if runner.smooth_calibrators else ""),
+        "space": {"formats": list(spec.formats), "smoothquant_alphas": list(spec.smoothquant_alphas), "methods": list(spec.methods), "percentiles": list(spec.percentiles)},
         "configs_evaluated": len(runner.records),
         "exports": runner.exports,
         "median_trial_s": float(np.median(trial_s)) if trial_s else 0.0,
@@ -579,7 +657,7 @@ def run_search(
         **run_mod.run_identity(recipe, run_dir, splits),
         calibration=cal_info,
         variants=variants,
-        best_variant="int8-search" if any(v.name == "int8-search" and v.status == "ok" for v in variants) else None,
+        best_variant=search_name if any(v.name == search_name and v.status == "ok" for v in variants) else None,
         selection_rule=f"search: the fastest configuration (p50 at the search shape) meeting {spec.criterion.describe()}; if none does, the most accurate one found",
         timings_s={**ctx.timings, "total": round(time.perf_counter() - t_start, 2)},
     )
@@ -596,7 +674,7 @@ def run_search(
 
 def _record_from_dict(d: dict[str, Any]) -> TrialRecord:
     c = d["config"]
-    rec = TrialRecord(source=d["source"], config=Config(c["method"], c["percentile"], tuple(c["float_groups"]), tuple(c["only"])))
+    rec = TrialRecord(source=d["source"], config=Config.from_dict(c))
     for k in ("status", "error", "key", "accuracy", "metrics", "p50_ms", "float_p50_ms", "speedup", "size_bytes", "quantized_ops", "float_modules", "artifacts", "seconds", "meets", "trial_number"):
         setattr(rec, k, d.get(k))
     return rec
