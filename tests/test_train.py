@@ -271,3 +271,42 @@ def test_pipeline_finetune_ptq_qat_side_by_side_and_cached(
     assert again.training["finetune"]["cache_hit"] and again.training["qat"]["cache_hit"]
     assert again.variant("int8-qat").metrics == qat.metrics  # type: ignore[union-attr]
     assert again.variant("float").metrics == flt.metrics  # type: ignore[union-attr]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
+def test_gpu_finetune_in_bf16_autocast_then_qat_on_cuda(tmp_path: Path, tiny_classifier_dir: Path, splits: Splits) -> None:
+    """On a GPU the float fine-tune runs under bf16 autocast and QAT (fake quant, float32) on CUDA;
+    the QAT model comes back to the CPU and exports the same Q/DQ ONNX as on a CPU-only machine."""
+    from quant_workbench.engines.onnxruntime import OrtEngine
+    from quant_workbench.export import cosine_rows, export_onnx
+    from quant_workbench.recipe import EngineSpec
+
+    loaded = _load(tiny_classifier_dir)
+    train, val = train_validation(splits, 48)
+    cuda = torch.device("cuda")
+    spec = _spec(tmp_path, max_steps=40, mixed_precision=True)
+    ft = Trainer(loaded.model, loaded.tokenizer, loaded.input_names, TINY_SEQ, train, val, spec, kind="finetune", key="g" * 64, learning_rate=2e-3, progress=False, device=cuda)
+    assert ft.autocast
+    result = ft.run()
+    losses = [h["loss"] for h in result.history if "loss" in h]
+    assert losses and all(np.isfinite(losses)) and np.mean(losses[-5:]) < np.mean(losses[:5])
+
+    loaded.model.cpu()
+    _quantized_tiny(loaded, splits)
+    enabled_before = sorted(n for n, q in quantizers(loaded.model).items() if q.enabled)
+    qspec = _spec(tmp_path, QatSpec, max_steps=20)
+    qat = Trainer(loaded.model, loaded.tokenizer, loaded.input_names, TINY_SEQ, train, val, qspec, kind="qat", key="q" * 64, learning_rate=2e-4, progress=False, device=cuda)
+    assert not qat.autocast  # fake quant trains in float32
+    assert qat.run().steps == 20
+    assert sorted(n for n, q in quantizers(loaded.model).items() if q.enabled) == enabled_before
+    assert next(loaded.model.parameters()).device.type == "cpu"  # handed back for export
+    model = loaded.model.cpu().eval()
+    feed = to_torch(tokenize(loaded.tokenizer, splits.evaluation.texts[:16], TINY_SEQ, loaded.input_names))
+    path = tmp_path / "qat.onnx"
+    export_onnx(model, path, feed, loaded.input_names, loaded.output_name, 18)
+    with torch.no_grad():
+        fake = model(**feed).numpy()
+    with OrtEngine(path, EngineSpec(threads=1), "qat") as eng:
+        got = eng({k: v.numpy() for k, v in feed.items()})
+    assert cosine_rows(got, fake).min() > 0.999
