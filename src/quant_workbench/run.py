@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .benchmark import benchmark_interleaved, speedups
 from .data import Splits, load_splits
-from .engines import EngineFromOnnx, preflight_runtime
+from .engines import Engine, EngineFromOnnx, preflight_runtime
 from .engines.onnxruntime import OrtEngine, optimized_op_counts
 from .errors import WorkbenchError
 from .evaluate import LinearProbe, run_outputs, score_classification, score_embedding
@@ -471,8 +471,17 @@ def _evaluate(ctx: RunContext, loaded: LoadedModel, splits: Splits, variants: li
 
 def _benchmark(ctx: RunContext, loaded: LoadedModel, variants: list[VariantResult], paths: dict[str, Path]) -> None:
     spec = ctx.recipe.benchmark
+    engines: dict[str, Engine] = {}
+    for v in [v for v in variants if v.status == "ok"]:
+        try:
+            engines[v.name] = EngineFromOnnx(paths[v.name], ctx.recipe, v.name, v.precision, threads=spec.threads)
+        except Exception as exc:  # e.g. a TensorRT build that fails at the benchmark's shapes: that variant fails, the rest is timed
+            v.status, v.error = "failed", f"benchmark engine failed: {exc}"
+            ctx.say(f"  {v.name} failed: {v.error}")
     ok = [v for v in variants if v.status == "ok"]
-    engines = {v.name: EngineFromOnnx(paths[v.name], ctx.recipe, v.name, v.precision, threads=spec.threads) for v in ok}
+    if "float" not in engines:
+        ctx.say("  benchmark skipped: the float baseline has no engine")
+        return
     try:
         latency = benchmark_interleaved(dict(engines.items()), spec, loaded.input_names, loaded.vocab_size, progress=ctx.progress)
     finally:

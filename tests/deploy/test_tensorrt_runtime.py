@@ -160,3 +160,25 @@ def test_without_tensorrt_the_cli_exits_2_naming_the_extra(make_recipe: Any, wri
     assert "quant-workbench[tensorrt]" in err and "engine.runtime: tensorrt" in err and "Traceback" not in err
     run_root = Path(_recipe(make_recipe)["output_dir"]) / "tiny"
     assert not list(run_root.glob("*/models/*.onnx")), "nothing should be exported before the runtime check"
+
+
+def test_a_failed_engine_build_fails_that_variant_with_tensorrt_s_lines(make_recipe: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeTensorRT(monkeypatch)
+    real_build = fake.build_engine
+
+    def build(onnx_path: Path, plan_path: Path, settings: qtrt.BuildSettings) -> qtrt.BuildReport:
+        if plan_path.stem == "int8-mse":
+            raise qtrt.EngineBuildError(
+                "TensorRT could not build an engine from int8-mse.qdq.onnx.",
+                ["[I] starting build", "[E] 4: [optimizer.cpp::computeCosts] no implementation for node_MatMul_53 under the workspace limit"],
+            )
+        return real_build(onnx_path, plan_path, settings)
+
+    monkeypatch.setattr(qtrt, "build_engine", build)
+    result = execute(recipe_from_dict(_recipe(make_recipe)), progress=False, say=lambda s: None, run_id="broken")
+    status = {v.name: v.status for v in result.variants}
+    assert status == {"float": "ok", "int8-max": "ok", "int8-mse": "failed"}
+    failed = next(v for v in result.variants if v.name == "int8-mse")
+    assert failed.error is not None and "no implementation for node_MatMul_53" in failed.error and "[I] starting build" not in failed.error
+    assert result.best_variant == "int8-max"
+    assert next(v for v in result.variants if v.name == "int8-max").latency

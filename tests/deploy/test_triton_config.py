@@ -204,6 +204,10 @@ def test_run_writes_a_valid_repository(embedding_run: Path) -> None:
     assert ort.instance_group[0].kind == ort.instance_group[0].KIND_CPU
     manifest = json.loads((repo_dir / MANIFEST).read_text())
     assert manifest["cpu_models"] == repo.cpu_models()
+    # the run's report says what was deployed
+    report = json.loads((embedding_run / "report.json").read_text())
+    assert {m["name"] for m in report["deployment"]["triton"]["models"]} == names
+    assert "## Triton model repository" in (embedding_run / "report.md").read_text()
 
 
 def test_deploy_all_targets_without_engines(embedding_run: Path, tmp_path: Path) -> None:
@@ -270,3 +274,30 @@ def test_failed_engine_build_is_recorded_not_fatal(embedding_run: Path, tmp_path
     assert any("out of memory" in line for line in said)
     assert repo.cpu_models() == ["tokenizer", "int8-max-cpu", "int8-max-cpu-text"]
     validate_repository(tmp_path / "repo")
+    failed = json.loads((embedding_run / "report.json").read_text())["deployment"]["triton"]["failed_engines"]
+    assert "out of memory" in failed["int8-max/tensorrt"]
+
+
+def test_engine_summaries_and_triton_benchmark_go_into_the_report(embedding_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from quant_workbench.report import update_report
+
+    run = tmp_path / "run"
+    shutil.copytree(embedding_run, run)
+    update_report(run, "tensorrt_engines", {"int8-max": {"layers": 41, "by_precision": {"int8": 24, "fp16": 15, "fp32": 2}, "seconds": 31.5, "version": "10.13.0"}})
+    bench = {
+        "protocol": "grpc", "texts": {"count": 256}, "hardware": {"cpu": "Test CPU"},
+        "variants": {
+            "float": {"sequential_batch1": {"p50_ms": 20.0, "p90_ms": 25.0}, "concurrent": {"clients": 8, "p50_ms": 80.0, "p90_ms": 95.0, "throughput_req_per_s": 100.0, "mean_server_batch": 6.5}},
+            "int8-max": {"sequential_batch1": {"p50_ms": 10.0, "p90_ms": 12.0}, "concurrent": {"clients": 8, "p50_ms": 40.0, "p90_ms": 50.0, "throughput_req_per_s": 190.0, "mean_server_batch": 6.9}},
+        },
+        "speedup_int8_vs_float": {"sequential_p50": 2.0, "concurrent_p50": 2.0, "concurrent_throughput": 1.9},
+    }
+    update_report(run, "triton_benchmark", bench)
+    md = (run / "report.md").read_text()
+    assert "| int8-max | Triton tensorrt_plan | 10.13.0 | 41 | int8 24, fp16 15, fp32 2 | 31.5 |" in md
+    assert "## Served through Triton" in md and "| int8-max | 10.00 | 12.00 | 40.00 | 50.00 | 190.0 | 6.90 |" in md
+    assert "8 client threads" in md and "throughput 1.90×" in md
+    # a later update keeps the earlier ones
+    assert set(json.loads((run / "report.json").read_text())["deployment"]) >= {"triton", "tensorrt_engines", "triton_benchmark"}
