@@ -182,3 +182,15 @@ def test_a_failed_engine_build_fails_that_variant_with_tensorrt_s_lines(make_rec
     assert failed.error is not None and "no implementation for node_MatMul_53" in failed.error and "[I] starting build" not in failed.error
     assert result.best_variant == "int8-max"
     assert next(v for v in result.variants if v.name == "int8-max").latency
+
+
+def test_fp8_engine_build_is_refused_on_a_gpu_without_fp8_tensor_cores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deploy builds (build_for_deploy -> build_engine) check the GPU before TensorRT is touched."""
+    monkeypatch.setattr(qtrt, "require_tensorrt", lambda feature="": None)
+    monkeypatch.setattr(qtrt, "gpu_capability", lambda: (8, 6))  # A10 / RTX 30xx: INT8 tensor cores, no FP8
+    monkeypatch.setattr(qtrt, "_gpu_name", lambda: "NVIDIA A10")
+    settings = qtrt.BuildSettings(qtrt.Shapes((1, 1), (8, 64), (8, 64)), precision="fp8")
+    with pytest.raises(WorkbenchError, match=r"NVIDIA A10.*8\.6") as err:
+        qtrt.build_engine(tmp_path / "fp8-max.qdq.onnx", tmp_path / "fp8-max.plan", settings)
+    assert "drop fp8" in (err.value.hint or "")
+    assert qtrt.engine_precision("fp8") == "fp8" and qtrt.engine_precision("float32") == "float32" and qtrt.engine_precision(None) == "float32"

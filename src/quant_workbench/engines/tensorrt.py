@@ -251,10 +251,10 @@ def build_engine(onnx_path: Path, plan_path: Path, settings: BuildSettings) -> B
     import time
 
     require_tensorrt("building TensorRT engines")
-    import tensorrt as trt
-
     if settings.precision == "fp8":
         require_fp8_gpu()
+    import tensorrt as trt
+
     logger, log = capturing_logger()
     version = str(trt.__version__)
     strongly_typed = tensorrt_major(version) >= 11
