@@ -256,3 +256,13 @@ def test_execute_compares_int8_smoothquant_and_fp8_in_one_report(make_recipe: An
     again = execute(recipe_from_dict(d), progress=False, say=lambda _: None)
     assert again.calibration["cache_hit"] is True
     assert again.calibration["families"]["int8-sq0.5"]["smoothquant"]["calibration_cache_hit"] is True
+    # FP8 and SmoothQuant variants deploy like INT8 ones: validated Triton configs for the same ONNX files
+    pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="the 'triton' extra (tritonclient) is not installed")
+    from quant_workbench.deploy import deploy_run
+    from quant_workbench.recipe import DeploySpec
+
+    spec = DeploySpec.model_validate({"targets": ["python-onnxruntime", "onnxruntime"], "variants": ["fp8-max", "int8-sq0.5-max"], "instance_kind": "cpu"})
+    repo = deploy_run(run_dir, run_dir / "triton-formats", recipe=recipe_from_dict({**d, "deploy": spec.model_dump()}), say=lambda _: None)
+    assert {m.name for m in repo.models} == {"fp8-max-cpu", "fp8-max-ort", "int8-sq0.5-max-cpu", "int8-sq0.5-max-ort"}
+    served = run_dir / "triton-formats" / "fp8-max-cpu" / "1" / "model.onnx"
+    assert served.read_bytes() == (run_dir / "models" / "fp8-max.qdq.onnx").read_bytes()
