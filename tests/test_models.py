@@ -26,3 +26,23 @@ def test_padding_does_not_change_outputs(task: str, tiny_bert_dir: Path, tiny_cl
         a = loaded.model(**to_torch(alone)).numpy()[0]
         b = loaded.model(**to_torch(batch)).numpy()[0]
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_half_precision_checkpoint_loads_as_float32(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    """transformers 5 keeps a checkpoint's fp16 dtype by default; the workbench's float baseline (and
+    fine-tuning) must be float32, or fp16 training diverges and "float" is half precision."""
+    import shutil
+
+    from transformers import AutoModel
+
+    half_dir = tmp_path / "half"
+    shutil.copytree(tiny_bert_dir, half_dir)
+    AutoModel.from_pretrained(str(tiny_bert_dir)).half().save_pretrained(str(half_dir))
+    loaded = load_model(ModelSpec(source=str(half_dir), task="embedding", max_seq_length=16))
+    assert {p.dtype for p in loaded.model.parameters()} == {torch.float32}
+    reference = AutoModel.from_pretrained(str(half_dir), dtype=torch.float32)
+    assert torch.equal(loaded.model.hf.embeddings.word_embeddings.weight, reference.embeddings.word_embeddings.weight)
+    feed = to_torch(tokenize(loaded.tokenizer, ["a short text", "another one"], 16, loaded.input_names))
+    with torch.no_grad():
+        out = loaded.model(**feed)
+    assert out.dtype == torch.float32 and bool(torch.isfinite(out).all())

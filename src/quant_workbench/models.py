@@ -79,6 +79,14 @@ class LoadedModel:
         return self.model.output_name
 
 
+def _dtype_argument() -> str:
+    """transformers renamed `torch_dtype` to `dtype` in 4.56; older releases only know the former."""
+    import transformers
+    from packaging.version import Version
+
+    return "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+
+
 def load_model(spec: ModelSpec, num_labels: int | None = None) -> LoadedModel:
     from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -107,15 +115,18 @@ def load_model(spec: ModelSpec, num_labels: int | None = None) -> LoadedModel:
     try:
         config = AutoConfig.from_pretrained(location, **common)
         tokenizer = AutoTokenizer.from_pretrained(location, **common)
+        # float32 whatever the checkpoint stores: transformers 5 loads an fp16/bf16 checkpoint in that
+        # dtype, which would make the "float" baseline half precision and fp16 training diverge (NaN)
+        weights = {_dtype_argument(): torch.float32}
         if spec.task == "sequence-classification":
-            kwargs: dict[str, Any] = {}
+            kwargs: dict[str, Any] = {**weights}
             if num_labels is not None and getattr(config, "num_labels", None) != num_labels:
-                kwargs = {"num_labels": num_labels, "ignore_mismatched_sizes": True}
+                kwargs.update(num_labels=num_labels, ignore_mismatched_sizes=True)
             hf = AutoModelForSequenceClassification.from_pretrained(
                 location, attn_implementation=ATTENTION_FUNCTION, **common, **kwargs
             )
         else:
-            hf = AutoModel.from_pretrained(location, attn_implementation=ATTENTION_FUNCTION, **common)
+            hf = AutoModel.from_pretrained(location, attn_implementation=ATTENTION_FUNCTION, **common, **weights)
     except (OSError, ValueError) as exc:
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelError(
