@@ -386,3 +386,18 @@ def test_attention_and_residual_quantization_end_to_end(fresh_pairs: Callable[[b
     counts = optimized_op_counts(path, ENGINE)
     assert counts["integer_matmuls"] == N_LINEARS + N_ATTENTION_MATMULS
     assert counts["float_matmuls"] == 0
+
+
+@pytest.mark.parametrize(
+    ("onnx_vs_fake", "fake_vs_float", "passes"),
+    [
+        (0.9874, 0.9065, True),  # fully quantized QAT-recipe model, ORT 1.30 on an H100 host's CPU
+        (0.9950, 0.9990, True),  # a light quantization: the fixed 0.99 floor applies
+        (0.9850, 0.9950, False),  # too far apart for so little quantization noise
+        (0.9000, 0.9065, False),  # even noisy models must agree with their own fake quant
+    ],
+)
+def test_end_to_end_allowance_scales_with_quantization_noise(onnx_vs_fake: float, fake_vs_float: float, passes: bool) -> None:
+    from quant_workbench.export import end_to_end_allowance
+
+    assert (1.0 - onnx_vs_fake <= end_to_end_allowance(1.0 - fake_vs_float, 0.99)) is passes
