@@ -349,6 +349,20 @@ def test_fresh_runs_give_identical_onnx_bytes(fresh_pairs: Callable[[bool], dict
     assert hashlib.sha256(a["path"].read_bytes()).hexdigest() == hashlib.sha256(b["path"].read_bytes()).hexdigest()
 
 
+@CONFIGS
+def test_onnx_carries_no_paths_of_the_machine_that_built_it(fresh_pairs: Callable[[bool], dict[str, Any]], attn_and_residual: bool) -> None:
+    """Byte-identical across installs: the exporter's per-node stack traces (absolute paths) are dropped."""
+    import site
+
+    import quant_workbench
+
+    data = fresh_pairs(attn_and_residual)["runs"][0]["path"].read_bytes()
+    assert b"pkg.torch.onnx.stack_trace" not in data
+    roots = [Path(quant_workbench.__file__).resolve().parent.parent, *map(Path, site.getsitepackages())]
+    for root in roots:
+        assert str(root).encode() not in data, root
+
+
 def test_finish_graph_names_every_qdq_after_its_quantizer_deterministically(fresh_pairs: Callable[[bool], dict[str, Any]]) -> None:
     path = fresh_pairs(True)["runs"][0]["path"]
     base = onnx.load(str(path))

@@ -164,8 +164,33 @@ def finish_graph(model: onnx.ModelProto) -> onnx.ModelProto:
                     name = f"{base}_{count}"
                 seen[base] = count + 1
                 node.name = name
+    _drop_source_locations(model)
     model.producer_name = "quant-workbench"
     return model
+
+
+# The exporter records the Python stack trace of every node (absolute paths of this machine's
+# site-packages): the same recipe exported from another install would differ byte for byte, and
+# the file would tell who reads it where the model was built. The module namespace is kept.
+_SOURCE_LOCATION_KEYS = ("pkg.torch.onnx.stack_trace",)
+
+
+def _drop_source_locations(model: onnx.ModelProto) -> None:
+    def clean(nodes: Any) -> None:
+        for node in nodes:
+            kept = [p for p in node.metadata_props if p.key not in _SOURCE_LOCATION_KEYS]
+            if len(kept) != len(node.metadata_props):
+                del node.metadata_props[:]
+                node.metadata_props.extend(kept)
+            for attr in node.attribute:  # nodes inside If/Loop bodies
+                if attr.g is not None and len(attr.g.node):
+                    clean(attr.g.node)
+                for g in attr.graphs:
+                    clean(g.node)
+
+    clean(model.graph.node)
+    for fn in model.functions:
+        clean(fn.node)
 
 
 # ---------------------------------------------------------------------------------------------
