@@ -146,3 +146,30 @@ def recipe_dict(
         "engine": {"provider": "cpu", "graph_optimization": "all", "threads": 1},
         "benchmark": {"batch_sizes": [1, 2], "seq_lengths": [16], "warmup": 1, "iterations": 3, "threads": 1},
     }
+
+
+def ort_qdq(x: Any, scale: Any, axis: int | None = None, *, fp8: bool = False) -> Any:
+    """ONNX QuantizeLinear -> DequantizeLinear run in ONNX Runtime: int8 zero point 0 (opset 18) or a
+    float8e4m3fn zero point (opset 19). The reference the fake-quant ops are checked against."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    s = numpy_helper.from_array(np.asarray(scale, np.float32), "s")
+    shape = list(np.asarray(scale).shape)
+    if fp8:
+        z = helper.make_tensor("z", TensorProto.FLOAT8E4M3FN, shape, np.zeros(np.asarray(scale).size).tolist())
+    else:
+        z = numpy_helper.from_array(np.zeros(shape, np.int8), "z")
+    kw = {} if axis is None else {"axis": axis}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], **kw), helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], **kw)]
+    graph = helper.make_graph(
+        nodes,
+        "qdq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(x.shape))],
+        [s, z],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19 if fp8 else 18)])
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return np.asarray(sess.run(None, {"x": x})[0])

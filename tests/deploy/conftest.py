@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tiny_fixtures import recipe_dict
 
 # Mixed lengths, unknown words ([UNK]), repeated words, punctuation, non-ASCII, and one text longer
 # than max_seq_length (truncated).
@@ -27,34 +28,20 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def deploy_recipe_dict(out: Path, model_dir: Path, csv_path: Path, task: str = "embedding", name: str = "tiny_deploy") -> dict[str, Any]:
-    return {
-        "name": name,
-        "seed": 0,
-        "output_dir": str(out / "reports"),
-        "model": {"source": str(model_dir), "task": task, "max_seq_length": 32, "pooling": "mean"},
-        "data": {
-            "format": "csv",
-            "files": [str(csv_path)],
-            "text_columns": ["text"],
-            "label_column": "label",
-            "calibration_samples": 32,
-            "probe_samples": 60,
-            "eval_samples": 30,
-            "seed": 0,
-        },
-        "quantization": {"calibration": {"methods": ["max"], "batch_size": 16, "cache_dir": str(out / "calibration")}},
-        "export": {"opset": 18, "fidelity_samples": 8},
-        "engine": {"provider": "cpu", "graph_optimization": "all", "threads": 1},
-        "benchmark": {"enabled": False, "batch_sizes": [1], "seq_lengths": [16]},
-        "deploy": {
-            "targets": ["python-onnxruntime", "onnxruntime"],
-            "max_batch_size": 8,
-            "preferred_batch_sizes": [4, 8],
-            # long enough that concurrent single-text requests are batched together in the tests
-            "max_queue_delay_microseconds": 20000,
-            "instance_kind": "cpu",
-        },
+    """tiny_fixtures.recipe_dict with fewer texts, no benchmark and a `deploy:` section."""
+    data = recipe_dict(out, model_dir, csv_path, task=task, name=name)
+    data["data"].update(probe_samples=60, eval_samples=30)
+    data["benchmark"] = {"enabled": False, "batch_sizes": [1], "seq_lengths": [16]}
+    data["deploy"] = {
+        "targets": ["python-onnxruntime", "onnxruntime"],
+        "max_batch_size": 8,
+        "preferred_batch_sizes": [4, 8],
+        # long enough that concurrent single-text requests are batched together in the tests
+        "max_queue_delay_microseconds": 20000,
+        "instance_kind": "cpu",
     }
+    return data
+
 
 
 def _run(tmp_path_factory: pytest.TempPathFactory, model_dir: Path, csv_path: Path, task: str) -> Path:

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from tiny_fixtures import TINY_SEQ, make_rows
+from tiny_fixtures import TINY_SEQ, make_rows, ort_qdq
 from torch import nn
 
 from quant_workbench.engines.onnxruntime import OrtEngine, optimized_op_counts
@@ -70,23 +70,7 @@ E4M3_CASES = [
 
 def _ort_fp8_qdq(x: np.ndarray, scale: np.ndarray, axis: int | None = None) -> np.ndarray:
     """ONNX QuantizeLinear -> DequantizeLinear with a float8e4m3fn zero point, opset 19, in ONNX Runtime."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
-
-    s = numpy_helper.from_array(np.asarray(scale, np.float32), "s")
-    z = helper.make_tensor("z", TensorProto.FLOAT8E4M3FN, list(np.asarray(scale).shape), np.zeros(np.asarray(scale).size).tolist())
-    kw = {} if axis is None else {"axis": axis}
-    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], **kw), helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], **kw)]
-    graph = helper.make_graph(
-        nodes,
-        "qdq",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(x.shape))],
-        [s, z],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return np.asarray(sess.run(None, {"x": x})[0])
+    return np.asarray(ort_qdq(x, scale, axis, fp8=True))
 
 
 def _quantizer(amax: float | list[float], fmt: QuantFormat = FP8) -> TensorQuantizer:

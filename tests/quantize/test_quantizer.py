@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tiny_fixtures import ort_qdq
 from torch import nn
 from torch.nn import functional as F
 
@@ -39,23 +40,7 @@ def _quantizer(amax: float | list[float], fmt: QuantFormat = PER_TENSOR) -> Tens
 
 def _ort_qdq(x: np.ndarray, scale: np.ndarray, axis: int | None = None) -> np.ndarray:
     """Run ONNX QuantizeLinear -> DequantizeLinear (int8 zero point 0) in ONNX Runtime."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
-
-    s = numpy_helper.from_array(np.asarray(scale, np.float32), "s")
-    z = numpy_helper.from_array(np.zeros(np.asarray(scale).shape, np.int8), "z")
-    kw = {} if axis is None else {"axis": axis}
-    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], **kw), helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], **kw)]
-    graph = helper.make_graph(
-        nodes,
-        "qdq",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(x.shape))],
-        [s, z],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return np.asarray(sess.run(None, {"x": x})[0])
+    return np.asarray(ort_qdq(x, scale, axis))
 
 
 # ---------------------------------------------------------------------------------------------

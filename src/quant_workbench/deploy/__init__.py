@@ -93,14 +93,11 @@ def deploy_run(
     validate_repository(repo.path)
     say(f"  Triton model repository: {repo.path}")
     if (run_dir / "report.json").is_file():  # the run's report shows what was deployed and how engines came out
+        from ..engines.tensorrt import build_summary
         from ..report import update_report
 
-        trt_layers = {}
-        for (name, _), plan in engines.items():
-            build = plan.with_name(plan.stem + ".build.json")
-            if build.is_file():
-                info = json.loads(build.read_text())
-                trt_layers[name] = {**{k: x for k, x in info.get("layers", {}).items() if k != "int8_layers"}, "seconds": info.get("seconds"), "version": info.get("tensorrt_version")}
+        summaries = {name: build_summary(plan) for (name, _), plan in engines.items()}
+        trt_layers = {name: info for name, info in summaries.items() if info is not None}
         update_report(run_dir, "triton", {
             "path": str(repo.path),
             "models": [{"ensemble": m.ensemble, "name": m.name, "kind": m.kind, "note": m.note} for m in repo.models],

@@ -139,12 +139,12 @@ class Shapes:
     opt: tuple[int, int]
     max: tuple[int, int]
 
-    def check(self) -> Shapes:
+    def check(self, where: str = "deploy.tensorrt") -> Shapes:
         for i, axis in enumerate(("batch", "sequence")):
             if not (1 <= self.min[i] <= self.opt[i] <= self.max[i]):
                 raise WorkbenchError(
                     f"TensorRT optimization profile {axis}: min {self.min[i]} <= opt {self.opt[i]} <= max {self.max[i]} does not hold.",
-                    "fix deploy.tensorrt min_/opt_/max_ batch and seq",
+                    f"fix {where} min_/opt_/max_ batch and seq",
                 )
         return self
 
@@ -211,10 +211,7 @@ def settings_for_runtime(recipe: Recipe, precision: Precision) -> BuildSettings:
 
 def _settings(recipe: Recipe, t: TensorRTSpec, max_batch: int, precision: Precision, where: str, max_seq: int | None = None) -> BuildSettings:
     max_seq = max_seq or t.max_seq or recipe.model.max_seq_length
-    try:
-        shapes = Shapes((t.min_batch, t.min_seq), (t.opt_batch or max_batch, t.opt_seq or max_seq), (max_batch, max_seq)).check()
-    except WorkbenchError as exc:
-        raise WorkbenchError(str(exc).replace("deploy.tensorrt", where), f"fix {where} min_/opt_/max_ batch and seq") from None
+    shapes = Shapes((t.min_batch, t.min_seq), (t.opt_batch or max_batch, t.opt_seq or max_seq), (max_batch, max_seq)).check(where)
     cache = Path(t.timing_cache) if t.timing_cache else Path(recipe.output_dir) / recipe.name / "tensorrt.timing.cache"
     return BuildSettings(
         shapes=shapes,
@@ -374,7 +371,7 @@ def plan_from_onnx(onnx_path: Path, plan_path: Path, settings: BuildSettings) ->
     from ..io import artifact_is_current, hash_json, mark_artifact, sha256_file
 
     key = hash_json({"onnx": sha256_file(onnx_path), "settings": {**settings.to_dict(), "timing_cache": None}, "tensorrt": tensorrt_version(), "gpu": _gpu_name()})
-    report_path = plan_path.with_name(plan_path.stem + ".build.json")
+    report_path = build_report_path(plan_path)
     if artifact_is_current(plan_path, key) and report_path.is_file():
         saved = json.loads(report_path.read_text())
         return BuildReport(**{**saved, "cached": True})
@@ -386,7 +383,7 @@ def plan_from_onnx(onnx_path: Path, plan_path: Path, settings: BuildSettings) ->
 
 def build_for_deploy(recipe: Recipe, spec: DeploySpec, onnx_path: Path, plan_path: Path, *, precision: Precision) -> Path:
     report = build_engine(onnx_path, plan_path, settings_for_deploy(recipe, spec, precision))
-    write_json(plan_path.with_name(plan_path.stem + ".build.json"), asdict(report))
+    write_json(build_report_path(plan_path), asdict(report))
     return plan_path
 
 
@@ -434,6 +431,21 @@ def summarize_layers(report: Any) -> dict[str, Any]:
         if p == "int8":
             int8_names.append(str(layer.get("Name", "")))
     return {"layers": len(layers), "by_precision": dict(sorted(counts.items())), "int8_layers": int8_names[:200]}
+
+
+def build_report_path(plan: Path) -> Path:
+    return plan.with_name(plan.stem + ".build.json")
+
+
+def build_summary(plan: Path) -> dict[str, Any] | None:
+    """The saved build report of a plan, for reports: layer counts per precision (without the long
+    list of INT8 layer names), build seconds and TensorRT version; None when it was never built here."""
+    path = build_report_path(plan)
+    if not path.is_file():
+        return None
+    report = json.loads(path.read_text())
+    layers = {k: v for k, v in report.get("layers", {}).items() if k != "int8_layers"}
+    return {**layers, "seconds": report.get("seconds"), "version": report.get("tensorrt_version")}
 
 
 def plan_meta_path(plan: Path) -> Path:
@@ -615,11 +627,11 @@ class TrtEngine:
         meta_file = plan_meta_path(self.plan)
         meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
         out: dict[str, Any] = {"backend": "tensorrt", "tensorrt_version": self.version, "gpu": _gpu_name(), "plan": self.plan.name, "build": meta.get("settings", {})}
-        report_file = self.plan.with_name(self.plan.stem + ".build.json")
-        if report_file.is_file():  # written by plan_from_onnx / build_for_deploy: the inspector's summary
-            report = json.loads(report_file.read_text())
-            out["tensorrt_layers"] = {k: v for k, v in report.get("layers", {}).items() if k != "int8_layers"}
-            out["build_seconds"] = report.get("seconds")
+        summary = build_summary(self.plan)
+        if summary is not None:
+            out["build_seconds"] = summary.pop("seconds")
+            summary.pop("version")
+            out["tensorrt_layers"] = summary
         return out
 
     def __enter__(self) -> TrtEngine:
