@@ -50,10 +50,6 @@ class Config:
     format: str = "int8"  # int8 | fp8
     alpha: float | None = None  # SmoothQuant migration strength (int8 only); None = off
 
-    @property
-    def precision(self) -> str:
-        return self.format
-
     def label(self) -> str:
         m = f"{self.method}{self.percentile:g}" if self.method == "percentile" and self.percentile is not None else self.method
         if self.alpha is not None:
@@ -277,7 +273,7 @@ class TrialRunner:
             _qdq_fidelity(recipe, loaded, path, self.example)
             rec.seconds["fidelity"] = round(time.perf_counter() - t, 3)
         bs, maxlen = recipe.quantization.calibration.batch_size, recipe.model.max_seq_length
-        with EngineFromOnnx(path, recipe, key, config.precision) as eng:
+        with EngineFromOnnx(path, recipe, key, config.format) as eng:
             t = time.perf_counter()
             out = run_outputs(eng, self.splits.evaluation, loaded.tokenizer, loaded.input_names, maxlen, bs, f"evaluate {config.label()}", self.progress)
             rec.metrics = self._score(out)
@@ -288,7 +284,7 @@ class TrialRunner:
                 threads = self.spec.latency.threads or None
                 with (
                     EngineFromOnnx(self.float_path, recipe, "float", "float32", threads=threads) as f_eng,
-                    EngineFromOnnx(path, recipe, key, config.precision, threads=threads) as t_eng,
+                    EngineFromOnnx(path, recipe, key, config.format, threads=threads) as t_eng,
                 ):
                     lat = benchmark_interleaved({"float": f_eng, "trial": t_eng}, self.bench_spec, loaded.input_names, loaded.vocab_size, progress=False)
                 rec.p50_ms = lat["trial"][0].p50_ms
