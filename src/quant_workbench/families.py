@@ -50,6 +50,8 @@ class Family:
 def expand_families(spec: QuantSpec) -> list[Family]:
     out: list[Family] = []
     for name in spec.families:
+        if name == "int8-dynamic":  # no calibration: run.py builds it from the fused float graph
+            continue
         if name == "int8-smoothquant":
             assert spec.smoothquant is not None  # the recipe validator guarantees it
             out += [Family(name, "int8", alpha=a) for a in spec.smoothquant.alphas]

@@ -112,7 +112,13 @@ class CalibrationSpec(Strict):
         return v
 
 
-QuantFamily = Literal["int8", "int8-smoothquant", "fp8"]
+QuantFamily = Literal["int8", "int8-smoothquant", "fp8", "int8-dynamic"]
+# Reference rows built with the standard tools on the same data, timed in the same loop, never selected:
+# ort-float: TorchScript export + ONNX Runtime's transformer optimizer (the standard fused float path);
+# ort-dynamic: that graph through quantize_dynamic (per-channel S8 weights);
+# ort-static: quantize_static (MinMax, U8 activations, S8 per-channel weights, MatMul/Gemm) on float.onnx.
+ReferenceKind = Literal["ort-float", "ort-dynamic", "ort-static"]
+ALL_REFERENCES: tuple[ReferenceKind, ...] = ("ort-float", "ort-dynamic", "ort-static")
 
 
 class SmoothQuantSpec(Strict):
@@ -230,6 +236,33 @@ class EngineSpec(Strict):
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     threads: int = Field(0, ge=0, description="intra-op threads; 0 = all cores")
     tensorrt: TensorRTSpec = Field(default_factory=TensorRTSpec, description="engine builds when runtime is tensorrt")
+    int8_graph: Literal["auto", "fused", "qdq-u8", "qdq"] = Field(
+        "auto",
+        description=(
+            "the graph each INT8 variant runs as: fused (ONNX Runtime CPU: transformer fusions + U8xS8 integer kernels), "
+            "qdq-u8 (the Q/DQ export with U8 activations), qdq (the Q/DQ export as TensorRT wants it: S8 activations); "
+            "auto = fused on ONNX Runtime CPU, qdq elsewhere"
+        ),
+    )
+
+    @property
+    def ort_cpu(self) -> bool:
+        return self.runtime == "onnxruntime" and self.provider == "cpu"
+
+    @property
+    def resolved_int8_graph(self) -> Literal["fused", "qdq-u8", "qdq"]:
+        if self.int8_graph == "auto":
+            return "fused" if self.ort_cpu else "qdq"
+        return self.int8_graph
+
+    @model_validator(mode="after")
+    def _graph_fits_engine(self) -> EngineSpec:
+        if self.int8_graph in ("fused", "qdq-u8") and not self.ort_cpu:
+            raise ValueError(
+                f"engine.int8_graph '{self.int8_graph}' targets ONNX Runtime's CPU integer kernels, but the engine is "
+                f"runtime '{self.runtime}' with provider '{self.provider}'; TensorRT needs S8 Q/DQ: set engine.int8_graph: auto (or qdq)"
+            )
+        return self
 
 
 class BenchmarkSpec(Strict):
@@ -337,9 +370,32 @@ class Recipe(Strict):
     qat: QatSpec | None = None
     deploy: DeploySpec | None = None
     search: SearchSpec | None = None
+    references: list[ReferenceKind] | None = Field(
+        None,
+        description="standard-tool reference rows (ort-float, ort-dynamic, ort-static); null = all of them on ONNX Runtime CPU, none elsewhere; [] = off",
+    )
+
+    @property
+    def reference_kinds(self) -> list[ReferenceKind]:
+        if self.references is None:
+            return list(ALL_REFERENCES) if self.engine.ort_cpu else []
+        return list(self.references)
 
     @model_validator(mode="after")
     def _combinations(self) -> Recipe:
+        if self.references and not self.engine.ort_cpu:
+            raise ValueError(
+                f"references {self.references} are ONNX Runtime CPU graphs (the standard tools' CPU path), but the engine is "
+                f"runtime '{self.engine.runtime}' with provider '{self.engine.provider}'; set references: [] for this engine"
+            )
+        if len(set(self.references or [])) != len(self.references or []):
+            raise ValueError("references entries must not repeat")
+        if "int8-dynamic" in self.quantization.families and not self.engine.ort_cpu:
+            raise ValueError(
+                "quantization.compare has 'int8-dynamic', which runs on ONNX Runtime's CPU kernels only (activations are "
+                f"quantized at run time; TensorRT needs static scales); the engine is runtime '{self.engine.runtime}' with "
+                f"provider '{self.engine.provider}': remove int8-dynamic or use engine.runtime: onnxruntime, provider: cpu"
+            )
         if self.model.task == "embedding" and self.data.probe_samples < 10:
             raise ValueError(
                 "the embedding task scores a linear probe, which needs data.probe_samples >= 10"

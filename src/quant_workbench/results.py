@@ -41,6 +41,8 @@ class VariantResult:
     size_bytes: int | None = None
     engine: dict[str, Any] = field(default_factory=dict)  # provider, integer matmul count, ...
     artifacts: dict[str, str] = field(default_factory=dict)  # relative to the run folder
+    # a standard tool's result on the same data (references.py): scored and timed, never selected
+    reference: bool = False
 
     def latency_at(self, batch_size: int, seq_length: int) -> LatencyStats | None:
         return next((x for x in self.latency if x.batch_size == batch_size and x.seq_length == seq_length), None)

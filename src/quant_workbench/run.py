@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .benchmark import benchmark_interleaved, speedups
 from .data import Splits, load_splits
+from .engine_graphs import EngineGraphs
 from .engines import Engine, EngineFromOnnx, preflight_runtime
 from .engines.onnxruntime import OrtEngine, optimized_op_counts
 from .errors import WorkbenchError
@@ -99,9 +100,25 @@ def hardware() -> dict[str, Any]:
     except OSError:
         pass
     info: dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine(), "os": platform.platform()}
+    vnni = cpu_has_vnni()
+    if vnni is not None:
+        info["int8_dot_product"] = vnni
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+def cpu_has_vnni() -> bool | None:
+    """Whether x86 integer dot-product instructions exist (None: not x86 Linux). Without them ONNX Runtime's
+    U8 x S8 kernels sum pairs of products in 16 bits and can saturate; the engine-graph check catches it."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
+    except OSError:
+        return None
+    if flags is None:
+        return None
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags))
 
 
 def versions() -> dict[str, str]:
@@ -269,6 +286,16 @@ def execute(recipe: Recipe, *, run_id: str | None = None, progress: bool = True,
                 "the exporter mis-translated the model; try another export.opset or run with --debug",
             )
 
+    graphs = EngineGraphs(recipe, models_dir, base_key, say)
+    float_engine_path = float_path
+    if graphs.wants_fused_float:
+        with ctx.stage("fuse float"):
+            float_engine_path, fidelity_float["engine_graph"] = graphs.fused_float(loaded, example, ref)
+    references = []
+    if recipe.reference_kinds:
+        with ctx.stage("references"):  # built from the float model, before the quantizers go in
+            references = graphs.references(loaded, splits, example, float_path, ref, splits.fingerprint)
+
     prepare(loaded.model.hf, plan, per_channel_weights=recipe.quantization.per_channel_weights)
     with ctx.stage("calibrate"):
         channel_amax: dict[str, torch.Tensor] = {}
@@ -282,10 +309,13 @@ def execute(recipe: Recipe, *, run_id: str | None = None, progress: bool = True,
 
         return run_search(ctx, loaded, splits, plan, calibrators, cal_info, example, float_path, base_key, fidelity_float, t_start, channel_amax)
 
+    float_artifacts = {"onnx": "models/float.onnx"}
+    if float_engine_path != float_path:
+        float_artifacts["engine_onnx"] = f"models/{float_engine_path.name}"
     variants: list[VariantResult] = [
-        VariantResult(name="float", precision="float32", artifacts={"onnx": "models/float.onnx"}, fidelity=fidelity_float, size_bytes=_size(float_path))
+        VariantResult(name="float", precision="float32", artifacts=float_artifacts, fidelity=fidelity_float, size_bytes=_size(float_path))
     ]
-    engines_paths: dict[str, Path] = {"float": float_path}
+    engines_paths: dict[str, Path] = {"float": float_engine_path}
     cal_info["methods"] = {}
     # One family (int8 | int8 + SmoothQuant per alpha | fp8) after another, each with every method;
     # the generator puts the model into the family's state and undoes it (families.py).
@@ -316,8 +346,9 @@ def execute(recipe: Recipe, *, run_id: str | None = None, progress: bool = True,
                 variant.artifacts = {"onnx": f"models/{path.name}", "scales": f"models/{scales_path.name}"}
                 variant.size_bytes = _size(path)
                 variant.fidelity = {**_qdq_fidelity(recipe, loaded, path, example), **family.fidelity}
-                variant.engine = optimized_op_counts(path, recipe.engine)
-                engines_paths[name] = path
+                engine_path = graphs.for_variant(loaded, name, path, example, variant, alpha=family.alpha, fp8=family.kind == "fp8")
+                variant.engine = optimized_op_counts(engine_path, recipe.engine)
+                engines_paths[name] = engine_path
         except WorkbenchError as exc:
             variant.status, variant.error = "failed", str(exc)
             say(f"  {name} failed: {exc}")
@@ -326,8 +357,25 @@ def execute(recipe: Recipe, *, run_id: str | None = None, progress: bool = True,
             variant.status, variant.error = "failed", f"{type(exc).__name__}: {exc}"
             say(f"  {name} failed: {variant.error}")
 
+    if "int8-dynamic" in recipe.quantization.families:
+        dynamic = VariantResult(name="int8-dynamic", precision="int8", calibration_method="dynamic (run time)")
+        variants.append(dynamic)
+        try:
+            with ctx.stage("quantize int8-dynamic"):
+                engines_paths[dynamic.name] = graphs.dynamic_variant(loaded, example, ref, dynamic)
+                dynamic.artifacts = {"onnx": f"models/{engines_paths[dynamic.name].name}"}
+                dynamic.size_bytes = _size(engines_paths[dynamic.name])
+                dynamic.engine = optimized_op_counts(engines_paths[dynamic.name], recipe.engine)
+        except Exception as exc:  # a failed variant is recorded, the run goes on
+            log.debug("int8-dynamic failed", exc_info=True)
+            dynamic.status, dynamic.error = "failed", f"{type(exc).__name__}: {exc}"
+            say(f"  int8-dynamic failed: {dynamic.error}")
     if recipe.qat is not None:
-        _qat_variant(ctx, loaded, splits, calibrators, plan.to_rows(), base_key, variants, engines_paths, example, training)
+        _qat_variant(ctx, loaded, splits, calibrators, plan, base_key, variants, engines_paths, example, training, graphs)
+    for variant, ref_path in references:
+        variants.append(variant)
+        if variant.status == "ok":
+            engines_paths[variant.name] = ref_path
 
     with ctx.stage("evaluate"):
         _evaluate(ctx, loaded, splits, variants, engines_paths)
@@ -368,12 +416,13 @@ def _qat_variant(
     loaded: LoadedModel,
     splits: Splits,
     calibrators: dict[str, HistogramCalibrator],
-    plan_rows: Any,
+    plan: QuantPlan,
     base_key: str,
     variants: list[VariantResult],
     engines_paths: dict[str, Path],
     example: dict[str, torch.Tensor],
     training: dict[str, Any],
+    graphs: EngineGraphs,
 ) -> None:
     """`qat` section: train from PTQ-initialised scales (train.qat_model), export and check like PTQ."""
     from dataclasses import replace
@@ -392,15 +441,18 @@ def _qat_variant(
             scales_path = ctx.run_dir / "models" / f"{name}.scales.json"
             write_json(scales_path, {"method": "qat", "init_method": info["init_method"], "amax": amax})
             path = ctx.run_dir / "models" / f"{name}.qdq.onnx"
-            key = hash_json({"base": base_key, "plan": plan_rows, "qat": info["cache_key"], "weights": recipe.quantization.per_channel_weights})
+            key = hash_json({"base": base_key, "plan": plan.to_rows(), "qat": info["cache_key"], "weights": recipe.quantization.per_channel_weights})
             if not artifact_is_current(path, key):
                 export_onnx(model, path, example, loaded.input_names, loaded.output_name, recipe.export.opset)
                 mark_artifact(path, key)
             variant.artifacts = {"onnx": f"models/{path.name}", "scales": f"models/{scales_path.name}"}
             variant.size_bytes = _size(path)
-            variant.fidelity = _qdq_fidelity(recipe, replace(loaded, model=model), path, example)
-            variant.engine = optimized_op_counts(path, recipe.engine)
-            engines_paths[name] = path
+            qat_loaded = replace(loaded, model=model)
+            variant.fidelity = _qdq_fidelity(recipe, qat_loaded, path, example)
+            # QAT trained the weights: its fused graph is exported from the trained model, keyed by its checkpoint
+            engine_path = graphs.for_variant(qat_loaded, name, path, example, variant, weights_key=info["cache_key"])
+            variant.engine = optimized_op_counts(engine_path, recipe.engine)
+            engines_paths[name] = engine_path
     except WorkbenchError as exc:
         variant.status, variant.error = "failed", str(exc)
         ctx.say(f"  {name} failed: {exc}")
@@ -507,7 +559,7 @@ def _benchmark(ctx: RunContext, loaded: LoadedModel, variants: list[VariantResul
 
 
 def _select(variants: list[VariantResult]) -> str | None:
-    candidates = [v for v in variants if v.precision != "float32" and v.status == "ok" and v.metrics]
+    candidates = [v for v in variants if v.precision != "float32" and v.status == "ok" and v.metrics and not v.reference]
     if not candidates:
         return None
 

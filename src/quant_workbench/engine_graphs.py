@@ -1,0 +1,248 @@
+"""Which graph each variant runs as on the recipe's engine (engine-aware export), the standard tools'
+reference rows, and the dynamic INT8 family.
+
+Every INT8 variant is exported once as Q/DQ ONNX (the TensorRT layout, fidelity-checked against the
+fake-quant model). On ONNX Runtime CPU that graph is not what runs: `EngineGraphs.for_variant` builds
+the engine graph from the same scales (export_ort.py) and checks it against the fake-quant model
+again, so a lowering bug or a saturating U8 x S8 kernel (CPUs without VNNI) falls back to the
+checked Q/DQ graph instead of shipping wrong numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime
+import torch
+
+from .data import Splits
+from .engines.onnxruntime import OrtEngine, optimized_op_counts
+from .errors import ExportError
+from .export import cosine_rows, end_to_end_allowance
+from .export_ort import (
+    LoweringError,
+    export_fused_float,
+    fused_op_counts,
+    lower_int8,
+    map_linears,
+    qdq_to_u8_activations,
+    quantized_linears,
+)
+from .io import artifact_is_current, hash_json, mark_artifact
+from .models import LoadedModel, batches
+from .quantize.modules import QuantAdd, QuantMatMul
+from .recipe import Recipe
+from .references import quantize_dynamic_onnx, quantize_static_onnx, reference_name
+from .results import VariantResult
+
+log = logging.getLogger(__name__)
+
+# Bump when the fused-graph recipe changes (fusion options, lowering rules): cached graphs are rebuilt.
+ENGINE_GRAPH_VERSION = "1"
+Say = Callable[[str], None]
+
+
+def _feed(example: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in example.items()}
+
+
+def _run(path: Path, recipe: Recipe, example: dict[str, torch.Tensor]) -> np.ndarray:
+    with OrtEngine(path, recipe.engine, path.stem) as eng:
+        return eng(_feed(example))
+
+
+def _hidden_quantizers(hf: torch.nn.Module) -> list[str]:
+    """Quantized ops that ONNX Runtime's fused Attention / SkipLayerNormalization would compute in float."""
+    kinds = []
+    if any(isinstance(m, QuantMatMul) and m.input_quantizer.enabled for m in hf.modules()):
+        kinds.append("attention matmuls")
+    if any(isinstance(m, QuantAdd) and m.input_quantizer.enabled for m in hf.modules()):
+        kinds.append("residual adds")
+    return kinds
+
+
+class EngineGraphs:
+    def __init__(self, recipe: Recipe, models_dir: Path, base_key: str, say: Say = print) -> None:
+        self.recipe = recipe
+        self.models_dir = models_dir
+        self.base_key = base_key
+        self.say = say
+        self.mode = recipe.engine.resolved_int8_graph
+        self.fused_float_path: Path | None = None
+        self.float_fused_ops: dict[str, int] = {}
+
+    @property
+    def wants_fused_float(self) -> bool:
+        """On ONNX Runtime CPU the float baseline is always the fused graph: the fastest float it offers."""
+        return self.recipe.engine.ort_cpu
+
+    def _key(self, **extra: Any) -> str:
+        return hash_json({"base": self.base_key, "engine_graph": ENGINE_GRAPH_VERSION, "onnxruntime": onnxruntime.__version__, **extra})
+
+    def fused_float(self, loaded: LoadedModel, example: dict[str, torch.Tensor], reference: np.ndarray) -> tuple[Path, dict[str, Any]]:
+        path = self.models_dir / "float.fused.onnx"
+        float_path = self.models_dir / "float.onnx"
+        try:
+            key = self._key(graph="fused-float")
+            if not artifact_is_current(path, key):
+                export_fused_float(loaded.model, loaded.model.hf, path, example, loaded.input_names, loaded.output_name)
+                mark_artifact(path, key)
+            diff = float(np.abs(_run(path, self.recipe, example) - reference).max())
+        except ExportError as exc:
+            self.say(f"  fused float graph unavailable ({exc}); the float baseline runs float.onnx")
+            return float_path, {"graph": "float.onnx", "error": str(exc)}
+        ops = fused_op_counts(path)
+        info = {
+            "graph": f"models/{path.name}", "fused_ops": ops, "onnx_vs_pytorch_max_abs_diff": diff,
+            "tolerance": self.recipe.export.float_tolerance, "passed": diff <= self.recipe.export.float_tolerance,
+        }
+        if not info["passed"]:
+            self.say(f"  fused float graph differs from PyTorch by {diff:.3g} (> {self.recipe.export.float_tolerance}); the float baseline runs float.onnx")
+            return float_path, info
+        self.fused_float_path, self.float_fused_ops = path, ops
+        self.say(f"  fused float: {', '.join(f'{v} {k}' for k, v in ops.items())}")
+        return path, info
+
+    def _fused_for(self, loaded: LoadedModel, example: dict[str, torch.Tensor], key: str) -> Path:
+        """A fused float graph of the model's current weights (SmoothQuant-rewritten or QAT-trained)."""
+        path = self.models_dir / f"fused-{key[:12]}.onnx"
+        if not artifact_is_current(path, key):
+            export_fused_float(loaded.model, loaded.model.hf, path, example, loaded.input_names, loaded.output_name)
+            mark_artifact(path, key)
+        return path
+
+    def for_variant(
+        self,
+        loaded: LoadedModel,
+        name: str,
+        qdq_path: Path,
+        example: dict[str, torch.Tensor],
+        variant: VariantResult,
+        *,
+        alpha: float | None = None,
+        fp8: bool = False,
+        weights_key: str | None = None,
+    ) -> Path:
+        """The graph this quantized variant runs as; its check lands in `variant.fidelity["engine_graph"]`."""
+        if fp8 or self.mode == "qdq":
+            why = "FP8 Q/DQ (ONNX Runtime CPU has no FP8 GEMM: emulated)" if fp8 else "engine.int8_graph: qdq (S8 Q/DQ, the TensorRT layout)"
+            variant.fidelity["engine_graph"] = {"graph": "qdq", "why": why}
+            return qdq_path
+        hidden = _hidden_quantizers(loaded.model.hf)
+        notes: list[str] = []
+        candidates: list[tuple[str, Path, dict[str, Any]]] = []
+        if self.mode == "fused" and hidden:
+            notes.append(f"{' and '.join(hidden)} are quantized: ONNX Runtime's fused ops would run them in float, so the U8 Q/DQ graph runs instead")
+        elif self.mode == "fused" and self.fused_float_path is None:
+            notes.append("no fused float graph (see the float variant); the U8 Q/DQ graph runs instead")
+        elif self.mode == "fused" and self.fused_float_path is not None:
+            try:
+                src = self.fused_float_path
+                if alpha is not None or weights_key is not None:
+                    src = self._fused_for(loaded, example, self._key(alpha=alpha, weights=weights_key))
+                out = self.models_dir / f"{name}.fused.onnx"
+                candidates.append(("fused-int8", out, lower_int8(src, loaded.model.hf, out).to_dict()))
+            except (LoweringError, ExportError) as exc:
+                notes.append(f"fused INT8 graph not built: {exc}")
+        u8 = self.models_dir / f"{name}.u8.onnx"
+        candidates.append(("qdq-u8", u8, {}))
+        with torch.no_grad():
+            fake = loaded.model(**example).numpy()
+        noise = 1.0 - float(variant.fidelity.get("end_to_end", {}).get("fake_quant_vs_float_cosine", 1.0))
+        allowed = end_to_end_allowance(noise, self.recipe.export.min_cosine)
+        for graph, path, lowering in candidates:
+            if graph == "qdq-u8":
+                qdq_to_u8_activations(qdq_path, path)
+            cos = float(cosine_rows(_run(path, self.recipe, example), fake).mean())
+            check = {"mean_cosine_vs_fake_quant": cos, "threshold": 1.0 - allowed, "passed": 1.0 - cos <= allowed}
+            if check["passed"]:
+                ops = fused_op_counts(path)
+                lost = {k: v - ops.get(k, 0) for k, v in self.float_fused_ops.items() if ops.get(k, 0) < v}
+                variant.fidelity["engine_graph"] = {
+                    "graph": graph, "path": f"models/{path.name}", **check, "lowering": lowering,
+                    "fused_ops": ops, "fusions_lost_vs_float": lost, "notes": notes,
+                }
+                return path
+            # A U8 x S8 kernel that saturates (16-bit pair sums on CPUs without VNNI) shows up here.
+            notes.append(f"{graph} graph disagrees with the fake-quant model (mean cosine {cos:.4f} < {1.0 - allowed:.4f}); not used")
+            self.say(f"  {name}: {notes[-1]}")
+        self.say(f"  {name}: running the S8 Q/DQ graph (slow on ONNX Runtime CPU) because no faster graph passed its check")
+        variant.fidelity["engine_graph"] = {"graph": "qdq", "why": "fallback: no U8 graph passed the check", "notes": notes}
+        return qdq_path
+
+    # -----------------------------------------------------------------------------------------
+    # int8-dynamic and the reference rows
+
+    def dynamic_variant(self, loaded: LoadedModel, example: dict[str, torch.Tensor], reference: np.ndarray, variant: VariantResult) -> Path:
+        """ONNX Runtime's dynamic quantization of the fused float graph, on the Linears the plan quantizes."""
+        if self.fused_float_path is None:
+            raise ExportError("int8-dynamic quantizes the fused float graph, which could not be built (see the float variant)")
+        mapping = map_linears(self.fused_float_path, loaded.model.hf)
+        wanted = quantized_linears(loaded.model.hf)
+        nodes = [node for node, lins in mapping.items() if lins and all(n in wanted for n in lins)]
+        partial = [node for node, lins in mapping.items() if any(n in wanted for n in lins) and not all(n in wanted for n in lins)]
+        out = self.models_dir / "int8-dynamic.onnx"
+        key = self._key(graph="int8-dynamic", nodes=sorted(nodes), per_channel=self.recipe.quantization.per_channel_weights)
+        if not artifact_is_current(out, key):
+            quantize_dynamic_onnx(self.fused_float_path, out, per_channel=self.recipe.quantization.per_channel_weights, nodes=nodes, op_types=["MatMul", "Attention"])
+            mark_artifact(out, key)
+        cos = cosine_rows(_run(out, self.recipe, example), reference)
+        variant.fidelity = {
+            "engine_graph": {
+                "graph": "dynamic", "path": f"models/{out.name}", "quantized_nodes": len(nodes),
+                "linears_quantized": sum(len(mapping[n]) for n in nodes), "linears_in_plan": len(wanted),
+                "notes": [f"{n}: Q/K/V share one fused projection and not all are in the plan; left float" for n in partial],
+                "mean_cosine_vs_float": float(cos.mean()), "fused_ops": fused_op_counts(out),
+            }
+        }
+        return out
+
+    def references(
+        self,
+        loaded: LoadedModel,
+        splits: Splits,
+        example: dict[str, torch.Tensor],
+        float_path: Path,
+        reference: np.ndarray,
+        fingerprint: str,
+    ) -> list[tuple[VariantResult, Path]]:
+        kinds = self.recipe.reference_kinds
+        out: list[tuple[VariantResult, Path]] = []
+        ort_float = self.models_dir / "ref-ort-float.onnx"
+        for kind in kinds:
+            name = reference_name(kind)
+            v = VariantResult(name=name, precision="float32" if kind == "ort-float" else "int8", reference=True)
+            v.calibration_method = {"ort-float": None, "ort-dynamic": "dynamic (run time)", "ort-static": "minmax"}[kind]
+            path = self.models_dir / f"ref-{kind}.onnx"
+            try:
+                if kind in ("ort-float", "ort-dynamic"):
+                    key = self._key(graph="ref-ort-float")
+                    if not artifact_is_current(ort_float, key):
+                        export_fused_float(loaded.model, loaded.model.hf, ort_float, example, loaded.input_names, loaded.output_name, skip_layer_norm=True)
+                        mark_artifact(ort_float, key)
+                if kind == "ort-dynamic":
+                    key = self._key(graph="ref-ort-dynamic")
+                    if not artifact_is_current(path, key):
+                        quantize_dynamic_onnx(ort_float, path)
+                        mark_artifact(path, key)
+                elif kind == "ort-static":
+                    key = self._key(graph="ref-ort-static", data=fingerprint, samples=len(splits.calibration))
+                    if not artifact_is_current(path, key):
+                        cal = self.recipe.quantization.calibration
+                        feeds = batches(loaded.tokenizer, splits.calibration.texts, cal.batch_size, loaded.spec.max_seq_length, loaded.input_names)
+                        quantize_static_onnx(float_path, path, feeds)
+                        mark_artifact(path, key)
+                got = _run(path, self.recipe, example)
+                v.fidelity = {"engine_graph": {"graph": kind, "path": f"models/{path.name}", "mean_cosine_vs_float": float(cosine_rows(got, reference).mean()), "max_abs_diff_vs_float": float(np.abs(got - reference).max()), "fused_ops": fused_op_counts(path)}}
+                v.engine = optimized_op_counts(path, self.recipe.engine)
+                v.artifacts = {"reference_onnx": f"models/{path.name}"}
+            except Exception as exc:  # a reference the standard tools cannot build here is reported, not fatal
+                log.debug("reference %s failed", name, exc_info=True)
+                v.status, v.error = "failed", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                self.say(f"  {name} failed: {v.error}")
+            out.append((v, path))
+        return out
