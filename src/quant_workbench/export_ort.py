@@ -44,6 +44,8 @@ MS_DOMAIN = "com.microsoft"
 HF_PREFIX = "hf."
 # The transformer optimizer's fused operators, in the order the report lists them.
 FUSED_OPS = ("EmbedLayerNormalization", "Attention", "SkipLayerNormalization", "BiasGelu", "FastGelu", "Gelu", "LayerNormalization")
+# Integer forms of fused float ops: the fusion is kept, the op runs quantized.
+QUANTIZED_FORMS = {"QAttention": "Attention", "QEmbedLayerNormalization": "EmbedLayerNormalization"}
 U8_ZERO_POINT = "qwb.u8_zero_point"
 
 
@@ -398,8 +400,10 @@ def quantized_linears(hf: nn.Module) -> set[str]:
 
 
 def fused_op_counts(path: Path) -> dict[str, int]:
+    """Transformer fusions present in a graph; QAttention counts as Attention (same fusion, integer)."""
     counts: dict[str, int] = {}
     for node in onnx.load(str(path), load_external_data=False).graph.node:
-        if node.op_type in FUSED_OPS:
-            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+        op = QUANTIZED_FORMS.get(node.op_type, node.op_type)
+        if op in FUSED_OPS:
+            counts[op] = counts.get(op, 0) + 1
     return counts

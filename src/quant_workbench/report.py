@@ -15,6 +15,7 @@ from typing import Any
 
 from .format_notes import formats_section
 from .io import atomic_path, write_json, write_text
+from .report_engine import engine_graph_section, reference_section, reference_verdicts
 from .results import LatencyStats, RunResult, VariantResult
 
 PLOT_RELPATH = "plots/accuracy_vs_latency.png"
@@ -479,6 +480,8 @@ def render_markdown(result: RunResult) -> str:
     lines += formats_section(result)
     lines += ["## Accuracy vs latency", "", f"![accuracy vs latency]({PLOT_RELPATH})", ""]
     lines += _latency_section(result, ref)
+    lines += reference_section(result)
+    lines += engine_graph_section(result)
     lines += _per_variant_section("Fidelity", result, "fidelity", "No fidelity checks were recorded.")
     lines += _per_variant_section("Engine", result, "engine", "No engine information was recorded.")
     lines += _deployment_section(result)
@@ -565,6 +568,7 @@ def results_table(result: RunResult) -> str:
             f"* best: {result.best_variant}"
             + (f" ({result.selection_rule})" if result.selection_rule else "")
         )
+    out += [f"vs standard tools: {item['verdict']}" for item in reference_verdicts(result)]
     for v in result.variants:
         if v.status != "ok":
             err = _one_line(v.error or "(no error message recorded)")
