@@ -81,7 +81,9 @@ def test_report_json_has_every_variant_with_metrics_latency_and_fidelity(first_r
     result, run_dir, _ = first_run
     report = _report(run_dir)
     assert report.to_dict() == json.loads(json.dumps(result.to_dict()))
-    assert [v.name for v in report.variants] == ["float", "int8-max", "int8-entropy"]
+    refs = ["ref:ort-float", "ref:ort-dynamic", "ref:ort-static"]
+    assert [v.name for v in report.variants] == ["float", "int8-max", "int8-entropy", *refs]
+    assert [v.name for v in report.variants if v.reference] == refs
     assert report.task == "embedding" and report.primary_metric == "accuracy"
     assert report.data["sizes"] == {"calibration": 32, "probe": 120, "evaluation": 60}
     assert report.data["label_names"] == ["negative", "neutral", "positive"]
@@ -99,14 +101,26 @@ def test_report_json_has_every_variant_with_metrics_latency_and_fidelity(first_r
     assert float_v.fidelity["passed"] and float_v.fidelity["onnx_vs_pytorch_max_abs_diff"] <= 1e-4
     # the synthetic labels are word-driven: the probe on random-BERT embeddings beats chance (1/3)
     assert float_v.metrics["accuracy"] > 0.4
-    for v in report.variants[1:]:
+    # the float baseline runs as ONNX Runtime's fused graph (the fastest float it offers on CPU)
+    assert float_v.artifacts["engine_onnx"] == "models/float.fused.onnx"
+    assert float_v.fidelity["engine_graph"]["passed"]
+    assert float_v.fidelity["engine_graph"]["fused_ops"] == {"EmbedLayerNormalization": 1, "Attention": 2, "LayerNormalization": 4, "BiasGelu": 2}
+    for v in report.variants[1:3]:
         assert v.precision == "int8"
         assert set(v.speedup_vs_float) == {f"b{b}xs{s}" for b, s in SHAPES}
         assert all(x > 0 for x in v.speedup_vs_float.values())
         assert v.fidelity["per_layer"]["passed"] and v.fidelity["per_layer"]["layers"] == 12
         assert v.fidelity["end_to_end"]["passed"]
-        assert v.engine["integer_matmuls"] == 12
+        # all 12 Linears as integer kernels: 2 QAttention (Q, K, V each) + 6 MatMulIntegerToFloat
+        graph = v.fidelity["engine_graph"]
+        assert graph["graph"] == "fused-int8" and graph["passed"], graph
+        assert graph["lowering"]["quantized_attention"] == 2 and graph["lowering"]["quantized_matmuls"] == 6
+        assert v.engine["integer_ops"] == {"MatMulIntegerToFloat": 6, "QAttention": 2} and v.engine["float_matmuls"] == 0
+        assert graph["fusions_lost_vs_float"] == {}
         assert v.artifacts["onnx"] == f"models/{v.name}.qdq.onnx"
+    for v in report.variants[3:]:
+        assert v.status == "ok" and v.metrics and v.latency and v.artifacts["reference_onnx"].startswith("models/ref-")
+    assert report.variant("ref:ort-dynamic").engine["integer_matmuls"] == 8  # type: ignore[union-attr]
     assert report.best_variant in {"int8-max", "int8-entropy"}
     assert report.calibration["cache_hit"] is False
     assert set(report.calibration["methods"]) == {"max", "entropy"}
@@ -119,6 +133,8 @@ def test_report_markdown_contents(first_run: tuple[RunResult, Path, dict[str, An
     assert md.startswith("# Quantization report: tiny")
     for name in ("float", "int8-max", "int8-entropy"):
         assert f"| {name}" in md
+    assert "## Against the standard tools" in md and "## Engine graphs" in md
+    assert f"{result.best_variant} beats ref:ort-static" in md or "ref:ort-static" in md
     assert "plots/accuracy_vs_latency.png" in md
     assert "Batch 1 × sequence length 16" in md and "Batch 2 × sequence length 16" in md
     assert f"**{result.best_variant}**" in md
@@ -143,7 +159,7 @@ def test_second_method_run_hits_the_calibration_cache(first_run: tuple[RunResult
     assert result.calibration["cache_hit"] is True
     assert result.calibration["cache_file"] == first.calibration["cache_file"]
     assert json.loads((run_dir / "report.json").read_text())["calibration"]["cache_hit"] is True
-    assert [v.name for v in result.variants] == ["float", "int8-percentile"]
+    assert [v.name for v in result.variants if not v.reference] == ["float", "int8-percentile"]
     assert all(v.status == "ok" for v in result.variants)
     # the copied statistics are the cached ones, byte for byte
     assert (run_dir / "calibration_stats.npz").read_bytes() == (first_dir / "calibration_stats.npz").read_bytes()
@@ -155,14 +171,14 @@ def test_rerun_into_the_same_folder_reuses_artifacts(first_run: tuple[RunResult,
     first, run_dir, data = first_run
     models = run_dir / "models"
     onnx_files = sorted(models.glob("*.onnx"))
-    assert len(onnx_files) == 3
+    assert {"float.onnx", "float.fused.onnx", "int8-max.qdq.onnx", "int8-max.fused.onnx", "ref-ort-static.onnx"} <= {p.name for p in onnx_files}
     before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in onnx_files}
     result, again_dir = _execute(data)
     assert again_dir == run_dir
     after = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(models.glob("*.onnx"))}
     assert after == before  # not re-exported: the .key sidecars matched
     assert result.calibration["cache_hit"] is True
-    assert [v.status for v in result.variants] == ["ok"] * 3
+    assert [v.status for v in result.variants] == ["ok"] * 6
     assert [v.metrics for v in result.variants] == [v.metrics for v in first.variants]
     assert _report(run_dir).run_id == run_dir.name
 
@@ -185,14 +201,15 @@ def test_sequence_classification_task(tmp_path: Path, tiny_classifier_dir: Path,
     data["benchmark"]["enabled"] = False
     result, run_dir = _execute(data)
     assert result.task == "sequence-classification"
-    assert [v.name for v in result.variants] == ["float", "int8-max"]
+    assert [v.name for v in result.variants if not v.reference] == ["float", "int8-max"]
     for v in result.variants:
         assert v.status == "ok", v.error
         assert {"accuracy", "macro_f1", "agreement", "cosine_to_float"} <= set(v.metrics)
         assert 0.0 <= v.metrics["accuracy"] <= 1.0
     int8 = result.variants[1]
     assert int8.metrics["agreement"] > 0.8
-    assert int8.engine["integer_matmuls"] == 12  # the pooler and classifier stay float
+    # 12 encoder Linears as 2 QAttention + 6 MatMulIntegerToFloat; the pooler and classifier stay float
+    assert int8.engine["integer_ops"] == {"MatMulIntegerToFloat": 6, "QAttention": 2}
     assert int8.latency == []  # benchmark disabled
     import onnx
 

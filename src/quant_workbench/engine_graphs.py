@@ -55,6 +55,12 @@ def _run(path: Path, recipe: Recipe, example: dict[str, torch.Tensor]) -> np.nda
         return eng(_feed(example))
 
 
+def _sidecar(path: Path) -> str:
+    """The cache key an artifact was written under (io.mark_artifact): what it was built from."""
+    side = path.with_name(path.name + ".key")
+    return side.read_text().strip() if side.is_file() else ""
+
+
 def _hidden_quantizers(hf: torch.nn.Module) -> list[str]:
     """Quantized ops that ONNX Runtime's fused Attention / SkipLayerNormalization would compute in float."""
     kinds = []
@@ -145,7 +151,10 @@ class EngineGraphs:
                 if alpha is not None or weights_key is not None:
                     src = self._fused_for(loaded, example, self._key(alpha=alpha, weights=weights_key))
                 out = self.models_dir / f"{name}.fused.onnx"
-                candidates.append(("fused-int8", out, lower_int8(src, loaded.model.hf, out).to_dict()))
+                key = self._key(graph="fused-int8", qdq=_sidecar(qdq_path), source=_sidecar(src))
+                lowered = lower_int8(src, loaded.model.hf, out if not artifact_is_current(out, key) else None)
+                mark_artifact(out, key)
+                candidates.append(("fused-int8", out, lowered.to_dict()))
             except (LoweringError, ExportError) as exc:
                 notes.append(f"fused INT8 graph not built: {exc}")
         u8 = self.models_dir / f"{name}.u8.onnx"
@@ -154,16 +163,19 @@ class EngineGraphs:
             fake = loaded.model(**example).numpy()
         noise = 1.0 - float(variant.fidelity.get("end_to_end", {}).get("fake_quant_vs_float_cosine", 1.0))
         allowed = end_to_end_allowance(noise, self.recipe.export.min_cosine)
-        for graph, path, lowering in candidates:
+        for graph, path, lowering_info in candidates:
             if graph == "qdq-u8":
-                qdq_to_u8_activations(qdq_path, path)
+                key = self._key(graph="qdq-u8", qdq=_sidecar(qdq_path))
+                if not artifact_is_current(path, key):
+                    qdq_to_u8_activations(qdq_path, path)
+                    mark_artifact(path, key)
             cos = float(cosine_rows(_run(path, self.recipe, example), fake).mean())
             check = {"mean_cosine_vs_fake_quant": cos, "threshold": 1.0 - allowed, "passed": 1.0 - cos <= allowed}
             if check["passed"]:
                 ops = fused_op_counts(path)
                 lost = {k: v - ops.get(k, 0) for k, v in self.float_fused_ops.items() if ops.get(k, 0) < v}
                 variant.fidelity["engine_graph"] = {
-                    "graph": graph, "path": f"models/{path.name}", **check, "lowering": lowering,
+                    "graph": graph, "path": f"models/{path.name}", **check, "lowering": lowering_info,
                     "fused_ops": ops, "fusions_lost_vs_float": lost, "notes": notes,
                 }
                 return path
@@ -240,6 +252,7 @@ class EngineGraphs:
                 v.fidelity = {"engine_graph": {"graph": kind, "path": f"models/{path.name}", "mean_cosine_vs_float": float(cosine_rows(got, reference).mean()), "max_abs_diff_vs_float": float(np.abs(got - reference).max()), "fused_ops": fused_op_counts(path)}}
                 v.engine = optimized_op_counts(path, self.recipe.engine)
                 v.artifacts = {"reference_onnx": f"models/{path.name}"}
+                v.size_bytes = path.stat().st_size
             except Exception as exc:  # a reference the standard tools cannot build here is reported, not fatal
                 log.debug("reference %s failed", name, exc_info=True)
                 v.status, v.error = "failed", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"

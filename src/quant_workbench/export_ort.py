@@ -216,8 +216,10 @@ class _Graph:
         return name
 
 
-def lower_int8(fused_path: Path, hf: nn.Module, out_path: Path) -> LoweringInfo:
-    """Replace every quantized Linear of the fused float graph by an ORT integer kernel (U8 x S8)."""
+def lower_int8(fused_path: Path, hf: nn.Module, out_path: Path | None) -> LoweringInfo:
+    """Replace every quantized Linear of the fused float graph by an ORT integer kernel (U8 x S8).
+
+    `out_path=None` checks and describes the lowering without writing (the cached file is current)."""
     model = onnx.load(str(fused_path))
     g = _Graph(model)
     linears = _quant_linears(hf)
@@ -271,8 +273,9 @@ def lower_int8(fused_path: Path, hf: nn.Module, out_path: Path) -> LoweringInfo:
     model.graph.initializer.extend(kept)
     if not any(o.domain == MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
-    with atomic_path(out_path) as tmp:
-        onnx.save_model(model, str(tmp))
+    if out_path is not None:
+        with atomic_path(out_path) as tmp:
+            onnx.save_model(model, str(tmp))
     return info
 
 
