@@ -1,9 +1,12 @@
-"""Float vs INT8 latency on ONNX Runtime, interleaved in one process (the issue's speed target).
+"""Latency of a finished run's engine graphs on ONNX Runtime, interleaved in one process.
 
-Usage: python bench/latency.py RUN_DIR [--variant int8-mse] [--batch 1 32] [--seq 128] [--iterations 30]
+Usage: python bench/latency.py RUN_DIR [--variants float int8-max ref:ort-dynamic] [--batch 1 32] [--seq 128]
+                               [--iterations 30] [--extra NAME=PATH ...]
 
-Reads the ONNX files of a finished run, times float and the INT8 variant round-robin at each shape,
-and prints/writes medians and ratios (RUN_DIR/bench_latency.json). Never a timed unit test.
+Times, round-robin at each shape, the graph each variant actually runs as (report.json's engine graph:
+the fused float baseline, the fused INT8 graph, the reference rows), prints medians and every ratio
+against float and against ref:ort-dynamic, and writes RUN_DIR/bench_latency.json. Default variants:
+float, the selected variant, int8-dynamic and every reference row. Never a timed unit test.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import argparse
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from quant_workbench.benchmark import benchmark_interleaved, speedups
 from quant_workbench.engines.onnxruntime import OrtEngine, optimized_op_counts
@@ -20,10 +24,22 @@ from quant_workbench.recipe import BenchmarkSpec, EngineSpec
 from quant_workbench.run import hardware
 
 
+def engine_graph(run_dir: Path, variant: dict[str, Any]) -> Path:
+    """The file a variant was scored and timed with (see engine_graphs.py)."""
+    graph = (variant.get("fidelity") or {}).get("engine_graph") or {}
+    arts = variant.get("artifacts") or {}
+    rel = graph.get("path") if str(graph.get("path", "")).startswith("models/") else None
+    rel = rel or arts.get("engine_onnx") or arts.get("reference_onnx") or arts.get("onnx")
+    if graph.get("graph") == "qdq":  # the run fell back to the Q/DQ export for this variant
+        rel = arts.get("onnx")
+    return run_dir / str(rel)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("run_dir", type=Path)
-    ap.add_argument("--variant", default=None, help="INT8 variant (default: the run's best)")
+    ap.add_argument("--variants", nargs="+", default=None, help="default: float, the selected variant, int8-dynamic, the reference rows")
+    ap.add_argument("--extra", nargs="*", default=[], help="NAME=PATH: more ONNX files to time in the same loop")
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--seq", type=int, nargs="+", default=[128])
     ap.add_argument("--iterations", type=int, default=30)
@@ -31,27 +47,33 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()
     report = json.loads((args.run_dir / "report.json").read_text())
-    variant = args.variant or report["best_variant"]
-    paths = {"float": args.run_dir / "models" / "float.onnx", variant: args.run_dir / "models" / f"{variant}.qdq.onnx"}
+    by_name = {v["name"]: v for v in report["variants"] if v["status"] == "ok"}
+    names = args.variants or [n for n in ["float", report["best_variant"], "int8-dynamic"] if n in by_name] + [n for n, v in by_name.items() if v.get("reference")]
+    paths = {name: engine_graph(args.run_dir, by_name[name]) for name in dict.fromkeys(names)}
+    paths.update({k: Path(v) for k, v in (x.split("=", 1) for x in args.extra)})
     engine_spec = EngineSpec(threads=args.threads)
     engines = {name: OrtEngine(p, engine_spec, name) for name, p in paths.items()}
     spec = BenchmarkSpec(batch_sizes=args.batch, seq_lengths=args.seq, warmup=args.warmup, iterations=args.iterations, threads=args.threads)
-    input_names = engines["float"].input_names
-    latency = benchmark_interleaved(dict(engines.items()), spec, input_names, vocab_size=30522)
-    ratios = speedups(latency, "float")[variant]
-    cpu = hardware()["cpu"]
-    out = {
-        "machine": {"cpu": cpu, "cores": os.cpu_count(), "threads": args.threads or os.cpu_count()},
-        "variant": variant,
-        "integer_matmuls": optimized_op_counts(paths[variant], engine_spec),
+    input_names = sorted({n for e in engines.values() for n in e.input_names}, key=["input_ids", "attention_mask", "token_type_ids"].index)
+    vocab = 30522
+    latency = benchmark_interleaved(dict(engines.items()), spec, input_names, vocab_size=vocab)
+    out: dict[str, Any] = {
+        "machine": {**hardware(), "threads": args.threads or os.cpu_count()},
+        "graphs": {name: str(p) for name, p in paths.items()},
+        "engine": {name: optimized_op_counts(p, engine_spec) for name, p in paths.items()},
         "latency": {name: [s.__dict__ for s in stats] for name, stats in latency.items()},
-        "speedup_p50": ratios,
     }
     for name, stats in latency.items():
         for s in stats:
-            print(f"{name:>16} b{s.batch_size:<3} s{s.seq_length:<4} p50 {s.p50_ms:8.2f} ms  p95 {s.p95_ms:8.2f} ms  {s.throughput_seq_per_s:8.1f} seq/s")
-    for key, r in ratios.items():
-        print(f"speed-up {variant} vs float at {key}: {r:.2f}x")
+            print(f"{name:>18} b{s.batch_size:<3} s{s.seq_length:<4} p50 {s.p50_ms:8.2f} ms  p95 {s.p95_ms:8.2f} ms  {s.throughput_seq_per_s:8.1f} seq/s")
+    for base in ("float", "ref:ort-float", "ref:ort-dynamic"):
+        if base not in latency:
+            continue
+        ratios = speedups(latency, base)
+        out[f"speedup_vs_{base}"] = ratios
+        print(f"-- p50 speed-up vs {base} (> 1: faster)")
+        for name, by_shape in ratios.items():
+            print(f"{name:>18} " + "  ".join(f"{k}: {r:.2f}x" for k, r in by_shape.items()))
     write_json(args.run_dir / "bench_latency.json", out)
 
 
