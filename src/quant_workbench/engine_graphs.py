@@ -35,6 +35,7 @@ from .export_ort import (
 from .io import artifact_is_current, hash_json, mark_artifact
 from .models import LoadedModel, batches
 from .quantize.modules import QuantAdd, QuantMatMul
+from .quantize.smoothquant import float_mode
 from .recipe import Recipe
 from .references import quantize_dynamic_onnx, quantize_static_onnx, reference_name
 from .results import VariantResult
@@ -80,6 +81,16 @@ class EngineGraphs:
         self.mode = recipe.engine.resolved_int8_graph
         self.fused_float_path: Path | None = None
         self.float_fused_ops: dict[str, int] = {}
+
+    def sharing_float(self, models_dir: Path) -> EngineGraphs:
+        """The same engine rules writing into another folder (search trials), over this fused float graph."""
+        other = EngineGraphs(self.recipe, models_dir, self.base_key, self.say)
+        other.fused_float_path, other.float_fused_ops = self.fused_float_path, self.float_fused_ops
+        return other
+
+    def identity(self) -> str:
+        """What decides the graphs built here: joins cache keys of results timed on them."""
+        return f"{self.mode}-{ENGINE_GRAPH_VERSION}-ort{onnxruntime.__version__}"
 
     @property
     def wants_fused_float(self) -> bool:
@@ -161,7 +172,11 @@ class EngineGraphs:
         candidates.append(("qdq-u8", u8, {}))
         with torch.no_grad():
             fake = loaded.model(**example).numpy()
-        noise = 1.0 - float(variant.fidelity.get("end_to_end", {}).get("fake_quant_vs_float_cosine", 1.0))
+        known = variant.fidelity.get("end_to_end", {}).get("fake_quant_vs_float_cosine")
+        if known is None:  # no Q/DQ check ran (search.check_fidelity: false): measure the quantization noise here
+            with torch.no_grad(), float_mode(loaded.model):
+                known = float(cosine_rows(fake, loaded.model(**example).numpy()).mean())
+        noise = 1.0 - float(known)
         allowed = end_to_end_allowance(noise, self.recipe.export.min_cosine)
         for graph, path, lowering_info in candidates:
             if graph == "qdq-u8":

@@ -307,7 +307,10 @@ def execute(recipe: Recipe, *, run_id: str | None = None, progress: bool = True,
     if recipe.search is not None:  # issue 4: sensitivity, fallback and an Optuna study reuse these statistics
         from .search.study import run_search
 
-        return run_search(ctx, loaded, splits, plan, calibrators, cal_info, example, float_path, base_key, fidelity_float, t_start, channel_amax)
+        return run_search(
+            ctx, loaded, splits, plan, calibrators, cal_info, example, float_path, base_key, fidelity_float, t_start, channel_amax,
+            engine_graphs=graphs, references=references,
+        )
 
     float_artifacts = {"onnx": "models/float.onnx"}
     if float_engine_path != float_path:

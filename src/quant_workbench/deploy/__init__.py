@@ -57,10 +57,15 @@ def deploy_run(
     preflight(spec, build_engines)
 
     files: dict[str, Path] = {}
+    cpu_files: dict[str, Path] = {}  # what ONNX Runtime CPU ran in the run: the fused engine graphs
     for v in result.variants:
         onnx_rel = v.artifacts.get("onnx")
         if v.status == "ok" and onnx_rel and (run_dir / onnx_rel).is_file():
             files[v.name] = run_dir / onnx_rel
+            graph = v.fidelity.get("engine_graph") if isinstance(v.fidelity, dict) else None
+            engine_rel = v.artifacts.get("engine_onnx") or (graph.get("path") if isinstance(graph, dict) and graph.get("graph") != "qdq" else None)
+            if engine_rel and (run_dir / str(engine_rel)).is_file():
+                cpu_files[v.name] = run_dir / str(engine_rel)
     precision = {v.name: v.precision for v in result.variants}
     engines: dict[tuple[str, str], Path] = {}
     notes: dict[tuple[str, str], str] = {}
@@ -89,6 +94,7 @@ def deploy_run(
         spec=spec,
         engines=engines,
         notes=notes,
+        cpu_files=cpu_files,
     )
     validate_repository(repo.path)
     say(f"  Triton model repository: {repo.path}")

@@ -493,6 +493,7 @@ def write_repository(
     spec: DeploySpec | None = None,
     engines: Mapping[tuple[str, str], Path] | None = None,
     notes: Mapping[tuple[str, str], str] | None = None,
+    cpu_files: Mapping[str, Path] | None = None,
 ) -> Repository:
     """Write and validate the repository in a temp folder, then move it into place (replacing a previous one).
 
@@ -544,7 +545,8 @@ def write_repository(
                 if target == "python-onnxruntime":
                     text, kind = python_onnxruntime_config(name, ins, outs, spec, recipe.engine), "python"
                     shutil.copyfile(PYTHON_MODELS / "onnxruntime_model.py", mdir / "1" / "model.py")
-                    files = ["model.py", *_copy_onnx(variant_files[v], mdir / "1" / "model.onnx")]
+                    # ONNX Runtime on CPU serves the graph the run scored and timed there (the fused engine graph)
+                    files = ["model.py", *_copy_onnx((cpu_files or {}).get(v, variant_files[v]), mdir / "1" / "model.onnx")]
                 elif target == "onnxruntime":
                     text, kind = onnxruntime_config(name, ins, outs, spec, variant_precision.get(v, "float32")), "onnxruntime_onnx"
                     files = _copy_onnx(variant_files[v], mdir / "1" / "model.onnx")

@@ -23,6 +23,7 @@ import torch
 
 from ..benchmark import benchmark_interleaved
 from ..data import Splits
+from ..engine_graphs import EngineGraphs
 from ..engines import EngineFromOnnx
 from ..errors import WorkbenchError
 from ..evaluate import LinearProbe, run_outputs, score_classification, score_embedding
@@ -35,6 +36,7 @@ from ..quantize.calibrate import HistogramCalibrator
 from ..quantize.select import QuantPlan
 from ..quantize.smoothquant import smoothquant_applied
 from ..recipe import BenchmarkSpec, Recipe
+from ..results import VariantResult
 from .groups import LayerGroup, apply_flags, build_groups, only_groups, with_fallback
 from .spec import SearchSpec
 
@@ -135,6 +137,7 @@ class TrialRunner:
         recalibrate: Recalibrate | None = None,
         progress: bool = False,
         say: Callable[[str], None] = print,
+        engine_graphs: EngineGraphs | None = None,
     ) -> None:
         assert recipe.search is not None
         self.recipe, self.spec = recipe, recipe.search
@@ -145,6 +148,13 @@ class TrialRunner:
         self.smooth_calibrators: dict[float, dict[str, HistogramCalibrator]] = {}
         self.calibration_passes = 0  # SmoothQuant alphas whose statistics were collected during the search
         self.trials_dir = run_dir / "search" / "trials"
+        # Trials are timed as they would ship on this engine (engine_graphs.py): the fused float baseline
+        # and each configuration's engine graph, built in the trials folder from its own Q/DQ export.
+        self.trial_graphs: EngineGraphs | None = None
+        self.float_engine_path = float_path
+        if engine_graphs is not None and engine_graphs.mode != "qdq":
+            self.trial_graphs = engine_graphs.sharing_float(self.trials_dir)
+            self.float_engine_path = engine_graphs.fused_float_path or float_path
         self.groups: list[LayerGroup] = build_groups(plan, self.spec.groups)
         self.records: list[TrialRecord] = []
         self.exports = 0
@@ -243,6 +253,7 @@ class TrialRunner:
                 # the int8 key is unchanged from earlier versions, so their trial results stay reusable
                 **({"format": config.format} if config.format != "int8" else {}),
                 **({"smoothquant": config.alpha} if config.alpha is not None else {}),
+                **({"engine_graph": self.trial_graphs.identity()} if self.trial_graphs is not None else {}),
             }
         )[:16]
         path = self.trials_dir / f"{key}.qdq.onnx"
@@ -253,6 +264,8 @@ class TrialRunner:
             stored = json.loads(result_file.read_text())
             for name in ("accuracy", "metrics", "p50_ms", "float_p50_ms", "speedup", "size_bytes"):
                 setattr(rec, name, stored[name])
+            if stored.get("engine_onnx"):
+                rec.artifacts["engine_onnx"] = stored["engine_onnx"]
             rec.seconds["first_evaluation"] = stored["seconds"].get("total", 0.0)
             rec.reused = True
             return
@@ -266,14 +279,22 @@ class TrialRunner:
             self.exports += 1
         rec.seconds["export"] = round(time.perf_counter() - t, 3)
         rec.size_bytes = _size(path)
+        fidelity: dict[str, Any] = {}
         if self.spec.check_fidelity:
             from ..run import _qdq_fidelity
 
             t = time.perf_counter()
-            _qdq_fidelity(recipe, loaded, path, self.example)
+            fidelity = _qdq_fidelity(recipe, loaded, path, self.example)
             rec.seconds["fidelity"] = round(time.perf_counter() - t, 3)
+        engine_path = path
+        if self.trial_graphs is not None:
+            t = time.perf_counter()
+            trial = VariantResult(name=key, precision="fp8" if config.format == "fp8" else "int8", fidelity=fidelity)
+            engine_path = self.trial_graphs.for_variant(loaded, key, path, self.example, trial, alpha=config.alpha, fp8=config.format == "fp8")
+            rec.artifacts["engine_onnx"] = rel(engine_path)
+            rec.seconds["engine_graph"] = round(time.perf_counter() - t, 3)
         bs, maxlen = recipe.quantization.calibration.batch_size, recipe.model.max_seq_length
-        with EngineFromOnnx(path, recipe, key, config.format) as eng:
+        with EngineFromOnnx(engine_path, recipe, key, config.format) as eng:
             t = time.perf_counter()
             out = run_outputs(eng, self.splits.evaluation, loaded.tokenizer, loaded.input_names, maxlen, bs, f"evaluate {config.label()}", self.progress)
             rec.metrics = self._score(out)
@@ -283,8 +304,8 @@ class TrialRunner:
                 t = time.perf_counter()
                 threads = self.spec.latency.threads or None
                 with (
-                    EngineFromOnnx(self.float_path, recipe, "float", "float32", threads=threads) as f_eng,
-                    EngineFromOnnx(path, recipe, key, config.format, threads=threads) as t_eng,
+                    EngineFromOnnx(self.float_engine_path, recipe, "float", "float32", threads=threads) as f_eng,
+                    EngineFromOnnx(engine_path, recipe, key, config.format, threads=threads) as t_eng,
                 ):
                     lat = benchmark_interleaved({"float": f_eng, "trial": t_eng}, self.bench_spec, loaded.input_names, loaded.vocab_size, progress=False)
                 rec.p50_ms = lat["trial"][0].p50_ms
@@ -292,7 +313,7 @@ class TrialRunner:
                 rec.speedup = rec.float_p50_ms / rec.p50_ms if rec.p50_ms > 0 else None
                 rec.seconds["benchmark"] = round(time.perf_counter() - t, 3)
         rec.seconds["total"] = round(time.perf_counter() - t_start, 3)
-        write_json(result_file, {n: getattr(rec, n) for n in ("accuracy", "metrics", "p50_ms", "float_p50_ms", "speedup", "size_bytes", "seconds")})
+        write_json(result_file, {**{n: getattr(rec, n) for n in ("accuracy", "metrics", "p50_ms", "float_p50_ms", "speedup", "size_bytes", "seconds")}, "engine_onnx": rec.artifacts.get("engine_onnx")})
 
 
 @dataclass

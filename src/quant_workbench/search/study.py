@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..data import Splits
+from ..engine_graphs import EngineGraphs
 from ..errors import WorkbenchError
 from ..io import write_json, write_text
 from ..models import LoadedModel
@@ -530,6 +531,8 @@ def run_search(
     fidelity_float: dict[str, Any],
     t_start: float,
     channel_amax: dict[str, torch.Tensor] | None = None,
+    engine_graphs: EngineGraphs | None = None,
+    references: Sequence[tuple[VariantResult, Path]] = (),
 ) -> RunResult:
     from .. import run as run_mod
     from ..report import results_table, write_report
@@ -548,7 +551,7 @@ def run_search(
             recipe, loaded, splits, plan, calibrators, example, float_path, base_key, run_dir,
             channel_amax=channel_amax,
             recalibrate=lambda extra: run_mod.calibration_statistics(ctx, loaded, splits, plan, extra_key=extra),
-            progress=ctx.progress, say=say,
+            progress=ctx.progress, say=say, engine_graphs=engine_graphs,
         )
         if not runner.groups:
             raise WorkbenchError("the search found no layer groups among the quantized ops.", "check quantization.targets (--dry-run)")
@@ -596,8 +599,11 @@ def run_search(
     best_artifacts = copy_best(selected, run_dir) if selected else {}
 
     # Final comparison with the workbench's own stages: float vs plain max INT8 vs the selection
-    variants = [VariantResult(name="float", precision="float32", artifacts={"onnx": "models/float.onnx"}, fidelity=fidelity_float, size_bytes=float_path.stat().st_size)]
-    paths: dict[str, Path] = {"float": float_path}
+    float_artifacts = {"onnx": "models/float.onnx"}
+    if runner.float_engine_path != float_path:
+        float_artifacts["engine_onnx"] = f"models/{runner.float_engine_path.name}"
+    variants = [VariantResult(name="float", precision="float32", artifacts=float_artifacts, fidelity=fidelity_float, size_bytes=float_path.stat().st_size)]
+    paths: dict[str, Path] = {"float": runner.float_engine_path}
     # the selection is named by its format: int8-search, or fp8-search when the study chose FP8
     search_name = f"{selected.config.format}-search" if selected is not None else "int8-search"
     for name, rec in (("int8-max", max_full), (search_name, selected)):
@@ -607,7 +613,11 @@ def run_search(
         if name == search_name:
             v.artifacts = {**v.artifacts, **{f"best_{k}": p for k, p in best_artifacts.items()}}
         variants.append(v)
-        paths[name] = run_dir / rec.artifacts["onnx"]
+        paths[name] = run_dir / rec.artifacts.get("engine_onnx", rec.artifacts["onnx"])
+    for ref_variant, ref_path in references:  # the standard tools' rows, in the same evaluation and timing loop
+        variants.append(ref_variant)
+        if ref_variant.status == "ok":
+            paths[ref_variant.name] = ref_path
     with ctx.stage("evaluate"):
         run_mod._evaluate(ctx, loaded, splits, variants, paths)
     if recipe.benchmark.enabled:
