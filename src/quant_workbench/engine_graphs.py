@@ -33,6 +33,7 @@ from .export_ort import (
     quantized_linears,
 )
 from .io import artifact_is_current, hash_json, mark_artifact
+from .machine import cpu_has_vnni
 from .models import LoadedModel, batches
 from .quantize.modules import QuantAdd, QuantMatMul
 from .quantize.smoothquant import float_mode
@@ -122,6 +123,12 @@ class EngineGraphs:
             return float_path, info
         self.fused_float_path, self.float_fused_ops = path, ops
         self.say(f"  fused float: {', '.join(f'{v} {k}' for k, v in ops.items())}")
+        if cpu_has_vnni() is False and self.mode in ("fused", "qdq-u8"):
+            self.say(
+                "  this CPU has no VNNI/AMX integer dot product: ONNX Runtime's U8 x S8 kernels sum pairs of products in "
+                "16 bits and can saturate; every engine graph is checked against the fake-quant model and replaced by the "
+                "S8 Q/DQ graph if it disagrees"
+            )
         return path, info
 
     def _fused_for(self, loaded: LoadedModel, example: dict[str, torch.Tensor], key: str) -> Path:

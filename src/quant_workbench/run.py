@@ -36,6 +36,7 @@ from .evaluate import LinearProbe, run_outputs, score_classification, score_embe
 from .export import cosine_rows, end_to_end_allowance, export_onnx, per_layer_fidelity, qdq_summary
 from .families import family_variants
 from .io import artifact_is_current, hash_json, mark_artifact, write_json, write_text
+from .machine import cpu_has_vnni
 from .models import LoadedModel, load_model, to_torch, tokenize
 from .quantize.apply import activation_quantizers, calibrate, prepare, set_scales
 from .quantize.calibrate import HistogramCalibrator, load_stats, save_stats
@@ -106,19 +107,6 @@ def hardware() -> dict[str, Any]:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
-
-
-def cpu_has_vnni() -> bool | None:
-    """Whether x86 integer dot-product instructions exist (None: not x86 Linux). Without them ONNX Runtime's
-    U8 x S8 kernels sum pairs of products in 16 bits and can saturate; the engine-graph check catches it."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
-    except OSError:
-        return None
-    if flags is None:
-        return None
-    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags))
 
 
 def versions() -> dict[str, str]:
