@@ -248,12 +248,14 @@ def test_pipeline_finetune_ptq_qat_side_by_side_and_cached(
     data["benchmark"]["enabled"] = False
     recipe = recipe_from_dict(data)
     result = execute(recipe, progress=False, say=lambda s: None)
-    names = [v.name for v in result.variants]
+    names = [v.name for v in result.variants if not v.reference]
     assert names == ["float", "int8-max", "int8-mse", "int8-qat"]
     qat = result.variant("int8-qat")
     assert qat is not None and qat.status == "ok", qat.error if qat else None
     assert qat.fidelity["end_to_end"]["passed"] and qat.fidelity["per_layer"]["passed"]
     assert qat.engine.get("integer_matmuls", 1) >= 1
+    # the trained weights get their own fused engine graph (exported from the QAT model), checked like PTQ's
+    assert qat.fidelity["engine_graph"]["graph"] == "fused-int8" and qat.fidelity["engine_graph"]["passed"], qat.fidelity["engine_graph"]
     flt = result.variant("float")
     assert flt is not None and flt.metrics["accuracy"] >= 0.8
     assert qat.metrics["accuracy"] >= 0.75

@@ -44,7 +44,7 @@ from .results import VariantResult
 log = logging.getLogger(__name__)
 
 # Bump when the fused-graph recipe changes (fusion options, lowering rules): cached graphs are rebuilt.
-ENGINE_GRAPH_VERSION = "1"
+ENGINE_GRAPH_VERSION = "2"
 Say = Callable[[str], None]
 
 

@@ -160,6 +160,16 @@ def export_fused_float(
     for node in proto.graph.node:
         if node.op_type in stats:
             stats[node.op_type] += 1
+    # The optimizer's shape inference loses the output's static dims (Triton configs are checked against them).
+    with torch.no_grad(), _float_eager(model, hf):
+        out_shape = model(*args).shape
+    for out in proto.graph.output:
+        if out.name == output_name:
+            dims = out.type.tensor_type.shape.dim
+            del dims[:]
+            dims.add().dim_param = "batch"
+            for d in out_shape[1:]:
+                dims.add().dim_value = int(d)
     if not any(o.domain == MS_DOMAIN for o in proto.opset_import):  # the optimizer adds it only on save_model_to_file
         proto.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     proto.producer_name = "quant-workbench"

@@ -72,7 +72,10 @@ def test_broken_group_is_most_sensitive_and_falls_back_first(
     assert (run_dir / "best" / "model.qdq.onnx").exists() and (run_dir / "best" / "config.json").exists()
     assert result.best_variant == "int8-search"
     names = [v.name for v in result.variants]
-    assert names == ["float", "int8-max", "int8-search"]
+    assert names == ["float", "int8-max", "int8-search", "ref:ort-float", "ref:ort-dynamic", "ref:ort-static"]
+    # trials are timed as fused INT8 engine graphs against the fused float baseline
+    assert result.variant("float").artifacts["engine_onnx"] == "models/float.fused.onnx"  # type: ignore[union-attr]
+    assert all(r["artifacts"].get("engine_onnx", "").endswith((".fused.onnx", ".u8.onnx")) for r in s["records"] if r["status"] == "ok")
     md = (run_dir / "report.md").read_text()
     for needle in ("## Search", "Sensitivity (most sensitive first)", "Automatic fallback", "Pareto front", BROKEN, "Optuna study"):
         assert needle in md
