@@ -53,8 +53,10 @@ def wilson_interval(successes: int, n: int, level: float = DEFAULT_LEVEL) -> tup
     denom = 1.0 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1.0 - p) / n + z * z / (4 * n * n)) / denom
-    # The endpoints are exactly 0 / 1 at p = 0 / 1; clipping only removes rounding error.
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # The endpoints are exactly 0 / 1 at p = 0 / 1 (the formula leaves rounding error there).
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return low, high
 
 
 def _macro_f1_from_confusion(conf: np.ndarray) -> np.ndarray:
