@@ -636,10 +636,9 @@ def results_table(result: RunResult) -> str:
     if big:
         out.append(f"speed-up = float p50 / variant p50 at batch {big[0]}, seq {big[1]}")
     if result.best_variant:
-        out.append(
-            f"* best: {result.best_variant}"
-            + (f" ({result.selection_rule})" if result.selection_rule else "")
-        )
+        # the reason names the tie groups; the rule itself is in report.md
+        why = result.selection.get("reason") or result.selection_rule
+        out.append(f"* best: {result.best_variant}" + (f" ({why})" if why else ""))
     for v in result.variants:
         if v.status != "ok":
             err = _one_line(v.error or "(no error message recorded)")
