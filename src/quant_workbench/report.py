@@ -706,7 +706,7 @@ def _place_labels(ax: Any, renderer: Any, labels: Sequence[tuple[str, float, flo
             fontweight="bold" if bold else "normal",
             ha="left" if dx > 0 else "right" if dx < 0 else "center",
             va="bottom" if dy > 0 else "top" if dy < 0 else "center",
-            arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.6, "shrinkA": 0, "shrinkB": 5} if radius > _LABEL_RADII[1] else None,
+            arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.6, "shrinkA": 0, "shrinkB": 5} if radius > _LABEL_RADII[0] else None,
             zorder=5,
         )
         placed.append(Bbox(ann.get_window_extent(renderer).padded(_LABEL_PAD_PX).get_points()))
