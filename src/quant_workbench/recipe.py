@@ -242,7 +242,7 @@ class BenchmarkSpec(Strict):
     # Adaptive length (issue 10): after `iterations` rounds, keep timing until every speed-up vs float
     # is known to within this fraction (95 % interval), or the time / iteration cap is reached.
     speedup_tolerance: float | None = Field(0.05, gt=0, lt=1, description="target half-width of the speed-up interval (0.05 = ±5 %); null = exactly `iterations` rounds")
-    max_seconds: float = Field(120.0, gt=0, description="time cap of the adaptive benchmark, all shapes together")
+    max_seconds: float = Field(120.0, gt=0, description="time cap of the adaptive benchmark, all shapes together (warm-up and the first `iterations` rounds always run)")
     max_iterations: int = Field(1000, ge=1, description="iteration cap per shape of the adaptive benchmark")
 
     @model_validator(mode="after")
