@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from quant_workbench.benchmark import benchmark_interleaved, speedups
+from quant_workbench.benchmark import benchmark_interleaved, speedup_intervals, speedups
 from quant_workbench.engines.onnxruntime import OrtEngine, optimized_op_counts
 from quant_workbench.io import write_json
 from quant_workbench.recipe import BenchmarkSpec, EngineSpec
@@ -45,6 +45,8 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--tolerance", type=float, default=None, help="keep timing until every speed-up interval is within ±this (e.g. 0.05); default: exactly --iterations rounds")
+    ap.add_argument("--max-seconds", type=float, default=300.0)
     args = ap.parse_args()
     report = json.loads((args.run_dir / "report.json").read_text())
     by_name = {v["name"]: v for v in report["variants"] if v["status"] == "ok"}
@@ -53,7 +55,10 @@ def main() -> None:
     paths.update({k: Path(v) for k, v in (x.split("=", 1) for x in args.extra)})
     engine_spec = EngineSpec(threads=args.threads)
     engines = {name: OrtEngine(p, engine_spec, name) for name, p in paths.items()}
-    spec = BenchmarkSpec(batch_sizes=args.batch, seq_lengths=args.seq, warmup=args.warmup, iterations=args.iterations, threads=args.threads)
+    spec = BenchmarkSpec(
+        batch_sizes=args.batch, seq_lengths=args.seq, warmup=args.warmup, iterations=args.iterations, threads=args.threads,
+        speedup_tolerance=args.tolerance, max_seconds=args.max_seconds,
+    )
     input_names = sorted({n for e in engines.values() for n in e.input_names}, key=["input_ids", "attention_mask", "token_type_ids"].index)
     vocab = 30522
     latency = benchmark_interleaved(dict(engines.items()), spec, input_names, vocab_size=vocab)
@@ -65,15 +70,23 @@ def main() -> None:
     }
     for name, stats in latency.items():
         for s in stats:
-            print(f"{name:>18} b{s.batch_size:<3} s{s.seq_length:<4} p50 {s.p50_ms:8.2f} ms  p95 {s.p95_ms:8.2f} ms  {s.throughput_seq_per_s:8.1f} seq/s")
+            print(
+                f"{name:>18} b{s.batch_size:<3} s{s.seq_length:<4} p50 {s.p50_ms:8.2f} ms ({s.p50_low_ms:.2f}-{s.p50_high_ms:.2f})  "
+                f"p95 {s.p95_ms:8.2f} ms  {s.iterations} rounds ({s.stop})"
+            )
     for base in ("float", "ref:ort-float", "ref:ort-dynamic"):
         if base not in latency:
             continue
         ratios = speedups(latency, base)
+        intervals = speedup_intervals(latency, base)
         out[f"speedup_vs_{base}"] = ratios
-        print(f"-- p50 speed-up vs {base} (> 1: faster)")
+        out[f"speedup_interval_vs_{base}"] = intervals
+        print(f"-- p50 speed-up vs {base} (> 1: faster), 95 % interval from the interleaved rounds")
         for name, by_shape in ratios.items():
-            print(f"{name:>18} " + "  ".join(f"{k}: {r:.2f}x" for k, r in by_shape.items()))
+            iv = intervals.get(name, {})
+            print(f"{name:>18} " + "  ".join(
+                f"{k}: {r:.2f}x" + (f" ({iv[k][0]:.2f}-{iv[k][1]:.2f})" if k in iv else "") for k, r in by_shape.items()
+            ))
     write_json(args.run_dir / "bench_latency.json", out)
 
 

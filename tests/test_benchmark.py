@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from quant_workbench.benchmark import Runner, benchmark_interleaved, make_feed, speedups
+from quant_workbench.benchmark import Runner, benchmark_interleaved, make_feed, speedup_intervals, speedups
 from quant_workbench.recipe import BenchmarkSpec
 
 NAMES = ["input_ids", "attention_mask", "token_type_ids"]
@@ -101,3 +101,65 @@ def test_speedups_unknown_baseline() -> None:
 def test_no_runners() -> None:
     spec = _spec(batch_sizes=[1], seq_lengths=[8], warmup=0, iterations=1)
     assert benchmark_interleaved({}, spec, NAMES, vocab_size=1000, progress=False) == {}
+
+
+# ---------------------------------------------------------------------------------------------
+# samples, intervals and the adaptive length (issue 10)
+
+
+def _noop(feed: dict[str, np.ndarray]) -> object:
+    return None
+
+
+def test_fixed_length_keeps_samples_and_a_p50_interval() -> None:
+    spec = _spec(batch_sizes=[1], seq_lengths=[8], warmup=0, iterations=12, speedup_tolerance=None)
+    lat = benchmark_interleaved({"float": _noop, "int8": _noop}, spec, NAMES, vocab_size=30522, progress=False)
+    for stats in lat.values():
+        st = stats[0]
+        assert st.stop == "fixed" and st.iterations == 12 and len(st.samples_ms) == 12
+        assert st.p50_low_ms is not None and st.p50_high_ms is not None
+        assert st.p50_low_ms <= st.p50_ms <= st.p50_high_ms
+        assert st.p50_ms == pytest.approx(float(np.median(st.samples_ms)))
+
+
+def test_adaptive_stops_once_the_speedup_is_known_within_the_tolerance() -> None:
+    calls: list[tuple[str, tuple[int, ...]]] = []
+    runners = {"float": _sleeper("float", 0.004, calls), "int8": _sleeper("int8", 0.002, calls)}
+    spec = _spec(batch_sizes=[1], seq_lengths=[8], warmup=1, iterations=10, speedup_tolerance=0.25, max_seconds=30)
+    lat = benchmark_interleaved(runners, spec, NAMES, vocab_size=30522, progress=False)
+    assert lat["float"][0].stop == "tolerance"
+    assert lat["int8"][0].iterations == lat["float"][0].iterations >= 10
+    ((low, high),) = speedup_intervals(lat, "float")["int8"].values()
+    point = speedups(lat, "float")["int8"]["b1xs8"]
+    assert 1.3 < point < 2.8  # 4 ms vs 2 ms sleeps, plus the scheduler's overhead on each
+    assert low <= point <= high
+    assert high / point - 1 <= 0.25 and 1 - low / point <= 0.25
+
+
+def test_adaptive_stops_at_the_time_cap_and_says_so() -> None:
+    ticks = iter(range(10_000))
+    spec = _spec(batch_sizes=[1, 2], seq_lengths=[8], warmup=0, iterations=5, speedup_tolerance=1e-6, max_seconds=40)
+    # a fake clock: every look at it is one "second", so the cap is reached after a few chunks
+    lat = benchmark_interleaved({"float": _noop, "int8": _noop}, spec, NAMES, vocab_size=30522, progress=False, clock=lambda: float(next(ticks)))
+    for stats in lat.values():
+        assert [st.stop for st in stats] == ["time cap", "time cap"]
+        assert all(5 <= st.iterations < 1000 for st in stats)
+
+
+def test_adaptive_stops_at_the_iteration_cap() -> None:
+    spec = _spec(batch_sizes=[1], seq_lengths=[8], warmup=0, iterations=5, speedup_tolerance=1e-6, max_seconds=600, max_iterations=37)
+    lat = benchmark_interleaved({"float": _noop, "int8": _noop}, spec, NAMES, vocab_size=30522, progress=False, clock=lambda: 0.0)
+    assert lat["int8"][0].stop == "iteration cap" and lat["int8"][0].iterations == 37
+
+
+def test_no_adaptation_without_the_baseline() -> None:
+    spec = _spec(batch_sizes=[1], seq_lengths=[8], warmup=0, iterations=7, speedup_tolerance=1e-6)
+    lat = benchmark_interleaved({"a": _noop, "b": _noop}, spec, NAMES, vocab_size=30522, progress=False)
+    assert lat["a"][0].iterations == 7 and lat["a"][0].stop == "fixed"
+
+
+def test_max_iterations_below_iterations_is_a_recipe_error() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="max_iterations"):
+        _spec(iterations=50, max_iterations=10)

@@ -33,7 +33,7 @@ from quant_workbench.quantize.apply import calibrate, prepare, set_scales
 from quant_workbench.quantize.select import build_plan
 from quant_workbench.recipe import EngineSpec, ModelSpec, QuantSpec, recipe_from_dict
 from quant_workbench.results import VariantResult
-from quant_workbench.run import _select
+from quant_workbench.selection import select_variant
 
 ENGINE = EngineSpec(provider="cpu", graph_optimization="all", threads=1)
 TEXTS = [t for t, _ in make_rows()]
@@ -211,10 +211,13 @@ def test_int8_dynamic_honours_ignore(tiny_bert_dir: Path, tmp_path: Path, tiny_c
 
 
 def test_selection_never_picks_a_reference_row() -> None:
-    ref = VariantResult(name="ref:ort-dynamic", precision="int8", metrics={"accuracy": 0.99}, reference=True)
+    n = 200
+    correct = {"float": np.ones(n, bool), "ref:ort-dynamic": np.ones(n, bool), "int8-max": np.arange(n) < 140}
+    ref = VariantResult(name="ref:ort-dynamic", precision="int8", metrics={"accuracy": 1.0}, reference=True)
     mine = VariantResult(name="int8-max", precision="int8", metrics={"accuracy": 0.70})
-    assert _select([VariantResult(name="float", precision="float32", metrics={"accuracy": 0.8}), ref, mine]) == "int8-max"
-    assert _select([ref]) is None
+    flt = VariantResult(name="float", precision="float32", metrics={"accuracy": 1.0})
+    assert select_variant([flt, ref, mine], correct).winner == "int8-max"
+    assert select_variant([ref], correct).winner is None
 
 
 @pytest.mark.parametrize(

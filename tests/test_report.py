@@ -195,3 +195,104 @@ def test_report_without_latency_or_float(result: RunResult, tmp_path: Path) -> N
     md = paths["markdown"].read_text(encoding="utf-8")
     assert "No latency was measured." in md and "No variant was selected." in md
     assert "int8-mse" in results_table(result)
+
+
+# ---------------------------------------------------------------------------------------------
+# intervals (issue 10)
+
+# The README's default run: int8-max/int8-mse and int8-percentile/int8-entropy sit within a few
+# hundredths of a millisecond and a tenth of a point of each other, where labels used to collide.
+_DEFAULT_RUN = [
+    ("float", "float32", 0.7245, 16.35),
+    ("int8-max", "int8", 0.7210, 8.58),
+    ("int8-percentile", "int8", 0.7100, 8.36),
+    ("int8-entropy", "int8", 0.7095, 8.59),
+    ("int8-mse", "int8", 0.7195, 8.42),
+]
+
+
+def _with_intervals(name: str, precision: str, acc: float, p50: float) -> VariantResult:
+    lat = _lat(1, 128, p50)
+    lat.p50_low_ms, lat.p50_high_ms = p50 * 0.97, p50 * 1.04
+    intervals: dict[str, object] = {"level": 0.05, "n": 2000, "accuracy": [acc - 0.0197, acc + 0.0193], "macro_f1": [0.6, 0.7]}
+    if name != "float":
+        intervals["vs_float"] = {"delta": acc - 0.7245, "delta_low": acc - 0.7245 - 0.006, "delta_high": acc - 0.7245 + 0.005,
+                                 "discordant": 70, "disagreements": 90, "level": 0.05}
+    return VariantResult(
+        name=name, precision=precision,  # type: ignore[arg-type]
+        metrics={"accuracy": acc, "agreement": 0.95}, latency=[lat], intervals=intervals,
+        speedup_vs_float={} if name == "float" else {"b1xs128": 16.35 / p50},
+        speedup_interval_vs_float={} if name == "float" else {"b1xs128": [16.35 / p50 * 0.95, 16.35 / p50 * 1.05]},
+    )
+
+
+@pytest.fixture
+def crowded(result: RunResult) -> RunResult:
+    result.variants = [_with_intervals(*row) for row in _DEFAULT_RUN]
+    result.best_variant = "int8-mse"
+    result.task = "embedding"
+    result.selection = {"tie_groups": {"accuracy": ["int8-max", "int8-mse"], "speed": ["int8-max", "int8-mse"]},
+                        "most_accurate": "int8-max", "fastest": "int8-mse", "shape": "b1xs128", "reason": "because -> int8-mse."}
+    return result
+
+
+def test_plot_labels_overlap_neither_each_other_nor_the_points(crowded: RunResult) -> None:
+    from matplotlib.collections import PathCollection
+    from matplotlib.text import Annotation, Text
+
+    from quant_workbench.report import accuracy_vs_latency_figure
+
+    fig = accuracy_vs_latency_figure(crowded)
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    labels = [t for t in ax.texts if isinstance(t, Annotation)]
+    assert sorted(t.get_text().split("\n")[0] for t in labels) == sorted(r[0] for r in _DEFAULT_RUN)
+    # the text itself: an Annotation's own extent also covers its leader line, which must reach the point
+    boxes = [Text.get_window_extent(t, renderer) for t in labels]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1 :]:
+            assert not a.overlaps(b), (a, b)
+    axes_box = ax.get_window_extent(renderer)
+    markers = [c for c in ax.collections if isinstance(c, PathCollection)]
+    assert len(markers) == len(_DEFAULT_RUN) + 1  # one per point and the ring around the selected one
+    for coll in markers:
+        radius_px = (max(coll.get_sizes()) ** 0.5) / 2 * fig.dpi / 72
+        for px, py in ax.transData.transform(coll.get_offsets()):
+            for box in boxes:
+                # the marker's own disc (a square around it would be stricter than what is drawn)
+                nx, ny = min(max(px, box.x0), box.x1), min(max(py, box.y0), box.y1)
+                assert (nx - px) ** 2 + (ny - py) ** 2 > radius_px**2, (box, px, py)
+    for box in boxes:
+        assert axes_box.x0 <= box.x0 and box.x1 <= axes_box.x1 and axes_box.y0 <= box.y0 and box.y1 <= axes_box.y1
+    # error bars on both axes: one vertical and one horizontal segment collection per point
+    bars = [c for c in ax.collections if type(c).__name__ == "LineCollection"]
+    assert len(bars) == 2 * len(_DEFAULT_RUN)
+
+
+def test_intervals_in_tables_and_selection_section(crowded: RunResult) -> None:
+    md = render_markdown(crowded)
+    assert "72.10 (70.1–74.0)" in md  # accuracy with its interval
+    assert "-0.35 (-0.95 to +0.15)" in md  # paired Δ with its interval
+    assert "90 / 70" in md  # disagreements / discordant
+    assert "8.58 (8.32–8.92)" in md  # p50 with its interval
+    assert "1.91× (1.81–2.00)" in md  # speed-up with its interval
+    assert "Tied on accuracy with the most accurate (int8-max): int8-max, int8-mse" in md
+    assert "because -> int8-mse." in md
+    text = results_table(crowded)
+    assert "72.10 (70.1–74.0)" in text and "-0.35 (-0.95 to +0.15)" in text
+
+
+def test_v1_report_still_loads(result: RunResult) -> None:
+    d = result.to_dict()
+    d["schema_version"] = 1
+    for key in ("selection",):
+        d.pop(key)
+    for v in d["variants"]:
+        for key in ("reference", "intervals", "speedup_interval_vs_float"):
+            v.pop(key)
+        for st in v["latency"]:
+            for key in ("p50_low_ms", "p50_high_ms", "samples_ms", "stop"):
+                st.pop(key)
+    loaded = RunResult.from_dict(d)
+    assert loaded.schema_version == 1 and loaded.variants[1].intervals == {} and loaded.variants[1].latency[0].samples_ms == []
+    assert "91.25" in render_markdown(loaded)

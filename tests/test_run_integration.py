@@ -122,6 +122,23 @@ def test_report_json_has_every_variant_with_metrics_latency_and_fidelity(first_r
         assert v.status == "ok" and v.metrics and v.latency and v.artifacts["reference_onnx"].startswith("models/ref-")
     assert report.variant("ref:ort-dynamic").engine["integer_matmuls"] == 8  # type: ignore[union-attr]
     assert report.best_variant in {"int8-max", "int8-entropy"}
+    # issue 10: intervals for every variant, paired Δ for the quantized ones, and the selection's reasoning
+    assert report.schema_version == 2
+    for v in report.variants:
+        lo, hi = v.intervals["accuracy"]
+        assert lo <= v.metrics["accuracy"] <= hi and v.intervals["n"] == 60
+        for st in v.latency:
+            assert len(st.samples_ms) == 3 and st.p50_low_ms is not None and st.p50_high_ms is not None
+            assert st.p50_low_ms <= st.p50_ms <= st.p50_high_ms
+    for v in report.variants[1:]:
+        cmp = v.intervals["vs_float"]
+        assert cmp["delta_low"] <= cmp["delta"] <= cmp["delta_high"]
+        assert cmp["delta"] == pytest.approx(v.metrics["accuracy"] - report.variants[0].metrics["accuracy"])
+        assert cmp["disagreements"] == round((1 - v.metrics["agreement"]) * 60)
+        assert set(v.speedup_interval_vs_float) == set(v.speedup_vs_float)
+    assert report.selection["winner"] == report.best_variant
+    assert report.best_variant in report.selection["tie_groups"]["speed"]
+    assert "McNemar" in report.selection_rule
     assert report.calibration["cache_hit"] is False
     assert set(report.calibration["methods"]) == {"max", "entropy"}
     assert report.timings_s["total"] > 0
@@ -231,6 +248,7 @@ def test_default_recipe_on_the_bundled_model(tmp_path: Path) -> None:
         "benchmark.iterations=3",
         "benchmark.warmup=1",
         "benchmark.batch_sizes=[1,4]",
+        "benchmark.max_seconds=6",  # the adaptive length runs, capped
         "quantization.calibration.methods=[max,mse]",
         "export.fidelity_samples=16",
         f"output_dir={tmp_path / 'reports'}",
@@ -253,6 +271,8 @@ def test_default_recipe_on_the_bundled_model(tmp_path: Path) -> None:
         assert v.engine["integer_matmuls"] == 36  # 6 layers x 6 Linears
         assert {x.key for x in v.latency} == {"b1xs128", "b4xs128"}
     assert result.best_variant in {"int8-max", "int8-mse"}
+    assert all(x.stop in {"tolerance", "time cap", "iteration cap"} for v in result.variants for x in v.latency)
+    assert all(v.speedup_interval_vs_float for v in result.variants[1:])
     assert result.data["sizes"] == {"calibration": 64, "probe": 300, "evaluation": 200}
     assert sorted(result.data["label_names"]) == ["negative", "neutral", "positive"]
     amax = json.loads((run_dir / "models" / "int8-mse.scales.json").read_text())["amax"]

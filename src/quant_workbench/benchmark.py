@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from .recipe import BenchmarkSpec
 from .results import LatencyStats
+from .stats import DEFAULT_LEVEL, median_interval, ratio_interval
 
 Runner = Callable[[dict[str, np.ndarray]], object]  # runs one inference on a feed dict
 
@@ -58,9 +59,10 @@ def make_feed(
     return feed
 
 
-def _stats(batch_size: int, seq_length: int, seconds: list[float]) -> LatencyStats:
+def _stats(batch_size: int, seq_length: int, seconds: list[float], stop: str | None = None, level: float = DEFAULT_LEVEL) -> LatencyStats:
     ms = np.asarray(seconds, dtype=np.float64) * 1000.0
     p50, p95, p99 = (float(x) for x in np.percentile(ms, [50, 95, 99]))
+    low, high = median_interval(ms, level)
     return LatencyStats(
         batch_size=batch_size,
         seq_length=seq_length,
@@ -71,6 +73,19 @@ def _stats(batch_size: int, seq_length: int, seconds: list[float]) -> LatencySta
         mean_ms=float(ms.mean()),
         # The median, not the mean, so that one preempted call does not understate throughput.
         throughput_seq_per_s=batch_size / (p50 / 1000.0) if p50 > 0 else float("inf"),
+        p50_low_ms=low,
+        p50_high_ms=high,
+        samples_ms=[float(x) for x in ms],
+        stop=stop,
+    )
+
+
+def _widest_speedup_interval(times: dict[str, list[float]], baseline: str, level: float) -> float:
+    """The largest relative half-width among the speed-up intervals vs the baseline."""
+    base = times[baseline]
+    return max(
+        (ratio_interval(base, t, level).relative_half_width for name, t in times.items() if name != baseline),
+        default=0.0,
     )
 
 
@@ -80,20 +95,34 @@ def benchmark_interleaved(
     input_names: Sequence[str],
     vocab_size: int,
     progress: bool = True,
+    *,
+    baseline: str = "float",
+    level: float = DEFAULT_LEVEL,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, list[LatencyStats]]:
     """Time every runner at every (batch, seq) of `spec`, round-robin within each iteration.
 
     Returns, per runner name, one LatencyStats per shape in spec order (batch-major). A runner must
     block until its result is ready (e.g. synchronize a GPU stream), otherwise only the launch is
     timed. Exceptions from a runner propagate: a variant that cannot run has no latency to report.
+
+    With `spec.speedup_tolerance` set and `baseline` among the runners, each shape runs at least
+    `spec.iterations` rounds and then keeps going until every speed-up vs the baseline has a
+    (1 - level) interval within ± the tolerance, or until its share of `spec.max_seconds` (what is
+    left, split evenly over the shapes not yet timed) or `spec.max_iterations` is used up;
+    `LatencyStats.stop` says which. `clock` is only replaced by tests.
     """
     shapes = [(b, s) for b in spec.batch_sizes for s in spec.seq_lengths]
     results: dict[str, list[LatencyStats]] = {name: [] for name in runners}
     if not runners:
         return results
+    adaptive = spec.speedup_tolerance is not None and baseline in runners and len(runners) > 1
     total = len(shapes) * spec.iterations * len(runners)
+    t_begin = clock()
     with tqdm(total=total, desc="benchmark", unit="call", disable=not progress, leave=False) as bar:
-        for batch_size, seq_length in shapes:
+        for shape_index, (batch_size, seq_length) in enumerate(shapes):
+            t_shape = clock()
+            deadline = t_shape + max(0.0, spec.max_seconds - (t_shape - t_begin)) / (len(shapes) - shape_index)
             # One feed shared by all runners: differences must come from the variant, not the input.
             feed = make_feed(batch_size, seq_length, input_names, vocab_size)
             bar.set_postfix_str(f"b{batch_size}xs{seq_length}")
@@ -101,24 +130,70 @@ def benchmark_interleaved(
                 for run in runners.values():
                     run(feed)
             times: dict[str, list[float]] = {name: [] for name in runners}
+
+            def one_round(feed: dict[str, np.ndarray] = feed, times: dict[str, list[float]] = times) -> None:
+                for name, run in runners.items():
+                    start = time.perf_counter()
+                    run(feed)
+                    times[name].append(time.perf_counter() - start)
+                bar.update(len(runners))
+
             # A collector pause inside one timed call would be charged to whichever variant was
             # running at that moment; collect now and keep it off while timing (as timeit does).
             gc.collect()
             gc_was_enabled = gc.isenabled()
             gc.disable()
+            stop = "fixed"
             try:
                 for _ in range(spec.iterations):
-                    for name, run in runners.items():
-                        start = time.perf_counter()
-                        run(feed)
-                        times[name].append(time.perf_counter() - start)
-                    bar.update(len(runners))
+                    one_round()
+                if adaptive:
+                    assert spec.speedup_tolerance is not None
+                    while True:
+                        done = len(times[baseline])
+                        if _widest_speedup_interval(times, baseline, level) <= spec.speedup_tolerance:
+                            stop = "tolerance"
+                            break
+                        if done >= spec.max_iterations:
+                            stop = "iteration cap"
+                            break
+                        if clock() >= deadline:
+                            stop = "time cap"
+                            break
+                        # Chunks that grow with the sample keep the bootstrap's share of the time small.
+                        chunk = min(max(10, done // 4), spec.max_iterations - done)
+                        bar.total += chunk * len(runners)
+                        for _ in range(chunk):
+                            one_round()
+                            if clock() >= deadline:
+                                break
             finally:
                 if gc_was_enabled:
                     gc.enable()
             for name, seconds in times.items():
-                results[name].append(_stats(batch_size, seq_length, seconds))
+                results[name].append(_stats(batch_size, seq_length, seconds, stop, level))
     return results
+
+
+def speedup_intervals(
+    latency: dict[str, list[LatencyStats]], baseline: str, level: float = DEFAULT_LEVEL
+) -> dict[str, dict[str, list[float]]]:
+    """Per non-baseline runner: {shape key: [low, high]} of baseline p50 / runner p50 (stats.ratio_interval).
+
+    Needs the per-iteration samples of both, timed in the same rounds; shapes without them are skipped.
+    """
+    base = {s.key: s.samples_ms for s in latency.get(baseline, [])}
+    out: dict[str, dict[str, list[float]]] = {}
+    for name, stats in latency.items():
+        if name == baseline:
+            continue
+        out[name] = {}
+        for s in stats:
+            b = base.get(s.key)
+            if b and s.samples_ms and len(b) == len(s.samples_ms):
+                r = ratio_interval(b, s.samples_ms, level)
+                out[name][s.key] = [r.low, r.high]
+    return out
 
 
 def speedups(latency: dict[str, list[LatencyStats]], baseline: str) -> dict[str, dict[str, float]]:

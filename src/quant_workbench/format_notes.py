@@ -70,6 +70,10 @@ def formats_section(result: RunResult) -> list[str]:
     for fam, v in best.items():
         acc = v.metrics.get(result.primary_metric)
         delta = "reference" if v is ref else (f"{100.0 * (acc - ref_acc):+.2f}" if acc is not None and ref_acc is not None else "—")
+        ci, paired = v.intervals.get(result.primary_metric), v.intervals.get("vs_float")
+        acc_text = _pct(acc) + (f" ({100 * ci[0]:.1f}–{100 * ci[1]:.1f})" if ci and acc is not None else "")
+        if paired and v is not ref and result.primary_metric == "accuracy" and delta != "—":
+            delta += f" ({100 * paired['delta_low']:+.2f} to {100 * paired['delta_high']:+.2f})"
         cos = v.metrics.get("cosine_to_float")
         weights = (v.fidelity.get("graph") or {}).get("weight_bytes") or {}
         deployed = weights.get("deployed")
@@ -77,7 +81,7 @@ def formats_section(result: RunResult) -> list[str]:
         dep = f"{deployed / 1e6:.2f}" if deployed else (size if v is ref else "—")
         imm = v.engine.get("integer_matmuls")
         lines.append(
-            f"| {_describe(fam)} | {v.name} | {_pct(acc)} | {delta} | {'—' if cos is None else f'{cos:.4f}'} | {size} | {dep} | {'—' if imm is None else imm} |"
+            f"| {_describe(fam)} | {v.name} | {acc_text} | {delta} | {'—' if cos is None else f'{cos:.4f}'} | {size} | {dep} | {'—' if imm is None else imm} |"
         )
     lines += ["", "Where each format can be fast:", ""]
     lines += [f"- {note}" for note in HARDWARE_NOTES]

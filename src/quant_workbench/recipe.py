@@ -272,6 +272,17 @@ class BenchmarkSpec(Strict):
     iterations: int = Field(20, ge=1)
     threads: int = Field(0, ge=0, description="intra-op threads; 0 = all cores")
     enabled: bool = True
+    # Adaptive length (issue 10): after `iterations` rounds, keep timing until every speed-up vs float
+    # is known to within this fraction (95 % interval), or the time / iteration cap is reached.
+    speedup_tolerance: float | None = Field(0.05, gt=0, lt=1, description="target half-width of the speed-up interval (0.05 = ±5 %); null = exactly `iterations` rounds")
+    max_seconds: float = Field(120.0, gt=0, description="time cap of the adaptive benchmark, all shapes together (warm-up and the first `iterations` rounds always run)")
+    max_iterations: int = Field(1000, ge=1, description="iteration cap per shape of the adaptive benchmark")
+
+    @model_validator(mode="after")
+    def _iteration_bounds(self) -> BenchmarkSpec:
+        if self.max_iterations < self.iterations:
+            raise ValueError(f"benchmark.max_iterations={self.max_iterations} is below benchmark.iterations={self.iterations}; raise it or lower iterations")
+        return self
 
     @field_validator("batch_sizes", "seq_lengths")
     @classmethod
@@ -279,6 +290,12 @@ class BenchmarkSpec(Strict):
         if any(x < 1 for x in v):
             raise ValueError("must be positive integers")
         return v
+
+
+class SelectionSpec(Strict):
+    """How the report picks its variant among statistically indistinguishable ones (quant_workbench.selection)."""
+
+    level: float = Field(0.05, gt=0, lt=0.5, description="significance level of the paired tests; intervals are at 1 - level")
 
 
 DeployTarget = Literal["python-onnxruntime", "onnxruntime", "tensorrt"]
@@ -366,6 +383,7 @@ class Recipe(Strict):
     export: ExportSpec = Field(default_factory=ExportSpec)
     engine: EngineSpec = Field(default_factory=EngineSpec)
     benchmark: BenchmarkSpec = Field(default_factory=BenchmarkSpec)
+    selection: SelectionSpec = Field(default_factory=SelectionSpec)
     finetune: FinetuneSpec | None = None
     qat: QatSpec | None = None
     deploy: DeploySpec | None = None

@@ -59,6 +59,38 @@ def _ms(x: float | None) -> str:
     return DASH if x is None else f"{x:.2f}"
 
 
+def _interval(low: float | None, high: float | None, fmt: str) -> str:
+    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
+        return ""
+    return f" ({low:{fmt}}–{high:{fmt}})"
+
+
+def _pct_ci(x: float | None, ci: Sequence[float] | None) -> str:
+    """72.10 (70.1–74.0): a fraction as a percentage with its interval, when one was computed."""
+    if x is None or not math.isfinite(x):
+        return DASH
+    return _pct(x) + (_interval(100.0 * ci[0], 100.0 * ci[1], ".1f") if ci else "")
+
+
+def _points_ci(d: float | None, paired: Mapping[str, Any] | None) -> str:
+    """−0.35 (−0.90 to +0.20): a difference in points with its paired interval."""
+    if d is None or not math.isfinite(d):
+        return DASH
+    if not paired:
+        return _points(d)
+    return f"{_points(d)} ({100.0 * paired['delta_low']:+.2f} to {100.0 * paired['delta_high']:+.2f})"
+
+
+def _ms_ci(st: LatencyStats) -> str:
+    return _ms(st.p50_ms) + _interval(st.p50_low_ms, st.p50_high_ms, ".2f")
+
+
+def _speedup_ci(x: float | None, ci: Sequence[float] | None) -> str:
+    if x is None or not math.isfinite(x):
+        return DASH
+    return _speedup(x) + (_interval(ci[0], ci[1], ".2f") if ci else "")
+
+
 def _speedup(x: float | None) -> str:
     return DASH if x is None or not math.isfinite(x) else f"{x:.2f}×"
 
@@ -265,6 +297,17 @@ def _cosine_of(v: VariantResult) -> float | None:
     return next((float(v.metrics[k]) for k in _COSINE_KEYS if k in v.metrics), None)
 
 
+def _metric_ci(v: VariantResult, name: str) -> Sequence[float] | None:
+    ci = v.intervals.get(name) if v.status == "ok" else None
+    return ci if isinstance(ci, (list, tuple)) and len(ci) == 2 else None
+
+
+def _paired(v: VariantResult) -> Mapping[str, Any] | None:
+    """The paired comparison with float, when the Δ it describes is the accuracy one shown."""
+    cmp = v.intervals.get("vs_float") if v.status == "ok" else None
+    return cmp if isinstance(cmp, Mapping) else None
+
+
 def _delta(v: VariantResult, ref: VariantResult | None, name: str) -> float | None:
     mine, theirs = _metric(v, name), _metric(ref, name)
     if v is ref or mine is None or theirs is None:
@@ -290,6 +333,8 @@ def _results_section(result: RunResult, ref: VariantResult | None) -> list[str]:
         f"{_metric_label(primary)} (%)",
         "Δ vs float (pts)",
     ]
+    has_pairs = any(_paired(v) for v in result.variants if v is not ref)
+    header += ["Disagree / discordant"] if has_pairs else []
     header += [f"{_metric_label(m)} (%)" for m in extra]
     header += ["Cosine to float"] if has_cos else []
     header += ["Size (MB)"]
@@ -301,15 +346,27 @@ def _results_section(result: RunResult, ref: VariantResult | None) -> list[str]:
             v.precision,
             v.calibration_method or DASH,
             v.status if v.status == "ok" else "failed (see below)",
-            _pct(_metric(v, primary)),
-            "reference" if v is ref else _points(_delta(v, ref, primary)),
+            _pct_ci(_metric(v, primary), _metric_ci(v, primary)),
+            "reference" if v is ref else _points_ci(_delta(v, ref, primary), _paired(v) if primary == "accuracy" else None),
         ]
-        row += [_pct(_metric(v, m)) for m in extra]
+        pair = _paired(v)
+        row += ([f"{pair['disagreements']} / {pair['discordant']}" if pair and v is not ref else DASH] if has_pairs else [])
+        row += [_pct_ci(_metric(v, m), _metric_ci(v, m)) for m in extra]
         row += [_cosine(_cosine_of(v)) if v.status == "ok" else DASH] if has_cos else []
         row += [_mb(v.size_bytes)]
         rows.append(row)
     right = [False, False, False, False] + [True] * (len(header) - 4)
     lines = ["## Results", "", *_table(header, rows, right), ""]
+    level = next((v.intervals.get("level") for v in result.variants if v.intervals.get("level")), None)
+    if level is not None:
+        n = next((v.intervals.get("n") for v in result.variants if v.intervals.get("n")), "?")
+        lines += [
+            f"Intervals are {100 * (1 - level):g} % on {n} evaluation examples: Wilson for accuracy, bootstrap over "
+            "examples for macro-F1, and a paired bootstrap over the same examples for Δ vs float. Disagree = examples "
+            "whose prediction differs from float's; discordant = examples exactly one of the two gets right (the only "
+            "ones that move Δ; the exact McNemar test on them decides ties in the selection).",
+            "",
+        ]
     shown = {primary, *extra, *_COSINE_KEYS}
     others = {v.name: {k: x for k, x in v.metrics.items() if k not in shown} for v in result.variants}
     others = {k: x for k, x in others.items() if x}
@@ -325,14 +382,22 @@ def _latency_section(result: RunResult, ref: VariantResult | None) -> list[str]:
         return [*lines, "No latency was measured.", ""]
     lines += [
         "All variants were timed interleaved (round-robin within each iteration) in one process, so they "
-        "saw the same machine state. Speed-up = float p50 / variant p50.",
+        "saw the same machine state. Speed-up = float p50 / variant p50. Intervals (95 % unless the recipe's "
+        "selection.level says otherwise) are percentile bootstraps over iterations; a speed-up's resamples keep "
+        "each round's float and variant times together.",
         "",
     ]
     for b, s in shapes:
         key = f"b{b}xs{s}"
         measured = [(v, st) for v in _ok(result) if (st := _latency(v, key)) is not None]
         iters = max(st.iterations for _, st in measured)
-        lines += [f"### Batch {b} × sequence length {s} ({iters} timed iterations)", ""]
+        stops = {st.stop for _, st in measured if st.stop}
+        why = {"tolerance": "stopped when every speed-up interval was within the tolerance",
+               "time cap": "**stopped at the time cap** before the speed-up intervals reached the tolerance",
+               "iteration cap": "**stopped at the iteration cap** before the speed-up intervals reached the tolerance",
+               "fixed": "fixed count"}
+        stop_text = "; ".join(why.get(x, x) for x in sorted(stops))
+        lines += [f"### Batch {b} × sequence length {s} ({iters} timed iterations{', ' + stop_text if stop_text else ''})", ""]
         header = [
             "Variant",
             "p50 (ms)",
@@ -345,12 +410,12 @@ def _latency_section(result: RunResult, ref: VariantResult | None) -> list[str]:
         rows = [
             [
                 v.name,
-                _ms(st.p50_ms),
+                _ms_ci(st),
                 _ms(st.p95_ms),
                 _ms(st.p99_ms),
                 _ms(st.mean_ms),
                 f"{st.throughput_seq_per_s:.1f}",
-                _speedup(_speedup_at(v, key, ref)),
+                _speedup_ci(_speedup_at(v, key, ref), v.speedup_interval_vs_float.get(key)),
             ]
             for v, st in measured
         ]
@@ -447,15 +512,15 @@ def _summary(result: RunResult, ref: VariantResult | None) -> list[str]:
         lines.append("No variant was selected.")
     else:
         primary = result.primary_metric
-        parts = [f"{_metric_label(primary)} {_pct(_metric(best, primary))}%"]
+        parts = [f"{_metric_label(primary)} {_pct_ci(_metric(best, primary), _metric_ci(best, primary))} %"]
         if best is not ref and _delta(best, ref, primary) is not None:
-            parts.append(f"{_points(_delta(best, ref, primary))} pts vs float")
+            parts.append(f"{_points_ci(_delta(best, ref, primary), _paired(best) if primary == 'accuracy' else None)} pts vs float")
         shape = _default_shape(result)
         if shape is not None:
             key = f"b{shape[0]}xs{shape[1]}"
             sp = _speedup_at(best, key, ref)
             if sp is not None:
-                parts.append(f"{_speedup(sp)} p50 speed-up at batch {shape[0]}, seq {shape[1]}")
+                parts.append(f"{_speedup_ci(sp, best.speedup_interval_vs_float.get(key))} p50 speed-up at batch {shape[0]}, seq {shape[1]}")
         if best.size_bytes and ref is not None and ref.size_bytes and best is not ref:
             ratio = ref.size_bytes / best.size_bytes
             parts.append(
@@ -463,6 +528,16 @@ def _summary(result: RunResult, ref: VariantResult | None) -> list[str]:
             )
         lines.append(f"**{best.name}**: " + ", ".join(parts) + ".")
     lines += ["", f"Selection rule: {result.selection_rule or '(not recorded)'}", ""]
+    sel = result.selection
+    if sel:
+        groups = sel.get("tie_groups") or {}
+        lines += [
+            f"- Tied on accuracy with the most accurate ({sel.get('most_accurate') or DASH}): {', '.join(groups.get('accuracy') or []) or DASH}",
+            f"- Of those, tied on speed with the fastest ({sel.get('fastest') or DASH}, at {sel.get('shape') or 'no measured shape'}): "
+            f"{', '.join(groups.get('speed') or []) or DASH}",
+            f"- Why: {sel.get('reason') or DASH}",
+            "",
+        ]
     return lines
 
 
@@ -540,8 +615,8 @@ def results_table(result: RunResult) -> str:
         ok = v.status == "ok"
         row = [
             name,
-            _pct(_metric(v, primary)),
-            "ref" if v is ref else _points(_delta(v, ref, primary)),
+            _pct_ci(_metric(v, primary), _metric_ci(v, primary)),
+            "ref" if v is ref else _points_ci(_delta(v, ref, primary), _paired(v) if primary == "accuracy" else None),
             _cosine(_cosine_of(v)) if ok else DASH,
         ]
         if small_key and small_key != big_key:
@@ -549,7 +624,7 @@ def results_table(result: RunResult) -> str:
             row.append(_ms(st.p50_ms if st else None))
         st_big = _latency(v, big_key) if big_key else None
         row.append(_ms(st_big.p50_ms if st_big else None))
-        row.append(_speedup(_speedup_at(v, big_key, ref)) if big_key and ok else DASH)
+        row.append(_speedup_ci(_speedup_at(v, big_key, ref), v.speedup_interval_vs_float.get(big_key)) if big_key and ok else DASH)
         row += [_mb(v.size_bytes), v.status]
         rows.append(row)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
@@ -564,10 +639,9 @@ def results_table(result: RunResult) -> str:
     if big:
         out.append(f"speed-up = float p50 / variant p50 at batch {big[0]}, seq {big[1]}")
     if result.best_variant:
-        out.append(
-            f"* best: {result.best_variant}"
-            + (f" ({result.selection_rule})" if result.selection_rule else "")
-        )
+        # the reason names the tie groups; the rule itself is in report.md
+        why = result.selection.get("reason") or result.selection_rule
+        out.append(f"* best: {result.best_variant}" + (f" ({why})" if why else ""))
     out += [f"vs standard tools: {item['verdict']}" for item in reference_verdicts(result)]
     for v in result.variants:
         if v.status != "ok":
@@ -580,90 +654,160 @@ def results_table(result: RunResult) -> str:
 # plot
 
 _MARKERS = {"float32": ("s", "0.35"), "int8": ("o", "C0"), "fp8": ("D", "C2")}
+_MARKER_AREA = 60.0  # points²
+_SELECTED_AREA = 320.0
+# Label offsets tried around a point, nearest first (points); the direction order is fixed, so the
+# placement is a pure function of the data: the same report always draws the same picture.
+_LABEL_RADII = (6.0, 14.0, 24.0, 36.0, 52.0, 72.0, 96.0)
+_LABEL_DIRECTIONS = ((1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1))
+_LABEL_PAD_PX = 2.0
 
 
-def plot_accuracy_vs_latency(
-    result: RunResult, path: Path, batch_size: int | None = None, seq_length: int | None = None
-) -> Path:
-    """Primary metric (%) against p50 latency (ms) at one (batch, seq), one labelled point per ok variant."""
+def _overlap_area(a: Any, b: Any) -> float:
+    w = min(a.x1, b.x1) - max(a.x0, b.x0)
+    h = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return w * h if w > 0 and h > 0 else 0.0
+
+
+def _place_labels(ax: Any, renderer: Any, labels: Sequence[tuple[str, float, float, bool]], obstacles: Sequence[Any], soft: Sequence[Any]) -> list[Any]:
+    """Annotate (text, x, y, bold) so no label overlaps another label, a point (`obstacles`, display
+    bboxes) or leaves the axes; error bars (`soft`) are avoided when some position allows it.
+
+    Greedy over candidate offsets, nearest first: the first position free of everything wins, else
+    the first free of the hard obstacles, else the one overlapping least. Labels far from their point
+    get a thin leader line. Call after the layout is final: positions are measured in pixels.
+    """
+    from matplotlib.transforms import Bbox
+
+    area = ax.get_window_extent(renderer)
+    placed: list[Any] = []
+    out = []
+    for text, x, y, bold in labels:
+        best: tuple[tuple[int, float], float, int, int] | None = None
+        for radius in _LABEL_RADII:
+            for dx, dy in _LABEL_DIRECTIONS:
+                ann = ax.annotate(
+                    text, (x, y), xytext=(dx * radius, dy * radius), textcoords="offset points", fontsize=8,
+                    fontweight="bold" if bold else "normal",
+                    ha="left" if dx > 0 else "right" if dx < 0 else "center",
+                    va="bottom" if dy > 0 else "top" if dy < 0 else "center",
+                )
+                box = ann.get_window_extent(renderer).padded(_LABEL_PAD_PX)
+                ann.remove()
+                outside = box.x0 < area.x0 or box.x1 > area.x1 or box.y0 < area.y0 or box.y1 > area.y1
+                hard = sum(_overlap_area(box, o) for o in [*placed, *obstacles]) + (1e9 if outside else 0.0)
+                soft_hits = sum(_overlap_area(box, o) for o in soft)
+                # rank: free of everything < free of hard obstacles < least hard overlap
+                rank = (0 if hard == 0 and soft_hits == 0 else 1 if hard == 0 else 2, hard)
+                if best is None or rank < best[0]:
+                    best = (rank, radius, dx, dy)
+            if best is not None and best[0][0] == 0:
+                break
+        assert best is not None
+        _, radius, dx, dy = best
+        ann = ax.annotate(
+            text, (x, y), xytext=(dx * radius, dy * radius), textcoords="offset points", fontsize=8,
+            fontweight="bold" if bold else "normal",
+            ha="left" if dx > 0 else "right" if dx < 0 else "center",
+            va="bottom" if dy > 0 else "top" if dy < 0 else "center",
+            arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.6, "shrinkA": 0, "shrinkB": 5} if radius > _LABEL_RADII[0] else None,
+            zorder=5,
+        )
+        placed.append(Bbox(ann.get_window_extent(renderer).padded(_LABEL_PAD_PX).get_points()))
+        out.append(ann)
+    return out
+
+
+def accuracy_vs_latency_figure(result: RunResult, batch_size: int | None = None, seq_length: int | None = None) -> Any:
+    """The plot of `plot_accuracy_vs_latency` as a matplotlib Figure (with an Agg canvas), not yet saved.
+
+    Error bars: the accuracy interval (report.json `intervals`) and the p50 interval over iterations.
+    """
     # The object-oriented API with an explicit Agg canvas renders headless and never touches
     # pyplot's global backend, so calling this from a notebook or GUI app leaves the host alone.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.transforms import Bbox
 
-    path = Path(path)
     primary = result.primary_metric
     shape = _default_shape(result, batch_size, seq_length)
     ref = _float_variant(result)
 
-    fig = Figure(figsize=(7.5, 5.0), dpi=120)
-    FigureCanvasAgg(fig)
+    fig = Figure(figsize=(8.5, 5.5), dpi=120)
+    canvas = FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    points: list[tuple[VariantResult, float, float]] = []
+    points: list[tuple[VariantResult, LatencyStats, float]] = []
     if shape is not None:
         for v in _ok(result):
             st = v.latency_at(*shape)
             m = _metric(v, primary)
             if st is not None and m is not None:
-                points.append((v, st.p50_ms, 100.0 * m))
+                points.append((v, st, 100.0 * m))
 
     shape_text = f"batch {shape[0]}, seq {shape[1]}" if shape else "no latency measured"
     ax.set_title(f"{result.recipe_name}: {_metric_label(primary)} vs p50 latency ({shape_text})", fontsize=11)
-    ax.set_xlabel("p50 latency (ms), lower is better")
-    ax.set_ylabel(f"{_metric_label(primary)} (%), higher is better")
+    ax.set_xlabel("p50 latency (ms), lower is better; bars: interval over iterations")
+    ax.set_ylabel(f"{_metric_label(primary)} (%), higher is better; bars: interval")
     ax.grid(True, alpha=0.3)
 
     if not points:
-        ax.text(
-            0.5,
-            0.5,
-            "no variant has both a metric and a latency here",
-            ha="center",
-            va="center",
-            transform=ax.transAxes,
-        )
-    else:
-        ref_point = next((p for p in points if p[0] is ref), None)
-        if ref_point is not None:
-            ax.axhline(
-                ref_point[2],
-                color="0.6",
-                linestyle="--",
-                linewidth=1,
-                label=f"float {_metric_label(primary)}",
-            )
-        seen: set[str] = set()
-        for v, x, y in points:
-            marker, color = _MARKERS.get(v.precision, ("^", "C1"))
-            label = None if v.precision in seen else v.precision
-            seen.add(v.precision)
-            ax.scatter([x], [y], marker=marker, color=color, s=60, zorder=3, label=label)
-            best = v.name == result.best_variant
-            ax.annotate(
-                f"{v.name}\n{y:.2f}%, {x:.2f} ms",
-                (x, y),
-                textcoords="offset points",
-                xytext=(8, 6),
-                fontsize=8,
-                fontweight="bold" if best else "normal",
-            )
-            if best:
-                ax.scatter(
-                    [x],
-                    [y],
-                    s=320,
-                    facecolors="none",
-                    edgecolors="C3",
-                    linewidths=2,
-                    zorder=4,
-                    label="selected",
-                )
-        # Starting the axis at zero keeps distances between points proportional to the speed-up.
-        ax.set_xlim(left=0, right=max(x for _, x, _ in points) * 1.3)
-        ax.margins(y=0.25)
-        ax.legend(loc="best", fontsize=8)
+        ax.text(0.5, 0.5, "no variant has both a metric and a latency here", ha="center", va="center", transform=ax.transAxes)
+        fig.tight_layout()
+        return fig
 
+    ref_point = next((p for p in points if p[0] is ref), None)
+    if ref_point is not None:
+        ax.axhline(ref_point[2], color="0.6", linestyle="--", linewidth=1, label=f"float {_metric_label(primary)}")
+    seen: set[str] = set()
+    bars = []
+    for v, st, y in points:
+        marker, color = _MARKERS.get(v.precision, ("^", "C1"))
+        label = None if v.precision in seen else v.precision
+        seen.add(v.precision)
+        ci = _metric_ci(v, primary)
+        yerr = [[y - 100.0 * ci[0]], [100.0 * ci[1] - y]] if ci else None
+        xerr = (
+            [[st.p50_ms - st.p50_low_ms], [st.p50_high_ms - st.p50_ms]]
+            if st.p50_low_ms is not None and st.p50_high_ms is not None else None
+        )
+        bars.append(ax.errorbar([st.p50_ms], [y], xerr=xerr, yerr=yerr, fmt="none", ecolor=color, elinewidth=1, capsize=3, alpha=0.6, zorder=2))
+        ax.scatter([st.p50_ms], [y], marker=marker, color=color, s=_MARKER_AREA, zorder=3, label=label)
+        if v.name == result.best_variant:
+            ax.scatter([st.p50_ms], [y], s=_SELECTED_AREA, facecolors="none", edgecolors="C3", linewidths=2, zorder=4, label="selected")
+    # Limits are fixed before labels are placed: placement works in pixels.
+    highs = [st.p50_high_ms if st.p50_high_ms is not None else st.p50_ms for _, st, _ in points]
+    # Starting the axis at zero keeps distances between points proportional to the speed-up.
+    ax.set_xlim(0, max(highs) * 1.45)
+    ys = [y for *_, y in points] + [100.0 * bound for v, _, _ in points for bound in (_metric_ci(v, primary) or [])]
+    low, high = min(ys), max(ys)
+    pad = max(high - low, 0.5) * 0.35
+    ax.set_ylim(low - pad, high + pad)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, borderaxespad=0.0)
     fig.tight_layout()
+    renderer = canvas.get_renderer()
+
+    to_px = ax.transData.transform
+    obstacles = []
+    for v, st, y in points:
+        px, py = to_px((st.p50_ms, y))
+        area = _SELECTED_AREA if v.name == result.best_variant else _MARKER_AREA
+        r = (area ** 0.5) / 2.0 * fig.dpi / 72.0 + 1.0
+        obstacles.append(Bbox([[px - r, py - r], [px + r, py + r]]))
+    soft = [Bbox(line.get_window_extent(renderer).get_points()) for bar in bars for line in bar.lines[2]]
+    # Top of the plot first: the most accurate variants, which readers look for, get the nearest spots.
+    order = sorted(points, key=lambda p: (-p[2], p[1].p50_ms, p[0].name))
+    labels = [(f"{v.name}\n{y:.2f} %, {st.p50_ms:.2f} ms", st.p50_ms, y, v.name == result.best_variant) for v, st, y in order]
+    _place_labels(ax, renderer, labels, obstacles, soft)
+    return fig
+
+
+def plot_accuracy_vs_latency(
+    result: RunResult, path: Path, batch_size: int | None = None, seq_length: int | None = None
+) -> Path:
+    """Primary metric (%) against p50 latency (ms) at one (batch, seq), one labelled point per ok variant,
+    error bars on both axes, labels placed so that none overlaps another label or a point."""
+    path = Path(path)
+    fig = accuracy_vs_latency_figure(result, batch_size, seq_length)
     with atomic_path(path) as tmp:
         # Without a Software entry the PNG carries no version string or timestamp: same input, same bytes.
         fig.savefig(tmp, format="png", metadata={"Software": None})

@@ -8,7 +8,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-SCHEMA_VERSION = 1
+# v2 (issue 10): intervals. LatencyStats gains p50_low_ms/p50_high_ms, samples_ms and stop; VariantResult
+# gains reference, intervals and speedup_interval_vs_float. v1 files still load (the new fields default).
+SCHEMA_VERSION = 2
 
 
 @dataclass
@@ -21,6 +23,12 @@ class LatencyStats:
     p99_ms: float
     mean_ms: float
     throughput_seq_per_s: float  # sequences per second at the median latency
+    p50_low_ms: float | None = None  # bootstrap interval of p50 over iterations (stats.median_interval)
+    p50_high_ms: float | None = None
+    # per-iteration wall times in round order; runners timed in one benchmark share the index, which
+    # is what pairs them for a speed-up interval (stats.ratio_interval)
+    samples_ms: list[float] = field(default_factory=list)
+    stop: str | None = None  # why iterating stopped: "fixed" | "tolerance" | "time cap" | "iteration cap"
 
     @property
     def key(self) -> str:
@@ -41,8 +49,11 @@ class VariantResult:
     size_bytes: int | None = None
     engine: dict[str, Any] = field(default_factory=dict)  # provider, integer matmul count, ...
     artifacts: dict[str, str] = field(default_factory=dict)  # relative to the run folder
-    # a standard tool's result on the same data (references.py): scored and timed, never selected
+    # a standard tool's result shown for comparison: evaluated and timed like a variant, never selected
     reference: bool = False
+    # stats.prediction_statistics: {"level", "n", "accuracy": [lo, hi], "macro_f1": [lo, hi], "vs_float": {...}}
+    intervals: dict[str, Any] = field(default_factory=dict)
+    speedup_interval_vs_float: dict[str, list[float]] = field(default_factory=dict)  # latency key -> [low, high]
 
     def latency_at(self, batch_size: int, seq_length: int) -> LatencyStats | None:
         return next((x for x in self.latency if x.batch_size == batch_size and x.seq_length == seq_length), None)
@@ -63,6 +74,8 @@ class RunResult:
     variants: list[VariantResult]
     best_variant: str | None = None
     selection_rule: str = ""
+    # selection.Selection.to_dict(): rule, level, accuracy / speed tie groups, reason (empty in v1 reports)
+    selection: dict[str, Any] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)  # finetune / qat summaries (quant_workbench.train)
     # filled after the run by later stages: "triton" (repository written by deploy), "tensorrt_engines"
@@ -84,4 +97,5 @@ class RunResult:
             v = dict(v)
             v["latency"] = [LatencyStats(**x) for x in v.get("latency", [])]
             variants.append(VariantResult(**v))
+        # a v1 report says schema_version 1; the object read from it is still that version's content
         return cls(variants=variants, **d)

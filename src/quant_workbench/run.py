@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__
-from .benchmark import benchmark_interleaved, speedups
+from .benchmark import benchmark_interleaved, speedup_intervals, speedups
 from .data import Splits, load_splits
 from .engine_graphs import EngineGraphs
 from .engines import Engine, EngineFromOnnx, preflight_runtime
@@ -51,6 +51,8 @@ from .quantize.smoothquant import (
 from .recipe import Recipe
 from .report import results_table, write_report
 from .results import RunResult, VariantResult
+from .selection import Selection, select_variant
+from .stats import prediction_statistics
 
 log = logging.getLogger(__name__)
 
@@ -369,21 +371,19 @@ def execute(recipe: Recipe, *, run_id: str | None = None, progress: bool = True,
             engines_paths[variant.name] = ref_path
 
     with ctx.stage("evaluate"):
-        _evaluate(ctx, loaded, splits, variants, engines_paths)
+        correct = _evaluate(ctx, loaded, splits, variants, engines_paths)
     if recipe.benchmark.enabled:
         with ctx.stage("benchmark"):
             _benchmark(ctx, loaded, variants, engines_paths)
 
-    best = _select(variants)
+    selection = _select(variants, correct, recipe.selection.level)
     result = RunResult(
         **run_identity(recipe, run_dir, splits),
         calibration=cal_info,
         variants=variants,
-        best_variant=best,
-        selection_rule=(
-            "highest accuracy among quantized (INT8/FP8) variants that passed the export fidelity checks; "
-            "ties broken by the lowest p50 latency at the largest benchmarked shape"
-        ),
+        best_variant=selection.winner,
+        selection_rule=selection.rule,
+        selection=selection.to_dict(),
         timings_s={**ctx.timings, "total": round(time.perf_counter() - t_start, 2)},
         training=training,
     )
@@ -495,7 +495,8 @@ def _qdq_fidelity(recipe: Recipe, loaded: LoadedModel, path: Path, example: dict
     return out
 
 
-def _evaluate(ctx: RunContext, loaded: LoadedModel, splits: Splits, variants: list[VariantResult], paths: dict[str, Path]) -> None:
+def _evaluate(ctx: RunContext, loaded: LoadedModel, splits: Splits, variants: list[VariantResult], paths: dict[str, Path]) -> dict[str, np.ndarray]:
+    """Score every ok variant; returns per-example correctness by name, for the paired tests of the selection."""
     recipe = ctx.recipe
     bs = recipe.quantization.calibration.batch_size
     maxlen = recipe.model.max_seq_length
@@ -520,10 +521,17 @@ def _evaluate(ctx: RunContext, loaded: LoadedModel, splits: Splits, variants: li
         for v in variants:
             if v.name in outputs:
                 v.metrics = score_embedding(probe, outputs[v.name], labels, outputs["float"])
+        preds = {name: probe.predict(out) for name, out in outputs.items()}
     else:
         for v in variants:
             if v.name in outputs:
                 v.metrics = score_classification(outputs[v.name], labels, outputs["float"])
+        preds = {name: out.argmax(-1) for name, out in outputs.items()}
+    level = recipe.selection.level
+    for v in variants:
+        if v.name in preds:
+            v.intervals = prediction_statistics(preds[v.name], labels, None if v.name == "float" else preds["float"], level, seed=recipe.seed)
+    return {name: pred == labels for name, pred in preds.items()}
 
 
 def _benchmark(ctx: RunContext, loaded: LoadedModel, variants: list[VariantResult], paths: dict[str, Path]) -> None:
@@ -540,24 +548,22 @@ def _benchmark(ctx: RunContext, loaded: LoadedModel, variants: list[VariantResul
         ctx.say("  benchmark skipped: the float baseline has no engine")
         return
     try:
-        latency = benchmark_interleaved(dict(engines.items()), spec, loaded.input_names, loaded.vocab_size, progress=ctx.progress)
+        latency = benchmark_interleaved(dict(engines.items()), spec, loaded.input_names, loaded.vocab_size, progress=ctx.progress, level=ctx.recipe.selection.level)
     finally:
         engines.clear()
     ratios = speedups(latency, "float")
+    intervals = speedup_intervals(latency, "float", ctx.recipe.selection.level)
     for v in ok:
         v.latency = latency.get(v.name, [])
         v.speedup_vs_float = ratios.get(v.name, {})
+        v.speedup_interval_vs_float = intervals.get(v.name, {})
+    capped = sorted({f"{s.key} ({s.stop}, {s.iterations} iterations)" for s in latency["float"] if s.stop in ("time cap", "iteration cap")})
+    if capped:
+        ctx.say(f"  benchmark stopped at its cap before the speed-up intervals reached ±{(spec.speedup_tolerance or 0) * 100:g} %: {', '.join(capped)}")
 
 
-def _select(variants: list[VariantResult]) -> str | None:
-    candidates = [v for v in variants if v.precision != "float32" and v.status == "ok" and v.metrics and not v.reference]
-    if not candidates:
-        return None
-
-    def slowest_p50(v: VariantResult) -> float:
-        return max((x.p50_ms for x in v.latency), default=float("inf"))
-
-    return max(candidates, key=lambda v: (v.metrics.get("accuracy", 0.0), -slowest_p50(v))).name
+def _select(variants: list[VariantResult], correct: dict[str, np.ndarray], level: float) -> Selection:
+    return select_variant(variants, correct, level)
 
 
 def dry_run(recipe: Recipe, say: Callable[[str], None] = print) -> QuantPlan:

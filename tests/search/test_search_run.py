@@ -82,6 +82,13 @@ def test_broken_group_is_most_sensitive_and_falls_back_first(
     assert (run_dir / "plots" / "sensitivity.png").stat().st_size > 1000
     assert (run_dir / "plots" / "pareto.png").stat().st_size > 1000
     assert s["study"]["complete"] == 2  # enqueued: all-INT8 and the fallback result
+    # issue 10: the criterion also checked at the paired interval's lower bound; trials carry intervals
+    assert isinstance(s["selected_meets_at_lower_bound"], bool)
+    assert s["selected_delta_low"] <= result.variants[2].intervals["vs_float"]["delta"]
+    assert "At the lower bound of the paired 95 % interval" in md
+    fresh = [r for r in s["records"] if r["status"] == "ok" and not r["reused"]]
+    assert fresh and all(r["metrics"]["delta_low"] <= r["metrics"]["delta_vs_float"] <= r["metrics"]["delta_high"] for r in fresh)
+    assert all(v.intervals["accuracy"] for v in result.variants)
 
     # the same command again: statistics from the cache, every configuration reused, nothing re-exported
     again = execute(recipe, **QUIET)
@@ -169,3 +176,16 @@ def test_killed_search_resumes_without_losing_trials(tmp_path: Path, tiny_bert_d
     assert len(interrupted) <= 1 and all(t.state.name == "FAIL" for t in interrupted)
     assert not [t for t in trials if t.state.name == "RUNNING"]
     assert os.path.exists(run_dir / "best" / "model.qdq.onnx")
+
+
+def test_criterion_at_the_interval_lower_bound() -> None:
+    from quant_workbench.results import VariantResult
+    from quant_workbench.search.study import criterion_at_lower_bound
+
+    v = VariantResult(name="int8-search", precision="int8")
+    assert criterion_at_lower_bound(v, 0.73, 0.7227) == {"selected_meets_at_lower_bound": None}
+    v.intervals = {"vs_float": {"delta": -0.003, "delta_low": -0.012, "delta_high": 0.005, "level": 0.05}}
+    # the point estimate (72.70 %) meets a 72.27 % threshold, the lower bound (71.80 %) does not
+    out = criterion_at_lower_bound(v, 0.73, 0.7227)
+    assert out["selected_meets_at_lower_bound"] is False and out["interval_confidence"] == pytest.approx(95.0)
+    assert criterion_at_lower_bound(v, 0.73, 0.715)["selected_meets_at_lower_bound"] is True

@@ -37,6 +37,7 @@ from ..quantize.select import QuantPlan
 from ..quantize.smoothquant import smoothquant_applied
 from ..recipe import BenchmarkSpec, Recipe
 from ..results import VariantResult
+from ..stats import interval_metrics, prediction_statistics
 from .groups import LayerGroup, apply_flags, build_groups, only_groups, with_fallback
 from .spec import SearchSpec
 
@@ -159,8 +160,11 @@ class TrialRunner:
         self.records: list[TrialRecord] = []
         self.exports = 0
         lat = self.spec.latency
+        # Trials keep a fixed iteration count (speedup_tolerance None): an adaptive benchmark per trial
+        # would multiply the study's cost; the recipe's final benchmark adapts.
         self.bench_spec = BenchmarkSpec(
-            batch_sizes=[lat.batch_size], seq_lengths=[lat.seq_length or recipe.model.max_seq_length], warmup=lat.warmup, iterations=lat.iterations, threads=lat.threads
+            batch_sizes=[lat.batch_size], seq_lengths=[lat.seq_length or recipe.model.max_seq_length], warmup=lat.warmup, iterations=lat.iterations, threads=lat.threads,
+            speedup_tolerance=None, max_iterations=max(lat.iterations, 1000),
         )
         t0 = time.perf_counter()
         bs = recipe.quantization.calibration.batch_size
@@ -183,8 +187,12 @@ class TrialRunner:
     def _score(self, out: np.ndarray) -> dict[str, float]:
         labels = self.splits.evaluation.labels
         if self.probe is not None:
-            return score_embedding(self.probe, out, labels, self.float_out)
-        return score_classification(out, labels, self.float_out)
+            metrics = score_embedding(self.probe, out, labels, self.float_out)
+            pred, float_pred = self.probe.predict(out), self.probe.predict(self.float_out)
+        else:
+            metrics = score_classification(out, labels, self.float_out)
+            pred, float_pred = out.argmax(-1), self.float_out.argmax(-1)
+        return {**metrics, **interval_metrics(prediction_statistics(pred, labels, float_pred, self.recipe.selection.level, seed=self.recipe.seed))}
 
     def plan_for(self, config: Config) -> QuantPlan:
         if config.only:

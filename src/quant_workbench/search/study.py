@@ -453,6 +453,10 @@ def render_section(s: dict[str, Any]) -> str:
         verdict = "meets the criterion" if s["selected_meets"] else f"**misses the criterion by {s['miss'] * 100:.2f} points** (best found)"
         lines.append(f"**Selected:** `{sel['label']}` — accuracy {_pct(sel['accuracy'])}, p50 {_ms(sel['p50_ms'])} "
                      f"(float {_ms(sel['float_p50_ms'])}, {sel['speedup'] or 0:.2f}×), {verdict}; artifacts in `best/`.")
+        if s.get("selected_meets_at_lower_bound") is not None:
+            holds = "also holds" if s["selected_meets_at_lower_bound"] else "does **not** hold"
+            lines.append(f"At the lower bound of the paired {s['interval_confidence']:g} % interval on Δ vs float "
+                         f"(Δ {s['selected_delta_low'] * 100:+.2f} points, accuracy {_pct(s['float_accuracy'] + s['selected_delta_low'])}) the criterion {holds}.")
         lines.append(f"Float modules: {', '.join(sel['float_modules']) or 'none'}")
     lines.append("")
     cmp_rows = s.get("comparison", [])
@@ -646,6 +650,7 @@ def run_search(
         "selected": selected.to_dict() if selected else None,
         "selected_meets": meets,
         "miss": None if meets or selected is None or selected.accuracy is None else runner.threshold - selected.accuracy,
+        **criterion_at_lower_bound(next((v for v in variants if v.name == search_name), None), runner.float_accuracy, runner.threshold),
         "best_artifacts": best_artifacts,
         "comparison": [
             {"name": "float", "accuracy": runner.float_accuracy, "p50_ms": float_ms, "speedup": 1.0},
@@ -680,6 +685,18 @@ def run_search(
     say(results_table(result))
     say(f"\nreport: {md}")
     return result
+
+
+def criterion_at_lower_bound(selected: VariantResult | None, float_accuracy: float, threshold: float) -> dict[str, Any]:
+    """Whether the criterion, checked on the point estimate, also holds at the paired Δ interval's lower bound."""
+    cmp = selected.intervals.get("vs_float") if selected is not None else None
+    if not cmp:
+        return {"selected_meets_at_lower_bound": None}
+    return {
+        "selected_meets_at_lower_bound": bool(float_accuracy + cmp["delta_low"] >= threshold - 1e-12),
+        "selected_delta_low": cmp["delta_low"],
+        "interval_confidence": 100.0 * (1.0 - cmp["level"]),
+    }
 
 
 def _record_from_dict(d: dict[str, Any]) -> TrialRecord:

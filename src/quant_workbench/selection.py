@@ -1,0 +1,130 @@
+"""Noise-aware choice of the variant a run recommends.
+
+The rule: among the quantized variants whose accuracy is statistically indistinguishable from the
+most accurate one (exact McNemar on the same evaluation examples, at the recipe's level), take the
+fastest; among those also indistinguishable from the fastest on speed (the interval of their p50
+ratio, from interleaved samples, contains 1), take the one that agrees most with float.
+
+Picking the highest point estimate instead lets a three-example difference decide; picking by speed
+alone ignores accuracy. Float and reference rows (standard tools shown for comparison) are never
+candidates but can still be compared against.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .results import LatencyStats, VariantResult
+from .stats import DEFAULT_LEVEL, paired_comparison, ratio_interval
+
+RULE = (
+    "among quantized variants that passed the fidelity checks and whose accuracy is statistically "
+    "indistinguishable from the most accurate one (exact McNemar test on the paired evaluation examples, "
+    "level {level:g}), the fastest (p50 at the largest benchmarked shape); among those also tied with it on "
+    "speed (the {conf:g} % interval of their p50 ratio, from interleaved iterations, contains 1), the one that "
+    "agrees most with float"
+)
+
+
+@dataclass
+class Selection:
+    winner: str | None
+    accuracy_tie_group: list[str] = field(default_factory=list)  # indistinguishable from the most accurate
+    speed_tie_group: list[str] = field(default_factory=list)  # of those, tied with the fastest on speed
+    most_accurate: str | None = None
+    fastest: str | None = None
+    shape: str | None = None  # latency key the speed was compared at
+    level: float = DEFAULT_LEVEL
+    reason: str = ""
+
+    @property
+    def rule(self) -> str:
+        return RULE.format(level=self.level, conf=100 * (1 - self.level))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rule": self.rule, "level": self.level, "winner": self.winner,
+            "most_accurate": self.most_accurate, "fastest": self.fastest, "shape": self.shape,
+            "tie_groups": {"accuracy": self.accuracy_tie_group, "speed": self.speed_tie_group},
+            "reason": self.reason,
+        }
+
+
+def _selection_shape(candidates: Sequence[VariantResult]) -> str | None:
+    """The largest (batch, seq) every candidate was timed at: the throughput a deployment cares about."""
+    common: set[tuple[int, int]] | None = None
+    for v in candidates:
+        shapes = {(s.batch_size, s.seq_length) for s in v.latency}
+        common = shapes if common is None else common & shapes
+    if not common:
+        return None
+    b, s = max(common)
+    return f"b{b}xs{s}"
+
+
+def _at(v: VariantResult, key: str) -> LatencyStats:
+    return next(s for s in v.latency if s.key == key)
+
+
+def _same_speed(a: LatencyStats, b: LatencyStats, level: float) -> bool:
+    if a.samples_ms and len(a.samples_ms) == len(b.samples_ms):
+        return ratio_interval(a.samples_ms, b.samples_ms, level).contains(1.0)
+    return a.p50_ms == b.p50_ms  # no paired samples (e.g. an old report): only equal medians tie
+
+
+def _same_accuracy(a: VariantResult, b: VariantResult, correct: Mapping[str, np.ndarray], level: float) -> bool:
+    if a.name in correct and b.name in correct:
+        return not paired_comparison(correct[a.name], correct[b.name], level).significant
+    return a.metrics.get("accuracy") == b.metrics.get("accuracy")
+
+
+def _pct(x: float | None) -> str:
+    return "?" if x is None else f"{100 * x:.2f} %"
+
+
+def select_variant(
+    variants: Sequence[VariantResult], correct: Mapping[str, np.ndarray], level: float = DEFAULT_LEVEL
+) -> Selection:
+    """Apply the rule above. `correct` maps a variant name to its per-example correctness (bool vector)."""
+    candidates = [
+        v for v in variants
+        if v.precision != "float32" and v.status == "ok" and not v.reference and "accuracy" in v.metrics
+    ]
+    if not candidates:
+        return Selection(None, level=level, reason="no quantized variant was scored")
+    # Name breaks exact ties so the choice never depends on the order variants were built in.
+    top = max(candidates, key=lambda v: (v.metrics["accuracy"], v.metrics.get("agreement", 0.0), _neg_name(v.name)))
+    acc_group = [v for v in candidates if v is top or _same_accuracy(v, top, correct, level)]
+    shape = _selection_shape(acc_group)
+    if shape is None:
+        fastest, speed_group = None, list(acc_group)
+        speed_text = "latency was not measured for all of them, so speed could not break the tie"
+    else:
+        fastest = min(acc_group, key=lambda v: (_at(v, shape).p50_ms, v.name))
+        speed_group = [v for v in acc_group if v is fastest or _same_speed(_at(v, shape), _at(fastest, shape), level)]
+        speed_text = f"fastest of those at {shape}: {fastest.name} ({_at(fastest, shape).p50_ms:.2f} ms p50)"
+    winner = max(speed_group, key=lambda v: (v.metrics.get("agreement", 0.0), v.metrics["accuracy"], _neg_name(v.name)))
+    names = lambda vs: [v.name for v in vs]  # noqa: E731
+    reason = (
+        f"most accurate: {top.name} ({_pct(top.metrics['accuracy'])}); statistically tied with it on accuracy "
+        f"(level {level:g}): {', '.join(names(acc_group))}; {speed_text}"
+    )
+    if len(speed_group) > 1:
+        reason += (
+            f"; tied on speed with it: {', '.join(names(speed_group))}; {winner.name} agrees most with float "
+            f"({_pct(winner.metrics.get('agreement'))})"
+        )
+    reason += f" -> {winner.name}."
+    return Selection(
+        winner=winner.name, accuracy_tie_group=names(acc_group), speed_tie_group=names(speed_group),
+        most_accurate=top.name, fastest=fastest.name if fastest else None, shape=shape, level=level, reason=reason,
+    )
+
+
+def _neg_name(name: str) -> tuple[int, ...]:
+    # max() with this key prefers the alphabetically first name among exact ties
+    return tuple(-ord(c) for c in name)
