@@ -71,7 +71,7 @@ def main() -> None:
     for name, stats in latency.items():
         for s in stats:
             print(
-                f"{name:>18} b{s.batch_size:<3} s{s.seq_length:<4} p50 {s.p50_ms:8.2f} ms ({s.p50_low_ms:.2f}-{s.p50_high_ms:.2f})  "
+                f"{name:>18} b{s.batch_size:<3} s{s.seq_length:<4} p50 {s.p50_ms:8.2f} ms ({s.p50_low_ms or 0:.2f}-{s.p50_high_ms or 0:.2f})  "
                 f"p95 {s.p95_ms:8.2f} ms  {s.iterations} rounds ({s.stop})"
             )
     for base in ("float", "ref:ort-float", "ref:ort-dynamic"):
