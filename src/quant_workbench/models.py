@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .architectures import Architecture, architecture_for
 from .errors import ModelError
 from .io import hash_json, hash_tree
 from .quantize.modules import ATTENTION_FUNCTION, register_attention_function
@@ -68,6 +69,7 @@ class LoadedModel:
     model: EncoderWithHead
     tokenizer: Any
     spec: ModelSpec
+    architecture: Architecture
     input_names: list[str]
     fingerprint: str
     vocab_size: int
@@ -114,6 +116,11 @@ def load_model(spec: ModelSpec, num_labels: int | None = None) -> LoadedModel:
         common["revision"] = spec.revision
     try:
         config = AutoConfig.from_pretrained(location, **common)
+    except (OSError, ValueError) as exc:
+        raise _load_error(spec, exc) from exc
+    # Before the weights: an architecture the workbench cannot quantize fails without loading them.
+    arch = architecture_for(config)
+    try:
         tokenizer = AutoTokenizer.from_pretrained(location, **common)
         # float32 whatever the checkpoint stores: transformers 5 loads an fp16/bf16 checkpoint in that
         # dtype, which would make the "float" baseline half precision and fp16 training diverge (NaN)
@@ -128,22 +135,22 @@ def load_model(spec: ModelSpec, num_labels: int | None = None) -> LoadedModel:
         else:
             hf = AutoModel.from_pretrained(location, attn_implementation=ATTENTION_FUNCTION, **common, **weights)
     except (OSError, ValueError) as exc:
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelError(
-            f"cannot load model '{spec.source}': {text}",
-            "for a Hub id you need network access (or a local copy in the HF cache); "
-            "set trust_remote_code: true only for models that need custom code",
-        ) from exc
-    limit = getattr(config, "max_position_embeddings", None)
+        raise _load_error(spec, exc) from exc
+    limit = arch.sequence_limit(config)
     if limit is not None and spec.max_seq_length > limit:
         raise ModelError(
-            f"model.max_seq_length={spec.max_seq_length} exceeds the model's limit of {limit} positions.",
+            f"model.max_seq_length={spec.max_seq_length} exceeds the {arch.name} model's limit of {limit} tokens"
+            f" (max_position_embeddings={getattr(config, 'max_position_embeddings', None)}).",
             f"set model.max_seq_length to {limit} or less",
         )
     hf.eval()
+    arch.add_call_sites(hf)
     input_names = [n for n in MODEL_INPUTS if n in tokenizer.model_input_names]
     if "input_ids" not in input_names or "attention_mask" not in input_names:
         input_names = ["input_ids", "attention_mask"]
+    if not arch.uses_token_type_ids(config):
+        # The model would ignore them: an ONNX input nobody reads only confuses deployments.
+        input_names = [n for n in input_names if n != "token_type_ids"]
     if is_local:
         fingerprint = hash_json({"files": hash_tree(local, ("*.json", "*.safetensors", "*.bin", "*.txt")), "spec": spec.model_dump(), "num_labels": num_labels})
     else:
@@ -153,11 +160,21 @@ def load_model(spec: ModelSpec, num_labels: int | None = None) -> LoadedModel:
         model=wrapped,
         tokenizer=tokenizer,
         spec=spec,
+        architecture=arch,
         input_names=input_names,
         fingerprint=fingerprint,
         vocab_size=int(config.vocab_size),
         num_labels=getattr(hf.config, "num_labels", None) if spec.task == "sequence-classification" else None,
         local_dir=local if is_local else None,
+    )
+
+
+def _load_error(spec: ModelSpec, exc: Exception) -> ModelError:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return ModelError(
+        f"cannot load model '{spec.source}': {text}",
+        "for a Hub id you need network access (or a local copy in the HF cache); "
+        "set trust_remote_code: true only for models that need custom code",
     )
 
 
