@@ -52,7 +52,8 @@ class QuantPlan:
         return [f"{p.kind}:{p.module}" for p in self.points]
 
     def to_rows(self) -> list[dict[str, object]]:
-        return [asdict(p) for p in self.points]
+        # quant_plan.json keeps its schema: the role is derived from the architecture on every load.
+        return [{k: v for k, v in asdict(p).items() if k != "role"} for p in self.points]
 
     def describe(self) -> str:
         width = max((len(n) for p in self.points for n in p.quantizer_names), default=20)
