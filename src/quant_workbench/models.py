@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,7 +90,32 @@ def _dtype_argument() -> str:
     return "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
 
 
-def load_model(spec: ModelSpec, num_labels: int | None = None) -> LoadedModel:
+def trained_labels(config: Any) -> list[str] | None:
+    """The class names of a trained classification head in class-id order (config.id2label), or None
+    when the config only has transformers' placeholders (LABEL_0, LABEL_1...): no trained head."""
+    id2label = getattr(config, "id2label", None) or {}
+    names = [str(id2label[k]) for k in sorted(id2label, key=int)]
+    if not names or all(re.fullmatch(r"LABEL_\d+", n) for n in names):
+        return None
+    return names
+
+
+def check_head_labels(spec: ModelSpec, config: Any, label_names: Sequence[str]) -> None:
+    """A trained head predicts class i = config.id2label[i]; the data's class ids must mean the same."""
+    trained = trained_labels(config)
+    if trained is None or trained == list(label_names):
+        return
+    same_set = sorted(trained) == sorted(label_names)
+    raise ModelError(
+        f"model '{spec.source}' has a trained classification head for the labels {trained} (config.id2label, "
+        f"in class-id order), but the data's labels are {list(label_names)} (data.label_names, in class-id order).",
+        f"set data.label_names: {trained} so that class ids follow the model"
+        if same_set
+        else "use data labelled with the model's classes, or a model without a trained head (then fine-tune it with finetune:)",
+    )
+
+
+def load_model(spec: ModelSpec, num_labels: int | None = None, label_names: Sequence[str] | None = None) -> LoadedModel:
     from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -120,6 +146,8 @@ def load_model(spec: ModelSpec, num_labels: int | None = None) -> LoadedModel:
         raise _load_error(spec, exc) from exc
     # Before the weights: an architecture the workbench cannot quantize fails without loading them.
     arch = architecture_for(config)
+    if spec.task == "sequence-classification" and label_names is not None:
+        check_head_labels(spec, config, label_names)
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, **common)
         # float32 whatever the checkpoint stores: transformers 5 loads an fp16/bf16 checkpoint in that

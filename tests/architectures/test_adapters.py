@@ -160,3 +160,14 @@ def test_search_op_kind_groups_come_from_the_architecture(model_type: str, tiny_
     extra_calls = 2 if model_type == "deberta-v2" else 0  # query_proj / key_proj on the relative positions
     assert len(kinds["attention-qkv"]) == n_layers * (3 + extra_calls)
     assert len(kinds["ffn-out"]) == n_layers
+
+
+def test_trained_head_labels_must_match_the_data(tiny_classifier_dir: Path) -> None:
+    spec = ModelSpec(source=str(tiny_classifier_dir), task="sequence-classification", max_seq_length=TINY_SEQ)
+    trained = ["negative", "neutral", "positive"]  # the fixture's id2label
+    assert load_model(spec, num_labels=3, label_names=trained).num_labels == 3
+    with pytest.raises(ModelError, match=r"\['negative', 'neutral', 'positive'\].*\['positive', 'negative', 'neutral'\]") as info:
+        load_model(spec, num_labels=3, label_names=["positive", "negative", "neutral"])
+    assert "set data.label_names: ['negative', 'neutral', 'positive']" in str(info.value)
+    with pytest.raises(ModelError, match="use data labelled with the model's classes"):
+        load_model(spec, num_labels=2, label_names=["spam", "ham"])
