@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import register
 from .base import Architecture, BlockLayout, shared_clone
+from .registry import register
 
 
 @register

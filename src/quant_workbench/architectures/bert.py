@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from . import register
 from .base import Architecture, BlockLayout
+from .registry import register
 
 BERT_LAYOUT = BlockLayout(
     qkv=("attention.self.query", "attention.self.key", "attention.self.value"),

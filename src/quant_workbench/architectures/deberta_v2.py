@@ -13,8 +13,8 @@ from typing import Any
 
 from torch import nn
 
-from . import register
 from .base import Architecture, BlockLayout, shared_clone
+from .registry import register
 
 _SITE = "rel_embeddings"
 # which relative-attention term reads each projection's second call

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from ..quantize.modules import QuantAdd
-from . import register
 from .base import Architecture, BlockLayout
+from .registry import register
 
 
 @register

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from . import register
 from .base import Architecture
 from .bert import BERT_LAYOUT
+from .registry import register
 
 
 @register

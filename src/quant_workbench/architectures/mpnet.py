@@ -14,8 +14,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..quantize.modules import QuantAdd, attach_attention_matmuls
-from . import register
 from .base import Architecture, BlockLayout
+from .registry import register
 
 # MPNetEmbeddings hard-codes padding_idx = 1 whatever the config says.
 _MPNET_PADDING_IDX = 1

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import register
 from .base import Architecture
 from .bert import BERT_LAYOUT
+from .registry import register
 
 
 @register
