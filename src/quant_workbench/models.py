@@ -213,8 +213,8 @@ def tokenize(
     input_names: Sequence[str],
 ) -> dict[str, np.ndarray]:
     if texts and isinstance(texts[0], tuple):
-        first = [t[0] for t in texts]  # type: ignore[index]
-        second = [t[1] for t in texts]  # type: ignore[index]
+        first = [t[0] for t in texts]
+        second = [t[1] for t in texts]
         enc = tokenizer(first, second, padding="longest", truncation=True, max_length=max_length, return_tensors="np")
     else:
         enc = tokenizer(list(texts), padding="longest", truncation=True, max_length=max_length, return_tensors="np")
