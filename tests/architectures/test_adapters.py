@@ -171,3 +171,11 @@ def test_trained_head_labels_must_match_the_data(tiny_classifier_dir: Path) -> N
     assert "set data.label_names: ['negative', 'neutral', 'positive']" in str(info.value)
     with pytest.raises(ModelError, match="use data labelled with the model's classes"):
         load_model(spec, num_labels=2, label_names=["spam", "ham"])
+
+
+def test_smoothquant_on_an_architecture_without_it_fails_whoever_asks(tiny_architecture: Callable[[str], Path]) -> None:
+    """The search applies SmoothQuant per trial without a QuantSpec: it must not silently smooth nothing."""
+    loaded = _load(tiny_architecture("deberta-v2"))
+    prepare(loaded.model.hf, build_plan(loaded.model.hf, QuantSpec()))
+    with pytest.raises(SelectionError, match="not supported for the DeBERTa-v2 architecture"):
+        smooth_groups(loaded.model)

@@ -182,8 +182,7 @@ class Architecture:
 
     def smooth_groups(self, model: nn.Module) -> list[SmoothGroup]:
         """Smoothing groups among the quantized Linears of every block (fold groups first)."""
-        if "smoothquant" in self.unsupported:
-            return []
+        self.check_features(["smoothquant"])  # never a silent no-op, whoever asks
         lay = self.layout
         folds: list[SmoothGroup] = []
         scaled: list[SmoothGroup] = []
