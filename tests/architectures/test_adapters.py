@@ -56,7 +56,6 @@ def test_sequence_limit_is_what_the_position_embeddings_hold(model_type: str, li
 @pytest.mark.parametrize(
     ("model_type", "spec", "words"),
     [
-        ("albert", QuantSpec(quantize_residual_adds=True), ("quantize_residual_adds", "ALBERT")),
         ("deberta-v2", QuantSpec(quantize_attention_matmuls=True), ("quantize_attention_matmuls", "DeBERTa-v2")),
         ("deberta-v2", QuantSpec(smoothquant=SmoothQuantSpec(alpha=0.5)), ("smoothquant", "DeBERTa-v2")),
         ("albert", QuantSpec(compare=["int8", "int8-smoothquant"], smoothquant=SmoothQuantSpec(alpha=0.5)), ("smoothquant", "ALBERT")),
@@ -104,6 +103,13 @@ def test_albert_call_sites_compute_the_original_model(tiny_architecture: Callabl
         got = loaded.model.hf(**feed).last_hidden_state
         want = original(**feed).last_hidden_state
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    # the rewritten forwards (residual adds, attention matmuls) compute the same model in float
+    spec = QuantSpec(quantize_attention_matmuls=True, quantize_residual_adds=True)
+    prepare(loaded.model.hf, build_plan(loaded.model.hf, spec))
+    assert isinstance(loaded.model.hf.get_submodule("encoder.layer.2.attention.residual_add"), torch.nn.Module)
+    with torch.no_grad(), float_mode(loaded.model):
+        prepared = loaded.model.hf(**feed).last_hidden_state
+    torch.testing.assert_close(prepared, want, rtol=1e-5, atol=1e-5)
 
 
 def test_deberta_relative_position_calls_are_addressable(tiny_architecture: Callable[[str], Path]) -> None:
