@@ -83,7 +83,9 @@ def save_tiny_model(folder: Path, classifier: bool) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     if classifier:
-        cfg = tiny_bert_config(num_labels=3, id2label=dict(enumerate(LABELS)), label2id={n: i for i, n in enumerate(LABELS)})
+        # class ids in the order the data loader gives labels without data.label_names (sorted)
+        names = sorted(LABELS)
+        cfg = tiny_bert_config(num_labels=3, id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
         model = BertForSequenceClassification(cfg)
     else:
         model = BertModel(tiny_bert_config())

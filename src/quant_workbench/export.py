@@ -109,9 +109,44 @@ def _quantizer_of(scale_name: str) -> str | None:
     return None
 
 
+def _unshare_transposed_weights(graph: onnx.GraphProto) -> None:
+    """A weight with several call sites (ALBERT's shared layer, DeBERTa-v2's projections applied twice)
+    reaches the exporter's CSE as one W -> Q -> DQ -> Transpose feeding several MatMuls; give every
+    MatMul its own chain, as for activations (ONNX Runtime fuses only unshared DQ -> MatMul)."""
+    producers = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    for n in graph.node:
+        for i, x in enumerate(n.input):
+            consumers.setdefault(x, []).append((n, i))
+    new_nodes: list[onnx.NodeProto] = []
+    for node in graph.node:
+        new_nodes.append(node)
+        users = consumers.get(node.output[0], []) if node.op_type == "Transpose" else []
+        dq = producers.get(node.input[0]) if users else None
+        q = producers.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if len(users) <= 1 or q is None or q.op_type != "QuantizeLinear" or len(consumers.get(dq.output[0], [])) != 1:  # type: ignore[union-attr]
+            continue
+        assert dq is not None
+        for k, (user, idx) in enumerate(users[1:], start=1):
+            copies = []
+            for original in (q, dq, node):
+                c = onnx.NodeProto()
+                c.CopyFrom(original)
+                c.output[0] = f"{original.output[0]}__{k}"
+                c.name = f"{original.name}__{k}"
+                copies.append(c)
+            copies[1].input[0] = copies[0].output[0]
+            copies[2].input[0] = copies[1].output[0]
+            user.input[idx] = copies[2].output[0]
+            new_nodes.extend(copies)
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+
+
 def finish_graph(model: onnx.ModelProto) -> onnx.ModelProto:
     """Unshare Q/DQ pairs per consumer, name Q/DQ nodes after quantizers, fix metadata for byte determinism."""
     graph = model.graph
+    _unshare_transposed_weights(graph)
     producers = {o: n for n in graph.node for o in n.output}
     consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
     for n in graph.node:
@@ -246,16 +281,34 @@ class LayerFidelity:
 
 @dataclass
 class LinearNodes:
-    """The ONNX nodes of one quantized Linear, found through its named weight initializer."""
+    """The ONNX nodes of one quantized Linear call, found through its named weight initializer."""
 
     matmul: onnx.NodeProto
     input_tensor: str  # the float activation entering the input quantizer
     output_tensor: str  # after the bias Add when there is one
     activation_qdq: list[onnx.NodeProto]
     weight_qdq: list[onnx.NodeProto]
+    # the module the weight initializer is named after; call sites of one shared weight have the same
+    weight_module: str = ""
+
+
+def _weight_chains(tensor: str, consumers: dict[str, list[onnx.NodeProto]], chain: list[onnx.NodeProto]) -> Iterator[tuple[list[onnx.NodeProto], onnx.NodeProto, str]]:
+    """(W -> Q -> DQ -> Transpose nodes, the MatMul, the tensor entering it) for every use of a weight."""
+    users = consumers.get(tensor, [])
+    for user in users:
+        if user.op_type in ("MatMul", "Gemm"):
+            yield chain, user, tensor
+        elif user.op_type in ("QuantizeLinear", "DequantizeLinear", "Transpose") and len(chain) < 3 and user.input[0] == tensor:
+            yield from _weight_chains(user.output[0], consumers, [*chain, user])
 
 
 def find_linears(model: onnx.ModelProto) -> dict[str, LinearNodes]:
+    """Every quantized Linear call of the graph, by module name.
+
+    A weight used by one call is named by its initializer. The calls of a weight shared by several call
+    sites are `<weight module>#<k>`: the graph cannot tell which call is which (the exporter names a
+    shared weight after one of its modules and merges equal scales of different quantizers).
+    """
     graph = model.graph
     producers = {o: n for n in graph.node for o in n.output}
     consumers: dict[str, list[onnx.NodeProto]] = {}
@@ -267,43 +320,45 @@ def find_linears(model: onnx.ModelProto) -> dict[str, LinearNodes]:
         if not (init.name.startswith(HF_PREFIX) and init.name.endswith(".weight")):
             continue
         module = init.name[len(HF_PREFIX) : -len(".weight")]
-        chain: list[onnx.NodeProto] = []
-        tensor = init.name
-        matmul = None
-        for _ in range(4):  # W -> Q -> DQ -> Transpose -> MatMul
-            users = consumers.get(tensor, [])
-            if len(users) != 1:
-                break
-            user = users[0]
-            if user.op_type in ("MatMul", "Gemm"):
-                matmul = user
-                break
-            if user.op_type not in ("QuantizeLinear", "DequantizeLinear", "Transpose"):
-                break
-            chain.append(user)
-            tensor = user.output[0]
-        if matmul is None or not any(n.op_type == "DequantizeLinear" for n in chain):
-            continue
-        act = matmul.input[0] if matmul.input[1] == tensor else matmul.input[1]
-        act_nodes: list[onnx.NodeProto] = []
-        dq = producers.get(act)
-        if dq is not None and dq.op_type == "DequantizeLinear":
-            q = producers.get(dq.input[0])
-            if q is not None and q.op_type == "QuantizeLinear":
-                act_nodes = [q, dq]
-                act = q.input[0]
-                # SmoothQuant's explicit input scale: x -> Mul(1/s) -> Q -> DQ; the layer starts at x.
-                mul = producers.get(act)
-                if mul is not None and mul.op_type == "Mul":
-                    scale_in = [i for i in mul.input if i.endswith(".smooth_scale")]
-                    if len(scale_in) == 1:
-                        act = next(i for i in mul.input if i != scale_in[0])
-        out = matmul.output[0]
-        bias_users = [c for c in consumers.get(out, []) if c.op_type == "Add"]
-        if len(consumers.get(out, [])) == 1 and bias_users:
-            out = bias_users[0].output[0]
-        found[module] = LinearNodes(matmul, act, out, act_nodes, [n for n in chain if n.op_type != "Transpose"])
+        calls: list[LinearNodes] = []
+        for chain, matmul, tensor in _weight_chains(init.name, consumers, []):
+            if not any(n.op_type == "DequantizeLinear" for n in chain):
+                continue
+            calls.append(_linear_call(matmul, tensor, chain, producers, consumers, module))
+        if len(calls) == 1:
+            found[module] = calls[0]
+        else:
+            found.update({f"{module}#{k}": call for k, call in enumerate(calls)})
     return found
+
+
+def _linear_call(
+    matmul: onnx.NodeProto,
+    tensor: str,
+    chain: list[onnx.NodeProto],
+    producers: dict[str, onnx.NodeProto],
+    consumers: dict[str, list[onnx.NodeProto]],
+    module: str,
+) -> LinearNodes:
+    act = matmul.input[0] if matmul.input[1] == tensor else matmul.input[1]
+    act_nodes: list[onnx.NodeProto] = []
+    dq = producers.get(act)
+    if dq is not None and dq.op_type == "DequantizeLinear":
+        q = producers.get(dq.input[0])
+        if q is not None and q.op_type == "QuantizeLinear":
+            act_nodes = [q, dq]
+            act = q.input[0]
+            # SmoothQuant's explicit input scale: x -> Mul(1/s) -> Q -> DQ; the layer starts at x.
+            mul = producers.get(act)
+            if mul is not None and mul.op_type == "Mul":
+                scale_in = [i for i in mul.input if i.endswith(".smooth_scale")]
+                if len(scale_in) == 1:
+                    act = next(i for i in mul.input if i != scale_in[0])
+    out = matmul.output[0]
+    bias_users = [c for c in consumers.get(out, []) if c.op_type == "Add"]
+    if len(consumers.get(out, [])) == 1 and bias_users:
+        out = bias_users[0].output[0]
+    return LinearNodes(matmul, act, out, act_nodes, [n for n in chain if n.op_type != "Transpose"], module)
 
 
 def per_layer_fidelity(
@@ -312,13 +367,20 @@ def per_layer_fidelity(
     example: dict[str, torch.Tensor],
     session_factory: Any,
 ) -> list[LayerFidelity]:
-    """Each quantized Linear of the Q/DQ ONNX, run alone in the engine on the PyTorch layer's real input,
-    against the fake-quant PyTorch layer's output."""
+    """Each quantized Linear call of the Q/DQ ONNX, run alone in the engine on the PyTorch call's real
+    input, against the fake-quant PyTorch call's output.
+
+    Call sites sharing a weight (one module per call) each need a Q/DQ MatMul of their own: a call
+    whose name the graph does not tell (equal scales merged by the exporter) takes the best-matching
+    unclaimed MatMul of its weight, so a missing call is still an error.
+    """
     captured: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    weight_of: dict[str, int] = {}
     hooks = []
     for name, mod in fake_quant_model.named_modules():
         if isinstance(mod, QuantLinear) and mod.input_quantizer.enabled:
             key = name[len(HF_PREFIX) :] if name.startswith(HF_PREFIX) else name
+            weight_of[key] = id(mod.weight)
 
             def hook(m: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor, key: str = key) -> None:
                 captured[key] = (inp[0].detach().clone(), out.detach().clone())
@@ -331,13 +393,11 @@ def per_layer_fidelity(
         for h in hooks:
             h.remove()
     model = onnx.load(str(qdq_path))
-    results: list[LayerFidelity] = []
     extractor = onnx.utils.Extractor(model)
-    linears = find_linears(model)
-    for module, (x, y) in captured.items():
-        nodes = linears.get(module)
-        if nodes is None or not nodes.activation_qdq:
-            raise ExportError(f"quantized layer {module} has no Q/DQ MatMul in {qdq_path.name}")
+    linears = {k: v for k, v in find_linears(model).items() if v.activation_qdq}
+
+    def measure(module: str, nodes: LinearNodes) -> LayerFidelity:
+        x, y = captured[module]
         sub = extractor.extract_model([nodes.input_tensor], [nodes.output_tensor])
         engine = session_factory(sub.SerializeToString())
         got = engine({nodes.input_tensor: x.numpy()})
@@ -345,15 +405,44 @@ def per_layer_fidelity(
         diff = np.abs(got - ref)
         denom = float(np.linalg.norm(got) * np.linalg.norm(ref)) or 1.0
         tol = 1e-3 * float(np.abs(ref).max() or 1.0)
-        results.append(
-            LayerFidelity(
-                module=module,
-                max_abs_diff=float(diff.max()),
-                cosine=float(np.sum(got.astype(np.float64) * ref) / denom),
-                mismatch_fraction=float((diff > tol).mean()),
-            )
+        return LayerFidelity(
+            module=module,
+            max_abs_diff=float(diff.max()),
+            cosine=float(np.sum(got.astype(np.float64) * ref) / denom),
+            mismatch_fraction=float((diff > tol).mean()),
         )
-    return results
+
+    results: dict[str, LayerFidelity] = {}
+    claimed = {m for m in captured if m in linears}
+    for module in captured:
+        if module in linears:
+            results[module] = measure(module, linears[module])
+    for module in captured:
+        if module in results:
+            continue
+        free = [k for k, v in linears.items() if k not in claimed and _parameter_id(fake_quant_model, v.weight_module) == weight_of[module]]
+        tried: dict[str, LayerFidelity] = {}
+        for k in free:
+            try:
+                tried[k] = measure(module, linears[k])
+            except Exception:  # noqa: BLE001 - another call of the weight, fed a different shape: not this call
+                continue
+        if not tried:
+            raise ExportError(f"quantized layer {module} has no Q/DQ MatMul in {qdq_path.name}")
+        best = max(tried, key=lambda k: tried[k].cosine)
+        claimed.add(best)
+        results[module] = tried[best]
+    return [results[m] for m in captured]
+
+
+def _parameter_id(model: nn.Module, module: str) -> int | None:
+    """Identity of the weight an initializer was named after (`hf.` prefix or not, as the root has it)."""
+    for name in (f"{HF_PREFIX}{module}.weight", f"{module}.weight"):
+        try:
+            return id(model.get_parameter(name))
+        except AttributeError:
+            continue
+    return None
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:

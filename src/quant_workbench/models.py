@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .architectures import Architecture, architecture_for
 from .errors import ModelError
 from .io import hash_json, hash_tree
 from .quantize.modules import ATTENTION_FUNCTION, register_attention_function
@@ -68,6 +70,7 @@ class LoadedModel:
     model: EncoderWithHead
     tokenizer: Any
     spec: ModelSpec
+    architecture: Architecture
     input_names: list[str]
     fingerprint: str
     vocab_size: int
@@ -87,7 +90,32 @@ def _dtype_argument() -> str:
     return "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
 
 
-def load_model(spec: ModelSpec, num_labels: int | None = None) -> LoadedModel:
+def trained_labels(config: Any) -> list[str] | None:
+    """The class names of a trained classification head in class-id order (config.id2label), or None
+    when the config only has transformers' placeholders (LABEL_0, LABEL_1...): no trained head."""
+    id2label = getattr(config, "id2label", None) or {}
+    names = [str(id2label[k]) for k in sorted(id2label, key=int)]
+    if not names or all(re.fullmatch(r"LABEL_\d+", n) for n in names):
+        return None
+    return names
+
+
+def check_head_labels(spec: ModelSpec, config: Any, label_names: Sequence[str]) -> None:
+    """A trained head predicts class i = config.id2label[i]; the data's class ids must mean the same."""
+    trained = trained_labels(config)
+    if trained is None or trained == list(label_names):
+        return
+    same_set = sorted(trained) == sorted(label_names)
+    raise ModelError(
+        f"model '{spec.source}' has a trained classification head for the labels {trained} (config.id2label, "
+        f"in class-id order), but the data's labels are {list(label_names)} (data.label_names, in class-id order).",
+        f"set data.label_names: {trained} so that class ids follow the model"
+        if same_set
+        else "use data labelled with the model's classes, or a model without a trained head (then fine-tune it with finetune:)",
+    )
+
+
+def load_model(spec: ModelSpec, num_labels: int | None = None, label_names: Sequence[str] | None = None) -> LoadedModel:
     from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -114,6 +142,13 @@ def load_model(spec: ModelSpec, num_labels: int | None = None) -> LoadedModel:
         common["revision"] = spec.revision
     try:
         config = AutoConfig.from_pretrained(location, **common)
+    except (OSError, ValueError) as exc:
+        raise _load_error(spec, exc) from exc
+    # Before the weights: an architecture the workbench cannot quantize fails without loading them.
+    arch = architecture_for(config)
+    if spec.task == "sequence-classification" and label_names is not None:
+        check_head_labels(spec, config, label_names)
+    try:
         tokenizer = AutoTokenizer.from_pretrained(location, **common)
         # float32 whatever the checkpoint stores: transformers 5 loads an fp16/bf16 checkpoint in that
         # dtype, which would make the "float" baseline half precision and fp16 training diverge (NaN)
@@ -128,22 +163,22 @@ def load_model(spec: ModelSpec, num_labels: int | None = None) -> LoadedModel:
         else:
             hf = AutoModel.from_pretrained(location, attn_implementation=ATTENTION_FUNCTION, **common, **weights)
     except (OSError, ValueError) as exc:
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelError(
-            f"cannot load model '{spec.source}': {text}",
-            "for a Hub id you need network access (or a local copy in the HF cache); "
-            "set trust_remote_code: true only for models that need custom code",
-        ) from exc
-    limit = getattr(config, "max_position_embeddings", None)
+        raise _load_error(spec, exc) from exc
+    limit = arch.sequence_limit(config)
     if limit is not None and spec.max_seq_length > limit:
         raise ModelError(
-            f"model.max_seq_length={spec.max_seq_length} exceeds the model's limit of {limit} positions.",
+            f"model.max_seq_length={spec.max_seq_length} exceeds the {arch.name} model's limit of {limit} tokens"
+            f" (max_position_embeddings={getattr(config, 'max_position_embeddings', None)}).",
             f"set model.max_seq_length to {limit} or less",
         )
     hf.eval()
+    arch.add_call_sites(hf)
     input_names = [n for n in MODEL_INPUTS if n in tokenizer.model_input_names]
     if "input_ids" not in input_names or "attention_mask" not in input_names:
         input_names = ["input_ids", "attention_mask"]
+    if not arch.uses_token_type_ids(config):
+        # The model would ignore them: an ONNX input nobody reads only confuses deployments.
+        input_names = [n for n in input_names if n != "token_type_ids"]
     if is_local:
         fingerprint = hash_json({"files": hash_tree(local, ("*.json", "*.safetensors", "*.bin", "*.txt")), "spec": spec.model_dump(), "num_labels": num_labels})
     else:
@@ -153,11 +188,21 @@ def load_model(spec: ModelSpec, num_labels: int | None = None) -> LoadedModel:
         model=wrapped,
         tokenizer=tokenizer,
         spec=spec,
+        architecture=arch,
         input_names=input_names,
         fingerprint=fingerprint,
         vocab_size=int(config.vocab_size),
         num_labels=getattr(hf.config, "num_labels", None) if spec.task == "sequence-classification" else None,
         local_dir=local if is_local else None,
+    )
+
+
+def _load_error(spec: ModelSpec, exc: Exception) -> ModelError:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return ModelError(
+        f"cannot load model '{spec.source}': {text}",
+        "for a Hub id you need network access (or a local copy in the HF cache); "
+        "set trust_remote_code: true only for models that need custom code",
     )
 
 
@@ -168,8 +213,8 @@ def tokenize(
     input_names: Sequence[str],
 ) -> dict[str, np.ndarray]:
     if texts and isinstance(texts[0], tuple):
-        first = [t[0] for t in texts]  # type: ignore[index]
-        second = [t[1] for t in texts]  # type: ignore[index]
+        first = [t[0] for t in texts]
+        second = [t[1] for t in texts]
         enc = tokenizer(first, second, padding="longest", truncation=True, max_length=max_length, return_tensors="np")
     else:
         enc = tokenizer(list(texts), padding="longest", truncation=True, max_length=max_length, return_tensors="np")

@@ -14,22 +14,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from .errors import RecipeError
 from .search.spec import SearchSpec
+from .vocabulary import CALIB_METHODS, CalibMethod, Format, Strict
 
-CalibMethod = Literal["max", "percentile", "entropy", "mse"]
-ALL_METHODS: tuple[CalibMethod, ...] = ("max", "percentile", "entropy", "mse")
+ALL_METHODS = CALIB_METHODS  # the name bench/ and older callers use
 Task = Literal["embedding", "sequence-classification"]
 
 # Matches every Linear inside the encoder blocks of BERT-family models (bert, roberta, distilbert's
 # "transformer.layer", electra...), which is where nearly all the FLOPs are.
 DEFAULT_TARGETS = [r"re:(.*\.)?(encoder|transformer)\.layer\.\d+\..*"]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def resolve_location(location: str) -> str:
@@ -144,7 +140,7 @@ class SmoothQuantSpec(Strict):
 
 
 class QuantSpec(Strict):
-    format: Literal["int8", "fp8"] = "int8"
+    format: Format = "int8"
     per_channel_weights: bool = True
     calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
     targets: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGETS), min_length=1)

@@ -246,8 +246,10 @@ def execute(recipe: Recipe, *, run_id: str | None = None, progress: bool = True,
         say(f"  splits: {splits.sizes()} labels={splits.label_names}")
     with ctx.stage("model"):
         num_labels = len(splits.label_names) if recipe.model.task == "sequence-classification" else None
-        loaded = load_model(recipe.model, num_labels=num_labels)
+        loaded = load_model(recipe.model, num_labels=num_labels, label_names=splits.label_names if num_labels else None)
         plan = build_plan(loaded.model.hf, recipe.quantization)
+        if recipe.search is not None and recipe.search.smoothquant_alphas:
+            loaded.architecture.check_features(["smoothquant"])
         say(f"  {recipe.model.source}: {len(plan.enabled)} of {len(plan.points)} quantizable ops selected")
     training: dict[str, Any] = {}
     if recipe.finetune is not None:

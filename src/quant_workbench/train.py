@@ -350,7 +350,7 @@ class Trainer:
         order = np.random.default_rng([self.spec.seed, epoch]).permutation(len(self.train_set))
         idx = order[index * self.spec.batch_size : (index + 1) * self.spec.batch_size]
         texts = [self.train_set.texts[i] for i in idx]
-        feed = to_torch(tokenize(self.tokenizer, texts, self.max_length, self.input_names))  # type: ignore[arg-type]
+        feed = to_torch(tokenize(self.tokenizer, texts, self.max_length, self.input_names))
         labels = torch.from_numpy(self.train_set.labels[idx])
         return {k: v.to(self.device) for k, v in feed.items()}, labels.to(self.device)
 

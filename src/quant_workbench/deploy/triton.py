@@ -30,36 +30,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..engines.onnxruntime import DISABLED_OPTIMIZERS
 from ..errors import OptionalDependencyError, WorkbenchError
 from ..io import write_json, write_text
 from ..recipe import DeploySpec, EngineSpec, Recipe
+from ..signatures import ONNX_TO_TRITON, TensorSig
 
 MANIFEST = "repository.json"
 TOKENIZER_MODEL = "tokenizer"
 TARGET_SUFFIX: dict[str, str] = {"python-onnxruntime": "cpu", "onnxruntime": "ort", "tensorrt": "trt"}
 TEXT_INPUTS = ("text", "text_pair")
 PYTHON_MODELS = Path(__file__).with_name("python_models")
-# ONNX Runtime settings the workbench's own engine uses (engines/onnxruntime.py); the served model uses
-# the same so that Triton's answers equal the workbench's.
-ORT_DISABLED_OPTIMIZERS = ("CommonSubexpressionElimination",)
+# The served model disables the ONNX Runtime optimizers the workbench's own engine disables, so that
+# Triton's answers equal the workbench's: one list, the engine's.
+ORT_DISABLED_OPTIMIZERS = DISABLED_OPTIMIZERS
 
-# onnx.TensorProto element type -> Triton data type
-ONNX_TO_TRITON = {
-    1: "TYPE_FP32",
-    2: "TYPE_UINT8",
-    3: "TYPE_INT8",
-    4: "TYPE_UINT16",
-    5: "TYPE_INT16",
-    6: "TYPE_INT32",
-    7: "TYPE_INT64",
-    8: "TYPE_STRING",
-    9: "TYPE_BOOL",
-    10: "TYPE_FP16",
-    11: "TYPE_FP64",
-    12: "TYPE_UINT32",
-    13: "TYPE_UINT64",
-    16: "TYPE_BF16",
-}
 
 
 class DeployError(WorkbenchError):
@@ -68,18 +53,6 @@ class DeployError(WorkbenchError):
 
 # ---------------------------------------------------------------------------------------------
 # tensor signatures
-
-
-@dataclass(frozen=True)
-class TensorSig:
-    """One input or output as Triton sees it: dims exclude the batch axis; -1 is a dynamic axis."""
-
-    name: str
-    data_type: str
-    dims: tuple[int, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "data_type": self.data_type, "dims": list(self.dims)}
 
 
 def onnx_signature(path: Path) -> tuple[list[TensorSig], list[TensorSig]]:

@@ -35,11 +35,11 @@ import numpy as np
 
 from ..errors import OptionalDependencyError, WorkbenchError
 from ..io import write_bytes, write_json
+from ..signatures import TRT_TO_TRITON, TensorSig
 
 if TYPE_CHECKING:
     import tensorrt as trt
 
-    from ..deploy.triton import TensorSig
     from ..recipe import DeploySpec, Recipe, TensorRTSpec
 
 INSTALL_HINT = (
@@ -496,7 +496,6 @@ def _deserialize(plan_bytes: bytes, logger: trt.ILogger, log: LogBuffer, version
     return LoadedPlan(engine, runtime, logger, log)
 
 
-TRT_TO_TRITON = {"FLOAT": "TYPE_FP32", "HALF": "TYPE_FP16", "BF16": "TYPE_BF16", "INT8": "TYPE_INT8", "INT32": "TYPE_INT32", "INT64": "TYPE_INT64", "BOOL": "TYPE_BOOL", "UINT8": "TYPE_UINT8"}
 
 
 def _dims(d: trt.Dims) -> list[int]:
@@ -506,7 +505,6 @@ def _dims(d: trt.Dims) -> list[int]:
 def _engine_io(engine: trt.ICudaEngine) -> tuple[list[TensorSig], list[TensorSig]]:
     import tensorrt as trt
 
-    from ..deploy.triton import TensorSig
 
     inputs: list[TensorSig] = []
     outputs: list[TensorSig] = []

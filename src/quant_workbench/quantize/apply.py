@@ -14,10 +14,11 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from ..architectures import architecture_of
 from ..errors import WorkbenchError
 from ..recipe import CalibMethod
 from .calibrate import CalibrationError, HistogramCalibrator, per_channel_amax
-from .modules import QuantAdd, QuantLinear, QuantMatMul, attach_attention_matmuls, attach_residual_add
+from .modules import QuantAdd, QuantLinear, QuantMatMul
 from .quantizer import QuantFormat, QuantKind, TensorQuantizer
 from .select import QuantPlan
 
@@ -35,6 +36,7 @@ def prepare(model: nn.Module, plan: QuantPlan, *, per_channel_weights: bool = Tr
     statistics for all of them and later selections reuse the cached statistics.
     """
     weight_fmt = QuantFormat("int8", axis=0 if per_channel_weights else None)
+    arch = architecture_of(model)
     attention_done: set[str] = set()
     for point in plan.points:
         if point.kind == "linear":
@@ -48,17 +50,18 @@ def prepare(model: nn.Module, plan: QuantPlan, *, per_channel_weights: bool = Tr
         elif point.kind == "attention_matmul":
             attn_name = point.module.rsplit(".", 1)[0]
             if attn_name not in attention_done:
-                attach_attention_matmuls(_get(model, attn_name))
+                arch.attach_attention_matmuls(_get(model, attn_name))
                 attention_done.add(attn_name)
             modules = [_get(model, point.module)]
         else:
-            block_name = point.module.rsplit(".", 1)[0]
+            block_name, _, attr = point.module.rpartition(".")
             block = _get(model, block_name)
-            if not isinstance(getattr(block, "residual_add", None), QuantAdd):
-                attach_residual_add(block)
+            if not isinstance(getattr(block, attr, None), QuantAdd):
+                arch.attach_residual_adds(block, arch.residual_attrs(block_name, model))
             modules = [_get(model, point.module)]
         for m in modules:
-            for q in m.modules():
+            # Direct children only: a Linear's call sites are points of their own.
+            for q in m.children():
                 if isinstance(q, TensorQuantizer):
                     q.enabled = point.enabled
     if kind != "int8":

@@ -17,16 +17,14 @@ import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
 from quant_workbench.errors import WorkbenchError
-
-CalibMethod = Literal["max", "percentile", "entropy", "mse"]
-CALIB_METHODS: tuple[str, ...] = get_args(CalibMethod)
+from quant_workbench.vocabulary import CALIB_METHODS, CalibMethod
 
 _FORMAT = "quant_workbench.calib_stats/1"
 _FORMAT_KEY = "__format__"

@@ -4,13 +4,12 @@
 - QuantMatMul holds the two quantizers of an attention matmul (Q·Kᵀ or probabilities·V); it is
   attached to the self-attention module as `qk_matmul` / `pv_matmul` and used by the attention
   function registered below.
-- QuantAdd holds the two quantizers of a residual add; attached as `residual_add` to the
-  `*SelfOutput` / `*Output` blocks (dense -> dropout -> LayerNorm(x + residual)).
+- QuantAdd holds the two quantizers of a residual add; where it is attached and how the block's
+  forward calls it is the architecture's business (architectures/).
 """
 
 from __future__ import annotations
 
-import types
 from typing import Any
 
 import torch
@@ -37,6 +36,10 @@ class QuantLinear(nn.Linear):
         # SmoothQuant's per-input-channel 1/s (quantize/smoothquant.py), applied before the input
         # quantizer whatever its state; the weight then holds W * s. None = not smoothed.
         self.register_buffer("smooth_scale", None)
+        # Call sites of this Linear (architectures/: one child module per extra call, sharing the
+        # Parameters) stay children, so `ignore: [<this Linear>]` keeps every call float.
+        for child_name, child in linear.named_children():
+            self.add_module(child_name, child)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.smooth_scale is not None:
@@ -49,6 +52,9 @@ class QuantLinear(nn.Linear):
         lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
         lin.weight = self.weight
         lin.bias = self.bias
+        for child_name, child in self.named_children():
+            if not isinstance(child, TensorQuantizer):
+                lin.add_module(child_name, child)
         return lin
 
 
@@ -114,30 +120,6 @@ def register_attention_function() -> None:
     except ImportError:  # transformers 4.x passes the 4D additive mask to any implementation
         return
     AttentionMaskInterface.register(ATTENTION_FUNCTION, eager_mask)
-
-
-def is_self_attention(module: nn.Module) -> bool:
-    return all(hasattr(module, a) for a in ("query", "key", "value")) and type(module).__name__.endswith("SelfAttention")
-
-
-def is_residual_block(module: nn.Module) -> bool:
-    """BERT-family `*SelfOutput` / `*Output`: dense -> dropout -> LayerNorm(hidden + input_tensor)."""
-    name = type(module).__name__
-    return name.endswith("Output") and all(hasattr(module, a) for a in ("dense", "LayerNorm", "dropout"))
-
-
-def _residual_forward(self: Any, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
-    hidden_states = self.dropout(self.dense(hidden_states))
-    out: torch.Tensor = self.LayerNorm(self.residual_add(hidden_states, input_tensor))
-    return out
-
-
-def attach_residual_add(block: nn.Module) -> QuantAdd:
-    add = QuantAdd()
-    block.residual_add = add
-    # An instance-level forward keeps the original class (and its other methods) intact.
-    block.forward = types.MethodType(_residual_forward, block)
-    return add
 
 
 def attach_attention_matmuls(attn: nn.Module) -> tuple[QuantMatMul, QuantMatMul]:

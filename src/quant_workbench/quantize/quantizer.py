@@ -12,18 +12,18 @@ Three modes, switched by the caller:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import nn
 
+from ..vocabulary import Format
 from .calibrate import HistogramCalibrator
 
 INT8_MAX = 127.0
 # Largest finite float8 E4M3 (e4m3fn: no infinities, one NaN pattern) value: scale = amax / 448.
 FP8_E4M3_MAX = 448.0
 
-QuantKind = Literal["int8", "fp8"]
+QuantKind = Format  # the quantizer's number format (vocabulary.Format)
 
 
 @dataclass(frozen=True)

@@ -11,15 +11,13 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import asdict, dataclass
-from typing import Literal
 
 from torch import nn
 
+from ..architectures import Feature, architecture_of
+from ..architectures.base import PointKind
 from ..errors import SelectionError
 from ..recipe import QuantSpec
-from .modules import is_residual_block, is_self_attention
-
-PointKind = Literal["linear", "attention_matmul", "residual_add"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +29,8 @@ class QuantPoint:
     op_class: str
     enabled: bool
     reason: str
+    # op-kind group of the search (attention-qkv, ffn-in...), named by the model's architecture
+    role: str | None = None
 
     @property
     def quantizer_names(self) -> list[str]:
@@ -52,7 +52,8 @@ class QuantPlan:
         return [f"{p.kind}:{p.module}" for p in self.points]
 
     def to_rows(self) -> list[dict[str, object]]:
-        return [asdict(p) for p in self.points]
+        # quant_plan.json keeps its schema: the role is derived from the architecture on every load.
+        return [{k: v for k, v in asdict(p).items() if k != "role"} for p in self.points]
 
     def describe(self) -> str:
         width = max((len(n) for p in self.points for n in p.quantizer_names), default=20)
@@ -82,20 +83,19 @@ def entry_matches(entry: str, name: str, classes: dict[str, str]) -> bool:
 
 
 def candidate_points(model: nn.Module) -> list[tuple[str, PointKind, str]]:
-    """Every op the workbench knows how to quantize, in module order."""
-    out: list[tuple[str, PointKind, str]] = []
-    for name, module in model.named_modules():
-        if not name:
-            continue
-        if isinstance(module, nn.Linear):
-            out.append((name, "linear", type(module).__name__))
-        elif is_self_attention(module):
-            out.append((f"{name}.qk_matmul", "attention_matmul", "QuantMatMul"))
-            out.append((f"{name}.pv_matmul", "attention_matmul", "QuantMatMul"))
-        elif is_residual_block(module):
-            out.append((f"{name}.residual_add", "residual_add", "QuantAdd"))
-    # Parents are visited before children; keep a stable, readable order by name position.
-    return out
+    """Every op the workbench knows how to quantize, in module order (the architecture decides)."""
+    return architecture_of(model).candidate_points(model)
+
+
+def wanted_features(spec: QuantSpec) -> list[Feature]:
+    wanted: list[Feature] = []
+    if spec.quantize_attention_matmuls:
+        wanted.append("attention_matmuls")
+    if spec.quantize_residual_adds:
+        wanted.append("residual_adds")
+    if "int8-smoothquant" in spec.families:
+        wanted.append("smoothquant")
+    return wanted
 
 
 def _closest(entry: str, names: list[str], classes: set[str]) -> str:
@@ -107,8 +107,10 @@ def _closest(entry: str, names: list[str], classes: set[str]) -> str:
 
 
 def build_plan(model: nn.Module, spec: QuantSpec) -> QuantPlan:
+    arch = architecture_of(model)
+    arch.check_features(wanted_features(spec))
     classes = _module_classes(model)
-    candidates = candidate_points(model)
+    candidates = arch.candidate_points(model)
     all_names = list(classes) + [c[0] for c in candidates if c[0] not in classes]
     for field_name, entries in (("targets", spec.targets), ("ignore", spec.ignore)):
         for entry in entries:
@@ -133,7 +135,8 @@ def build_plan(model: nn.Module, spec: QuantSpec) -> QuantPlan:
             enabled, reason = False, "not matched by any target (kept float)"
         else:
             enabled, reason = True, f"targeted by '{target}'"
-        points.append(QuantPoint(name, kind, op_class, enabled, reason))
+        role = arch.linear_role(name) if kind == "linear" else None
+        points.append(QuantPoint(name, kind, op_class, enabled, reason, role))
     if not any(p.enabled for p in points):
         raise SelectionError(
             "the layer selection quantizes nothing: every quantizable op is ignored or untargeted.",

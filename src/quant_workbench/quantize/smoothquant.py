@@ -31,13 +31,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
+from ..architectures import SmoothGroup, architecture_of
 from ..io import atomic_path
-from .modules import QuantLinear, is_self_attention
+from .modules import QuantLinear
 from .quantizer import TensorQuantizer
 
 _CHANNELS_FORMAT = "quant_workbench.channel_amax/1"
@@ -110,19 +111,6 @@ def load_channel_amax(path: Path, key: str) -> dict[str, torch.Tensor] | None:
 # groups and factors
 
 
-@dataclass(frozen=True)
-class SmoothGroup:
-    """Linears sharing one input and one set of factors, and where 1/s goes."""
-
-    linears: tuple[str, ...]
-    how: Literal["input_scale", "fold"]
-    fold_into: str | None = None  # "fold": the Linear whose output channels absorb 1/s
-
-    def describe(self) -> str:
-        target = f"folded into {self.fold_into}" if self.how == "fold" else "explicit input scale"
-        return f"{', '.join(self.linears)} ({target})"
-
-
 def _quant_linear(model: nn.Module, name: str) -> QuantLinear | None:
     try:
         mod = model.get_submodule(name)
@@ -131,27 +119,9 @@ def _quant_linear(model: nn.Module, name: str) -> QuantLinear | None:
     return mod if isinstance(mod, QuantLinear) else None
 
 
-def _quantized(lin: QuantLinear | None) -> bool:
-    return lin is not None and lin.input_quantizer.enabled
-
-
 def smooth_groups(model: nn.Module) -> list[SmoothGroup]:
-    """BERT-family smoothing groups among the quantized Linears (fold groups first)."""
-    folds: list[SmoothGroup] = []
-    scaled: list[SmoothGroup] = []
-    for name, mod in model.named_modules():
-        if is_self_attention(mod):
-            qkv = [f"{name}.{p}" for p in ("query", "key", "value")]
-            lins = [_quant_linear(model, n) for n in qkv]
-            if all(lin is not None for lin in lins) and any(_quantized(lin) for lin in lins):
-                scaled.append(SmoothGroup(tuple(qkv), "input_scale"))
-            parent = name.rpartition(".")[0]
-            out_name = f"{parent}.output.dense" if parent else "output.dense"
-            if _quantized(_quant_linear(model, out_name)) and lins[2] is not None:
-                folds.append(SmoothGroup((out_name,), "fold", fold_into=qkv[2]))
-        elif type(mod).__name__.endswith("Intermediate") and _quantized(_quant_linear(model, f"{name}.dense")):
-            scaled.append(SmoothGroup((f"{name}.dense",), "input_scale"))
-    return folds + scaled
+    """The smoothing groups among the quantized Linears (fold groups first), from the model's architecture."""
+    return architecture_of(model).smooth_groups(model)
 
 
 def smoothing_factors(act_amax: torch.Tensor, weights: list[torch.Tensor], alpha: float) -> torch.Tensor:

@@ -32,21 +32,12 @@ class LayerGroup:
 
 
 def op_kind(point: QuantPoint) -> str | None:
-    """The op-kind group of a point (BERT-family naming), or None for an unknown Linear."""
+    """The op-kind group of a point (its architecture's role of a Linear), or None for a Linear outside the blocks."""
     if point.kind == "attention_matmul":
         return "attention-matmuls"
     if point.kind == "residual_add":
         return "residual-adds"
-    name = point.module
-    if re.search(r"attention\.self\.(query|key|value)$", name) or re.search(r"\.(q_lin|k_lin|v_lin|query|key|value)$", name):
-        return "attention-qkv"
-    if re.search(r"attention\.output\.dense$", name) or name.endswith(".out_lin"):
-        return "attention-output"
-    if re.search(r"intermediate\.dense$", name) or name.endswith(".ffn.lin1"):
-        return "ffn-in"
-    if re.search(r"(?<!attention)\.output\.dense$", name) or name.endswith(".ffn.lin2"):
-        return "ffn-out"
-    return None
+    return point.role
 
 
 def layer_index(module: str) -> int | None:
@@ -103,6 +94,7 @@ def apply_flags(model: nn.Module, plan: QuantPlan) -> None:
     """Toggle the quantizers of an already prepared model to the plan's enabled flags (no re-swap)."""
     for point in plan.points:
         module = model.get_submodule(point.module)
-        for q in module.modules():
+        # Direct children only: a Linear's call sites are points of their own.
+        for q in module.children():
             if isinstance(q, TensorQuantizer):
                 q.enabled = point.enabled

@@ -1,28 +1,28 @@
-"""The recipe's `search` section (imported by recipe.py; depends on pydantic only)."""
+"""The recipe's `search` section (imported by recipe.py; depends on pydantic and vocabulary.py only)."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-SearchMethod = Literal["max", "percentile", "entropy", "mse"]
+from ..vocabulary import CALIB_METHODS, CalibMethod, Format, Strict
+
+SearchMethod = CalibMethod
 GroupKind = Literal["layer", "kind"]
 Objective = Literal["accuracy", "latency", "size"]
-SearchFormat = Literal["int8", "fp8"]
+SearchFormat = Format
 
 
-_ALL_METHODS: tuple[SearchMethod, ...] = ("max", "percentile", "entropy", "mse")
+_ALL_METHODS = CALIB_METHODS
 _GROUP_KINDS: tuple[GroupKind, ...] = ("layer", "kind")
 _OBJECTIVES: tuple[Objective, ...] = ("accuracy", "latency")
 _DEFAULT_FORMATS: tuple[SearchFormat, ...] = ("int8",)
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class CriterionSpec(_Strict):
+class CriterionSpec(Strict):
     """Accuracy criterion vs float: exactly one of relative (fraction of float accuracy) or absolute drop."""
 
     relative: float | None = Field(None, ge=0, lt=1, description="allowed drop as a fraction of float accuracy (0.01 = 1 %)")
@@ -46,7 +46,7 @@ class CriterionSpec(_Strict):
         return f"accuracy drop <= {self.absolute:g} (absolute)"
 
 
-class LatencyTarget(_Strict):
+class LatencyTarget(Strict):
     """Where a trial's latency is measured (interleaved with float on the recipe's engine)."""
 
     batch_size: int = Field(1, ge=1)
@@ -56,7 +56,7 @@ class LatencyTarget(_Strict):
     threads: int = Field(0, ge=0, description="intra-op threads; 0 = all cores")
 
 
-class SearchSpec(_Strict):
+class SearchSpec(Strict):
     methods: list[SearchMethod] = Field(default_factory=lambda: list(_ALL_METHODS), min_length=1)
     percentiles: list[float] = Field(default_factory=lambda: [99.9, 99.99, 99.999], min_length=1)
     groups: list[GroupKind] = Field(default_factory=lambda: list(_GROUP_KINDS), min_length=1, description="layer = per encoder layer; kind = per op kind")

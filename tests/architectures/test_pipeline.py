@@ -1,0 +1,83 @@
+"""Every architecture, from a tiny random model: calibrate -> Q/DQ export -> per-call fidelity in ONNX
+Runtime -> end-to-end agreement -> integer kernels, with attention matmuls and residual adds quantized
+wherever the architecture supports them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tiny_fixtures import TINY_SEQ, make_rows
+
+from architectures.tiny_architectures import CONFIGS
+from quant_workbench.architectures import supported_model_types
+from quant_workbench.engines.onnxruntime import OrtEngine, optimized_op_counts
+from quant_workbench.export import cosine_rows, export_onnx, per_layer_fidelity, qdq_summary
+from quant_workbench.models import load_model, to_torch, tokenize
+from quant_workbench.quantize.apply import calibrate, prepare, set_scales
+from quant_workbench.quantize.select import build_plan
+from quant_workbench.recipe import EngineSpec, ModelSpec, QuantSpec
+
+ENGINE = EngineSpec(provider="cpu", graph_optimization="all", threads=1)
+TEXTS = [t for t, _ in make_rows()]
+# Calls whose input is a constant of the weights (DeBERTa-v2's projections of the relative-position
+# embeddings): ONNX Runtime folds their activation Q/DQ, so the MatMul runs in float there.
+CONSTANT_INPUT_CALLS = {"deberta-v2": 4}
+
+
+def test_every_tested_architecture_is_registered() -> None:
+    assert set(CONFIGS) <= set(supported_model_types())
+
+
+@pytest.mark.parametrize("model_type", list(CONFIGS))
+def test_calibrate_export_fidelity_integer_kernels(model_type: str, tiny_architecture: Callable[[str], Path], tmp_path: Path) -> None:
+    loaded = load_model(ModelSpec(source=str(tiny_architecture(model_type)), max_seq_length=TINY_SEQ))
+    arch = loaded.architecture
+    spec = QuantSpec(
+        quantize_attention_matmuls="attention_matmuls" not in arch.unsupported,
+        quantize_residual_adds="residual_adds" not in arch.unsupported,
+    )
+    plan = build_plan(loaded.model.hf, spec)
+    # the default targets take every Linear of every encoder block (each call site included)
+    block_linears = [p for p in plan.points if p.kind == "linear" and p.role is not None]
+    assert block_linears and all(p.enabled for p in block_linears)
+    enabled = {k: sum(p.kind == k for p in plan.enabled) for k in ("linear", "attention_matmul", "residual_add")}
+    assert enabled["attention_matmul"] > 0 or "attention_matmuls" in arch.unsupported
+    assert enabled["residual_add"] > 0 or "residual_adds" in arch.unsupported
+
+    prepare(loaded.model.hf, plan)
+
+    def feed(texts: list[str]) -> dict[str, torch.Tensor]:
+        return to_torch(tokenize(loaded.tokenizer, texts, TINY_SEQ, loaded.input_names))
+
+    def loop(model: torch.nn.Module) -> None:
+        for start in range(0, 32, 16):
+            model(**feed(TEXTS[start : start + 16]))
+
+    calibrators = calibrate(loaded.model, loop)
+    set_scales(loaded.model, calibrators, "max")
+    example = feed(TEXTS[200:208])
+    path = export_onnx(loaded.model, tmp_path / f"{model_type}.qdq.onnx", example, loaded.input_names, loaded.output_name, 18)
+
+    # the ONNX inputs are the ones the model reads
+    assert qdq_summary(path)["inputs"] == loaded.input_names
+    assert ("token_type_ids" in loaded.input_names) == arch.uses_token_type_ids(loaded.model.hf.config)
+
+    # every quantized Linear call has its own Q/DQ MatMul, matching the fake-quant call
+    fidelity = per_layer_fidelity(path, loaded.model, example, lambda blob: OrtEngine(blob, ENGINE))
+    assert len(fidelity) == enabled["linear"]
+    assert len({f.module for f in fidelity}) == enabled["linear"]
+    assert min(f.cosine for f in fidelity) > 0.9999, [(f.module, f.cosine) for f in fidelity if f.cosine <= 0.9999]
+
+    with torch.no_grad():
+        ref = loaded.model(**example).numpy()
+    with OrtEngine(path, ENGINE) as engine:
+        got = engine({k: v.numpy() for k, v in example.items()})
+    assert float(np.mean(cosine_rows(got, ref))) > 0.9999
+
+    counts = optimized_op_counts(path, ENGINE)
+    expected = enabled["linear"] + enabled["attention_matmul"] - CONSTANT_INPUT_CALLS.get(model_type, 0)
+    assert counts["integer_matmuls"] == expected, counts

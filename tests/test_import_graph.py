@@ -1,0 +1,94 @@
+"""No import circles among the package's modules (function-level imports count: they only hide a circle)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import quant_workbench
+
+PACKAGE = Path(quant_workbench.__file__).parent
+# issue 11 part 1 (the run as stages) removes this one: the search reaches back into run.py's helpers.
+ALLOWED_CYCLES = [{"quant_workbench.run", "quant_workbench.search.study", "quant_workbench.search.sensitivity"}]
+
+
+def _module_name(path: Path) -> str:
+    parts = ["quant_workbench", *path.relative_to(PACKAGE).with_suffix("").parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")
+                    anchor = anchor[: len(anchor) - (node.level - 1)]
+                    base = ".".join([*anchor, base]) if base else ".".join(anchor)
+                # `from pkg import mod` imports the submodule when there is one
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+            for target in targets:
+                while target and target not in modules:
+                    target = target.rpartition(".")[0]
+                if target and target != name:
+                    graph[name].add(target)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[set[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[set[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = set()
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.add(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(component)
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_import_graph_finds_a_known_edge() -> None:
+    graph = import_graph()
+    assert "quant_workbench.architectures" in graph["quant_workbench.quantize.select"]
+    assert "quant_workbench.errors" in graph["quant_workbench.architectures.registry"]
+    assert "quant_workbench.signatures" in graph["quant_workbench.engines.tensorrt"]  # a function-level import counts
+
+
+def test_cycles_finds_a_circle() -> None:
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [{"a", "b", "c"}]
+
+
+def test_no_import_circles() -> None:
+    found = cycles(import_graph())
+    unexpected = [sorted(c) for c in found if c not in ALLOWED_CYCLES]
+    assert not unexpected, f"import circles: {unexpected}"
