@@ -323,7 +323,7 @@ class QatSpec(TrainSpec):
 
 
 class Recipe(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(pattern=r"^(?!\.{1,2}$)[A-Za-z0-9_.-]+$", description="one folder name under output_dir (not '.' or '..')")
     description: str = ""
     seed: int = 0
     output_dir: str = "reports"
@@ -466,6 +466,8 @@ def format_validation_error(exc: ValidationError, source: str) -> RecipeError:
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     path = Path(path)
+    if path.is_dir():
+        raise RecipeError(f"recipe path '{path}' is a folder, not a YAML file.", f"pass one of its recipes, e.g. {path / 'bert_int8.yaml'}")
     if not path.is_file():
         raise RecipeError(f"recipe file '{path}' does not exist.", "pass the path of a YAML recipe, e.g. recipes/bert_int8.yaml")
     try:
