@@ -54,7 +54,7 @@ def check_writable(folder: Path | str, field: str) -> None:
             pass
     except OSError as exc:
         raise WorkbenchError(
-            f"{field} '{folder}' is not writable ({exc.strerror or exc}); the run would fail there after its work is done.",
+            f"cannot write to output folder '{folder}' ({field}): {exc.strerror or exc}; the run would fail there after its work is done.",
             f"choose a writable folder with --set {field}=PATH (relative paths are under the current folder "
             f"'{Path.cwd()}') or fix its permissions",
         ) from exc

@@ -323,7 +323,7 @@ class QatSpec(TrainSpec):
 
 
 class Recipe(Strict):
-    name: str = Field(pattern=r"^(?!\.{1,2}$)[A-Za-z0-9_.-]+$", description="one folder name under output_dir (not '.' or '..')")
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="one folder name under output_dir (not '.' or '..')")
     description: str = ""
     seed: int = 0
     output_dir: str = "reports"
@@ -337,6 +337,13 @@ class Recipe(Strict):
     qat: QatSpec | None = None
     deploy: DeploySpec | None = None
     search: SearchSpec | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _one_folder(cls, v: str) -> str:
+        if v in (".", ".."):  # the run folder is output_dir/<name>/<run id>: '..' would leave output_dir
+            raise ValueError("the name is a folder name under output_dir; '.' and '..' are not allowed, use e.g. 'bert_int8'")
+        return v
 
     @model_validator(mode="after")
     def _combinations(self) -> Recipe:
