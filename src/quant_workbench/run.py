@@ -231,10 +231,17 @@ def execute(
     run_dir = run_dir_for(recipe, run_id)
     preflight_runtime(recipe)
     run_preflight(recipe, run_dir)
-    with RunLock(run_dir, wait_s=wait_lock_s):
-        for stale in remove_stale_temp_files(run_dir, recipe.quantization.calibration.cache_dir):
-            say(f"removed a killed writer's temp file {stale}")
-        return _execute(recipe, run_dir=run_dir, progress=progress, say=say)
+    fresh = not run_dir.exists()
+    try:
+        with RunLock(run_dir, wait_s=wait_lock_s):
+            for stale in remove_stale_temp_files(run_dir, recipe.quantization.calibration.cache_dir):
+                say(f"removed a killed writer's temp file {stale}")
+            return _execute(recipe, run_dir=run_dir, progress=progress, say=say)
+    except BaseException:
+        # a run that failed before its first artifact leaves no folder holding only its resolved recipe
+        if fresh and run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {"recipe.resolved.yaml", ".lock"}:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 def _execute(recipe: Recipe, *, run_dir: Path, progress: bool = True, say: Callable[[str], None] = print) -> RunResult:

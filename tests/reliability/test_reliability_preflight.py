@@ -214,3 +214,13 @@ def test_stale_temp_files_of_killed_writers_only_are_removed(tmp_path: Path) -> 
         removed = remove_stale_temp_files(tmp_path)
         assert live.exists()
     assert removed == stale and not stale[0].exists() and user_tmp.exists()
+
+
+def test_a_run_failing_before_its_first_artifact_leaves_no_folder(
+    capsys: pytest.CaptureFixture[str], make_recipe: RecipeFactory, tmp_path: Path
+) -> None:
+    data = make_recipe()
+    data["data"]["label_column"] = "nope"  # fails in the data stage, after the run folder was made
+    code, _, err = run_cli(capsys, str(write_recipe(tmp_path, data)), "--no-progress", "--run-id", "x")
+    assert code == 2, err
+    assert not (Path(data["output_dir"]) / "tiny" / "x").exists()
