@@ -146,6 +146,8 @@ def shapes(recipe: Recipe) -> list[tuple[str, int, int]]:
     out = [("quantization.calibration.batch_size", recipe.quantization.calibration.batch_size, seq)]
     if recipe.benchmark.enabled:
         out += [("benchmark.batch_sizes x benchmark.seq_lengths", b, s) for b in recipe.benchmark.batch_sizes for s in recipe.benchmark.seq_lengths]
+    if recipe.search is not None and "latency" in recipe.search.objectives:
+        out.append(("search.latency.batch_size", recipe.search.latency.batch_size, recipe.search.latency.seq_length or seq))
     return out
 
 

@@ -63,10 +63,14 @@ def test_truncated_onnx_is_rebuilt_not_trusted(capsys: pytest.CaptureFixture[str
         target = run_dir / "models" / name
         originals[name] = target.read_bytes()
         target.write_bytes(originals[name][: len(originals[name]) // 3])  # its .key sidecar still matches the inputs
+    (cache,) = (tmp_path / "calibration").glob("*.npz")
+    cached = cache.read_bytes()
+    cache.write_bytes(cached[:100])
     code, out, err = run_cli(capsys, str(recipe), "--no-progress", "--run-id", RUN_ID)
     assert code == 0, err
     for name, original in originals.items():
         assert (run_dir / "models" / name).read_bytes() == original  # rebuilt, byte-identical (deterministic export)
+    assert cache.read_bytes() == cached  # the calibration statistics too
     report = _report(run_dir)
     assert all(v["status"] == "ok" for v in report["variants"]), report["variants"]
     assert report["best_variant"] == _report(base[0] / "reports" / "tiny" / RUN_ID)["best_variant"]
@@ -84,6 +88,19 @@ def test_artifacts_are_readable_by_others(base: tuple[Path, dict[str, Any]]) -> 
     assert not bad  # under umask 022: files 0644, folders 0755 (ONNX, report.json, scales were 0600)
     cache = list((base[0] / "calibration").iterdir())
     assert cache and all(stat.S_IMODE(p.stat().st_mode) == 0o644 for p in cache)
+
+
+def test_triton_repository_is_readable_by_others(capsys: pytest.CaptureFixture[str], base: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    _, run_dir = copy_run(base[0], tmp_path, base[1])
+    old = os.umask(0o022)
+    try:
+        code, _, err = run_cli(capsys, "deploy", str(run_dir), "--no-engines", "--out", str(tmp_path / "repo"))
+    finally:
+        os.umask(old)
+    assert code == 0, err
+    entries = [tmp_path / "repo", *(tmp_path / "repo").rglob("*")]
+    bad = {str(p): oct(stat.S_IMODE(p.stat().st_mode)) for p in entries if stat.S_IMODE(p.stat().st_mode) != (0o755 if p.is_dir() else 0o644)}
+    assert not bad  # the repository root was 0700 (mkdtemp)
 
 
 _KILL_AT_RENAME = textwrap.dedent(

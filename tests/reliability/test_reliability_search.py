@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -24,18 +25,23 @@ from quant_workbench.recipe import recipe_from_dict
 from quant_workbench.search.groups import LayerGroup
 from quant_workbench.search.sensitivity import Config, TrialRecord
 from quant_workbench.search.spec import SearchSpec
-from quant_workbench.search.study import (
-    WORKER_ATTR,
-    config_key,
-    normalize_storage,
-    run_study,
-    suggest,
-    trial_config_key,
-)
+from quant_workbench.search.study import WORKER_ATTR, config_params, normalize_storage, run_study, suggest
 
 GROUPS = [LayerGroup(f"layer{i}", "layer", (f"encoder.layer.{i}",)) for i in range(3)]
 # 2 methods x 2^3 float-group choices = 16 configurations; budgets below stay under it
 SPEC = {"methods": ["max", "mse"], "groups": ["layer"], "objectives": ["accuracy", "latency"], "sensitivity": False, "fallback": False, "sampler": "random", "seed": 0}
+
+
+def config_key(config: Config) -> str:
+    """The test's own notion of 'the same configuration' (independent of the code under test)."""
+    return hash_json(asdict(config))
+
+
+def trial_config_key(t: Any) -> str | None:
+    try:
+        return config_key(suggest(optuna.trial.FixedTrial(dict(t.params)), SearchSpec(**{**SPEC, "max_trials": 1}), GROUPS))
+    except Exception:
+        return None
 
 
 class FakeRunner:
@@ -59,8 +65,7 @@ def _counted(trials: list[Any]) -> list[Any]:
 
 
 def _keys(trials: list[Any]) -> list[str | None]:
-    spec = SearchSpec(**{**SPEC, "max_trials": 1})
-    return [trial_config_key(t, spec, GROUPS) for t in trials]
+    return [trial_config_key(t) for t in trials]
 
 
 def _dead_pid() -> int:
@@ -75,10 +80,15 @@ def test_resumed_study_reruns_the_interrupted_trial_first_and_repeats_nothing(tm
     run_study(first, storage, "s", say=lambda _: None)
     # kill -9 in the 4th trial: it is RUNNING with its parameters drawn, owned by a worker that is gone
     study = optuna.load_study(study_name="s", storage=storage)
+    done_before = {k for k, t in zip(_keys(study.get_trials()), study.get_trials(), strict=True) if t.state.name == "COMPLETE"}
+    # the killed trial's configuration is one that has not run yet (else re-running it would be a repeat)
+    fresh = next(c for m in ("max", "mse") for n in range(8)
+                 if config_key(c := Config(m, None, tuple(g.name for i, g in enumerate(GROUPS) if n >> i & 1))) not in done_before)
+    study.enqueue_trial(config_params(fresh, GROUPS, first.spec))
     trial = study.ask()
     trial.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{_dead_pid()}")
     interrupted_config = suggest(trial, first.spec, GROUPS)
-    done_before = {k for k, t in zip(_keys(study.get_trials()), study.get_trials(), strict=True) if t.state.name == "COMPLETE"}
+    assert config_key(interrupted_config) == config_key(fresh)
 
     resumed = FakeRunner(tmp_path, max_trials=6)
     run_study(resumed, storage, "s", say=lambda _: None)
