@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import fcntl
 import json
+import logging
 import os
 import socket
 import time
@@ -21,6 +22,7 @@ from types import TracebackType
 from .errors import WorkbenchError
 
 LOCK_NAME = ".lock"
+log = logging.getLogger(__name__)
 
 
 class RunLockedError(WorkbenchError):
@@ -61,6 +63,10 @@ class RunLock:
                         "--run-id; search workers sharing a study need their own run folders (--run-id) and one --storage",
                     ) from None
                 time.sleep(self.poll_s)
+            except OSError as exc:  # a file system without flock (some network mounts): run unlocked, say so
+                log.warning("cannot lock run folder %s (%s); concurrent runs on it are not prevented", self.path.parent, exc)
+                os.close(fd)
+                return
         # Holder details are written only once the lock is ours, so a reader never sees a loser's PID.
         os.ftruncate(fd, 0)
         info = {"pid": os.getpid(), "host": socket.gethostname(), "started_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
