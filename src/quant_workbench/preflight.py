@@ -17,9 +17,10 @@ from typing import Any
 from .errors import ModelError, WorkbenchError
 from .recipe import Recipe
 
-# ONNX Runtime / PyTorch working memory per token of one forward pass is several hidden-sized tensors
-# plus the FFN's intermediate activation and one attention row per head; this factor covers the
-# tensors alive at once (measured peak on MiniLM-L6 at 32x128 is ~3x one FFN activation).
+# Working memory per token of one forward pass: a few hidden-sized tensors alive at once (residual,
+# attention output, LayerNorm output), the FFN's intermediate activation and one attention-score row per
+# head. A deliberately rough lower bound (not measured per model): it only has to catch requests that are
+# off by orders of magnitude, like batch 100000, before they reach the allocator or the OOM killer.
 _LIVE_TENSORS = 3
 
 
