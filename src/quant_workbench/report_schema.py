@@ -16,9 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 from .errors import WorkbenchError
-from .results import LatencyStats, RunResult, VariantResult
-
-_NESTED = {VariantResult, LatencyStats}
+from .results import RunResult
 
 
 class ReportError(WorkbenchError):
@@ -47,7 +45,7 @@ def _check_value(value: Any, tp: Any, where: str, problems: list[str]) -> None:
         if value not in typing.get_args(tp):
             problems.append(f"{where} = {_short(value)}; allowed: {', '.join(map(repr, typing.get_args(tp)))}")
         return
-    if tp in _NESTED:
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):  # VariantResult, LatencyStats, any added later
         _check_object(value, tp, where, problems)
         return
     if origin is list:
