@@ -309,6 +309,11 @@ def run_study(
         if len(before) >= spec.max_trials:  # another worker took the last slot first
             trial.set_user_attr(SKIPPED_ATTR, "budget reached")
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            if any(t.state == optuna.trial.TrialState.RUNNING for t in before):
+                # a running trial may still turn out a duplicate (or budget-skipped) and not count; two workers
+                # that both stopped here would leave the budget one short, so look again once it has ended
+                time.sleep(0.2)
+                continue
             break
         try:
             config = suggest(trial, spec, runner.groups)
