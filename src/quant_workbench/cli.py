@@ -1,7 +1,8 @@
 """`quantize RECIPE.yaml [--set key.path=value ...] [--dry-run] [--debug]`
 and `quantize deploy RUN_DIR [--out DIR] [--no-engines]` (Triton model repository for a finished run).
 
-Exit codes: 0 success, 2 user error (bad recipe, missing file, impossible request), 1 internal error.
+Exit codes: 0 success, 2 user error (bad recipe, missing file, impossible request, run folder in use),
+3 the run finished but no quantized variant succeeded or none could be selected, 1 internal error.
 """
 
 from __future__ import annotations
@@ -13,8 +14,12 @@ import sys
 import textwrap
 import traceback
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from .errors import WorkbenchError
+
+if TYPE_CHECKING:
+    from .results import RunResult
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,8 +35,30 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", default=None, help="run folder name under reports/<recipe>/ (default: the recipe hash, so a re-run resumes)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--storage", default=None, metavar="URL", help="search: Optuna storage shared by several workers, e.g. postgresql://user@host/db (default: SQLite in the run folder)")
+    p.add_argument("--wait-lock", type=float, default=0.0, metavar="SECONDS", help="when another run holds the run folder, wait up to SECONDS for it (default: exit 2 at once)")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     return p
+
+
+EXIT_NO_QUANTIZED = 3
+
+
+def _no_quantized_result(result: RunResult) -> str | None:
+    """The summary line of a run with nothing to ship (exit 3), or None when a quantized variant was selected."""
+    if result.best_variant is not None:
+        return None
+    failed = [v for v in result.variants if v.precision != "float32" and v.status != "ok"]
+    if failed:
+        detail = "; ".join(f"{v.name}: {(v.error or 'failed').splitlines()[0]}" for v in failed)
+        return f"no quantized variant succeeded ({len(failed)} failed: {detail})."
+    return "no quantized variant could be selected (none was scored)."
+
+
+def _offline_by_default() -> None:
+    """Runs are offline unless the user allows the Hub (HF_HUB_OFFLINE=0): a bare model name that is not cached
+    then fails in preflight at once instead of retrying the network for half a minute."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", os.environ["HF_HUB_OFFLINE"])
 
 
 def _paragraph(prefix: str, text: str) -> str:
@@ -65,6 +92,7 @@ def _deploy(argv: Sequence[str]) -> int:
     args = _deploy_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    _offline_by_default()
     try:
         from .deploy import deploy_run
 
@@ -84,6 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     if not args.debug:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    _offline_by_default()
     try:
         from .recipe import load_recipe
 
@@ -99,7 +128,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         from .run import execute
 
-        execute(recipe, run_id=args.run_id, progress=not args.no_progress)
+        result = execute(recipe, run_id=args.run_id, progress=not args.no_progress, wait_lock_s=args.wait_lock)
+        summary = _no_quantized_result(result)
+        if summary is not None:
+            print(_paragraph("error: ", f"{summary} The report is written; nothing quantized can be deployed."), file=sys.stderr)
+            return EXIT_NO_QUANTIZED
         return 0
     except WorkbenchError as exc:
         return _user_error(exc, args.debug)

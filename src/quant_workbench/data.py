@@ -242,7 +242,10 @@ def _check_columns(columns: list[Any], spec: DataSpec, source: str) -> None:
     for key, column in wanted:
         if column in available:
             continue
-        close = difflib.get_close_matches(column, available, n=1, cutoff=0.4)
+        # a column the recipe already uses in the other role is never the fix (a missing label column
+        # must not be pointed at the text column)
+        taken = set(spec.text_columns) | {spec.label_column}
+        close = difflib.get_close_matches(column, [c for c in available if c not in taken], n=1, cutoff=0.4)
         if not close:
             hint = f"set {key} to one of the available columns"
         elif key == "data.text_columns":

@@ -369,7 +369,7 @@ class QatSpec(TrainSpec):
 
 
 class Recipe(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="one folder name under output_dir (not '.' or '..')")
     description: str = ""
     seed: int = 0
     output_dir: str = "reports"
@@ -394,6 +394,13 @@ class Recipe(Strict):
         if self.references is None:
             return list(ALL_REFERENCES) if self.engine.ort_cpu else []
         return list(self.references)
+
+    @field_validator("name")
+    @classmethod
+    def _one_folder(cls, v: str) -> str:
+        if v in (".", ".."):  # the run folder is output_dir/<name>/<run id>: '..' would leave output_dir
+            raise ValueError("the name is a folder name under output_dir; '.' and '..' are not allowed, use e.g. 'bert_int8'")
+        return v
 
     @model_validator(mode="after")
     def _combinations(self) -> Recipe:
@@ -536,6 +543,8 @@ def format_validation_error(exc: ValidationError, source: str) -> RecipeError:
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     path = Path(path)
+    if path.is_dir():
+        raise RecipeError(f"recipe path '{path}' is a folder, not a YAML file.", f"pass one of its recipes, e.g. {path / 'bert_int8.yaml'}")
     if not path.is_file():
         raise RecipeError(f"recipe file '{path}' does not exist.", "pass the path of a YAML recipe, e.g. recipes/bert_int8.yaml")
     try:

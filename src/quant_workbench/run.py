@@ -35,7 +35,7 @@ from .errors import WorkbenchError
 from .evaluate import LinearProbe, run_outputs, score_classification, score_embedding
 from .export import cosine_rows, end_to_end_allowance, export_onnx, per_layer_fidelity, qdq_summary
 from .families import family_variants
-from .io import artifact_is_current, hash_json, mark_artifact, write_json, write_text
+from .io import artifact_is_current, atomic_path, hash_json, mark_artifact, write_json, write_text
 from .machine import cpu_has_vnni
 from .models import LoadedModel, load_model, to_torch, tokenize
 from .quantize.apply import activation_quantizers, calibrate, prepare, set_scales
@@ -226,8 +226,32 @@ def _size(path: Path) -> int:
     return total + (data.stat().st_size if data.exists() else 0)
 
 
-def execute(recipe: Recipe, *, run_id: str | None = None, progress: bool = True, say: Callable[[str], None] = print) -> RunResult:
+def execute(
+    recipe: Recipe, *, run_id: str | None = None, progress: bool = True, say: Callable[[str], None] = print, wait_lock_s: float = 0.0
+) -> RunResult:
+    """Preflight (before any data or export work), then the run under the run folder's lock (lock.py)."""
+    from .io import remove_stale_temp_files
+    from .lock import RunLock
+    from .preflight import check_run_id, run_preflight
+
+    check_run_id(run_id)
     run_dir = run_dir_for(recipe, run_id)
+    preflight_runtime(recipe)
+    run_preflight(recipe, run_dir)
+    fresh = not run_dir.exists()
+    try:
+        with RunLock(run_dir, wait_s=wait_lock_s):
+            for stale in remove_stale_temp_files(run_dir, recipe.quantization.calibration.cache_dir):
+                say(f"removed a killed writer's temp file {stale}")
+            return _execute(recipe, run_dir=run_dir, progress=progress, say=say)
+    except BaseException:
+        # a run that failed before its first artifact leaves no folder holding only its resolved recipe
+        if fresh and run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {"recipe.resolved.yaml", ".lock"}:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def _execute(recipe: Recipe, *, run_dir: Path, progress: bool = True, say: Callable[[str], None] = print) -> RunResult:
     ctx = RunContext(recipe, run_dir, progress, say)
     models_dir = run_dir / "models"
     t_start = time.perf_counter()
@@ -293,8 +317,8 @@ def execute(recipe: Recipe, *, run_id: str | None = None, progress: bool = True,
         channel_amax: dict[str, torch.Tensor] = {}
         wants_channels = "int8-smoothquant" in recipe.quantization.families or bool(recipe.search and recipe.search.smoothquant_alphas)
         calibrators, cal_info = calibration_statistics(ctx, loaded, splits, plan, channel_amax=channel_amax if wants_channels else None)
-        shutil.copyfile(cal_info["cache_file"], run_dir / ".calibration_stats.npz.tmp")
-        os.replace(run_dir / ".calibration_stats.npz.tmp", run_dir / "calibration_stats.npz")
+        with atomic_path(run_dir / "calibration_stats.npz") as tmp:
+            shutil.copyfile(cal_info["cache_file"], tmp)
 
     if recipe.search is not None:  # issue 4: sensitivity, fallback and an Optuna study reuse these statistics
         from .search.study import run_search

@@ -7,7 +7,6 @@ asked for, writes the repository (see deploy/triton.py) and validates it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,14 +39,10 @@ def deploy_run(
     say: Callable[[str], None] = print,
 ) -> Repository:
     run_dir = Path(run_dir)
-    report = run_dir / "report.json"
     if result is None:
-        if not report.is_file():
-            raise DeployError(
-                f"'{run_dir}' is not a finished run folder (it has no report.json).",
-                "pass a folder like reports/<recipe name>/<run id> written by `quantize RECIPE.yaml`",
-            )
-        result = RunResult.from_dict(json.loads(report.read_text()))
+        from ..report_schema import load_report
+
+        result = load_report(run_dir)
     if recipe is None:
         resolved = run_dir / "recipe.resolved.yaml"
         if not resolved.is_file():

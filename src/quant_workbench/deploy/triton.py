@@ -32,7 +32,7 @@ from typing import Any
 
 from ..engines.onnxruntime import DISABLED_OPTIMIZERS
 from ..errors import OptionalDependencyError, WorkbenchError
-from ..io import write_json, write_text
+from ..io import make_shareable, write_json, write_text
 from ..recipe import DeploySpec, EngineSpec, Recipe
 from ..signatures import ONNX_TO_TRITON, TensorSig
 
@@ -484,6 +484,7 @@ def write_repository(
         raise DeployError(f"'{out}' exists and is not a model repository written by the workbench; refusing to replace it.", "pass another --out folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    make_shareable(tmp, 0o777)  # mkdtemp makes it 0700: a Triton server running as another user must read the repository
     try:
         configs: dict[str, Any] = {}
         entries: list[ModelEntry] = []

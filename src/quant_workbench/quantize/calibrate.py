@@ -481,11 +481,12 @@ def save_stats(path: Path, calibrators: dict[str, HistogramCalibrator], meta: di
             arrays[f"{name}{_SEP}{field}"] = np.asarray(value)
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    from ..io import make_shareable, temp_prefix
+
+    fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
     try:
+        make_shareable(tmp_name)  # mkstemp creates 0600; stats are an ordinary shareable artifact
         with os.fdopen(fd, "wb") as fh:
-            if hasattr(os, "fchmod"):  # mkstemp creates 0600; stats are an ordinary shareable artifact
-                os.fchmod(fh.fileno(), 0o644)
             with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED) as zf:
                 for key in sorted(arrays):
                     info = zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_EPOCH)

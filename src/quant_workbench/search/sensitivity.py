@@ -29,7 +29,7 @@ from ..errors import WorkbenchError
 from ..evaluate import LinearProbe, run_outputs, score_classification, score_embedding
 from ..export import export_onnx
 from ..families import Recalibrate
-from ..io import hash_json, write_json, write_text
+from ..io import artifact_is_current, hash_json, mark_artifact, write_json
 from ..models import LoadedModel
 from ..quantize.apply import set_format, set_scales
 from ..quantize.calibrate import HistogramCalibrator
@@ -268,8 +268,8 @@ class TrialRunner:
         result_file = self.trials_dir / f"{key}.json"
         rel = lambda p: str(p.relative_to(self.run_dir))  # noqa: E731
         rec.artifacts = {"onnx": rel(path), "scales": rel(self.trials_dir / f"{key}.scales.json"), "plan": rel(self.trials_dir / f"{key}.plan.json")}
-        if result_file.exists() and path.exists():  # evaluated before (this run or a killed one)
-            stored = json.loads(result_file.read_text())
+        stored = _stored_result(result_file) if artifact_is_current(path, key) else None
+        if stored is not None:  # evaluated before (this run or a killed one), and the ONNX verifies
             for name in ("accuracy", "metrics", "p50_ms", "float_p50_ms", "speedup", "size_bytes"):
                 setattr(rec, name, stored[name])
             if stored.get("engine_onnx"):
@@ -280,10 +280,9 @@ class TrialRunner:
         write_json(self.trials_dir / f"{key}.scales.json", {"method": config.method, "percentile": pct, "format": config.format, "smoothquant_alpha": config.alpha, "amax": amax})
         write_json(self.trials_dir / f"{key}.plan.json", plan.to_rows())
         t = time.perf_counter()
-        key_file = path.with_name(path.name + ".key")
-        if not (path.exists() and key_file.exists() and key_file.read_text().strip() == key):
+        if not artifact_is_current(path, key):
             export_onnx(loaded.model, path, self.example, loaded.input_names, loaded.output_name, recipe.export.opset)
-            write_text(key_file, key + "\n")
+            mark_artifact(path, key)
             self.exports += 1
         rec.seconds["export"] = round(time.perf_counter() - t, 3)
         rec.size_bytes = _size(path)
@@ -322,6 +321,20 @@ class TrialRunner:
                 rec.seconds["benchmark"] = round(time.perf_counter() - t, 3)
         rec.seconds["total"] = round(time.perf_counter() - t_start, 3)
         write_json(result_file, {**{n: getattr(rec, n) for n in ("accuracy", "metrics", "p50_ms", "float_p50_ms", "speedup", "size_bytes", "seconds")}, "engine_onnx": rec.artifacts.get("engine_onnx")})
+
+
+def _stored_result(result_file: Path) -> dict[str, Any] | None:
+    """A trial's stored scores, or None when missing or unreadable (then the trial is evaluated again)."""
+    try:
+        stored = json.loads(result_file.read_text())
+        if isinstance(stored, dict) and isinstance(stored.get("seconds"), dict) and all(
+            n in stored for n in ("accuracy", "metrics", "p50_ms", "float_p50_ms", "speedup", "size_bytes")
+        ):
+            return stored
+    except (OSError, ValueError) as exc:
+        if result_file.exists():
+            log.warning("re-evaluating: unreadable trial result %s: %s", result_file, exc)
+    return None
 
 
 @dataclass

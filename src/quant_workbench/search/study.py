@@ -6,7 +6,10 @@ restarted with the same command, resumes with every finished trial), or any SQLA
 `postgresql://...` so that several workers share one study. The budget (`max_trials`) counts the
 finished trials of all workers together; each worker decides by trial number, so workers never
 overshoot it. Trials interrupted by a dead worker on this host are marked failed (`interrupted`)
-and do not count.
+and do not count;
+their configurations run again first. A resumed worker seeds its sampler from the study's state and
+never runs a configuration that another trial already finished (dedupe on `config_key`), so
+`max_trials` counts distinct configurations.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import socket
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +31,7 @@ import torch
 from ..data import Splits
 from ..engine_graphs import EngineGraphs
 from ..errors import WorkbenchError
-from ..io import write_json, write_text
+from ..io import hash_json, write_json, write_text
 from ..models import LoadedModel
 from ..quantize.calibrate import HistogramCalibrator
 from ..quantize.select import QuantPlan
@@ -51,6 +54,10 @@ WORKER_ATTR = "worker"
 ERROR_ATTR = "error"
 INTERRUPTED_ATTR = "interrupted"
 SKIPPED_ATTR = "skipped"
+CONFIG_KEY_ATTR = "config_key"
+RERUN_ATTR = "rerun_of"
+# A sampler that keeps proposing finished configurations has run out of new ones (a small search space).
+MAX_REPEATS = 50
 
 
 def import_optuna() -> Any:
@@ -102,7 +109,11 @@ def _pid_alive(pid: int) -> bool:
 
 
 def fail_dead_local_trials(study: Any) -> int:
-    """RUNNING trials whose worker was a process on this host that no longer exists -> FAIL (interrupted)."""
+    """RUNNING trials whose worker was a process on this host that no longer exists -> FAIL (interrupted).
+
+    Each one's parameters are enqueued, so the next trial any worker asks for re-runs the interrupted
+    configuration before the sampler proposes new ones.
+    """
     optuna = import_optuna()
     host = socket.gethostname()
     n = 0
@@ -112,8 +123,55 @@ def fail_dead_local_trials(study: Any) -> int:
         if h == host and pid.isdigit() and not _pid_alive(int(pid)):
             study._storage.set_trial_user_attr(t._trial_id, INTERRUPTED_ATTR, f"worker {worker} died")
             study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+            if t.params:
+                study.enqueue_trial(dict(t.params), user_attrs={RERUN_ATTR: t.number})
             n += 1
     return n
+
+
+def config_key(config: Config) -> str:
+    """What makes two configurations the same trial (the dedupe key of a study)."""
+    return hash_json(asdict(config))[:16]
+
+
+def trial_config_key(t: Any, spec: SearchSpec, groups: Sequence[LayerGroup]) -> str | None:
+    """The configuration key of a stored trial, from its parameters (None while they are incomplete)."""
+    optuna = import_optuna()
+    if not t.params:
+        return None
+    try:
+        return config_key(suggest(optuna.trial.FixedTrial(dict(t.params)), spec, groups))
+    except Exception:  # parameters of another search space, or a trial still being suggested
+        return None
+
+
+def duplicate_of(study: Any, number: int, key: str, spec: SearchSpec, groups: Sequence[LayerGroup]) -> int | None:
+    """The number of another trial that already holds configuration `key`, or None.
+
+    Finished trials (complete, or failed with an error) always hold their key; a running trial holds it
+    only against later numbers, so two workers proposing one configuration together keep the lower one.
+    Interrupted and skipped trials hold nothing: their configuration may (and should) run again.
+    """
+    optuna = import_optuna()
+    st = optuna.trial.TrialState
+    for t in study.get_trials(deepcopy=False):
+        if t.number == number:
+            continue
+        holds = t.state == st.COMPLETE or (t.state == st.FAIL and ERROR_ATTR in t.user_attrs) or (t.state == st.RUNNING and t.number < number)
+        if holds and trial_config_key(t, spec, groups) == key:
+            return int(t.number)
+    return None
+
+
+def resume_seed(spec: SearchSpec, study: Any) -> int | None:
+    """The sampler's seed for this start: search.seed on a fresh study, else derived from the study's state,
+    so a restarted worker does not replay the draws of the first start (which are finished trials), and a
+    worker joining a running study does not replay the first worker's draws. A resume from the same state
+    draws the same parameters (deterministic)."""
+    n = len(study.get_trials(deepcopy=False))
+    if n == 0:
+        return spec.seed
+    return int(hash_json({"seed": spec.seed, "trials": n})[:8], 16)
 
 
 def _counts(t: Any, optuna: Any) -> bool:
@@ -124,12 +182,13 @@ def _counts(t: Any, optuna: Any) -> bool:
     return bool(t.state == st.FAIL and ERROR_ATTR in t.user_attrs)
 
 
-def _sampler(spec: SearchSpec, optuna: Any) -> Any:
+def _sampler(spec: SearchSpec, optuna: Any, seed: int | None = None) -> Any:
+    seed = spec.seed if seed is None else seed
     if spec.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=spec.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     if spec.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=spec.seed, multivariate=True)
-    return optuna.samplers.NSGAIISampler(seed=spec.seed, population_size=max(4, min(20, spec.max_trials // 3 or 4)))
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+    return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(20, spec.max_trials // 3 or 4)))
 
 
 def directions(spec: SearchSpec) -> list[str]:
@@ -229,14 +288,16 @@ def run_study(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # experimental API warning
         study.set_metric_names(list(spec.objectives))
+    study.sampler = _sampler(spec, optuna, resume_seed(spec, study))
     interrupted = fail_dead_local_trials(study)
     if interrupted:
-        say(f"  {interrupted} trial(s) of a killed worker marked failed (interrupted); they do not count")
+        say(f"  {interrupted} trial(s) of a killed worker marked failed (interrupted); they do not count and run again first")
     if enqueue and not study.get_trials(deepcopy=False):
         for c in enqueue:
             study.enqueue_trial(config_params(c, runner.groups, spec), skip_if_exists=True)
     t0 = time.monotonic()
     ran = 0
+    repeats = 0  # consecutive proposals of finished configurations
     while True:
         if spec.timeout_s is not None and time.monotonic() - t0 > spec.timeout_s:
             say(f"  study: timeout {spec.timeout_s:g} s reached")
@@ -249,6 +310,11 @@ def run_study(
         if len(before) >= spec.max_trials:  # another worker took the last slot first
             trial.set_user_attr(SKIPPED_ATTR, "budget reached")
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            if any(t.state == optuna.trial.TrialState.RUNNING for t in before):
+                # a running trial may still turn out a duplicate (or budget-skipped) and not count; two workers
+                # that both stopped here would leave the budget one short, so look again once it has ended
+                time.sleep(0.2)
+                continue
             break
         try:
             config = suggest(trial, spec, runner.groups)
@@ -256,7 +322,24 @@ def run_study(
             trial.set_user_attr(ERROR_ATTR, f"{type(exc).__name__}: {exc}")
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             continue
+        key = config_key(config)
+        trial.set_user_attr(CONFIG_KEY_ATTR, key)
+        first = duplicate_of(study, trial.number, key, spec, runner.groups)
+        if first is not None:  # a finished configuration costs no budget and is not run again
+            trial.set_user_attr(SKIPPED_ATTR, f"duplicate of trial {first}")
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            repeats += 1
+            if repeats >= MAX_REPEATS:
+                say(f"  study: the sampler proposed only finished configurations {MAX_REPEATS} times in a row; the search space looks exhausted")
+                break
+            continue
+        repeats = 0
         rec = runner.evaluate(config, "study", trial_number=trial.number)
+        first = duplicate_of(study, trial.number, key, spec, runner.groups)
+        if first is not None:  # another worker proposed it at the same moment and holds the lower number
+            trial.set_user_attr(SKIPPED_ATTR, f"duplicate of trial {first} (ran concurrently)")
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            continue
         trial.set_user_attr("record", rec.to_dict())
         trial.set_user_attr("resolved_recipe", resolved_recipe(runner.recipe, config, rec))
         trial.set_user_attr("artifacts", rec.artifacts)
