@@ -128,9 +128,9 @@ def export_fused_float(
 
     `skip_layer_norm=False` (the workbench's engine graphs) keeps residual Add + LayerNormalization
     apart: ONNX Runtime 1.32's CPU SkipLayerNormalization kernel measured slower than the two ops it
-    replaces (all-MiniLM-L6-v2, 2 threads, interleaved: fused float 1.30x faster at b1x128 and 1.01x at
-    b32x128 without it; the lowered INT8 graph 1.29x / 1.14x; `bench/ort_graphs.py` re-measures it).
-    `True` is the standard tools' default, used for the reference rows.
+    replaces (the session must not fuse them back either: engines/onnxruntime.py CPU_DISABLED_OPTIMIZERS;
+    `bench/ort_graphs.py` measures both forms). `True` is the standard tools' default, used for the
+    reference rows.
     """
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model

@@ -32,7 +32,7 @@ from quant_workbench.deploy.triton import (  # noqa: E402
     tokenizer_config,
     validate_repository,
 )
-from quant_workbench.engines.onnxruntime import DISABLED_OPTIMIZERS
+from quant_workbench.engines.onnxruntime import CPU_DISABLED_OPTIMIZERS
 from quant_workbench.errors import OptionalDependencyError, RecipeError  # noqa: E402
 from quant_workbench.recipe import DeploySpec, EngineSpec, load_recipe, recipe_from_dict  # noqa: E402
 
@@ -76,7 +76,7 @@ def test_configs_carry_the_recipe_settings() -> None:
     assert py.instance_group[0].kind == py.instance_group[0].KIND_CPU
     assert all(i.allow_ragged_batch for i in py.input)
     # the served model disables exactly what the workbench's own engine disables
-    assert py.parameters["disabled_optimizers"].string_value.split(",") == list(DISABLED_OPTIMIZERS)
+    assert py.parameters["disabled_optimizers"].string_value.split(",") == list(CPU_DISABLED_OPTIMIZERS)
     check_model_config(py, INPUTS, OUTPUTS, "python")
 
     ort = configs["onnxruntime_trt_int8.pbtxt"]

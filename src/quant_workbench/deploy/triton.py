@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..engines.onnxruntime import DISABLED_OPTIMIZERS
+from ..engines.onnxruntime import CPU_DISABLED_OPTIMIZERS
 from ..errors import OptionalDependencyError, WorkbenchError
 from ..io import make_shareable, write_json, write_text
 from ..recipe import DeploySpec, EngineSpec, Recipe
@@ -43,7 +43,7 @@ TEXT_INPUTS = ("text", "text_pair")
 PYTHON_MODELS = Path(__file__).with_name("python_models")
 # The served model disables the ONNX Runtime optimizers the workbench's own engine disables, so that
 # Triton's answers equal the workbench's: one list, the engine's.
-ORT_DISABLED_OPTIMIZERS = DISABLED_OPTIMIZERS
+ORT_DISABLED_OPTIMIZERS = CPU_DISABLED_OPTIMIZERS  # the Python backend runs ONNX Runtime on CPU
 
 
 
