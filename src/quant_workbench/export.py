@@ -32,6 +32,10 @@ from .quantize.modules import QuantLinear
 log = logging.getLogger(__name__)
 
 HF_PREFIX = "hf."
+# The dynamic axes the exported graphs are traced for; preflight rejects shapes outside them at load time.
+EXPORT_MAX_BATCH = 4096
+EXPORT_MIN_SEQ = 2
+EXPORT_MAX_SEQ = 8192
 
 
 def _qdq_translation(opset: int) -> Any:
@@ -69,7 +73,10 @@ def export_onnx(
 ) -> Path:
     """Export with dynamic batch and sequence axes; finish the graph; full checker; atomic write."""
     args = tuple(example[n] for n in input_names)
-    dyn = {n: {0: torch.export.Dim("batch", min=1, max=4096), 1: torch.export.Dim("sequence", min=2, max=8192)} for n in input_names}
+    dyn = {
+        n: {0: torch.export.Dim("batch", min=1, max=EXPORT_MAX_BATCH), 1: torch.export.Dim("sequence", min=EXPORT_MIN_SEQ, max=EXPORT_MAX_SEQ)}
+        for n in input_names
+    }
     set_export_mode(model, True)
     try:
         with _quiet(), torch.no_grad():

@@ -152,7 +152,25 @@ def shapes(recipe: Recipe) -> list[tuple[str, int, int]]:
     return out
 
 
+def check_exporter_bounds(recipe: Recipe) -> None:
+    """Every shape the run feeds must lie inside the dynamic axes the ONNX graphs are exported for."""
+    from .export import EXPORT_MAX_BATCH, EXPORT_MAX_SEQ, EXPORT_MIN_SEQ
+
+    for field, batch, seq in shapes(recipe):
+        if batch > EXPORT_MAX_BATCH or not EXPORT_MIN_SEQ <= seq <= EXPORT_MAX_SEQ:
+            raise WorkbenchError(
+                f"{field}: batch {batch} x sequence length {seq} is outside the exported graphs' dynamic axes "
+                f"(batch 1-{EXPORT_MAX_BATCH}, sequence {EXPORT_MIN_SEQ}-{EXPORT_MAX_SEQ}).",
+                f"use batches of at most {EXPORT_MAX_BATCH} and sequence lengths from {EXPORT_MIN_SEQ} to {EXPORT_MAX_SEQ}",
+            )
+
+
 def check_bounds(recipe: Recipe, config: dict[str, Any] | None, available: int | None = None) -> None:
+    _check_model_bounds(recipe, config, available)
+    check_exporter_bounds(recipe)
+
+
+def _check_model_bounds(recipe: Recipe, config: dict[str, Any] | None, available: int | None) -> None:
     if config is None:
         return
     limit = config.get("max_position_embeddings")

@@ -93,6 +93,15 @@ def test_huge_benchmark_batch_fails_in_preflight_with_an_estimate(
     assert "--set benchmark.batch_sizes=[1," in msg
 
 
+def test_batch_outside_the_exported_axes_fails_in_preflight(
+    capsys: pytest.CaptureFixture[str], no_data: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(preflight, "available_memory_bytes", lambda: 1 << 50)  # memory is not what stops it
+    no_data["benchmark"]["batch_sizes"] = [1, 5000]
+    msg = _error(capsys, no_data, tmp_path)
+    assert "batch 5000" in msg and "dynamic axes" in msg and "at most 4096" in msg
+
+
 def test_memory_estimate_grows_with_batch_and_length() -> None:
     config = {"hidden_size": 384, "intermediate_size": 1536, "num_attention_heads": 12}
     one = preflight.forward_bytes(config, 1, 128)
