@@ -74,7 +74,8 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
             tmp.unlink()
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this PID exists on this host (one we may not signal counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -99,7 +100,7 @@ def remove_stale_temp_files(*folders: Path | str) -> list[Path]:
         for path in root.rglob(f"*.{TEMP_MARK}-*.tmp"):
             m = _TEMP_RE.match(path.name)
             # another host's writer (shared folder) or a live one (possibly this very process) is not stale
-            if not m or m["host"] != host or int(m["pid"]) == os.getpid() or _pid_alive(int(m["pid"])):
+            if not m or m["host"] != host or int(m["pid"]) == os.getpid() or pid_alive(int(m["pid"])):
                 continue
             try:
                 size = path.stat().st_size

@@ -188,14 +188,14 @@ class Architecture:
         scaled: list[SmoothGroup] = []
         for b in self.blocks(model):
             qkv = [_join(b, r) for r in lay.qkv]
-            lins = [_quant_linear(model, n) for n in qkv]
+            lins = [quant_linear_at(model, n) for n in qkv]
             if all(lin is not None for lin in lins) and any(_quantized(lin) for lin in lins):
                 scaled.append(SmoothGroup(tuple(qkv), "input_scale"))
             out_name = _join(b, lay.attention_output)
-            if lay.value is not None and _quantized(_quant_linear(model, out_name)) and _quant_linear(model, _join(b, lay.value)) is not None:
+            if lay.value is not None and _quantized(quant_linear_at(model, out_name)) and quant_linear_at(model, _join(b, lay.value)) is not None:
                 folds.append(SmoothGroup((out_name,), "fold", fold_into=_join(b, lay.value)))
             ffn_in = _join(b, lay.ffn_in)
-            if _quantized(_quant_linear(model, ffn_in)):
+            if _quantized(quant_linear_at(model, ffn_in)):
                 scaled.append(SmoothGroup((ffn_in,), "input_scale"))
         return folds + scaled
 
@@ -206,7 +206,8 @@ def _residual_forward(self: Any, hidden_states: torch.Tensor, input_tensor: torc
     return out
 
 
-def _quant_linear(model: nn.Module, name: str) -> QuantLinear | None:
+def quant_linear_at(model: nn.Module, name: str) -> QuantLinear | None:
+    """The QuantLinear named `name` in `model`, or None when there is none."""
     try:
         mod = model.get_submodule(name)
     except AttributeError:

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from ..architectures import SmoothGroup, architecture_of
+from ..architectures.base import quant_linear_at
 from ..io import atomic_path
 from .modules import QuantLinear
 from .quantizer import TensorQuantizer
@@ -111,13 +112,6 @@ def load_channel_amax(path: Path, key: str) -> dict[str, torch.Tensor] | None:
 # groups and factors
 
 
-def _quant_linear(model: nn.Module, name: str) -> QuantLinear | None:
-    try:
-        mod = model.get_submodule(name)
-    except AttributeError:
-        return None
-    return mod if isinstance(mod, QuantLinear) else None
-
 
 def smooth_groups(model: nn.Module) -> list[SmoothGroup]:
     """The smoothing groups among the quantized Linears (fold groups first), from the model's architecture."""
@@ -182,7 +176,7 @@ def apply_smoothquant(model: nn.Module, channel_amax: dict[str, torch.Tensor], a
                 if missing:
                     raise KeyError(f"no per-channel input statistics for {', '.join(missing)}")
                 act = torch.stack([channel_amax[n] for n in g.linears]).amax(dim=0)
-                lins = [_quant_linear(model, n) for n in g.linears]
+                lins = [quant_linear_at(model, n) for n in g.linears]
                 assert all(lin is not None for lin in lins)
                 weights = [lin.weight for lin in lins if lin is not None]
                 s = smoothing_factors(act, weights, alpha)
@@ -198,7 +192,7 @@ def apply_smoothquant(model: nn.Module, channel_amax: dict[str, torch.Tensor], a
                         state._scaled.append(lin)
                 if g.how == "fold":
                     assert g.fold_into is not None
-                    src = _quant_linear(model, g.fold_into)
+                    src = quant_linear_at(model, g.fold_into)
                     assert src is not None
                     _save(state, model, f"{g.fold_into}.weight")
                     src.weight.div_(s.to(src.weight.dtype)[:, None])

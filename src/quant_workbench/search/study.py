@@ -31,7 +31,7 @@ import torch
 from ..data import Splits
 from ..engine_graphs import EngineGraphs
 from ..errors import WorkbenchError
-from ..io import hash_json, write_json, write_text
+from ..io import hash_json, pid_alive, write_json, write_text
 from ..models import LoadedModel
 from ..quantize.calibrate import HistogramCalibrator
 from ..quantize.select import QuantPlan
@@ -98,16 +98,6 @@ def _worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def fail_dead_local_trials(study: Any) -> int:
     """RUNNING trials whose worker was a process on this host that no longer exists -> FAIL (interrupted).
 
@@ -120,7 +110,7 @@ def fail_dead_local_trials(study: Any) -> int:
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         worker = str(t.user_attrs.get(WORKER_ATTR, ""))
         h, _, pid = worker.rpartition(":")
-        if h == host and pid.isdigit() and not _pid_alive(int(pid)):
+        if h == host and pid.isdigit() and not pid_alive(int(pid)):
             study._storage.set_trial_user_attr(t._trial_id, INTERRUPTED_ATTR, f"worker {worker} died")
             study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
             if t.params:
