@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
+
+import pytest
 
 import quant_workbench
 
 PACKAGE = Path(quant_workbench.__file__).parent
-# issue 11 part 1 (the run as stages) removes this one: the search reaches back into run.py's helpers.
-ALLOWED_CYCLES = [{"quant_workbench.run", "quant_workbench.search.study", "quant_workbench.search.sensitivity"}]
 
 
 def _module_name(path: Path) -> str:
@@ -89,6 +90,44 @@ def test_cycles_finds_a_circle() -> None:
 
 
 def test_no_import_circles() -> None:
-    found = cycles(import_graph())
-    unexpected = [sorted(c) for c in found if c not in ALLOWED_CYCLES]
-    assert not unexpected, f"import circles: {unexpected}"
+    found = [sorted(c) for c in cycles(import_graph())]
+    assert not found, f"import circles: {found}"
+
+
+def private_imports() -> list[str]:
+    """`from .x import _name` and `module._name` on a package module bound by an import: one module using
+    another's private name (a third-party library's private names are not this test's business)."""
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    out: list[str] = []
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        package_aliases: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("quant_workbench")):
+                for alias in node.names:
+                    if alias.name.startswith("_") and not alias.name.startswith("__"):
+                        out.append(f"{name}: from {'.' * node.level}{node.module or ''} import {alias.name}")
+                    package_aliases.add(alias.asname or alias.name)
+            elif isinstance(node, ast.Import):
+                package_aliases |= {(a.asname or a.name) for a in node.names if a.name.startswith("quant_workbench")}
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in package_aliases
+                and node.attr.startswith("_") and not node.attr.startswith("__")
+            ):
+                out.append(f"{name}: {node.value.id}.{node.attr}")
+    return out
+
+
+def test_no_module_uses_another_modules_private_names() -> None:
+    assert not private_imports()
+
+
+def test_private_import_check_catches_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pkg = tmp_path / "quant_workbench"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("def _helper() -> None: ...\n")
+    (pkg / "b.py").write_text("from .a import _helper\nfrom . import a as mod\nmod._helper()\n")
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", pkg)
+    assert sorted(private_imports()) == ["quant_workbench.b: from .a import _helper", "quant_workbench.b: mod._helper"]

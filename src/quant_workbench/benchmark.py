@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from .recipe import BenchmarkSpec
-from .results import LatencyStats
+from .engines import Engine, EngineFromOnnx
+from .models import LoadedModel
+from .recipe import BenchmarkSpec, Recipe
+from .results import LatencyStats, VariantResult
 from .stats import DEFAULT_LEVEL, median_interval, ratio_interval
 
 Runner = Callable[[dict[str, np.ndarray]], object]  # runs one inference on a feed dict
@@ -212,3 +215,45 @@ def speedups(latency: dict[str, list[LatencyStats]], baseline: str) -> dict[str,
             continue
         out[name] = {s.key: base[s.key] / s.p50_ms for s in stats if s.key in base and s.p50_ms > 0}
     return out
+
+
+def benchmark_variants(
+    recipe: Recipe,
+    loaded: LoadedModel,
+    variants: Sequence[VariantResult],
+    paths: Mapping[str, Path],
+    *,
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+) -> None:
+    """The run's benchmark stage: every ok variant's engine timed in one interleaved loop against float.
+
+    Fills each variant's latency, speed-up and speed-up interval. A variant whose engine cannot be
+    built at the benchmark's shapes (a TensorRT build, say) fails alone; the rest are timed.
+    """
+    spec = recipe.benchmark
+    level = recipe.selection.level
+    engines: dict[str, Engine] = {}
+    for v in [v for v in variants if v.status == "ok"]:
+        try:
+            engines[v.name] = EngineFromOnnx(paths[v.name], recipe, v.name, v.precision, threads=spec.threads)
+        except Exception as exc:
+            v.status, v.error = "failed", f"benchmark engine failed: {exc}"
+            say(f"  {v.name} failed: {v.error}")
+    ok = [v for v in variants if v.status == "ok"]
+    if "float" not in engines:
+        say("  benchmark skipped: the float baseline has no engine")
+        return
+    try:
+        latency = benchmark_interleaved(dict(engines.items()), spec, loaded.input_names, loaded.vocab_size, progress=progress, level=level)
+    finally:
+        engines.clear()
+    ratios = speedups(latency, "float")
+    intervals = speedup_intervals(latency, "float", level)
+    for v in ok:
+        v.latency = latency.get(v.name, [])
+        v.speedup_vs_float = ratios.get(v.name, {})
+        v.speedup_interval_vs_float = intervals.get(v.name, {})
+    capped = sorted({f"{s.key} ({s.stop}, {s.iterations} iterations)" for s in latency["float"] if s.stop in ("time cap", "iteration cap")})
+    if capped:
+        say(f"  benchmark stopped at its cap before the speed-up intervals reached ±{(spec.speedup_tolerance or 0) * 100:g} %: {', '.join(capped)}")

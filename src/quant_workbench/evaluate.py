@@ -1,17 +1,24 @@
 """Task metrics: linear-probe accuracy for embeddings (MTEB classification protocol) and
-accuracy / macro-F1 / agreement for classifiers; cosine similarity to the float outputs for both."""
+accuracy / macro-F1 / agreement for classifiers; cosine similarity to the float outputs for both.
+`evaluate_variants` is the run's evaluate stage: every variant through its engine on the same split."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from .data import TextSet
+from .data import Splits, TextSet
+from .engines import EngineFromOnnx
+from .errors import WorkbenchError
 from .export import cosine_rows
-from .models import batches
+from .models import LoadedModel, batches
+from .recipe import Recipe
+from .results import VariantResult
+from .stats import prediction_statistics
 
 Runner = Callable[[dict[str, np.ndarray]], np.ndarray]
 
@@ -84,3 +91,49 @@ def score_classification(logits: np.ndarray, labels: np.ndarray, float_logits: n
     pred = logits.argmax(-1)
     float_pred = float_logits.argmax(-1)
     return {**classification_metrics(pred, labels, float_pred), **fidelity_metrics(logits, float_logits)}
+
+
+def evaluate_variants(
+    recipe: Recipe, loaded: LoadedModel, splits: Splits, variants: Sequence[VariantResult], paths: Mapping[str, Path], *, progress: bool = True
+) -> dict[str, np.ndarray]:
+    """Score every ok variant on the evaluation split through its engine; fill metrics and intervals.
+
+    Returns per-example correctness by variant name, which the selection's paired tests need. A variant
+    whose engine fails here is marked failed and left unscored (half-scored variants are not scored).
+    """
+    bs = recipe.quantization.calibration.batch_size
+    maxlen = recipe.model.max_seq_length
+    outputs: dict[str, np.ndarray] = {}
+    probe_x: np.ndarray | None = None
+    for v in variants:
+        if v.status != "ok":
+            continue
+        try:
+            with EngineFromOnnx(paths[v.name], recipe, v.name, v.precision) as eng:
+                outputs[v.name] = run_outputs(eng, splits.evaluation, loaded.tokenizer, loaded.input_names, maxlen, bs, f"evaluate {v.name}", progress)
+                if v.name == "float" and recipe.model.task == "embedding":
+                    probe_x = run_outputs(eng, splits.probe, loaded.tokenizer, loaded.input_names, maxlen, bs, "embed probe split", progress)
+                v.engine = {**eng.describe(), **v.engine}
+        except Exception as exc:
+            v.status, v.error = "failed", f"evaluation failed: {exc}"
+            outputs.pop(v.name, None)
+    if "float" not in outputs:
+        raise WorkbenchError("the float baseline could not be evaluated; nothing to compare against.", "see the error above")
+    labels = splits.evaluation.labels
+    if recipe.model.task == "embedding":
+        assert probe_x is not None
+        probe = LinearProbe(seed=recipe.seed).fit(probe_x, splits.probe.labels)
+        for v in variants:
+            if v.name in outputs:
+                v.metrics = score_embedding(probe, outputs[v.name], labels, outputs["float"])
+        preds = {name: probe.predict(out) for name, out in outputs.items()}
+    else:
+        for v in variants:
+            if v.name in outputs:
+                v.metrics = score_classification(outputs[v.name], labels, outputs["float"])
+        preds = {name: out.argmax(-1) for name, out in outputs.items()}
+    level = recipe.selection.level
+    for v in variants:
+        if v.name in preds:
+            v.intervals = prediction_statistics(preds[v.name], labels, None if v.name == "float" else preds["float"], level, seed=recipe.seed)
+    return {name: pred == labels for name, pred in preds.items()}

@@ -225,3 +225,9 @@ def mark_artifact(path: Path, key: str) -> None:
     """Written after the artifact itself, so a crash in between leaves a stale (rebuilt) artifact, never a
     wrong one. Records the content hash, so a later truncation or edit is caught on reuse."""
     write_text(_sidecar(path), f"{key}\nsha256:{sha256_file(path)}\n")
+
+
+def onnx_size(path: Path) -> int:
+    """Bytes of an ONNX model on disk, its external-data file included (what a deployment copies)."""
+    data = path.with_name(path.name + ".data")
+    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)

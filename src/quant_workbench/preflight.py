@@ -202,9 +202,9 @@ def _check_model_bounds(recipe: Recipe, config: dict[str, Any] | None, available
 def check_provider(recipe: Recipe) -> None:
     if recipe.engine.runtime != "onnxruntime" or recipe.engine.provider == "cpu":
         return
-    from .engines.onnxruntime import _providers
+    from .engines.onnxruntime import session_providers
 
-    _providers(recipe.engine)  # names the missing execution provider and the fix
+    session_providers(recipe.engine)  # names the missing execution provider and the fix
 
 
 def run_preflight(recipe: Recipe, run_dir: Path) -> None:

@@ -444,6 +444,14 @@ class Recipe(Strict):
                     "calibration method 'entropy' (KL over uniformly spaced integer levels) is not defined for fp8; "
                     "remove 'entropy' from quantization.calibration.methods (max, percentile and mse work for fp8)"
                 )
+        if self.search is not None and not self.quantization.compare and self.quantization.families != ["int8"]:
+            # without compare, format/smoothquant would silently do nothing: the search takes its formats from its own space
+            raise ValueError(
+                f"with a search section, quantization.format '{self.quantization.format}'"
+                f"{' and quantization.smoothquant' if self.quantization.smoothquant is not None else ''} would not be used: the search "
+                "takes its formats from search.formats and search.smoothquant_alphas. Move them there, or list the families in "
+                "quantization.compare (e.g. compare: [int8, fp8]) to build them as PTQ variants beside the search"
+            )
         if self.search is not None and (self.search.latency.seq_length or 0) > self.model.max_seq_length:
             raise ValueError(
                 f"search.latency.seq_length={self.search.latency.seq_length} exceeds model.max_seq_length={self.model.max_seq_length}"

@@ -16,6 +16,7 @@ from typing import Any
 from .format_notes import formats_section
 from .io import atomic_path, write_json, write_text
 from .report_engine import engine_graph_section, reference_section, reference_verdicts
+from .report_search import search_section
 from .results import LatencyStats, RunResult, VariantResult
 
 PLOT_RELPATH = "plots/accuracy_vs_latency.png"
@@ -529,7 +530,16 @@ def _summary(result: RunResult, ref: VariantResult | None) -> list[str]:
         lines.append(f"**{best.name}**: " + ", ".join(parts) + ".")
     lines += ["", f"Selection rule: {result.selection_rule or '(not recorded)'}", ""]
     sel = result.selection
-    if sel:
+    if sel and sel.get("criterion"):
+        groups = sel.get("tie_groups") or {}
+        lines += [
+            f"- Meet the search criterion ({sel['criterion']}, accuracy ≥ {_pct(sel.get('threshold'))} %): {', '.join(sel.get('meeting') or []) or DASH}",
+            f"- Of those, tied on speed with the fastest ({sel.get('fastest') or DASH}, at {sel.get('shape') or 'no measured shape'}): "
+            f"{', '.join(groups.get('speed') or []) or DASH}",
+            f"- Why: {sel.get('reason') or DASH}",
+            "",
+        ]
+    elif sel:
         groups = sel.get("tie_groups") or {}
         lines += [
             f"- Tied on accuracy with the most accurate ({sel.get('most_accurate') or DASH}): {', '.join(groups.get('accuracy') or []) or DASH}",
@@ -560,6 +570,8 @@ def render_markdown(result: RunResult) -> str:
     lines += _per_variant_section("Fidelity", result, "fidelity", "No fidelity checks were recorded.")
     lines += _per_variant_section("Engine", result, "engine", "No engine information was recorded.")
     lines += _deployment_section(result)
+    if result.search:
+        lines += search_section(result.search).strip("\n").split("\n") + [""]
 
     failed = [v for v in result.variants if v.status != "ok"]
     lines += ["## Failed variants", ""]

@@ -10,7 +10,9 @@ from typing import Any, Literal
 
 # v2 (issue 10): intervals. LatencyStats gains p50_low_ms/p50_high_ms, samples_ms and stop; VariantResult
 # gains reference, intervals and speedup_interval_vs_float. v1 files still load (the new fields default).
-SCHEMA_VERSION = 2
+# v3 (issue 11): RunResult gains `search` (the search stage's summary, search.json), so a report rendered
+# again from report.json alone (quantize deploy) keeps its Search section.
+SCHEMA_VERSION = 3
 
 
 @dataclass
@@ -81,6 +83,7 @@ class RunResult:
     # filled after the run by later stages: "triton" (repository written by deploy), "tensorrt_engines"
     # (per variant: the engine inspector's layer summary), "triton_benchmark" (bench/triton_latency.py)
     deployment: dict[str, Any] = field(default_factory=dict)
+    search: dict[str, Any] | None = None  # search/study.py's summary when the recipe has a search section
     schema_version: int = SCHEMA_VERSION
 
     def variant(self, name: str) -> VariantResult | None:

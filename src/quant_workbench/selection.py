@@ -28,6 +28,14 @@ RULE = (
     "speed (the {conf:g} % interval of their p50 ratio, from interleaved iterations, contains 1), the one that "
     "agrees most with float"
 )
+# With a search section the recipe states what accuracy is enough, so speed decides among what is enough.
+CRITERION_RULE = (
+    "search criterion {criterion}: among quantized variants (PTQ, search, QAT) that passed the fidelity checks "
+    "and meet it on the evaluation split (accuracy >= {threshold}), the fastest (p50 at the largest benchmarked "
+    "shape); among those tied with it on speed (the {conf:g} % interval of their p50 ratio contains 1), the most "
+    "accurate, then the search's own choice, then the one that agrees most with float; if none meets it, "
+    "the noise-aware rule: {fallback}"
+)
 
 
 @dataclass
@@ -40,13 +48,21 @@ class Selection:
     shape: str | None = None  # latency key the speed was compared at
     level: float = DEFAULT_LEVEL
     reason: str = ""
+    criterion: str | None = None  # the search criterion that decided, e.g. "relative drop <= 1 %"
+    threshold: float | None = None  # the accuracy it asks for on this run's float model
+    meeting: list[str] = field(default_factory=list)  # candidates that meet the criterion
 
     @property
     def rule(self) -> str:
-        return RULE.format(level=self.level, conf=100 * (1 - self.level))
+        plain = RULE.format(level=self.level, conf=100 * (1 - self.level))
+        if self.criterion is None:
+            return plain
+        return CRITERION_RULE.format(criterion=self.criterion, threshold=_pct(self.threshold), conf=100 * (1 - self.level), fallback=plain)
 
     def to_dict(self) -> dict[str, Any]:
+        extra = {"criterion": self.criterion, "threshold": self.threshold, "meeting": self.meeting} if self.criterion is not None else {}
         return {
+            **extra,
             "rule": self.rule, "level": self.level, "winner": self.winner,
             "most_accurate": self.most_accurate, "fastest": self.fastest, "shape": self.shape,
             "tie_groups": {"accuracy": self.accuracy_tie_group, "speed": self.speed_tie_group},
@@ -86,14 +102,54 @@ def _pct(x: float | None) -> str:
     return "?" if x is None else f"{100 * x:.2f} %"
 
 
+def _candidates(variants: Sequence[VariantResult]) -> list[VariantResult]:
+    return [v for v in variants if v.precision != "float32" and v.status == "ok" and not v.reference and "accuracy" in v.metrics]
+
+
+def select_meeting_criterion(
+    variants: Sequence[VariantResult],
+    correct: Mapping[str, np.ndarray],
+    threshold: float,
+    criterion: str,
+    level: float = DEFAULT_LEVEL,
+    prefer: str | None = None,
+) -> Selection:
+    """CRITERION_RULE: the fastest candidate whose accuracy meets `threshold`; the noise-aware rule if none does.
+
+    `prefer` (the search's own choice) wins exact ties on speed and accuracy, so that when the search's
+    selection and another variant are the same configuration, the search's name is the one reported.
+    """
+    candidates = _candidates(variants)
+    meeting = [v for v in candidates if v.metrics["accuracy"] >= threshold - 1e-12]
+    if not meeting:
+        fallback = select_variant(variants, correct, level)
+        fallback.criterion, fallback.threshold = criterion, threshold
+        fallback.reason = f"no candidate meets {criterion} (accuracy >= {_pct(threshold)}); " + fallback.reason
+        return fallback
+    names = lambda vs: [v.name for v in vs]  # noqa: E731
+    shape = _selection_shape(meeting)
+    tie_break = lambda v: (v.metrics["accuracy"], v.name == prefer, v.metrics.get("agreement", 0.0), _neg_name(v.name))  # noqa: E731
+    if shape is None:
+        fastest, speed_group = None, list(meeting)
+        speed_text = "latency was not measured for all of them, so accuracy decides"
+    else:
+        fastest = min(meeting, key=lambda v: (_at(v, shape).p50_ms, v.name))
+        speed_group = [v for v in meeting if v is fastest or _same_speed(_at(v, shape), _at(fastest, shape), level)]
+        speed_text = f"fastest at {shape}: {fastest.name} ({_at(fastest, shape).p50_ms:.2f} ms p50); tied with it on speed: {', '.join(names(speed_group))}"
+    winner = max(speed_group, key=tie_break)
+    reason = f"meet {criterion} (accuracy >= {_pct(threshold)}): {', '.join(names(meeting))}; {speed_text} -> {winner.name}, the most accurate of those."
+    return Selection(
+        winner=winner.name, accuracy_tie_group=names(meeting), speed_tie_group=names(speed_group),
+        most_accurate=max(meeting, key=tie_break).name, fastest=fastest.name if fastest else None, shape=shape, level=level,
+        reason=reason, criterion=criterion, threshold=threshold, meeting=names(meeting),
+    )
+
+
 def select_variant(
     variants: Sequence[VariantResult], correct: Mapping[str, np.ndarray], level: float = DEFAULT_LEVEL
 ) -> Selection:
     """Apply the rule above. `correct` maps a variant name to its per-example correctness (bool vector)."""
-    candidates = [
-        v for v in variants
-        if v.precision != "float32" and v.status == "ok" and not v.reference and "accuracy" in v.metrics
-    ]
+    candidates = _candidates(variants)
     if not candidates:
         return Selection(None, level=level, reason="no quantized variant was scored")
     # Name breaks exact ties so the choice never depends on the order variants were built in.

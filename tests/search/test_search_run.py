@@ -18,7 +18,7 @@ import pytest
 import yaml
 from tiny_fixtures import recipe_dict
 
-import quant_workbench.run as run_mod
+import quant_workbench.calibration as calibration_mod
 import quant_workbench.search.sensitivity as sens_mod
 from quant_workbench.recipe import recipe_from_dict
 from quant_workbench.run import execute, run_dir_for
@@ -39,13 +39,13 @@ def test_broken_group_is_most_sensitive_and_falls_back_first(
     tmp_path: Path, broken_bert_dir: Path, tiny_csv: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = {"calibrate": 0}
-    real = run_mod.calibrate
+    real = calibration_mod.calibrate
 
     def counting(*a: Any, **kw: Any) -> Any:
         calls["calibrate"] += 1
         return real(*a, **kw)
 
-    monkeypatch.setattr(run_mod, "calibrate", counting)
+    monkeypatch.setattr(calibration_mod, "calibrate", counting)
     data = _search_recipe(tmp_path, broken_bert_dir, tiny_csv, groups=["kind"], criterion={"absolute": 0.02}, max_trials=2)
     recipe = recipe_from_dict(data)
     result = execute(recipe, **QUIET)

@@ -57,7 +57,7 @@ def _session_options(spec: EngineSpec, threads: int | None = None) -> Any:
     return so
 
 
-def _providers(spec: EngineSpec) -> list[str]:
+def session_providers(spec: EngineSpec) -> list[str]:
     import onnxruntime as ort
 
     wanted = PROVIDERS[spec.provider]
@@ -84,7 +84,7 @@ class OrtEngine:
             self.session = ort.InferenceSession(
                 source,
                 _session_options(spec, threads),
-                providers=_providers(spec),
+                providers=session_providers(spec),
                 disabled_optimizers=disabled_optimizers(spec),
             )
         except WorkbenchError:
@@ -121,7 +121,7 @@ def optimized_op_counts(path: Path, spec: EngineSpec) -> dict[str, Any]:
         out = os.path.join(tmp, "optimized.onnx")
         so = _session_options(spec)
         so.optimized_model_filepath = out
-        ort.InferenceSession(str(path), so, providers=_providers(spec), disabled_optimizers=disabled_optimizers(spec))
+        ort.InferenceSession(str(path), so, providers=session_providers(spec), disabled_optimizers=disabled_optimizers(spec))
         graph = onnx.load(out, load_external_data=False).graph
         counts: dict[str, int] = {}
         for n in graph.node:

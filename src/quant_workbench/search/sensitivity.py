@@ -29,7 +29,8 @@ from ..errors import WorkbenchError
 from ..evaluate import LinearProbe, run_outputs, score_classification, score_embedding
 from ..export import export_onnx
 from ..families import Recalibrate
-from ..io import artifact_is_current, hash_json, mark_artifact, write_json
+from ..fidelity import qdq_fidelity
+from ..io import artifact_is_current, hash_json, mark_artifact, onnx_size, write_json
 from ..models import LoadedModel
 from ..quantize.apply import set_format, set_scales
 from ..quantize.calibrate import HistogramCalibrator
@@ -112,11 +113,6 @@ class TrialRecord:
         d["label"] = self.config.label()
         d["relative_latency"] = self.relative_latency
         return d
-
-
-def _size(path: Path) -> int:
-    data = path.with_name(path.name + ".data")
-    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
 
 
 class TrialRunner:
@@ -285,13 +281,11 @@ class TrialRunner:
             mark_artifact(path, key)
             self.exports += 1
         rec.seconds["export"] = round(time.perf_counter() - t, 3)
-        rec.size_bytes = _size(path)
+        rec.size_bytes = onnx_size(path)
         fidelity: dict[str, Any] = {}
         if self.spec.check_fidelity:
-            from ..run import _qdq_fidelity
-
             t = time.perf_counter()
-            fidelity = _qdq_fidelity(recipe, loaded, path, self.example)
+            fidelity = qdq_fidelity(recipe, loaded, path, self.example)
             rec.seconds["fidelity"] = round(time.perf_counter() - t, 3)
         engine_path = path
         if self.trial_graphs is not None:

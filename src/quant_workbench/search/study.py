@@ -1,5 +1,6 @@
-"""Search orchestration: baselines -> sensitivity -> automatic fallback -> Optuna study -> Pareto
-front -> selection (fastest configuration meeting the criterion) -> `best/` -> report section.
+"""The search stage: baselines -> sensitivity -> automatic fallback -> Optuna study -> Pareto front ->
+the fastest configuration meeting the criterion -> `best/`; its variants join the run's own evaluate,
+benchmark, select and report stages, and its summary becomes the report's Search section.
 
 The study lives in Optuna's RDB storage: SQLite in the run folder by default (a killed search,
 restarted with the same command, resumes with every finished trial), or any SQLAlchemy URL such as
@@ -26,18 +27,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from ..data import Splits
-from ..engine_graphs import EngineGraphs
 from ..errors import WorkbenchError
-from ..io import hash_json, pid_alive, write_json, write_text
-from ..models import LoadedModel
-from ..quantize.calibrate import HistogramCalibrator
-from ..quantize.select import QuantPlan
+from ..families import Recalibrate
+from ..io import hash_json, pid_alive, write_json
 from ..recipe import Recipe
-from ..results import RunResult, VariantResult
-from .groups import LayerGroup
+from ..report_search import family_label
+from ..results import VariantResult
+from ..state import RunState
+from .groups import LayerGroup, apply_flags
 from .sensitivity import (
     Config,
     FallbackResult,
@@ -493,218 +491,95 @@ def plot_pareto(records: Sequence[TrialRecord], selected: TrialRecord | None, fl
     return path
 
 
-def family_label(config: dict[str, Any]) -> str:
-    """INT8, INT8 + SmoothQuant 0.5, FP8 E4M3: the format dimension of a configuration."""
-    if config.get("format", "int8") == "fp8":
-        return "FP8 E4M3"
-    return f"INT8 + SmoothQuant {config['alpha']:g}" if config.get("alpha") is not None else "INT8"
-
-
-def _pct(x: float | None) -> str:
-    return "—" if x is None else f"{x * 100:.2f} %"
-
-
-def _ms(x: float | None) -> str:
-    return "—" if x is None else f"{x:.2f} ms"
-
-
-def _rel(x: float | None) -> str:
-    return "—" if x is None else f"{x:.3f}×"
-
-
-def render_section(s: dict[str, Any]) -> str:
-    lat = s["latency_shape"]
-    lines = ["", "## Search", ""]
-    lines.append(f"Criterion: {s['criterion']} → accuracy ≥ {_pct(s['threshold'])} (float {_pct(s['float_accuracy'])}). "
-                 f"Latency objective: p50 relative to float (timed interleaved in one loop, so machine-load drift cancels) "
-                 f"at batch {lat['batch_size']} × seq {lat['seq_length']} on {s['engine']}.")
-    lines.append(f"Calibration passes during the search: {s['calibration_passes']} (statistics from {s['calibration_source']}); "
-                 f"{s['configs_evaluated']} configurations evaluated, {s['exports']} Q/DQ exports, median {s['median_trial_s']:.1f} s per configuration.")
-    lines.append("")
-    sel = s.get("selected")
-    if sel:
-        verdict = "meets the criterion" if s["selected_meets"] else f"**misses the criterion by {s['miss'] * 100:.2f} points** (best found)"
-        lines.append(f"**Selected:** `{sel['label']}` — accuracy {_pct(sel['accuracy'])}, p50 {_ms(sel['p50_ms'])} "
-                     f"(float {_ms(sel['float_p50_ms'])}, {sel['speedup'] or 0:.2f}×), {verdict}; artifacts in `best/`.")
-        if s.get("selected_meets_at_lower_bound") is not None:
-            holds = "also holds" if s["selected_meets_at_lower_bound"] else "does **not** hold"
-            lines.append(f"At the lower bound of the paired {s['interval_confidence']:g} % interval on Δ vs float "
-                         f"(Δ {s['selected_delta_low'] * 100:+.2f} points, accuracy {_pct(s['float_accuracy'] + s['selected_delta_low'])}) the criterion {holds}.")
-        lines.append(f"Float modules: {', '.join(sel['float_modules']) or 'none'}")
-    lines.append("")
-    cmp_rows = s.get("comparison", [])
-    if cmp_rows:
-        lines += ["| config | accuracy | Δ vs float | p50 (search shape) | speed-up vs float |", "|---|---:|---:|---:|---:|"]
-        for r in cmp_rows:
-            d = None if r["accuracy"] is None else (r["accuracy"] - s["float_accuracy"]) * 100
-            sp = "—" if not r.get("speedup") else f"{r['speedup']:.2f}×"
-            dd = "—" if d is None else f"{d:+.2f}"
-            lines.append(f"| {r['name']} | {_pct(r['accuracy'])} | {dd} | {_ms(r['p50_ms'])} | {sp} |")
-        lines.append("")
-    if s.get("sensitivity"):
-        lines += ["### Sensitivity (most sensitive first)", "", "![sensitivity](plots/sensitivity.png)", "",
-                  "| rank | group | accuracy, only this group INT8 | drop | accuracy, only this group float | gain vs all-INT8 | modules |",
-                  "|---:|---|---:|---:|---:|---:|---|"]
-        for i, r in enumerate(s["sensitivity"], 1):
-            drop = r["drop_only_quantized"]
-            gain = r["gain_only_float"]
-            lines.append(f"| {i} | {r['name']} | {_pct(r['accuracy_only_quantized'])} | {'—' if drop is None else f'{drop * 100:+.2f}'} | "
-                         f"{_pct(r['accuracy_only_float'])} | {'—' if gain is None else f'{gain * 100:+.2f}'} | {', '.join(f'`{m}`' for m in r['modules'])} |")
-        lines.append("")
-    fb = s.get("fallback")
-    if fb:
-        lines += ["### Automatic fallback", "", f"Result: float groups {fb['float_groups'] or 'none'} ({'meets' if fb['meets'] else 'does not meet'} the criterion).", "",
-                  "| step | config | accuracy | p50 | vs float | meets |", "|---:|---|---:|---:|---:|---|"]
-        for i, st in enumerate(fb["steps"]):
-            lines.append(f"| {i} | {st['label']} | {_pct(st['accuracy'])} | {_ms(st['p50_ms'])} | {_rel(st['relative_latency'])} | {st['meets']} |")
-        lines.append("")
-    st = s.get("study")
-    if st:
-        lines += ["### Optuna study", "", f"Study `{st['study_name']}` ({s['storage_kind']}): {st['complete']} complete, {st['failed']} failed, "
-                  f"{st['interrupted']} interrupted, {st['skipped']} skipped.", ""]
-        failed = [t for t in st["trials"] if t["error"]]
-        for t in failed:
-            lines.append(f"- trial {t['number']} failed: {t['error']}")
-        lines.append("")
-    space = s.get("space") or {}
-    lines += ["### Pareto front (accuracy vs latency)", "", "![pareto](plots/pareto.png)", ""]
-    if space:
-        alphas = ", ".join(f"{a:g}" for a in space.get("smoothquant_alphas", [])) or "none"
-        lines += [f"Search space: formats {', '.join(space.get('formats', []))}; SmoothQuant alphas {alphas}; methods {', '.join(space.get('methods', []))}; "
-                  "per-group float fallback. The front is taken over every format together.", ""]
-    lines += ["| config | format | source | accuracy | p50 | vs float | meets |", "|---|---|---|---:|---:|---:|---|"]
-    for r in s["pareto"]:
-        lines.append(f"| {r['label']} | {family_label(r['config'])} | {r['source']} | {_pct(r['accuracy'])} | {_ms(r['p50_ms'])} | {_rel(r['relative_latency'])} | {r['meets']} |")
-    families: dict[str, list[dict[str, Any]]] = {}
-    for r in s.get("records", []):
-        if r.get("status") == "ok" and r.get("accuracy") is not None:
-            families.setdefault(family_label(r["config"]), []).append(r)
-    if len(families) > 1:
-        lines += ["", "Best configuration of each format (every evaluated configuration, this worker):", "",
-                  "| format | configs | best accuracy | its p50 vs float | fastest vs float | its accuracy |", "|---|---:|---:|---:|---:|---:|"]
-        for fam, recs in families.items():
-            acc = max(recs, key=lambda r: r["accuracy"])
-            timed = [r for r in recs if r.get("relative_latency") is not None]
-            fast = min(timed, key=lambda r: r["relative_latency"]) if timed else None
-            lines.append(f"| {fam} | {len(recs)} | {_pct(acc['accuracy'])} | {_rel(acc.get('relative_latency'))} | "
-                         f"{_rel(fast['relative_latency']) if fast else '—'} | {_pct(fast['accuracy']) if fast else '—'} |")
-    return "\n".join(lines) + "\n"
-
-
 # ---------------------------------------------------------------------------------------------
-# orchestration (called by run.execute after calibration when recipe.search is set)
+# the run's search stage (run.STAGES runs it after the PTQ variants when recipe.search is set)
 
 
-def run_search(
-    ctx: Any,
-    loaded: LoadedModel,
-    splits: Splits,
-    plan: QuantPlan,
-    calibrators: dict[str, HistogramCalibrator],
-    cal_info: dict[str, Any],
-    example: dict[str, torch.Tensor],
-    float_path: Path,
-    base_key: str,
-    fidelity_float: dict[str, Any],
-    t_start: float,
-    channel_amax: dict[str, torch.Tensor] | None = None,
-    engine_graphs: EngineGraphs | None = None,
-    references: Sequence[tuple[VariantResult, Path]] = (),
-) -> RunResult:
-    from .. import run as run_mod
-    from ..report import results_table, write_report
+def search_stage(state: RunState, recalibrate: Recalibrate) -> None:
+    """The run's search stage: sensitivity, fallback and the study from the run's cached statistics.
 
-    recipe: Recipe = ctx.recipe
+    Adds two variants to the state (`int8-max`, the all-INT8 max baseline, unless a PTQ family already
+    built it, and `<format>-search`, the configuration the search selected), each with its engine
+    graph; the run's own evaluate / benchmark / select / report stages score them with every other
+    variant. The summary goes to `state.search` (search.json and the report's Search section).
+    """
+    recipe, run_dir, say = state.recipe, state.run_dir, state.say
+    loaded, splits, plan = state.need_loaded(), state.need_splits(), state.need_plan()
     spec = recipe.search
     assert spec is not None
-    say, run_dir = ctx.say, ctx.run_dir
-    if recipe.quantization.families != ["int8"]:
-        raise WorkbenchError(
-            f"a search takes its formats from search.formats and search.smoothquant_alphas; this recipe also asks for {recipe.quantization.families} in quantization.",
-            "move fp8 to search.formats and the SmoothQuant alphas to search.smoothquant_alphas; remove quantization.compare / smoothquant / format",
-        )
-    with ctx.stage("search: float baseline"):
+    with state.stage("search: float baseline"):
         runner = TrialRunner(
-            recipe, loaded, splits, plan, calibrators, example, float_path, base_key, run_dir,
-            channel_amax=channel_amax,
-            recalibrate=lambda extra: run_mod.calibration_statistics(ctx, loaded, splits, plan, extra_key=extra),
-            progress=ctx.progress, say=say, engine_graphs=engine_graphs,
+            recipe, loaded, splits, plan, state.calibrators, state.example, state.need_float_path(), state.base_key, run_dir,
+            channel_amax=state.channel_amax, recalibrate=recalibrate, progress=state.progress, say=say, engine_graphs=state.graphs,
         )
         if not runner.groups:
             raise WorkbenchError("the search found no layer groups among the quantized ops.", "check quantization.targets (--dry-run)")
         say(f"  float accuracy {runner.float_accuracy:.4f}; criterion {spec.criterion.describe()} -> >= {runner.threshold:.4f}; {len(runner.groups)} groups")
     method = spec.method_for_analysis
     pct = (recipe.quantization.calibration.percentile if recipe.quantization.calibration.percentile in spec.percentiles else spec.percentiles[0]) if method == "percentile" else None
-    with ctx.stage("search: baselines"):
-        all_int8 = runner.evaluate(Config(method, pct), "baseline")
-        max_full = all_int8 if method == "max" else runner.evaluate(Config("max"), "baseline")
-    rows: list[SensitivityRow] = []
-    fallback: FallbackResult | None = None
-    if spec.sensitivity:
-        with ctx.stage("search: sensitivity"):
-            rows = sensitivity(runner, method, pct, all_int8)
-            say("  ranking: " + ", ".join(f"{r.group.name} ({r.score:+.4f})" for r in rows))
-    if spec.fallback and rows:
-        with ctx.stage("search: fallback"):
-            fallback = auto_fallback(runner, [r.group.name for r in rows], method, pct, all_int8)
-            say(f"  fallback: float {fallback.float_groups or 'none'} -> acc {fallback.final.accuracy} meets={fallback.meets}")
-    study: dict[str, Any] | None = None
-    storage = spec.storage or default_storage(run_dir)
-    if spec.max_trials > 0:
-        with ctx.stage("search: study"):
-            enqueue = [all_int8.config] + ([fallback.final.config] if fallback else []) + ([max_full.config] if max_full is not all_int8 else [])
-            # every other format of the space starts from its all-quantized point, so the front covers it
-            base = all_int8.config
-            if "fp8" in spec.formats:
-                enqueue.append(replace(base, format="fp8", method=base.method if base.method in spec.fp8_methods else spec.fp8_methods[0]))
-            enqueue += [replace(base, alpha=a) for a in spec.smoothquant_alphas]
-            name = spec.study_name or f"{recipe.name}-{run_dir.name}"
-            study = run_study(runner, storage, name, enqueue=enqueue, say=say)
-    # every configuration of the whole study (other workers too) joins the selection
-    records = list(runner.records)
-    if study:
-        for t in study["trials"]:
-            rec = t.get("record")
-            if rec and rec.get("status") == "ok" and not any(r.key == rec["key"] for r in records):
-                records.append(_record_from_dict(rec))
-    selected, meets = select(records, runner.threshold)
-    if selected is not None and not (run_dir / selected.artifacts.get("onnx", "-")).exists():
-        # found by another worker (another run folder or machine): rebuild its artifacts here from the same statistics
-        local = runner.evaluate(selected.config, "selected (from another worker)")
-        if local.status == "ok":
-            selected = local
+    try:
+        with state.stage("search: baselines"):
+            all_int8 = runner.evaluate(Config(method, pct), "baseline")
+            max_full = all_int8 if method == "max" else runner.evaluate(Config("max"), "baseline")
+        rows: list[SensitivityRow] = []
+        fallback: FallbackResult | None = None
+        if spec.sensitivity:
+            with state.stage("search: sensitivity"):
+                rows = sensitivity(runner, method, pct, all_int8)
+                say("  ranking: " + ", ".join(f"{r.group.name} ({r.score:+.4f})" for r in rows))
+        if spec.fallback and rows:
+            with state.stage("search: fallback"):
+                fallback = auto_fallback(runner, [r.group.name for r in rows], method, pct, all_int8)
+                say(f"  fallback: float {fallback.float_groups or 'none'} -> acc {fallback.final.accuracy} meets={fallback.meets}")
+        study: dict[str, Any] | None = None
+        storage = spec.storage or default_storage(run_dir)
+        if spec.max_trials > 0:
+            with state.stage("search: study"):
+                enqueue = [all_int8.config] + ([fallback.final.config] if fallback else []) + ([max_full.config] if max_full is not all_int8 else [])
+                # every other format of the space starts from its all-quantized point, so the front covers it
+                base = all_int8.config
+                if "fp8" in spec.formats:
+                    enqueue.append(replace(base, format="fp8", method=base.method if base.method in spec.fp8_methods else spec.fp8_methods[0]))
+                enqueue += [replace(base, alpha=a) for a in spec.smoothquant_alphas]
+                name = spec.study_name or f"{recipe.name}-{run_dir.name}"
+                study = run_study(runner, storage, name, enqueue=enqueue, say=say)
+        # every configuration of the whole study (other workers too) joins the selection
+        records = list(runner.records)
+        if study:
+            for t in study["trials"]:
+                rec = t.get("record")
+                if rec and rec.get("status") == "ok" and not any(r.key == rec["key"] for r in records):
+                    records.append(_record_from_dict(rec))
+        selected, meets = select(records, runner.threshold)
+        if selected is not None and not (run_dir / selected.artifacts.get("onnx", "-")).exists():
+            # found by another worker (another run folder or machine): rebuild its artifacts here from the same statistics
+            local = runner.evaluate(selected.config, "selected (from another worker)")
+            if local.status == "ok":
+                selected = local
+    finally:
+        # trials leave the model in their own layer selection; later stages (QAT) start from the recipe's plan
+        apply_flags(loaded.model.hf, plan)
     best_artifacts = copy_best(selected, run_dir) if selected else {}
 
-    # Final comparison with the workbench's own stages: float vs plain max INT8 vs the selection
-    float_artifacts = {"onnx": "models/float.onnx"}
-    if runner.float_engine_path != float_path:
-        float_artifacts["engine_onnx"] = f"models/{runner.float_engine_path.name}"
-    variants = [VariantResult(name="float", precision="float32", artifacts=float_artifacts, fidelity=fidelity_float, size_bytes=float_path.stat().st_size)]
-    paths: dict[str, Path] = {"float": runner.float_engine_path}
     # the selection is named by its format: int8-search, or fp8-search when the study chose FP8
     search_name = f"{selected.config.format}-search" if selected is not None else "int8-search"
     for name, rec in (("int8-max", max_full), (search_name, selected)):
-        if rec is None or rec.status != "ok":
-            continue
+        if rec is None or rec.status != "ok" or state.variant(name) is not None:
+            continue  # a PTQ family's int8-max is the same configuration (the recipe's plan, max scales)
         v = VariantResult(name=name, precision="fp8" if rec.config.format == "fp8" else "int8", calibration_method=rec.config.method, artifacts=dict(rec.artifacts), size_bytes=rec.size_bytes)
         if name == search_name:
             v.artifacts = {**v.artifacts, **{f"best_{k}": p for k, p in best_artifacts.items()}}
-        variants.append(v)
-        paths[name] = run_dir / rec.artifacts.get("engine_onnx", rec.artifacts["onnx"])
-    for ref_variant, ref_path in references:  # the standard tools' rows, in the same evaluation and timing loop
-        variants.append(ref_variant)
-        if ref_variant.status == "ok":
-            paths[ref_variant.name] = ref_path
-    with ctx.stage("evaluate"):
-        run_mod._evaluate(ctx, loaded, splits, variants, paths)
-    if recipe.benchmark.enabled:
-        with ctx.stage("benchmark"):
-            run_mod._benchmark(ctx, loaded, variants, paths)
+        state.add_variant(v, run_dir / rec.artifacts.get("engine_onnx", rec.artifacts["onnx"]))
+    state.search_choice = search_name if state.variant(search_name) is not None else None
+    state.search_threshold = runner.threshold
+    if selected is not None:
+        state.quant_plan_rows = runner.plan_for(selected.config).to_rows()
     float_ms = next((r.float_p50_ms for r in runner.records if r.float_p50_ms is not None), None)
     ok = [r for r in _dedupe(records) if r.relative_latency is not None]
     front = [ok[i] for i in pareto_front([(r.accuracy or 0.0, r.relative_latency or 0.0) for r in ok])]
     trial_s = [r.seconds.get("total", 0.0) for r in runner.records if not r.reused]
-    summary: dict[str, Any] = {
+    cal_info = state.calibration
+    state.search = {
         "criterion": spec.criterion.describe(),
         "threshold": runner.threshold,
         "float_accuracy": runner.float_accuracy,
@@ -721,9 +596,9 @@ def run_search(
         "median_trial_s": float(np.median(trial_s)) if trial_s else 0.0,
         "trial_seconds": trial_s,
         "selected": selected.to_dict() if selected else None,
+        "selected_variant": state.search_choice,
         "selected_meets": meets,
         "miss": None if meets or selected is None or selected.accuracy is None else runner.threshold - selected.accuracy,
-        **criterion_at_lower_bound(next((v for v in variants if v.name == search_name), None), runner.float_accuracy, runner.threshold),
         "best_artifacts": best_artifacts,
         "comparison": [
             {"name": "float", "accuracy": runner.float_accuracy, "p50_ms": float_ms, "speedup": 1.0},
@@ -737,27 +612,10 @@ def run_search(
         "pareto": [r.to_dict() for r in front],
         "records": [r.to_dict() for r in runner.records],
     }
-    write_json(run_dir / "search.json", summary)
+    write_json(run_dir / "search.json", state.search)  # the report stage rewrites it with the final check
     if rows:
         plot_sensitivity(rows, runner.float_accuracy, all_int8.accuracy, run_dir / "plots" / "sensitivity.png")
     plot_pareto(records, selected, runner.float_accuracy, float_ms, runner.threshold, run_dir / "plots" / "pareto.png")
-    result = RunResult(
-        **run_mod.run_identity(recipe, run_dir, splits),
-        calibration=cal_info,
-        variants=variants,
-        best_variant=search_name if any(v.name == search_name and v.status == "ok" for v in variants) else None,
-        selection_rule=f"search: the fastest configuration (p50 at the search shape) meeting {spec.criterion.describe()}; if none does, the most accurate one found",
-        timings_s={**ctx.timings, "total": round(time.perf_counter() - t_start, 2)},
-    )
-    with ctx.stage("report"):
-        paths_out = write_report(result, run_dir)
-        md = paths_out["markdown"]
-        write_text(md, md.read_text(encoding="utf-8") + render_section(summary))
-        write_json(run_dir / "quant_plan.json", runner.plan_for(selected.config).to_rows() if selected else plan.to_rows())
-    say("")
-    say(results_table(result))
-    say(f"\nreport: {md}")
-    return result
 
 
 def criterion_at_lower_bound(selected: VariantResult | None, float_accuracy: float, threshold: float) -> dict[str, Any]:

@@ -1,0 +1,107 @@
+"""The report's Search section, rendered from the search summary that RunResult.search carries.
+
+It lives with the report (not the search) so that a report rendered again from report.json alone
+(`quantize deploy`, a Triton benchmark) keeps the section without importing the search.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def family_label(config: dict[str, Any]) -> str:
+    """INT8, INT8 + SmoothQuant 0.5, FP8 E4M3: the format dimension of a configuration."""
+    if config.get("format", "int8") == "fp8":
+        return "FP8 E4M3"
+    return f"INT8 + SmoothQuant {config['alpha']:g}" if config.get("alpha") is not None else "INT8"
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{x * 100:.2f} %"
+
+
+def _ms(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2f} ms"
+
+
+def _rel(x: float | None) -> str:
+    return "—" if x is None else f"{x:.3f}×"
+
+
+def search_section(s: dict[str, Any]) -> str:
+    lat = s["latency_shape"]
+    lines = ["", "## Search", ""]
+    lines.append(f"Criterion: {s['criterion']} → accuracy ≥ {_pct(s['threshold'])} (float {_pct(s['float_accuracy'])}). "
+                 f"Latency objective: p50 relative to float (timed interleaved in one loop, so machine-load drift cancels) "
+                 f"at batch {lat['batch_size']} × seq {lat['seq_length']} on {s['engine']}.")
+    lines.append(f"Calibration passes during the search: {s['calibration_passes']} (statistics from {s['calibration_source']}); "
+                 f"{s['configs_evaluated']} configurations evaluated, {s['exports']} Q/DQ exports, median {s['median_trial_s']:.1f} s per configuration.")
+    lines.append("")
+    sel = s.get("selected")
+    if sel:
+        verdict = "meets the criterion" if s["selected_meets"] else f"**misses the criterion by {s['miss'] * 100:.2f} points** (best found)"
+        lines.append(f"**Selected:** `{sel['label']}` — accuracy {_pct(sel['accuracy'])}, p50 {_ms(sel['p50_ms'])} "
+                     f"(float {_ms(sel['float_p50_ms'])}, {sel['speedup'] or 0:.2f}×), {verdict}; artifacts in `best/`.")
+        if s.get("selected_meets_at_lower_bound") is not None:
+            holds = "also holds" if s["selected_meets_at_lower_bound"] else "does **not** hold"
+            lines.append(f"At the lower bound of the paired {s['interval_confidence']:g} % interval on Δ vs float "
+                         f"(Δ {s['selected_delta_low'] * 100:+.2f} points, accuracy {_pct(s['float_accuracy'] + s['selected_delta_low'])}) the criterion {holds}.")
+        lines.append(f"Float modules: {', '.join(sel['float_modules']) or 'none'}")
+    lines.append("")
+    cmp_rows = s.get("comparison", [])
+    if cmp_rows:
+        lines += ["| config | accuracy | Δ vs float | p50 (search shape) | speed-up vs float |", "|---|---:|---:|---:|---:|"]
+        for r in cmp_rows:
+            d = None if r["accuracy"] is None else (r["accuracy"] - s["float_accuracy"]) * 100
+            sp = "—" if not r.get("speedup") else f"{r['speedup']:.2f}×"
+            dd = "—" if d is None else f"{d:+.2f}"
+            lines.append(f"| {r['name']} | {_pct(r['accuracy'])} | {dd} | {_ms(r['p50_ms'])} | {sp} |")
+        lines.append("")
+    if s.get("sensitivity"):
+        lines += ["### Sensitivity (most sensitive first)", "", "![sensitivity](plots/sensitivity.png)", "",
+                  "| rank | group | accuracy, only this group INT8 | drop | accuracy, only this group float | gain vs all-INT8 | modules |",
+                  "|---:|---|---:|---:|---:|---:|---|"]
+        for i, r in enumerate(s["sensitivity"], 1):
+            drop = r["drop_only_quantized"]
+            gain = r["gain_only_float"]
+            lines.append(f"| {i} | {r['name']} | {_pct(r['accuracy_only_quantized'])} | {'—' if drop is None else f'{drop * 100:+.2f}'} | "
+                         f"{_pct(r['accuracy_only_float'])} | {'—' if gain is None else f'{gain * 100:+.2f}'} | {', '.join(f'`{m}`' for m in r['modules'])} |")
+        lines.append("")
+    fb = s.get("fallback")
+    if fb:
+        lines += ["### Automatic fallback", "", f"Result: float groups {fb['float_groups'] or 'none'} ({'meets' if fb['meets'] else 'does not meet'} the criterion).", "",
+                  "| step | config | accuracy | p50 | vs float | meets |", "|---:|---|---:|---:|---:|---|"]
+        for i, st in enumerate(fb["steps"]):
+            lines.append(f"| {i} | {st['label']} | {_pct(st['accuracy'])} | {_ms(st['p50_ms'])} | {_rel(st['relative_latency'])} | {st['meets']} |")
+        lines.append("")
+    st = s.get("study")
+    if st:
+        lines += ["### Optuna study", "", f"Study `{st['study_name']}` ({s['storage_kind']}): {st['complete']} complete, {st['failed']} failed, "
+                  f"{st['interrupted']} interrupted, {st['skipped']} skipped.", ""]
+        failed = [t for t in st["trials"] if t["error"]]
+        for t in failed:
+            lines.append(f"- trial {t['number']} failed: {t['error']}")
+        lines.append("")
+    space = s.get("space") or {}
+    lines += ["### Pareto front (accuracy vs latency)", "", "![pareto](plots/pareto.png)", ""]
+    if space:
+        alphas = ", ".join(f"{a:g}" for a in space.get("smoothquant_alphas", [])) or "none"
+        lines += [f"Search space: formats {', '.join(space.get('formats', []))}; SmoothQuant alphas {alphas}; methods {', '.join(space.get('methods', []))}; "
+                  "per-group float fallback. The front is taken over every format together.", ""]
+    lines += ["| config | format | source | accuracy | p50 | vs float | meets |", "|---|---|---|---:|---:|---:|---|"]
+    for r in s["pareto"]:
+        lines.append(f"| {r['label']} | {family_label(r['config'])} | {r['source']} | {_pct(r['accuracy'])} | {_ms(r['p50_ms'])} | {_rel(r['relative_latency'])} | {r['meets']} |")
+    families: dict[str, list[dict[str, Any]]] = {}
+    for r in s.get("records", []):
+        if r.get("status") == "ok" and r.get("accuracy") is not None:
+            families.setdefault(family_label(r["config"]), []).append(r)
+    if len(families) > 1:
+        lines += ["", "Best configuration of each format (every evaluated configuration, this worker):", "",
+                  "| format | configs | best accuracy | its p50 vs float | fastest vs float | its accuracy |", "|---|---:|---:|---:|---:|---:|"]
+        for fam, recs in families.items():
+            acc = max(recs, key=lambda r: r["accuracy"])
+            timed = [r for r in recs if r.get("relative_latency") is not None]
+            fast = min(timed, key=lambda r: r["relative_latency"]) if timed else None
+            lines.append(f"| {fam} | {len(recs)} | {_pct(acc['accuracy'])} | {_rel(acc.get('relative_latency'))} | "
+                         f"{_rel(fast['relative_latency']) if fast else '—'} | {_pct(fast['accuracy']) if fast else '—'} |")
+    return "\n".join(lines) + "\n"
