@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from .export_ort import (
     qdq_to_u8_activations,
     quantized_linears,
 )
+from .extension_points import FAMILIES, REFERENCES, ReferenceRow, VariantFamily
 from .io import artifact_is_current, hash_json, mark_artifact
 from .machine import cpu_has_vnni
 from .models import LoadedModel, batches
@@ -246,30 +248,15 @@ class EngineGraphs:
     ) -> list[tuple[VariantResult, Path]]:
         kinds = self.recipe.reference_kinds
         out: list[tuple[VariantResult, Path]] = []
-        ort_float = self.models_dir / "ref-ort-float.onnx"
+        inputs = ReferenceInputs(loaded, splits, example, float_path, fingerprint)
         for kind in kinds:
             name = reference_name(kind)
-            v = VariantResult(name=name, precision="float32" if kind == "ort-float" else "int8", reference=True)
-            v.calibration_method = {"ort-float": None, "ort-dynamic": "dynamic (run time)", "ort-static": "minmax"}[kind]
+            row = REFERENCES.get(kind)
+            v = VariantResult(name=name, precision=row.precision, reference=True)
+            v.calibration_method = row.calibration_method
             path = self.models_dir / f"ref-{kind}.onnx"
             try:
-                if kind in ("ort-float", "ort-dynamic"):
-                    key = self._key(graph="ref-ort-float")
-                    if not artifact_is_current(ort_float, key):
-                        export_fused_float(loaded.model, loaded.model.hf, ort_float, example, loaded.input_names, loaded.output_name, skip_layer_norm=True)
-                        mark_artifact(ort_float, key)
-                if kind == "ort-dynamic":
-                    key = self._key(graph="ref-ort-dynamic")
-                    if not artifact_is_current(path, key):
-                        quantize_dynamic_onnx(ort_float, path)
-                        mark_artifact(path, key)
-                elif kind == "ort-static":
-                    key = self._key(graph="ref-ort-static", data=fingerprint, samples=len(splits.calibration))
-                    if not artifact_is_current(path, key):
-                        cal = self.recipe.quantization.calibration
-                        feeds = batches(loaded.tokenizer, splits.calibration.texts, cal.batch_size, loaded.spec.max_seq_length, loaded.input_names)
-                        quantize_static_onnx(float_path, path, feeds)
-                        mark_artifact(path, key)
+                row.build(self, inputs, path)
                 got = _run(path, self.recipe, example)
                 v.fidelity = {"engine_graph": {"graph": kind, "path": f"models/{path.name}", "mean_cosine_vs_float": float(cosine_rows(got, reference).mean()), "max_abs_diff_vs_float": float(np.abs(got - reference).max()), "fused_ops": fused_op_counts(path)}}
                 v.engine = optimized_op_counts(path, self.recipe.engine)
@@ -281,3 +268,66 @@ class EngineGraphs:
                 self.say(f"  {name} failed: {v.error}")
             out.append((v, path))
         return out
+
+
+# ---------------------------------------------------------------------------------------------
+# declarations: the int8-dynamic family and the reference rows built here
+
+FAMILIES.register(
+    "int8-dynamic",
+    VariantFamily(
+        precision="int8",
+        calibrated=False,
+        ort_cpu_only="activations are quantized at run time; TensorRT needs static scales",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class ReferenceInputs:
+    """What a reference row is built from: the run's model, data and float export."""
+
+    loaded: LoadedModel
+    splits: Splits
+    example: dict[str, torch.Tensor]
+    float_path: Path
+    fingerprint: str  # of the calibration data
+
+
+def _ort_float_graph(graphs: EngineGraphs, inputs: ReferenceInputs) -> Path:
+    """TorchScript export + the transformer optimizer's default fusions (SkipLayerNormalization included)."""
+    path = graphs.models_dir / "ref-ort-float.onnx"
+    key = graphs._key(graph="ref-ort-float")
+    if not artifact_is_current(path, key):
+        loaded = inputs.loaded
+        export_fused_float(loaded.model, loaded.model.hf, path, inputs.example, loaded.input_names, loaded.output_name, skip_layer_norm=True)
+        mark_artifact(path, key)
+    return path
+
+
+def _build_ort_float(graphs: EngineGraphs, inputs: ReferenceInputs, path: Path) -> None:
+    _ort_float_graph(graphs, inputs)  # the row runs that graph itself: ref-ort-float.onnx
+
+
+def _build_ort_dynamic(graphs: EngineGraphs, inputs: ReferenceInputs, path: Path) -> None:
+    ort_float = _ort_float_graph(graphs, inputs)
+    key = graphs._key(graph="ref-ort-dynamic")
+    if not artifact_is_current(path, key):
+        quantize_dynamic_onnx(ort_float, path)
+        mark_artifact(path, key)
+
+
+def _build_ort_static(graphs: EngineGraphs, inputs: ReferenceInputs, path: Path) -> None:
+    key = graphs._key(graph="ref-ort-static", data=inputs.fingerprint, samples=len(inputs.splits.calibration))
+    if not artifact_is_current(path, key):
+        cal = graphs.recipe.quantization.calibration
+        loaded = inputs.loaded
+        feeds = batches(loaded.tokenizer, inputs.splits.calibration.texts, cal.batch_size, loaded.spec.max_seq_length, loaded.input_names)
+        quantize_static_onnx(inputs.float_path, path, feeds)
+        mark_artifact(path, key)
+
+
+# Declaration order is the default `references` order (all of them on ONNX Runtime CPU).
+REFERENCES.register("ort-float", ReferenceRow(precision="float32", calibration_method=None, build=_build_ort_float))
+REFERENCES.register("ort-dynamic", ReferenceRow(precision="int8", calibration_method="dynamic (run time)", build=_build_ort_dynamic))
+REFERENCES.register("ort-static", ReferenceRow(precision="int8", calibration_method="minmax", build=_build_ort_static))

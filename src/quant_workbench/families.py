@@ -17,12 +17,26 @@ import numpy as np
 import torch
 from torch import nn
 
+from .extension_points import FAMILIES, VariantFamily
 from .io import hash_json
 from .quantize.apply import set_format
 from .quantize.calibrate import HistogramCalibrator
 from .quantize.quantizer import QuantKind
 from .quantize.smoothquant import SmoothState, apply_smoothquant, float_mode
 from .recipe import CalibMethod, QuantFamily, QuantSpec
+
+# Declaration order is the order of the names in recipe messages and the JSON schema.
+FAMILIES.register("int8", VariantFamily(precision="int8"))
+FAMILIES.register("int8-smoothquant", VariantFamily(precision="int8", smoothquant=True))
+FAMILIES.register(
+    "fp8",
+    VariantFamily(
+        precision="fp8",
+        min_opset=19,
+        min_opset_why="ONNX QuantizeLinear/DequantizeLinear with float8e4m3fn",
+        rejects_methods={"entropy": "KL over uniformly spaced integer levels"},
+    ),
+)
 
 Recalibrate = Callable[[dict[str, Any]], tuple[dict[str, HistogramCalibrator], dict[str, Any]]]
 
@@ -50,13 +64,14 @@ class Family:
 def expand_families(spec: QuantSpec) -> list[Family]:
     out: list[Family] = []
     for name in spec.families:
-        if name == "int8-dynamic":  # no calibration: run.py builds it from the fused float graph
+        declared = FAMILIES.get(name)
+        if not declared.calibrated:  # run.py builds it (int8-dynamic: from the fused float graph)
             continue
-        if name == "int8-smoothquant":
+        if declared.smoothquant:
             assert spec.smoothquant is not None  # the recipe validator guarantees it
-            out += [Family(name, "int8", alpha=a) for a in spec.smoothquant.alphas]
+            out += [Family(name, declared.precision, alpha=a) for a in spec.smoothquant.alphas]
         else:
-            out.append(Family(name, "fp8" if name == "fp8" else "int8"))
+            out.append(Family(name, declared.precision))
     return out
 
 

@@ -10,13 +10,16 @@ import copy
 import difflib
 import importlib.util
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from .errors import RecipeError
+from .extension_points import CALIBRATORS, DEPLOY_TARGETS, ENGINES, FAMILIES, REFERENCES
+from .registry import NamesView, RegistryName
 from .search.spec import SearchSpec
 from .vocabulary import CALIB_METHODS, CalibMethod, Format, Strict
 
@@ -108,13 +111,13 @@ class CalibrationSpec(Strict):
         return v
 
 
-QuantFamily = Literal["int8", "int8-smoothquant", "fp8", "int8-dynamic"]
-# Reference rows built with the standard tools on the same data, timed in the same loop, never selected:
-# ort-float: TorchScript export + ONNX Runtime's transformer optimizer (the standard fused float path);
-# ort-dynamic: that graph through quantize_dynamic (per-channel S8 weights);
-# ort-static: quantize_static (MinMax, U8 activations, S8 per-channel weights, MatMul/Gemm) on float.onnx.
-ReferenceKind = Literal["ort-float", "ort-dynamic", "ort-static"]
-ALL_REFERENCES: tuple[ReferenceKind, ...] = ("ort-float", "ort-dynamic", "ort-static")
+# The allowed values of these keys are the names declared in the extension-point registries
+# (extension_points.py), read at validation time: a new entry is accepted without editing this file.
+QuantFamily = Annotated[str, RegistryName(FAMILIES)]
+# Reference rows built with the standard tools on the same data, timed in the same loop, never selected
+# (declared in engine_graphs.py, described in references.py).
+ReferenceKind = Annotated[str, RegistryName(REFERENCES)]
+ALL_REFERENCES: Sequence[str] = NamesView(REFERENCES)
 
 
 class SmoothQuantSpec(Strict):
@@ -162,10 +165,12 @@ class QuantSpec(Strict):
                     f"quantization.format '{self.format}' conflicts with quantization.compare, which names the formats "
                     "itself; leave format at its default (int8) when compare is set"
                 )
-            if "int8-smoothquant" in self.compare and self.smoothquant is None:
-                raise ValueError("quantization.compare has 'int8-smoothquant' but quantization.smoothquant is not set; add smoothquant: {alpha: 0.5}")
-            if self.smoothquant is not None and "int8-smoothquant" not in self.compare:
-                raise ValueError("quantization.smoothquant is set but quantization.compare has no 'int8-smoothquant' family to use it")
+            smoothed = [name for name in self.compare if FAMILIES.get(name).smoothquant]
+            if smoothed and self.smoothquant is None:
+                raise ValueError(f"quantization.compare has '{smoothed[0]}' but quantization.smoothquant is not set; add smoothquant: {{alpha: 0.5}}")
+            if self.smoothquant is not None and not smoothed:
+                names = " or ".join(f"'{name}'" for name, fam in FAMILIES.items() if fam.smoothquant)
+                raise ValueError(f"quantization.smoothquant is set but quantization.compare has no {names} family to use it")
         elif self.smoothquant is not None and self.format != "int8":
             raise ValueError(f"quantization.smoothquant applies to int8 only, not format '{self.format}'; remove smoothquant or use compare")
         return self
@@ -219,7 +224,7 @@ class TensorRTSpec(Strict):
     version_compatible: bool = False
 
 
-EngineRuntime = Literal["onnxruntime", "tensorrt"]
+EngineRuntime = Annotated[str, RegistryName(ENGINES)]
 
 
 class EngineSpec(Strict):
@@ -294,8 +299,8 @@ class SelectionSpec(Strict):
     level: float = Field(0.05, gt=0, lt=0.5, description="significance level of the paired tests; intervals are at 1 - level")
 
 
-DeployTarget = Literal["python-onnxruntime", "onnxruntime", "tensorrt"]
-DEFAULT_DEPLOY_TARGETS: tuple[DeployTarget, ...] = ("python-onnxruntime",)
+DeployTarget = Annotated[str, RegistryName(DEPLOY_TARGETS)]
+DEFAULT_DEPLOY_TARGETS: tuple[str, ...] = ("python-onnxruntime",)
 
 
 class DeploySpec(Strict):
@@ -361,7 +366,7 @@ class DistillationSpec(Strict):
 class QatSpec(TrainSpec):
     learning_rate: float | None = Field(None, gt=0, lt=1, description="default: lr_fraction x the finetune learning rate")
     lr_fraction: float = Field(0.1, gt=0, le=1)
-    init_method: Literal["auto", "max", "percentile", "entropy", "mse"] = Field(
+    init_method: Annotated[str, RegistryName(CALIBRATORS, extra=["auto"])] = Field(
         "auto", description="calibration method that initialises the scales; auto = best on the validation split"
     )
     learn_amax: bool = Field(False, description="learn activation ranges (LSQ straight-through on the scale)")
@@ -390,7 +395,7 @@ class Recipe(Strict):
     )
 
     @property
-    def reference_kinds(self) -> list[ReferenceKind]:
+    def reference_kinds(self) -> list[str]:
         if self.references is None:
             return list(ALL_REFERENCES) if self.engine.ort_cpu else []
         return list(self.references)
@@ -411,12 +416,13 @@ class Recipe(Strict):
             )
         if len(set(self.references or [])) != len(self.references or []):
             raise ValueError("references entries must not repeat")
-        if "int8-dynamic" in self.quantization.families and not self.engine.ort_cpu:
-            raise ValueError(
-                "quantization.compare has 'int8-dynamic', which runs on ONNX Runtime's CPU kernels only (activations are "
-                f"quantized at run time; TensorRT needs static scales); the engine is runtime '{self.engine.runtime}' with "
-                f"provider '{self.engine.provider}': remove int8-dynamic or use engine.runtime: onnxruntime, provider: cpu"
-            )
+        for name in self.quantization.families:
+            cpu_only = FAMILIES.get(name).ort_cpu_only
+            if cpu_only and not self.engine.ort_cpu:
+                raise ValueError(
+                    f"quantization.compare has '{name}', which runs on ONNX Runtime's CPU kernels only ({cpu_only}); the engine is "
+                    f"runtime '{self.engine.runtime}' with provider '{self.engine.provider}': remove {name} or use engine.runtime: onnxruntime, provider: cpu"
+                )
         if self.model.task == "embedding" and self.data.probe_samples < 10:
             raise ValueError(
                 "the embedding task scores a linear probe, which needs data.probe_samples >= 10"
@@ -428,21 +434,27 @@ class Recipe(Strict):
                 f"data.validation_samples={self.data.validation_samples} is carved from data.probe_samples="
                 f"{self.data.probe_samples} (the training pool) and must be smaller"
             )
-        if self.search is not None and "fp8" in self.search.formats and self.export.opset < 19:
-            raise ValueError(
-                f"search.formats has fp8, which needs ONNX QuantizeLinear/DequantizeLinear with float8e4m3fn, i.e. export.opset >= 19 "
-                f"(got {self.export.opset}); set export.opset: 19"
-            )
-        if "fp8" in self.quantization.families:
-            if self.export.opset < 19:
+        # search trials use the plain families named like their format (int8, fp8)
+        for fmt in self.search.formats if self.search is not None else []:
+            fam = FAMILIES.get(fmt)
+            if fam.min_opset is not None and self.export.opset < fam.min_opset:
                 raise ValueError(
-                    f"fp8 quantization needs ONNX QuantizeLinear/DequantizeLinear with float8e4m3fn, i.e. export.opset >= 19 "
-                    f"(got {self.export.opset}); set export.opset: 19"
+                    f"search.formats has {fmt}, which needs {fam.min_opset_why}, i.e. export.opset >= {fam.min_opset} "
+                    f"(got {self.export.opset}); set export.opset: {fam.min_opset}"
                 )
-            if "entropy" in self.quantization.calibration.methods:
+        for name in self.quantization.families:
+            fam = FAMILIES.get(name)
+            if fam.min_opset is not None and self.export.opset < fam.min_opset:
                 raise ValueError(
-                    "calibration method 'entropy' (KL over uniformly spaced integer levels) is not defined for fp8; "
-                    "remove 'entropy' from quantization.calibration.methods (max, percentile and mse work for fp8)"
+                    f"{name} quantization needs {fam.min_opset_why}, i.e. export.opset >= {fam.min_opset} "
+                    f"(got {self.export.opset}); set export.opset: {fam.min_opset}"
+                )
+            rejected = [m for m in self.quantization.calibration.methods if m in fam.rejects_methods]
+            if rejected:
+                works = [m for m in CALIBRATORS.names() if m not in fam.rejects_methods]
+                raise ValueError(
+                    f"calibration method '{rejected[0]}' ({fam.rejects_methods[rejected[0]]}) is not defined for {name}; "
+                    f"remove '{rejected[0]}' from quantization.calibration.methods ({_words(works)} work for {name})"
                 )
         if self.search is not None and not self.quantization.compare and self.quantization.families != ["int8"]:
             # without compare, format/smoothquant would silently do nothing: the search takes its formats from its own space
@@ -469,6 +481,10 @@ class Recipe(Strict):
 
 # ---------------------------------------------------------------------------------------------
 # loading, overrides and error messages
+
+
+def _words(items: Sequence[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
 def _parse_scalar(text: str) -> Any:

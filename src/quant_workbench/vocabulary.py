@@ -1,17 +1,23 @@
 """Names every layer shares, defined once: calibration methods, the number format, strict specs.
 
-Neutral ground (imports nothing of the package), so the quantize core, the recipe schema and the
-search can all use it without importing each other.
+Neutral ground (imports only the registries, never their declaring modules at import time), so the
+quantize core, the recipe schema and the search can all use it without importing each other.
 """
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from collections.abc import Sequence
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-CalibMethod = Literal["max", "percentile", "entropy", "mse"]
-CALIB_METHODS: tuple[CalibMethod, ...] = get_args(CalibMethod)
+from .extension_points import CALIBRATORS
+from .registry import NamesView, RegistryName
+
+# A calibration method: a name declared in the CALIBRATORS registry (quantize/calibrate.py).
+CalibMethod = Annotated[str, RegistryName(CALIBRATORS)]
+# Every declared method in declaration order, read when used (the default of calibration.methods).
+CALIB_METHODS: Sequence[str] = NamesView(CALIBRATORS)
 
 # The quantized number format of a variant, a quantizer or a search trial (recipe key `format`).
 Format = Literal["int8", "fp8"]

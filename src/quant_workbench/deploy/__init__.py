@@ -1,8 +1,9 @@
 """Deployment: Triton model repositories (and TensorRT engines) for a finished run.
 
 `deploy_run(run_dir)` is what `quantize deploy RUN_DIR` and a recipe's `deploy:` section call: it
-reads the run's report.json and resolved recipe, builds TensorRT engines when the `tensorrt` target is
-asked for, writes the repository (see deploy/triton.py) and validates it.
+reads the run's report.json and resolved recipe, builds the engines a target compiles (TensorRT plans
+for the `tensorrt` target), writes the repository (see deploy/triton.py) and validates it. Each
+target is declared once in the DEPLOY_TARGETS registry by the module of this package that builds it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import OptionalDependencyError
+from ..extension_points import DEPLOY_TARGETS
 from ..recipe import DeploySpec, Recipe, load_recipe
 from ..results import RunResult
 from .triton import DeployError, Repository, resolve_variants, validate_repository, write_repository
@@ -23,10 +25,10 @@ def preflight(spec: DeploySpec, build_engines: bool = True) -> None:
     from .triton import model_config_pb2
 
     model_config_pb2()
-    if build_engines and "tensorrt" in spec.targets:
-        from ..engines.tensorrt import require_tensorrt
-
-        require_tensorrt("building the TensorRT engines of deploy.targets [tensorrt]")
+    for target in spec.targets if build_engines else []:
+        check = DEPLOY_TARGETS.get(target).preflight
+        if check is not None:
+            check()
 
 
 def deploy_run(
@@ -64,19 +66,22 @@ def deploy_run(
     precision = {v.name: v.precision for v in result.variants}
     engines: dict[tuple[str, str], Path] = {}
     notes: dict[tuple[str, str], str] = {}
-    if build_engines and "tensorrt" in spec.targets:
-        from ..engines.tensorrt import build_for_deploy, engine_precision
+    compiling = [(t, DEPLOY_TARGETS.get(t)) for t in spec.targets if build_engines and DEPLOY_TARGETS.get(t).build_engine is not None]
+    if compiling:
         from ..errors import WorkbenchError
 
         for name in resolve_variants(spec.variants, result.best_variant, files):
-            say(f"  building TensorRT engine for {name}")
-            try:
-                engines[(name, "tensorrt")] = build_for_deploy(recipe, spec, files[name], run_dir / "engines" / f"{name}.plan", precision=engine_precision(precision.get(name)))
-            except WorkbenchError as exc:  # this engine failed; the rest of the repository is still written
-                if isinstance(exc, OptionalDependencyError):
-                    raise
-                notes[(name, "tensorrt")] = f"engine build failed: {exc}"
-                say(f"  {name}: TensorRT engine build failed: {exc}")
+            for target, backend in compiling:
+                assert backend.build_engine is not None
+                label = backend.engine_label or target
+                say(f"  building {label} engine for {name}")
+                try:
+                    engines[(name, target)] = backend.build_engine(recipe, spec, files[name], run_dir / "engines", name, precision.get(name))
+                except WorkbenchError as exc:  # this engine failed; the rest of the repository is still written
+                    if isinstance(exc, OptionalDependencyError):
+                        raise
+                    notes[(name, target)] = f"engine build failed: {exc}"
+                    say(f"  {name}: {label} engine build failed: {exc}")
 
     repo = write_repository(
         run_dir,

@@ -32,18 +32,15 @@ from typing import Any
 
 from ..engines.onnxruntime import CPU_DISABLED_OPTIMIZERS
 from ..errors import OptionalDependencyError, WorkbenchError
+from ..extension_points import DEPLOY_TARGETS, DeployBackend, TargetInputs, TargetModel
 from ..io import make_shareable, write_json, write_text
 from ..recipe import DeploySpec, EngineSpec, Recipe
 from ..signatures import ONNX_TO_TRITON, TensorSig
 
 MANIFEST = "repository.json"
 TOKENIZER_MODEL = "tokenizer"
-TARGET_SUFFIX: dict[str, str] = {"python-onnxruntime": "cpu", "onnxruntime": "ort", "tensorrt": "trt"}
 TEXT_INPUTS = ("text", "text_pair")
 PYTHON_MODELS = Path(__file__).with_name("python_models")
-# The served model disables the ONNX Runtime optimizers the workbench's own engine disables, so that
-# Triton's answers equal the workbench's: one list, the engine's.
-ORT_DISABLED_OPTIMIZERS = CPU_DISABLED_OPTIMIZERS  # the Python backend runs ONNX Runtime on CPU
 
 
 
@@ -180,7 +177,8 @@ def python_onnxruntime_config(name: str, inputs: Sequence[TensorSig], outputs: S
             "onnx_file": "model.onnx",
             "intra_op_threads": str(spec.threads),
             "graph_optimization": engine.graph_optimization,
-            "disabled_optimizers": ",".join(ORT_DISABLED_OPTIMIZERS),
+            # the optimizers the workbench's own CPU engine disables, so Triton's answers equal the run's
+            "disabled_optimizers": ",".join(CPU_DISABLED_OPTIMIZERS),
         },
     }
     return to_pbtxt(cfg) + "\n"
@@ -509,29 +507,20 @@ def write_repository(
         for v in variants:
             ins, outs = signatures[v]
             for target in spec.targets:
-                name = f"{v}-{TARGET_SUFFIX[target]}"
+                backend = DEPLOY_TARGETS.get(target)
+                name = f"{v}-{backend.suffix}"
                 ens = f"{name}-text"
                 mdir = tmp / name
                 (mdir / "1").mkdir(parents=True)
-                files: list[str] = []
-                note = ""
-                kind: str
-                if target == "python-onnxruntime":
-                    text, kind = python_onnxruntime_config(name, ins, outs, spec, recipe.engine), "python"
-                    shutil.copyfile(PYTHON_MODELS / "onnxruntime_model.py", mdir / "1" / "model.py")
-                    # ONNX Runtime on CPU serves the graph the run scored and timed there (the fused engine graph)
-                    files = ["model.py", *_copy_onnx((cpu_files or {}).get(v, variant_files[v]), mdir / "1" / "model.onnx")]
-                elif target == "onnxruntime":
-                    text, kind = onnxruntime_config(name, ins, outs, spec, variant_precision.get(v, "float32")), "onnxruntime_onnx"
-                    files = _copy_onnx(variant_files[v], mdir / "1" / "model.onnx")
-                else:
-                    text, kind = tensorrt_config(name, ins, outs, spec), "tensorrt_plan"
-                    plan = engines.get((v, "tensorrt"))
-                    if plan is not None:
-                        _link_or_copy(plan, mdir / "1" / "model.plan")
-                        files = ["model.plan"]
-                    else:
-                        note = (notes or {}).get((v, target)) or "no engine: build 1/model.plan on the serving GPU (quantize deploy RUN_DIR)"
+                built = backend.build(
+                    TargetInputs(
+                        name=name, variant=v, folder=mdir, inputs=ins, outputs=outs, recipe=recipe, spec=spec,
+                        onnx=variant_files[v], cpu_onnx=(cpu_files or {}).get(v, variant_files[v]),
+                        precision=variant_precision.get(v, "float32"),
+                        engine=engines.get((v, target)), engine_note=(notes or {}).get((v, target), ""),
+                    )
+                )
+                text = built.config
                 cfg = parse_config(text, f"{name}/config.pbtxt")
                 check_model_config(cfg, ins, outs, f"{name}/config.pbtxt")
                 configs[name] = cfg
@@ -548,13 +537,13 @@ def write_repository(
                         name=name,
                         variant=v,
                         target=target,
-                        kind=kind,
+                        kind=built.kind,
                         ensemble=ens,
-                        cpu_servable=target == "python-onnxruntime",
+                        cpu_servable=backend.cpu_servable,
                         inputs=[s.to_dict() for s in ins],
                         outputs=[s.to_dict() for s in outs],
-                        files=files,
-                        note=note,
+                        files=built.files,
+                        note=built.note,
                     )
                 )
         repo = Repository(
@@ -575,6 +564,51 @@ def write_repository(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return repo
+
+
+# ---------------------------------------------------------------------------------------------
+# deploy targets: one Triton model per variant and target
+
+
+def _python_onnxruntime(t: TargetInputs) -> TargetModel:
+    text = python_onnxruntime_config(t.name, t.inputs, t.outputs, t.spec, t.recipe.engine)
+    shutil.copyfile(PYTHON_MODELS / "onnxruntime_model.py", t.folder / "1" / "model.py")
+    # ONNX Runtime on CPU serves the graph the run scored and timed there (the fused engine graph)
+    return TargetModel(text, "python", ["model.py", *_copy_onnx(t.cpu_onnx, t.folder / "1" / "model.onnx")])
+
+
+def _onnxruntime(t: TargetInputs) -> TargetModel:
+    text = onnxruntime_config(t.name, t.inputs, t.outputs, t.spec, t.precision)
+    return TargetModel(text, "onnxruntime_onnx", _copy_onnx(t.onnx, t.folder / "1" / "model.onnx"))
+
+
+def _tensorrt(t: TargetInputs) -> TargetModel:
+    text = tensorrt_config(t.name, t.inputs, t.outputs, t.spec)
+    if t.engine is not None:
+        _link_or_copy(t.engine, t.folder / "1" / "model.plan")
+        return TargetModel(text, "tensorrt_plan", ["model.plan"])
+    return TargetModel(text, "tensorrt_plan", note=t.engine_note or "no engine: build 1/model.plan on the serving GPU (quantize deploy RUN_DIR)")
+
+
+def _build_plan(recipe: Recipe, spec: DeploySpec, onnx_path: Path, engines_dir: Path, name: str, precision: str | None) -> Path:
+    from ..engines.tensorrt import build_for_deploy, engine_precision
+
+    return build_for_deploy(recipe, spec, onnx_path, engines_dir / f"{name}.plan", precision=engine_precision(precision))
+
+
+def _require_tensorrt() -> None:
+    from ..engines.tensorrt import require_tensorrt
+
+    require_tensorrt("building the TensorRT engines of deploy.targets [tensorrt]")
+
+
+# Declaration order is the order of the names in recipe messages and the JSON schema.
+DEPLOY_TARGETS.register("python-onnxruntime", DeployBackend(suffix="cpu", build=_python_onnxruntime, cpu_servable=True))
+DEPLOY_TARGETS.register("onnxruntime", DeployBackend(suffix="ort", build=_onnxruntime))
+DEPLOY_TARGETS.register(
+    "tensorrt",
+    DeployBackend(suffix="trt", build=_tensorrt, build_engine=_build_plan, preflight=_require_tensorrt, engine_label="TensorRT"),
+)
 
 
 def validate_repository(path: Path) -> dict[str, Any]:

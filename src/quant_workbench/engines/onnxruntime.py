@@ -11,7 +11,9 @@ import numpy as np
 import onnx
 
 from ..errors import WorkbenchError
-from ..recipe import EngineSpec
+from ..extension_points import ENGINES, EngineBackend
+from ..recipe import EngineSpec, Recipe
+from .base import Engine
 
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -135,3 +137,10 @@ def optimized_op_counts(path: Path, spec: EngineSpec) -> dict[str, Any]:
         "remaining_quantize_linear": counts.get("QuantizeLinear", 0),
         "remaining_dequantize_linear": counts.get("DequantizeLinear", 0),
     }
+
+
+def _open(onnx_path: Path, recipe: Recipe, name: str, precision: str, *, threads: int | None = None) -> Engine:
+    return OrtEngine(onnx_path, recipe.engine, name, threads=threads)
+
+
+ENGINES.register("onnxruntime", EngineBackend(open=_open))

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from ..errors import OptionalDependencyError, WorkbenchError
+from ..extension_points import ENGINES, FAMILIES, EngineBackend
 from ..io import write_bytes, write_json
 from ..signatures import TRT_TO_TRITON, TensorSig
 
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     import tensorrt as trt
 
     from ..recipe import DeploySpec, Recipe, TensorRTSpec
+    from .base import Engine
 
 INSTALL_HINT = (
     " — TensorRT comes from NVIDIA's package index: pip install --extra-index-url https://pypi.nvidia.com "
@@ -637,3 +639,29 @@ class TrtEngine:
 
     def __exit__(self, *exc: object) -> None:
         del self.context
+
+
+# ---------------------------------------------------------------------------------------------
+# engine.runtime: tensorrt
+
+
+def _open(onnx_path: Path, recipe: Recipe, name: str, precision: str, *, threads: int | None = None) -> Engine:
+    # engines/ beside models/: plans are per-GPU artifacts of the run, rebuilt when their key changes
+    plan = Path(onnx_path).parent.parent / "engines" / f"{name}.plan"
+    plan_from_onnx(Path(onnx_path), plan, settings_for_runtime(recipe, engine_precision(precision)))
+    return TrtEngine(plan, name)
+
+
+def _preflight(recipe: Recipe) -> None:
+    require_tensorrt("engine.runtime: tensorrt")
+    if gpu_capability() is None:
+        raise WorkbenchError(
+            "engine.runtime: tensorrt needs an NVIDIA GPU visible to torch (torch.cuda.is_available() is False here).",
+            "run on a GPU machine with a CUDA build of torch, or set engine.runtime: onnxruntime",
+        )
+    settings_for_runtime(recipe, "float32")  # profile shapes are checked now, not at the first build
+    if any(FAMILIES.get(name).precision == "fp8" for name in recipe.quantization.families):
+        require_fp8_gpu()
+
+
+ENGINES.register("tensorrt", EngineBackend(open=_open, preflight=_preflight))

@@ -24,7 +24,8 @@ import numpy.typing as npt
 import torch
 
 from quant_workbench.errors import WorkbenchError
-from quant_workbench.vocabulary import CALIB_METHODS, CalibMethod
+from quant_workbench.extension_points import CALIBRATORS
+from quant_workbench.vocabulary import CalibMethod
 
 _FORMAT = "quant_workbench.calib_stats/1"
 _FORMAT_KEY = "__format__"
@@ -180,8 +181,7 @@ class HistogramCalibrator:
         unsigned: bool = False,
         fp8: bool = False,
     ) -> float:
-        if method not in CALIB_METHODS:
-            raise ValueError(f"unknown calibration method {method!r}; expected one of {CALIB_METHODS}")
+        amax_method = CALIBRATORS.get(method)  # an unknown name fails before the statistics are checked
         if self._num_seen == 0:
             raise CalibrationError(
                 f"calibration collected no data for {self.name}.",
@@ -193,26 +193,9 @@ class HistogramCalibrator:
                 f"calibration saw only zeros for {self.name} ({self._num_seen} values), so no scale exists.",
                 "this input is always zero; exclude it with `ignore:`.",
             )
-        if method == "max":
-            return self._amax
-        if method == "percentile":
-            if not 0.0 < percentile <= 100.0:
-                raise ValueError(f"percentile must be in (0, 100], got {percentile}")
-            amax = _percentile_edge(self._hist, self._width, percentile)
-        elif method == "entropy":
-            if fp8:
-                raise ValueError(
-                    "entropy (KL) calibration models uniformly spaced integer levels and does not apply "
-                    "to fp8; use 'max', 'percentile' or 'mse' for fp8 quantizers"
-                )
-            hist, width = self._working_hist()
-            amax = _entropy_amax(hist, width, _num_levels(num_bits, unsigned))
-        else:
-            hist, width = self._working_hist()
-            amax = _mse_amax(hist, width, num_bits=num_bits, unsigned=unsigned, fp8=fp8)
         # Histogram methods return bin edges; the top edge can lie a fraction of a bin above the
         # true max, and clipping at the true max is lossless, so never exceed it.
-        return float(min(amax, self._amax))
+        return float(min(amax_method(self, percentile=percentile, num_bits=num_bits, unsigned=unsigned, fp8=fp8), self._amax))
 
     def _working_hist(self) -> tuple[npt.NDArray[np.int64], float]:
         """The histogram downsampled to at most ``num_bins`` bins.
@@ -252,6 +235,40 @@ class HistogramCalibrator:
         calib._num_seen = int(np.asarray(state["num_seen"]))
         calib._pending_zeros = int(np.asarray(state["pending_zeros"]))
         return calib
+
+
+# ---------------------------------------------------------------------- amax methods
+# Declaration order is the recipe's default order of quantization.calibration.methods.
+
+
+@CALIBRATORS.register("max")
+def _max_amax(calib: HistogramCalibrator, *, percentile: float, num_bits: int, unsigned: bool, fp8: bool) -> float:
+    return calib._amax
+
+
+@CALIBRATORS.register("percentile")
+def _percentile_amax(calib: HistogramCalibrator, *, percentile: float, num_bits: int, unsigned: bool, fp8: bool) -> float:
+    if not 0.0 < percentile <= 100.0:
+        raise ValueError(f"percentile must be in (0, 100], got {percentile}")
+    assert calib._hist is not None
+    return _percentile_edge(calib._hist, calib._width, percentile)
+
+
+@CALIBRATORS.register("entropy")
+def _kl_amax(calib: HistogramCalibrator, *, percentile: float, num_bits: int, unsigned: bool, fp8: bool) -> float:
+    if fp8:
+        raise ValueError(
+            "entropy (KL) calibration models uniformly spaced integer levels and does not apply "
+            "to fp8; use 'max', 'percentile' or 'mse' for fp8 quantizers"
+        )
+    hist, width = calib._working_hist()
+    return _entropy_amax(hist, width, _num_levels(num_bits, unsigned))
+
+
+@CALIBRATORS.register("mse")
+def _min_mse_amax(calib: HistogramCalibrator, *, percentile: float, num_bits: int, unsigned: bool, fp8: bool) -> float:
+    hist, width = calib._working_hist()
+    return _mse_amax(hist, width, num_bits=num_bits, unsigned=unsigned, fp8=fp8)
 
 
 # ---------------------------------------------------------------------- histogram math

@@ -1,0 +1,150 @@
+"""The workbench's extension points: one registry each, and what an entry of each declares.
+
+Neutral ground (imports only registry.py and signatures.py at run time), so the recipe schema can read
+the registries' names while the modules that declare the entries import the recipe. Each registry
+imports its declaring modules the first time it is read. docs/ARCHITECTURE.md ("Extension points")
+says which file a new entry goes in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Protocol
+
+from .registry import Registry
+from .signatures import TensorSig
+
+if TYPE_CHECKING:
+    from .engine_graphs import EngineGraphs, ReferenceInputs
+    from .engines.base import Engine
+    from .quantize.calibrate import HistogramCalibrator
+    from .recipe import DeploySpec, Recipe
+
+
+# ---------------------------------------------------------------------------------------------
+# calibration methods (quantization.calibration.methods): declared in quantize/calibrate.py
+
+
+class AmaxMethod(Protocol):
+    """Clipping range of one quantizer from its collected statistics."""
+
+    def __call__(self, calib: HistogramCalibrator, *, percentile: float, num_bits: int, unsigned: bool, fp8: bool) -> float: ...
+
+
+CALIBRATORS: Registry[AmaxMethod] = Registry("calibration method", ["quant_workbench.quantize.calibrate"])
+
+
+# ---------------------------------------------------------------------------------------------
+# variant families (quantization.compare): declared in families.py and engine_graphs.py
+
+
+@dataclass(frozen=True)
+class VariantFamily:
+    """What a family of variants is and what it needs; the recipe validates against these facts."""
+
+    precision: Literal["int8", "fp8"]
+    # False: no calibration and no Q/DQ export per method; the run builds its one variant itself
+    calibrated: bool = True
+    # SmoothQuant-rewritten model, one family per quantization.smoothquant alpha
+    smoothquant: bool = False
+    min_opset: int | None = None
+    min_opset_why: str = ""
+    # calibration method -> why it is not defined for this family
+    rejects_methods: Mapping[str, str] = field(default_factory=dict)
+    # set when the family runs on ONNX Runtime's CPU kernels only: why
+    ort_cpu_only: str = ""
+
+
+FAMILIES: Registry[VariantFamily] = Registry("variant family", ["quant_workbench.families", "quant_workbench.engine_graphs"])
+
+
+# ---------------------------------------------------------------------------------------------
+# engines (engine.runtime): declared in engines/<runtime>.py
+
+
+class OpenEngine(Protocol):
+    def __call__(self, onnx_path: Path, recipe: Recipe, name: str, precision: str, *, threads: int | None = None) -> Engine: ...
+
+
+@dataclass(frozen=True)
+class EngineBackend:
+    """`open` runs an ONNX artifact (building whatever the runtime needs from it); `preflight` fails
+    before any work when the runtime cannot run here (a missing extra, no GPU)."""
+
+    open: OpenEngine
+    preflight: Callable[[Recipe], None] = lambda recipe: None
+
+
+ENGINES: Registry[EngineBackend] = Registry("engine runtime", ["quant_workbench.engines"])
+
+
+# ---------------------------------------------------------------------------------------------
+# deploy targets (deploy.targets): declared in deploy/<module>.py (the Triton backends in deploy/triton.py)
+
+
+@dataclass(frozen=True)
+class TargetModel:
+    """What a target's builder hands back for one variant: the model folder's config and contents."""
+
+    config: str  # config.pbtxt text
+    kind: str  # Triton platform or backend
+    files: list[str] = field(default_factory=list)
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class TargetInputs:
+    """One variant's model folder to fill: `folder/1/` exists; `engines` holds what `build_engine` made."""
+
+    name: str
+    variant: str
+    folder: Path
+    inputs: list[TensorSig]
+    outputs: list[TensorSig]
+    recipe: Recipe
+    spec: DeploySpec
+    onnx: Path  # the variant's Q/DQ (or float) ONNX
+    cpu_onnx: Path  # what ONNX Runtime CPU ran in the run (the fused engine graph when there is one)
+    precision: str
+    engine: Path | None = None
+    engine_note: str = ""
+
+
+class BuildEngine(Protocol):
+    def __call__(self, recipe: Recipe, spec: DeploySpec, onnx_path: Path, engines_dir: Path, name: str, precision: str | None) -> Path: ...
+
+
+@dataclass(frozen=True)
+class DeployBackend:
+    """`build` writes one variant's model; `suffix` names it (<variant>-<suffix>). `build_engine`, when
+    set, compiles each variant before the repository is written (skipped by `--no-engines`), and
+    `preflight` fails fast, before a long run, when an optional package that build needs is missing."""
+
+    suffix: str
+    build: Callable[[TargetInputs], TargetModel]
+    cpu_servable: bool = False  # loads on a CPU-only tritonserver
+    build_engine: BuildEngine | None = None
+    preflight: Callable[[], None] | None = None
+    engine_label: str = ""  # what the built engines are called in progress lines
+
+
+DEPLOY_TARGETS: Registry[DeployBackend] = Registry("deploy target", ["quant_workbench.deploy"])
+
+
+# ---------------------------------------------------------------------------------------------
+# reference rows (references): declared in engine_graphs.py
+
+
+@dataclass(frozen=True)
+class ReferenceRow:
+    """A standard tool's graph scored and timed beside the variants. `build(graphs, inputs, path)`
+    writes the ONNX file the row runs (engine_graphs.EngineGraphs.references calls it)."""
+
+    precision: Literal["float32", "int8"]
+    calibration_method: str | None
+    build: Callable[[EngineGraphs, ReferenceInputs, Path], None]
+
+
+REFERENCES: Registry[ReferenceRow] = Registry("reference", ["quant_workbench.engine_graphs"])
