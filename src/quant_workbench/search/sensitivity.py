@@ -246,7 +246,7 @@ class TrialRunner:
         plan = self.plan_for(config)
         apply_flags(loaded.model.hf, plan)
         pct = config.percentile if config.percentile is not None else recipe.quantization.calibration.percentile
-        amax = set_scales(loaded.model, calibrators, config.method, percentile=pct)  # type: ignore[arg-type]
+        amax = set_scales(loaded.model, calibrators, config.method, percentile=pct)
         enabled = [p.module for p in plan.enabled]
         rec.quantized_ops = len(enabled)
         rec.float_modules = [p.module for p in plan.points if not p.enabled and p.reason.startswith("fallback")]
