@@ -177,9 +177,11 @@ def test_lower_bound_check_uses_the_interval_low_end() -> None:
 
 
 def test_lower_bound_exactly_at_the_threshold_holds() -> None:
-    # 0.8 + (-0.08) is exactly 0.72 in decimal; the threshold 0.8 * 0.9 rounds above it in binary
-    v = _selected(delta=-0.05, low=-0.08, high=0.0)
-    out = criterion_at_lower_bound(v, float_accuracy=0.8, threshold=CriterionSpec(relative=0.1).threshold(0.8))
+    # a low end of exactly 10 % of 0.56: 0.56 - 0.056 rounds below 0.56 * 0.9 in binary
+    threshold = CriterionSpec(relative=0.1).threshold(0.56)
+    assert 0.56 - 0.056 < threshold
+    v = _selected(delta=-0.03, low=-0.056, high=0.0)
+    out = criterion_at_lower_bound(v, float_accuracy=0.56, threshold=threshold)
     assert out["selected_meets_at_lower_bound"] is True
 
 
