@@ -7,7 +7,7 @@ reversed order, a dropped tie-break or tolerance) picks something else.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import cast
 
 import pytest
@@ -179,7 +179,7 @@ def test_lower_bound_check_uses_the_interval_low_end() -> None:
 def test_lower_bound_exactly_at_the_threshold_holds() -> None:
     # a low end of exactly 10 % of 0.56: 0.56 - 0.056 rounds below 0.56 * 0.9 in binary
     threshold = CriterionSpec(relative=0.1).threshold(0.56)
-    assert 0.56 - 0.056 < threshold
+    assert threshold > 0.56 - 0.056
     v = _selected(delta=-0.03, low=-0.056, high=0.0)
     out = criterion_at_lower_bound(v, float_accuracy=0.56, threshold=threshold)
     assert out["selected_meets_at_lower_bound"] is True
@@ -232,7 +232,7 @@ class ScriptedRunner:
 ALL_INT8 = TrialRecord(source="baseline", config=Config("max"), key="all", accuracy=0.70, metrics={"cosine_to_float": 0.90})
 
 
-def _by_group(only: dict[str, tuple[float | None, float]], floated: dict[str, tuple[float | None, float]]) -> Callable[[Config], tuple[float | None, float]]:
+def _by_group(only: Mapping[str, tuple[float | None, float]], floated: Mapping[str, tuple[float | None, float]]) -> Callable[[Config], tuple[float | None, float]]:
     def score(c: Config) -> tuple[float | None, float]:
         return only[c.only[0]] if c.only else floated[c.float_groups[0]]
 
