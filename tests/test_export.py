@@ -151,7 +151,7 @@ def test_prepare_swaps_in_quantized_linears(prepared: Prepared) -> None:
     assert set(linears) == {p.module for p in prepared.plan.enabled}
     assert len(linears) == N_LINEARS
     # disabled candidates get modules too (so calibration covers them), but their quantizers are off
-    pooler = prepared.loaded.model.hf.pooler.dense
+    pooler = prepared.loaded.model.hf.get_submodule("pooler.dense")
     assert isinstance(pooler, QuantLinear) and not pooler.input_quantizer.enabled
     # one calibrator per activation quantizer of every candidate, enabled or not
     assert set(prepared.calibrators) == {n for n in quantizers(prepared.loaded.model) if not n.endswith(".weight_quantizer")}

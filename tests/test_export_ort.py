@@ -30,6 +30,7 @@ from quant_workbench.export_ort import (
 )
 from quant_workbench.models import LoadedModel, load_model, to_torch, tokenize
 from quant_workbench.quantize.apply import calibrate, prepare, set_scales
+from quant_workbench.quantize.modules import QuantLinear
 from quant_workbench.quantize.select import build_plan
 from quant_workbench.recipe import EngineSpec, ModelSpec, QuantSpec, recipe_from_dict
 from quant_workbench.results import VariantResult
@@ -104,7 +105,9 @@ def test_lowered_int8_runs_every_linear_on_integer_kernels_with_the_calibrated_s
     assert zps[U8_ZERO_POINT].data_type == TensorProto.UINT8
     assert all(i.data_type == TensorProto.INT8 for i in model.graph.initializer if i.name.endswith("weight_int8"))
     # the activation scale is the quantizer's own: amax / 127
-    q = loaded.model.hf.get_submodule("encoder.layer.0.intermediate.dense").input_quantizer
+    lin = loaded.model.hf.get_submodule("encoder.layer.0.intermediate.dense")
+    assert isinstance(lin, QuantLinear)
+    q = lin.input_quantizer
     scale = next(i for i in model.graph.initializer if i.name == "encoder.layer.0.intermediate.dense.input_quantizer._scale")
     assert float(onnx.numpy_helper.to_array(scale)) == pytest.approx(float(q.amax) / 127, rel=1e-6)
     with torch.no_grad():

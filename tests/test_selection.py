@@ -126,3 +126,43 @@ def test_the_level_decides_what_counts_as_tied(level: float, tied: bool) -> None
     variants = [_variant("int8-a", correct["int8-a"], 0.95, 12.0, seed=1), _variant("int8-b", correct["int8-b"], 0.95, 8.0, seed=2)]
     sel = select_variant(variants, correct, level)
     assert sel.winner == ("int8-b" if tied else "int8-a")
+
+
+def test_a_failed_variant_is_never_selected_even_with_scores() -> None:
+    # scored, then failed later (e.g. in the benchmark): its numbers are not a result to ship
+    base = _base()
+    correct = {"int8-broken": _change(base, 0, 40), "int8-max": base.copy()}
+    broken = _variant("int8-broken", correct["int8-broken"], 0.99, 5.0, seed=1)
+    broken.status = "failed"
+    sel = select_variant([broken, _variant("int8-max", correct["int8-max"], 0.96, 9.0, seed=2)], correct)
+    assert sel.winner == "int8-max" and sel.accuracy_tie_group == ["int8-max"]
+
+
+def test_the_most_accurate_is_found_by_accuracy_not_agreement() -> None:
+    # int8-b agrees more with float but is 60 examples (significantly) less accurate
+    base = _base()
+    correct = {"int8-a": _change(base, 0, 60), "int8-b": base.copy()}
+    variants = [_variant("int8-a", correct["int8-a"], 0.93, 10.0, seed=1), _variant("int8-b", correct["int8-b"], 0.99, 10.0, seed=2)]
+    sel = select_variant(variants, correct)
+    assert sel.most_accurate == "int8-a" and sel.winner == "int8-a"
+
+
+@pytest.mark.parametrize("order", [["int8-b", "int8-a"], ["int8-a", "int8-b"]])
+def test_exact_ties_go_to_the_first_name_whatever_the_build_order(order: list[str]) -> None:
+    base = _base()
+    correct = {n: base.copy() for n in order}
+    # same correctness, agreement and timing samples: nothing but the name tells them apart
+    sel = select_variant([_variant(n, correct[n], 0.95, 10.0) for n in order], correct)
+    assert sel.winner == "int8-a" and sel.most_accurate == "int8-a" and sel.fastest == "int8-a"
+
+
+def test_speed_is_compared_at_the_largest_shape_every_candidate_ran() -> None:
+    # int8-a wins at batch 1, int8-b at batch 32 (the throughput shape); batch 64 only int8-a ran
+    base = _base()
+    correct = {"int8-a": base.copy(), "int8-b": base.copy()}
+    a = _variant("int8-a", correct["int8-a"], 0.95, 10.0, seed=1)
+    b = _variant("int8-b", correct["int8-b"], 0.95, 7.0, seed=2)
+    a.latency = [_lat(1.0, seed=1, b=1), _lat(10.0, seed=1, b=32), _lat(15.0, seed=1, b=64)]
+    b.latency = [_lat(2.0, seed=2, b=1), _lat(7.0, seed=2, b=32)]
+    sel = select_variant([a, b], correct)
+    assert sel.shape == "b32xs128" and sel.fastest == "int8-b" and sel.winner == "int8-b"

@@ -117,7 +117,7 @@ def test_qat_learns_separable_task_and_exports_matching_qdq(tmp_path: Path, tiny
     enabled_before = sorted(n for n, q in quantizers(loaded.model).items() if q.enabled)
     assert enabled_before
     learned = make_amax_learnable(loaded.model)
-    amax_before = {n: float(q.learned_scale.detach()) for n, q in activation_quantizers(loaded.model).items() if hasattr(q, "learned_scale")}
+    amax_before = {n: float(q.get_parameter("learned_scale").detach()) for n, q in activation_quantizers(loaded.model).items() if hasattr(q, "learned_scale")}
     teacher = copy.deepcopy(loaded.model)
     spec = _spec(tmp_path, QatSpec, max_steps=100, eval_every=25, learn_amax=True, distillation={"weight": 0.2, "temperature": 2.0, "hidden_mse_weight": 0.0})
     trainer = _trainer(loaded, splits, spec, kind="qat", lr=1e-2, before_step=refresh_weight_scales, teacher=teacher, distillation=spec.distillation)
@@ -127,7 +127,7 @@ def test_qat_learns_separable_task_and_exports_matching_qdq(tmp_path: Path, tiny
     assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:5])
     assert result.best_validation is not None and result.best_validation >= 0.75  # chance is 1/3
     assert learned
-    moved = [n for n, q in activation_quantizers(loaded.model).items() if n in amax_before and float(q.learned_scale.detach()) != amax_before[n]]
+    moved = [n for n, q in activation_quantizers(loaded.model).items() if n in amax_before and float(q.get_parameter("learned_scale").detach()) != amax_before[n]]
     assert moved, "LSQ scales received no updates"
     frozen = freeze_learned_amax(loaded.model)
     assert set(frozen) == set(learned)
@@ -200,7 +200,7 @@ def test_nan_loss_names_the_step_and_keeps_last_good_checkpoint(tmp_path: Path, 
     def poison(tr: Trainer) -> None:
         if tr.step == 5:
             with torch.no_grad():
-                tr.model.hf.classifier.weight.fill_(float("nan"))
+                tr.model.get_parameter("hf.classifier.weight").fill_(float("nan"))
 
     trainer = _trainer(_load(tiny_classifier_dir), splits, spec, on_step=poison)
     with pytest.raises(TrainingError, match=r"at step 6 .*last good checkpoint .*step 4"):

@@ -66,7 +66,8 @@ def tiny_bert_config(**overrides: Any) -> Any:
 
 
 def save_tiny_tokenizer(folder: Path) -> None:
-    from transformers import BertTokenizerFast
+    # transformers 5 exports the name only at run time (an alias of BertTokenizer, the fast one there)
+    from transformers import BertTokenizerFast  # type: ignore[attr-defined]
 
     vocab_file = folder / "vocab.txt"
     vocab_file.write_text("\n".join(VOCAB) + "\n", encoding="utf-8")
@@ -78,10 +79,11 @@ def save_tiny_tokenizer(folder: Path) -> None:
 
 
 def save_tiny_model(folder: Path, classifier: bool) -> Path:
-    from transformers import BertForSequenceClassification, BertModel
+    from transformers import BertForSequenceClassification, BertModel, PreTrainedModel
 
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
+    model: PreTrainedModel
     if classifier:
         # class ids in the order the data loader gives labels without data.label_names (sorted)
         names = sorted(LABELS)
@@ -164,7 +166,7 @@ def ort_qdq(x: Any, scale: Any, axis: int | None = None, *, fp8: bool = False) -
         z = helper.make_tensor("z", TensorProto.FLOAT8E4M3FN, shape, np.zeros(np.asarray(scale).size).tolist())
     else:
         z = numpy_helper.from_array(np.zeros(shape, np.int8), "z")
-    kw = {} if axis is None else {"axis": axis}
+    kw: dict[str, Any] = {} if axis is None else {"axis": axis}
     nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], **kw), helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], **kw)]
     graph = helper.make_graph(
         nodes,

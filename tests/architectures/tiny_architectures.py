@@ -72,11 +72,12 @@ def _albert() -> Any:
 def _deberta_v2() -> Any:
     from transformers import DebertaV2Config
 
-    # DeBERTa-v3's layout: relative attention with shared keys (query_proj/key_proj called twice per layer)
+    # DeBERTa-v3's layout: relative attention with shared keys (query_proj/key_proj called twice per layer).
+    # The modeling code reads these with getattr; transformers 5's config signature does not declare them.
+    v3: dict[str, Any] = {"share_att_key": True, "position_buckets": 16, "norm_rel_ebd": "layer_norm"}
     return DebertaV2Config(
-        **_COMMON, max_position_embeddings=TINY_MAX_POSITIONS, relative_attention=True, pos_att_type=["p2c", "c2p"],
-        share_att_key=True, position_biased_input=False, position_buckets=16, max_relative_positions=-1,
-        norm_rel_ebd="layer_norm", type_vocab_size=0,
+        **_COMMON, **v3, max_position_embeddings=TINY_MAX_POSITIONS, relative_attention=True, pos_att_type=["p2c", "c2p"],
+        position_biased_input=False, max_relative_positions=-1, type_vocab_size=0,
     )
 
 

@@ -133,7 +133,7 @@ def test_onnx_signature(tmp_path: Path) -> None:
     import onnx
     from onnx import TensorProto, helper
 
-    def model(batch: object) -> Path:
+    def model(batch: str | int) -> Path:
         x = helper.make_tensor_value_info("ids", TensorProto.INT64, [batch, "seq"])
         y = helper.make_tensor_value_info("out", TensorProto.FLOAT, [batch, "seq"])
         graph = helper.make_graph([helper.make_node("Cast", ["ids"], ["out"], to=TensorProto.FLOAT)], "g", [x], [y])

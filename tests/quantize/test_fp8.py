@@ -142,17 +142,17 @@ def test_fp8_straight_through_gradient() -> None:
 
 
 def test_set_format_switches_zero_point_dtype_and_scale() -> None:
-    lin = nn.Sequential(nn.Linear(4, 3))
     from quant_workbench.quantize.modules import QuantLinear
 
-    lin[0] = QuantLinear(lin[0], QuantFormat("int8", axis=0))
-    q = lin[0].input_quantizer
+    ql = QuantLinear(nn.Linear(4, 3), QuantFormat("int8", axis=0))
+    lin = nn.Sequential(ql)
+    q = ql.input_quantizer
     q.set_amax(127.0)
     assert float(q._scale) == 1.0
     set_format(lin, "fp8")
     assert q.fmt.kind == "fp8" and q._zero_point.dtype == torch.float8_e4m3fn
     assert float(q._scale) == pytest.approx(127.0 / 448.0)
-    assert lin[0].weight_quantizer.fmt == QuantFormat("fp8", axis=0)
+    assert ql.weight_quantizer.fmt == QuantFormat("fp8", axis=0)
     set_format(lin, "int8")
     assert q._zero_point.dtype == torch.int8 and float(q._scale) == 1.0
     with pytest.raises(ValueError, match="granularity"):
@@ -195,7 +195,7 @@ def test_recipe_families(make_recipe: Any) -> None:
     assert sq.families == ["int8-smoothquant"] and sq.smoothquant is not None and sq.smoothquant.alphas == [0.5]
     both = recipe_from_dict(_recipe(make_recipe, compare=["int8", "int8-smoothquant", "fp8"], smoothquant={"alpha": [0.5, 0.75]}))
     assert both.quantization.families == ["int8", "int8-smoothquant", "fp8"]
-    bad = [
+    bad: list[tuple[dict[str, Any], str]] = [
         ({"compare": ["int8", "int8-smoothquant"]}, "smoothquant is not set"),
         ({"compare": ["int8"], "smoothquant": {"alpha": 0.5}}, "no 'int8-smoothquant'"),
         ({"compare": ["fp8", "fp8"]}, "must not repeat"),

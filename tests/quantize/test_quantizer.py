@@ -253,26 +253,32 @@ def test_quant_matmul_and_add_quantize_both_operands() -> None:
 # calibrate() / set_scales() on a small module
 
 
-def _two_layer() -> nn.Module:
+def _two_layer() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(QuantLinear(nn.Linear(4, 6), PER_CHANNEL), nn.ReLU(), QuantLinear(nn.Linear(6, 2), PER_TENSOR))
 
 
+def _linear(model: nn.Sequential, i: int) -> QuantLinear:
+    m = model[i]
+    assert isinstance(m, QuantLinear)
+    return m
+
+
 def test_calibrate_collects_every_activation_quantizer_and_restores_modes() -> None:
     model = _two_layer()
-    model[2].input_quantizer.enabled = False  # disabled points are calibrated too (cache serves any selection)
+    _linear(model, 2).input_quantizer.enabled = False  # disabled points are calibrated too (cache serves any selection)
     x = torch.randn(16, 4) * 3
     cals = calibrate(model, lambda m: m(x), num_bins=256)
     assert set(cals) == {"0.input_quantizer", "2.input_quantizer"}
     assert cals["0.input_quantizer"].amax_max == pytest.approx(float(x.abs().max()))
     assert cals["0.input_quantizer"].num_collected == x.numel()
-    assert model[2].input_quantizer.enabled is False  # restored
+    assert _linear(model, 2).input_quantizer.enabled is False  # restored
     assert not any(getattr(q, "calibrating", False) for q in model.modules())
     amax = set_scales(model, cals, "max")
     assert set(amax) == {"0.input_quantizer"}  # disabled quantizers get no activation scale
-    assert model[0].weight_quantizer.is_calibrated and model[2].weight_quantizer.is_calibrated
-    torch.testing.assert_close(model[0].weight_quantizer.amax, model[0].weight.detach().abs().amax(dim=1))
-    torch.testing.assert_close(model[2].weight_quantizer.amax, model[2].weight.detach().abs().max())
+    assert _linear(model, 0).weight_quantizer.is_calibrated and _linear(model, 2).weight_quantizer.is_calibrated
+    torch.testing.assert_close(_linear(model, 0).weight_quantizer.amax, _linear(model, 0).weight.detach().abs().amax(dim=1))
+    torch.testing.assert_close(_linear(model, 2).weight_quantizer.amax, _linear(model, 2).weight.detach().abs().max())
 
 
 def test_nan_during_calibration_names_the_quantizer() -> None:
@@ -290,7 +296,7 @@ def test_nan_during_calibration_names_the_quantizer() -> None:
 def test_inf_deeper_in_the_model_names_that_quantizer() -> None:
     model = _two_layer()
     with torch.no_grad():
-        model[0].weight[0, 0] = float("inf")
+        _linear(model, 0).weight[0, 0] = float("inf")
     x = torch.ones(2, 4)
     with pytest.raises(WorkbenchError, match=r"2\.input_quantizer"):
         calibrate(model, lambda m: m(x))

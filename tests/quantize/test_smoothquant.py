@@ -158,21 +158,22 @@ def test_folding_into_the_layernorm_would_change_post_ln_bert(smoothable: Smooth
     the residual stream, so dividing the LayerNorm's weight and bias by s changes the model."""
     model = smoothable.loaded.model
     before = smoothable.float_out()
-    ln = model.get_submodule("hf.encoder.layer.0.output.LayerNorm")
+    ln = "hf.encoder.layer.0.output.LayerNorm"
+    ln_weight, ln_bias = model.get_parameter(f"{ln}.weight"), model.get_parameter(f"{ln}.bias")
     group = ["hf.encoder.layer.1.attention.self." + p for p in ("query", "key", "value")]
-    lins = [model.get_submodule(n) for n in group]
-    s = smoothing_factors(smoothable.channels[group[0]], [lin.weight for lin in lins], 0.5)
-    saved = [t.detach().clone() for t in (ln.weight, ln.bias, *(lin.weight for lin in lins))]
+    weights: list[torch.Tensor] = [model.get_parameter(f"{n}.weight") for n in group]
+    s = smoothing_factors(smoothable.channels[group[0]], weights, 0.5)
+    saved = [t.detach().clone() for t in (ln_weight, ln_bias, *weights)]
     try:
         with torch.no_grad():
-            ln.weight.div_(s)
-            ln.bias.div_(s)
-            for lin in lins:
-                lin.weight.mul_(s[None, :])
+            ln_weight.div_(s)
+            ln_bias.div_(s)
+            for w in weights:
+                w.mul_(s[None, :])
         assert (smoothable.float_out() - before).abs().max() > 1e-2
     finally:
         with torch.no_grad():
-            for t, v in zip((ln.weight, ln.bias, *(lin.weight for lin in lins)), saved, strict=True):
+            for t, v in zip((ln_weight, ln_bias, *weights), saved, strict=True):
                 t.copy_(v)
     assert (smoothable.float_out() - before).abs().max() == 0
 

@@ -23,7 +23,7 @@ from tiny_fixtures import recipe_dict
 from quant_workbench.io import hash_json
 from quant_workbench.recipe import recipe_from_dict
 from quant_workbench.search.groups import LayerGroup
-from quant_workbench.search.sensitivity import Config, TrialRecord
+from quant_workbench.search.sensitivity import Config, TrialRecord, TrialRunner
 from quant_workbench.search.spec import SearchSpec
 from quant_workbench.search.study import WORKER_ATTR, config_params, normalize_storage, run_study, suggest
 
@@ -44,7 +44,7 @@ def trial_config_key(t: Any) -> str | None:
         return None
 
 
-class FakeRunner:
+class FakeRunner(TrialRunner):  # TrialRunner.__init__ loads a model; run_study uses only the members set here
     def __init__(self, tmp: Path, max_trials: int) -> None:
         data = recipe_dict(tmp, tmp, tmp / "x.csv")
         data["search"] = {**SPEC, "max_trials": max_trials}

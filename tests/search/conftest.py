@@ -19,13 +19,16 @@ def broken_bert_dir(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Pat
     ~500 and rounds every other channel to zero: quantizing this one op destroys the output.
     """
     from transformers import BertModel
+    from transformers.models.bert.modeling_bert import BertLayer
 
     folder = tmp_path_factory.mktemp("broken_bert")
     model = BertModel.from_pretrained(str(tiny_bert_dir))
+    layer = model.encoder.layer[1]
+    assert isinstance(layer, BertLayer)
     with torch.no_grad():
-        model.encoder.layer[1].intermediate.dense.bias[0] = 500.0
-        model.encoder.layer[1].output.dense.weight.mul_(500.0)
-        model.encoder.layer[1].output.dense.weight[:, 0] = 0.0
+        layer.intermediate.dense.bias[0] = 500.0
+        layer.output.dense.weight.mul_(500.0)
+        layer.output.dense.weight[:, 0] = 0.0
     model.save_pretrained(str(folder))
     save_tiny_tokenizer(folder)
     return folder
