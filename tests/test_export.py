@@ -93,7 +93,7 @@ def qdq(prepared: Prepared, tmp_path_factory: pytest.TempPathFactory) -> Callabl
     folder = tmp_path_factory.mktemp("qdq")
 
     def get(method: str) -> Path:
-        set_scales(prepared.loaded.model, prepared.calibrators, method)  # type: ignore[arg-type]
+        set_scales(prepared.loaded.model, prepared.calibrators, method)
         if method not in prepared.exports:
             prepared.exports[method] = export(prepared, folder / f"int8-{method}.qdq.onnx")
         return prepared.exports[method]
@@ -159,7 +159,7 @@ def test_prepare_swaps_in_quantized_linears(prepared: Prepared) -> None:
 
 @pytest.mark.parametrize("method", METHODS)
 def test_set_scales_gives_positive_finite_scales(prepared: Prepared, method: str) -> None:
-    amax = set_scales(prepared.loaded.model, prepared.calibrators, method)  # type: ignore[arg-type]
+    amax = set_scales(prepared.loaded.model, prepared.calibrators, method)
     assert len(amax) == N_LINEARS  # activation quantizers of the enabled points
     assert all(np.isfinite(v) and v > 0 for v in amax.values())
     maxes = set_scales(prepared.loaded.model, prepared.calibrators, "max")

@@ -220,8 +220,12 @@ def test_a_declared_reference_is_accepted(base: dict[str, Any]) -> None:
 # the JSON schema lists the registries' names as it finds them
 
 
+def _never_opened(onnx_path: Path, recipe: Recipe, name: str, precision: str, *, threads: int | None = None) -> Any:
+    raise AssertionError("the schema test opens no engine")
+
+
 def test_json_schema_lists_registered_names() -> None:
-    with CALIBRATORS.registered("half-max", _half_max), ENGINES.registered("test-runtime", EngineBackend(open=lambda *a, **k: None)):
+    with CALIBRATORS.registered("half-max", _half_max), ENGINES.registered("test-runtime", EngineBackend(open=_never_opened)):
         schema = json.dumps(Recipe.model_json_schema())
     assert '"enum": ["max", "percentile", "entropy", "mse", "half-max"]' in schema
     assert '"enum": ["onnxruntime", "tensorrt", "test-runtime"]' in schema

@@ -331,10 +331,10 @@ def test_nan_inf_raise_with_name(bad: float) -> None:
 def test_all_zero_and_empty_raise(method: str) -> None:
     c = HistogramCalibrator("token_type_embeddings.out")
     with pytest.raises(CalibrationError, match="token_type_embeddings.out"):
-        c.compute_amax(method)  # type: ignore[arg-type]
+        c.compute_amax(method)
     c.collect(torch.zeros(4, 8))
     with pytest.raises(CalibrationError, match="always zero") as info:
-        c.compute_amax(method)  # type: ignore[arg-type]
+        c.compute_amax(method)
     assert "token_type_embeddings.out" in str(info.value)
     assert "ignore:" in str(info.value)
 
@@ -343,7 +343,7 @@ def test_unknown_method() -> None:
     c = HistogramCalibrator("m")
     c.collect(torch.ones(3))
     with pytest.raises(ValueError, match="unknown calibration method"):
-        c.compute_amax("minmax")  # type: ignore[arg-type]
+        c.compute_amax("minmax")
 
 
 # ---------------------------------------------------------------------------- determinism / persistence
@@ -364,7 +364,7 @@ def test_collect_is_deterministic() -> None:
         for key in s1:
             np.testing.assert_array_equal(np.asarray(s1[key]), np.asarray(s2[key]))
         for method in METHODS:
-            assert one[name].compute_amax(method) == two[name].compute_amax(method)  # type: ignore[arg-type]
+            assert one[name].compute_amax(method) == two[name].compute_amax(method)
 
 
 def test_save_load_round_trip_and_identical_bytes(tmp_path: Path) -> None:
@@ -385,8 +385,8 @@ def test_save_load_round_trip_and_identical_bytes(tmp_path: Path) -> None:
         assert loaded[name].num_bins == calib.num_bins
         for method in METHODS:
             for kw in ({}, {"num_bits": 4}, {"unsigned": True}):
-                want = calib.compute_amax(method, **kw)  # type: ignore[arg-type]
-                assert loaded[name].compute_amax(method, **kw) == want  # type: ignore[arg-type]
+                want = calib.compute_amax(method, **kw)
+                assert loaded[name].compute_amax(method, **kw) == want
         # continuing collection after a reload behaves like never having stopped
         extra = torch.linspace(-50, 50, 301)
         calib.collect(extra)
