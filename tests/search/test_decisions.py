@@ -354,3 +354,32 @@ def test_fallback_goes_past_a_failed_step_and_never_reports_it() -> None:
     assert _floated(runner.calls[1:]) == [("a",), ("a", "b"), ("a", "b", "c")]
     assert fb.final.status == "ok" and fb.float_groups == ["a", "b"] and fb.meets is False
     assert fb.final.accuracy == pytest.approx(0.77)
+
+
+# ---------------------------------------------------------------------------------------------
+# a worker killed between creating its trial and naming itself must not hold a budget slot forever
+
+
+def test_an_unnamed_running_trial_is_failed_once_past_the_grace(monkeypatch: pytest.MonkeyPatch) -> None:
+    import optuna
+
+    from quant_workbench.search import study as study_mod
+
+    study = optuna.create_study(directions=["maximize"])
+    orphan = study.ask()  # created RUNNING, never named: its worker died right here
+    orphan.suggest_categorical("method", ["max", "mse"])
+    named = study.ask()
+    named.set_user_attr(study_mod.WORKER_ATTR, study_mod._worker_id())  # this live process
+
+    assert study_mod.fail_dead_local_trials(study) == 0  # within the grace: maybe a live worker about to name it
+    assert 0 < study_mod.wait_out_unnamed_trials(study) <= study_mod.UNNAMED_GRACE_S
+    monkeypatch.setattr(study_mod, "UNNAMED_GRACE_S", 0.0)
+    assert study_mod.fail_dead_local_trials(study) == 1
+    states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+    assert states[orphan.number] == optuna.trial.TrialState.FAIL
+    assert states[named.number] == optuna.trial.TrialState.RUNNING  # a live named worker is left alone
+    failed = study.get_trials(deepcopy=False)[orphan.number]
+    assert "before naming itself" in failed.user_attrs[study_mod.INTERRUPTED_ATTR]
+    waiting = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.WAITING]
+    assert [t.system_attrs.get("fixed_params") for t in waiting] == [{"method": orphan.params["method"]}]  # it runs again first
+    assert study_mod.wait_out_unnamed_trials(study) == 0.0

@@ -15,6 +15,7 @@ never runs a configuration that another trial already finished (dedupe on `confi
 
 from __future__ import annotations
 
+import datetime as _dt
 import logging
 import os
 import shutil
@@ -56,6 +57,8 @@ CONFIG_KEY_ATTR = "config_key"
 RERUN_ATTR = "rerun_of"
 # A sampler that keeps proposing finished configurations has run out of new ones (a small search space).
 MAX_REPEATS = 50
+# A live worker names its trial milliseconds after creating it; an unnamed trial this old has no worker.
+UNNAMED_GRACE_S = 10.0
 
 
 def import_optuna() -> Any:
@@ -96,8 +99,20 @@ def _worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def _unnamed_age_s(t: Any) -> float | None:
+    """Seconds since an unnamed RUNNING trial started (None when it names its worker).
+
+    A worker names itself right after `study.ask()` creates its trial; a trial that stays unnamed was
+    created by a process killed in between, and nothing else would ever end it."""
+    if t.user_attrs.get(WORKER_ATTR) or t.datetime_start is None:
+        return None
+    # optuna stamps datetime_start with the naive local time of the worker that asked
+    return (_dt.datetime.now() - t.datetime_start).total_seconds()
+
+
 def fail_dead_local_trials(study: Any) -> int:
-    """RUNNING trials whose worker was a process on this host that no longer exists -> FAIL (interrupted).
+    """RUNNING trials whose worker was a process on this host that no longer exists -> FAIL (interrupted);
+    so are trials left unnamed for longer than UNNAMED_GRACE_S (their worker died between ask and naming).
 
     Each one's parameters are enqueued, so the next trial any worker asks for re-runs the interrupted
     configuration before the sampler proposes new ones.
@@ -108,13 +123,28 @@ def fail_dead_local_trials(study: Any) -> int:
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         worker = str(t.user_attrs.get(WORKER_ATTR, ""))
         h, _, pid = worker.rpartition(":")
-        if h == host and pid.isdigit() and not pid_alive(int(pid)):
-            study._storage.set_trial_user_attr(t._trial_id, INTERRUPTED_ATTR, f"worker {worker} died")
-            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
-            if t.params:
-                study.enqueue_trial(dict(t.params), user_attrs={RERUN_ATTR: t.number})
-            n += 1
+        age = _unnamed_age_s(t)
+        if age is not None:
+            if age < UNNAMED_GRACE_S:
+                continue  # possibly a live worker between ask() and naming itself
+            why = f"unnamed for {age:.0f} s: its worker died before naming itself"
+        elif h == host and pid.isdigit() and not pid_alive(int(pid)):
+            why = f"worker {worker} died"
+        else:
+            continue
+        study._storage.set_trial_user_attr(t._trial_id, INTERRUPTED_ATTR, why)
+        study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        if t.params:
+            study.enqueue_trial(dict(t.params), user_attrs={RERUN_ATTR: t.number})
+        n += 1
     return n
+
+
+def wait_out_unnamed_trials(study: Any) -> float:
+    """Seconds to wait until every unnamed RUNNING trial is past UNNAMED_GRACE_S (0 when there is none)."""
+    optuna = import_optuna()
+    ages = [_unnamed_age_s(t) for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))]
+    return max((UNNAMED_GRACE_S - a for a in ages if a is not None), default=0.0)
 
 
 def config_key(config: Config) -> str:
@@ -278,6 +308,10 @@ def run_study(
         study.set_metric_names(list(spec.objectives))
     study.sampler = _sampler(spec, optuna, resume_seed(spec, study))
     interrupted = fail_dead_local_trials(study)
+    wait = wait_out_unnamed_trials(study)
+    if wait > 0:  # a killed worker's trial created but never named: it would hold a budget slot forever
+        time.sleep(wait)
+        interrupted += fail_dead_local_trials(study)
     if interrupted:
         say(f"  {interrupted} trial(s) of a killed worker marked failed (interrupted); they do not count and run again first")
     if enqueue and not study.get_trials(deepcopy=False):
