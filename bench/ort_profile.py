@@ -135,7 +135,7 @@ def split_attention(src: Path, dst: Path) -> int:
         if n.op_type == "QAttention":
             # input, weight, scales, zero points: the QAttention order is (x, w, bias, x_scale, w_scale, mask, x_zp, w_zp)
             gemm_in = [ins[0], ins[1], ins[3], ins[4], ins[6], ins[7]]
-            new.append(helper.make_node("MatMulIntegerToFloat", [x for x in gemm_in], [qkv], name=f"{n.name}{QKV_GEMM_TAG}", domain=MS_DOMAIN))
+            new.append(helper.make_node("MatMulIntegerToFloat", gemm_in, [qkv], name=f"{n.name}{QKV_GEMM_TAG}", domain=MS_DOMAIN))
             mask = ins[5]
         else:
             new.append(helper.make_node("MatMul", [ins[0], ins[1]], [qkv], name=f"{n.name}{QKV_GEMM_TAG}"))
@@ -384,7 +384,7 @@ def main() -> None:
             batch_sizes=[args.batch], seq_lengths=[args.seq], warmup=args.warmup, iterations=args.rounds,
             threads=spec.threads, speedup_tolerance=None,
         )
-        latency = benchmark_interleaved(dict(plain.items()), bench, input_names, vocab_size=VOCAB)
+        latency = benchmark_interleaved(plain, bench, input_names, vocab_size=VOCAB)
         ratios = speedups(latency, "float")
         intervals = speedup_intervals(latency, "float")
         wall = {name: stats[0].p50_ms for name, stats in latency.items()}
