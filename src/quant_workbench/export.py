@@ -343,7 +343,7 @@ def _fold_constant_calls(model: onnx.ModelProto) -> None:
         for i, x in enumerate(node.input):
             if x in renamed:
                 node.input[i] = renamed[x]
-    _drop_unused(graph, renamed, kept)
+    _drop_unused(graph, list(renamed), kept)
 
 
 def _drop_unused(graph: onnx.GraphProto, seeds: Sequence[str], kept: set[str]) -> None:
