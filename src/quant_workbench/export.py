@@ -318,7 +318,7 @@ def _fold_constant_calls(model: onnx.ModelProto) -> None:
     ]
     if not calls:
         return
-    bias = {}
+    bias: dict[str, str] = {}
     for nodes in calls:
         if nodes.output_tensor != nodes.matmul.output[0]:
             add = producers[nodes.output_tensor]
