@@ -5,6 +5,8 @@ Q/DQ layout (what TensorRT's explicit quantization and ONNX Runtime's QDQ fusion
 - weight:     W (initializer) -> QuantizeLinear(per-channel, axis 0) -> DequantizeLinear -> Transpose -> MatMul
 - every consumer gets its own Q/DQ pair, because ONNX Runtime only fuses a DQ -> MatMul whose Q/DQ
   are not shared (a shared pair, e.g. the input of Q, K and V, leaves those MatMuls in float).
+- a quantized Linear call whose input is a constant of the weights (DeBERTa-v2's projections of the
+  relative-position embeddings) is folded into an initializer `hf.<weight module>.folded_call_<k>`.
 Nodes are renamed after their quantizers (`encoder.layer.0.attention.self.query.input_quantizer/Q`).
 """
 
@@ -151,7 +153,8 @@ def _unshare_transposed_weights(graph: onnx.GraphProto) -> None:
 
 
 def finish_graph(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Unshare Q/DQ pairs per consumer, name Q/DQ nodes after quantizers, fix metadata for byte determinism."""
+    """Unshare Q/DQ pairs per consumer, fold the quantized Linear calls that read only constants, name Q/DQ
+    nodes after quantizers, fix metadata for byte determinism."""
     graph = model.graph
     _unshare_transposed_weights(graph)
     producers = {o: n for n in graph.node for o in n.output}
@@ -182,6 +185,7 @@ def finish_graph(model: onnx.ModelProto) -> onnx.ModelProto:
     # Topological order: the copies were appended right after their DQ, whose inputs precede it.
     del graph.node[:]
     graph.node.extend(new_nodes)
+    _fold_constant_calls(model)
     seen: dict[str, int] = {}
     # Names, not id(): protobuf hands out fresh wrapper objects, so ids of nodes are not stable.
     named: set[str] = set()
@@ -209,6 +213,175 @@ def finish_graph(model: onnx.ModelProto) -> onnx.ModelProto:
     _drop_source_locations(model)
     model.producer_name = "quant-workbench"
     return model
+
+
+# ONNX Runtime cannot fold a quantized call on constants itself: its constant folding keeps every
+# DequantizeLinear (they mark the QDQ groups its fusions need), and the call's static input shape lets
+# MatMulAddFusion turn the MatMul + bias into a float Gemm before the QDQ fusions run. So the projection
+# would run in float on every inference although its result never changes; folding it at export makes
+# it cost nothing at run time, on every engine.
+FOLDED_CALL = ".folded_call_"
+# ops whose output is not a function of their inputs
+_NOT_CONSTANT_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
+
+
+@dataclass
+class FoldedCall:
+    """A quantized Linear call computed at export: its output is the initializer `initializer`."""
+
+    weight_module: str
+    initializer: str
+
+
+def folded_calls(model: onnx.ModelProto) -> list[FoldedCall]:
+    return [
+        FoldedCall(i.name[len(HF_PREFIX) : i.name.rindex(FOLDED_CALL)], i.name)
+        for i in model.graph.initializer
+        if i.name.startswith(HF_PREFIX) and FOLDED_CALL in i.name
+    ]
+
+
+def _subgraph_references(graph: onnx.GraphProto) -> set[str]:
+    """Names read inside If/Loop/Scan bodies (outer-scope values are read there without an input edge)."""
+    names: set[str] = set()
+
+    def visit(g: onnx.GraphProto) -> None:
+        for node in g.node:
+            names.update(node.input)
+            for attr in node.attribute:
+                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    visit(sub)
+
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                visit(sub)
+    return names
+
+
+def _input_dependent(graph: onnx.GraphProto) -> set[str]:
+    """Tensors that depend on a graph input (the exporter writes nodes in topological order)."""
+    dynamic = {i.name for i in graph.input}
+    for node in graph.node:
+        has_body = any(attr.HasField("g") or len(attr.graphs) for attr in node.attribute)
+        if has_body or node.op_type in _NOT_CONSTANT_OPS or any(x in dynamic for x in node.input):
+            dynamic.update(node.output)
+    return dynamic
+
+
+def _evaluate_constants(model: onnx.ModelProto, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Values of tensors computed from initializers only, by ONNX Runtime's kernels unoptimized (the
+    Q/DQ semantics every engine follows; ONNX's reference evaluator lacks opset 18's DequantizeLinear)."""
+    import onnxruntime as ort
+
+    graph = model.graph
+    producers = {o: n for n in graph.node for o in n.output}
+    inits = {i.name: i for i in graph.initializer}
+    needed: set[str] = set()
+    stack = list(names)
+    while stack:
+        t = stack.pop()
+        if t in needed or not t:
+            continue
+        needed.add(t)
+        node = producers.get(t)
+        if node is not None:
+            stack.extend(node.input)
+    nodes = [n for n in graph.node if any(o in needed for o in n.output)]
+    typed = {v.name: v for v in graph.value_info}
+    sub = onnx.helper.make_graph(
+        nodes,
+        "constants",
+        [],
+        [typed[n] if n in typed else onnx.helper.make_empty_tensor_value_info(n) for n in names],
+        [inits[t] for t in sorted(needed) if t in inits],
+    )
+    sub_model = onnx.helper.make_model(sub, opset_imports=list(model.opset_import), functions=list(model.functions), ir_version=model.ir_version)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.log_severity_level = 3
+    session = ort.InferenceSession(sub_model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    values = session.run(list(names), {})
+    return {n: np.asarray(v) for n, v in zip(names, values, strict=True)}
+
+
+def _fold_constant_calls(model: onnx.ModelProto) -> None:
+    """Replace every quantized Linear call whose output does not depend on the graph inputs by its value."""
+    graph = model.graph
+    dynamic = _input_dependent(graph)
+    kept = {o.name for o in graph.output} | _subgraph_references(graph)
+    producers = {o: n for n in graph.node for o in n.output}
+    calls = [
+        nodes
+        for nodes in find_linears(model).values()
+        if nodes.activation_qdq and nodes.matmul.op_type == "MatMul" and nodes.output_tensor not in dynamic and nodes.output_tensor not in kept
+    ]
+    if not calls:
+        return
+    bias: dict[str, str] = {}
+    for nodes in calls:
+        if nodes.output_tensor != nodes.matmul.output[0]:
+            add = producers[nodes.output_tensor]
+            bias[nodes.output_tensor] = next(x for x in add.input if x != nodes.matmul.output[0])
+    values = _evaluate_constants(model, sorted({x for nodes in calls for x in nodes.matmul.input[:2]} | set(bias.values())))
+    numbered: dict[str, int] = {}
+    for f in folded_calls(model):
+        numbered[f.weight_module] = numbered.get(f.weight_module, 0) + 1
+    renamed: dict[str, str] = {}
+    for nodes in calls:
+        a, w = (values[x].astype(np.float64) for x in nodes.matmul.input[:2])
+        # in float64 so the stored value does not depend on this machine's float32 GEMM summation order
+        y = np.matmul(a, w)
+        if nodes.output_tensor in bias:
+            y = y + values[bias[nodes.output_tensor]].astype(np.float64)
+        k = numbered.get(nodes.weight_module, 0)
+        numbered[nodes.weight_module] = k + 1
+        name = f"{HF_PREFIX}{nodes.weight_module}{FOLDED_CALL}{k}"
+        graph.initializer.append(onnx.numpy_helper.from_array(y.astype(np.float32), name))
+        renamed[nodes.output_tensor] = name
+    for node in graph.node:
+        for i, x in enumerate(node.input):
+            if x in renamed:
+                node.input[i] = renamed[x]
+    _drop_unused(graph, list(renamed), kept)
+
+
+def _drop_unused(graph: onnx.GraphProto, seeds: Sequence[str], kept: set[str]) -> None:
+    """Remove the nodes and initializers that computed only `seeds` (which nothing reads any more)."""
+    uses: dict[str, int] = {name: 1 for name in kept}
+    for node in graph.node:
+        for x in node.input:
+            uses[x] = uses.get(x, 0) + 1
+    producer = {o: i for i, n in enumerate(graph.node) for o in n.output}
+    inits = {i.name for i in graph.initializer}
+    dead_nodes: set[int] = set()
+    dead_inits: set[str] = set()
+    stack = list(seeds)
+    while stack:
+        t = stack.pop()
+        if uses.get(t, 0) > 0:
+            continue
+        if t in producer:
+            i = producer[t]
+            node = graph.node[i]
+            if i in dead_nodes or any(uses.get(o, 0) > 0 for o in node.output):
+                continue
+            dead_nodes.add(i)
+            for x in node.input:
+                uses[x] -= 1
+                stack.append(x)
+        elif t in inits:
+            dead_inits.add(t)
+    kept_nodes = [n for i, n in enumerate(graph.node) if i not in dead_nodes]
+    del graph.node[:]
+    graph.node.extend(kept_nodes)
+    kept_inits = [i for i in graph.initializer if i.name not in dead_inits]
+    del graph.initializer[:]
+    graph.initializer.extend(kept_inits)
+    present = {o for n in graph.node for o in n.output} | {i.name for i in graph.initializer} | {i.name for i in graph.input}
+    kept_info = [v for v in graph.value_info if v.name in present]
+    del graph.value_info[:]
+    graph.value_info.extend(kept_info)
 
 
 # The exporter records the Python stack trace of every node (absolute paths of this machine's
@@ -314,7 +487,9 @@ def find_linears(model: onnx.ModelProto) -> dict[str, LinearNodes]:
 
     A weight used by one call is named by its initializer. The calls of a weight shared by several call
     sites are `<weight module>#<k>`: the graph cannot tell which call is which (the exporter names a
-    shared weight after one of its modules and merges equal scales of different quantizers).
+    shared weight after one of its modules and merges equal scales of different quantizers). Folded calls
+    (`folded_calls`) have no MatMul but still count as calls of their weight, so the names of the others
+    do not change with folding.
     """
     graph = model.graph
     producers = {o: n for n in graph.node for o in n.output}
@@ -322,6 +497,9 @@ def find_linears(model: onnx.ModelProto) -> dict[str, LinearNodes]:
     for n in graph.node:
         for x in n.input:
             consumers.setdefault(x, []).append(n)
+    folded: dict[str, int] = {}
+    for f in folded_calls(model):
+        folded[f.weight_module] = folded.get(f.weight_module, 0) + 1
     found: dict[str, LinearNodes] = {}
     for init in graph.initializer:
         if not (init.name.startswith(HF_PREFIX) and init.name.endswith(".weight")):
@@ -332,7 +510,7 @@ def find_linears(model: onnx.ModelProto) -> dict[str, LinearNodes]:
             if not any(n.op_type == "DequantizeLinear" for n in chain):
                 continue
             calls.append(_linear_call(matmul, tensor, chain, producers, consumers, module))
-        if len(calls) == 1:
+        if len(calls) == 1 and module not in folded:
             found[module] = calls[0]
         else:
             found.update({f"{module}#{k}": call for k, call in enumerate(calls)})
@@ -379,7 +557,9 @@ def per_layer_fidelity(
 
     Call sites sharing a weight (one module per call) each need a Q/DQ MatMul of their own: a call
     whose name the graph does not tell (equal scales merged by the exporter) takes the best-matching
-    unclaimed MatMul of its weight, so a missing call is still an error.
+    unclaimed MatMul of its weight, so a missing call is still an error. A call folded at export (its
+    input a constant of the weights) is checked as the engine will use it: its stored output against
+    the fake-quant call's.
     """
     captured: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     weight_of: dict[str, int] = {}
@@ -402,13 +582,23 @@ def per_layer_fidelity(
     model = onnx.load(str(qdq_path))
     extractor = onnx.utils.Extractor(model)
     linears = {k: v for k, v in find_linears(model).items() if v.activation_qdq}
+    folded = {f.initializer: f for f in folded_calls(model)}
+    inits = {i.name: i for i in model.graph.initializer if i.name in folded}
 
     def measure(module: str, nodes: LinearNodes) -> LayerFidelity:
-        x, y = captured[module]
+        x, _ = captured[module]
         sub = extractor.extract_model([nodes.input_tensor], [nodes.output_tensor])
         engine = session_factory(sub.SerializeToString())
-        got = engine({nodes.input_tensor: x.numpy()})
-        ref = y.numpy()
+        return compare(module, engine({nodes.input_tensor: x.numpy()}))
+
+    def measure_folded(module: str, initializer: str) -> LayerFidelity:
+        got = onnx.numpy_helper.to_array(inits[initializer])
+        if got.shape != tuple(captured[module][1].shape):
+            raise ValueError(f"{initializer} is not the output of {module}")
+        return compare(module, got)
+
+    def compare(module: str, got: np.ndarray) -> LayerFidelity:
+        ref = captured[module][1].numpy()
         diff = np.abs(got - ref)
         denom = float(np.linalg.norm(got) * np.linalg.norm(ref)) or 1.0
         tol = 1e-3 * float(np.abs(ref).max() or 1.0)
@@ -428,14 +618,15 @@ def per_layer_fidelity(
         if module in results:
             continue
         free = [k for k, v in linears.items() if k not in claimed and _parameter_id(fake_quant_model, v.weight_module) == weight_of[module]]
+        free_folded = [k for k, f in folded.items() if k not in claimed and _parameter_id(fake_quant_model, f.weight_module) == weight_of[module]]
         tried: dict[str, LayerFidelity] = {}
-        for k in free:
+        for k in free + free_folded:
             try:
-                tried[k] = measure(module, linears[k])
+                tried[k] = measure(module, linears[k]) if k in linears else measure_folded(module, k)
             except Exception:  # noqa: BLE001 - another call of the weight, fed a different shape: not this call
                 continue
         if not tried:
-            raise ExportError(f"quantized layer {module} has no Q/DQ MatMul in {qdq_path.name}")
+            raise ExportError(f"quantized layer {module} has no Q/DQ MatMul nor folded output in {qdq_path.name}")
         best = max(tried, key=lambda k: tried[k].cosine)
         claimed.add(best)
         results[module] = tried[best]

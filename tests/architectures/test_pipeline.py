@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from tiny_fixtures import TINY_SEQ, make_rows
@@ -15,7 +16,14 @@ from tiny_fixtures import TINY_SEQ, make_rows
 from architectures.tiny_architectures import CONFIGS
 from quant_workbench.architectures import supported_model_types
 from quant_workbench.engines.onnxruntime import OrtEngine, optimized_op_counts
-from quant_workbench.export import cosine_rows, export_onnx, per_layer_fidelity, qdq_summary
+from quant_workbench.export import (
+    cosine_rows,
+    export_onnx,
+    find_linears,
+    folded_calls,
+    per_layer_fidelity,
+    qdq_summary,
+)
 from quant_workbench.models import load_model, to_torch, tokenize
 from quant_workbench.quantize.apply import calibrate, prepare, set_scales
 from quant_workbench.quantize.select import build_plan
@@ -23,9 +31,9 @@ from quant_workbench.recipe import EngineSpec, ModelSpec, QuantSpec
 
 ENGINE = EngineSpec(provider="cpu", graph_optimization="all", threads=1)
 TEXTS = [t for t, _ in make_rows()]
-# Calls whose input is a constant of the weights (DeBERTa-v2's projections of the relative-position
-# embeddings): ONNX Runtime folds their activation Q/DQ, so the MatMul runs in float there.
-CONSTANT_INPUT_CALLS = {"deberta-v2": 4}
+# Calls whose input is a constant of the weights, for every sequence length (DeBERTa-v2's projections
+# of the relative-position embeddings, 2 per layer): the export folds them into their outputs.
+FOLDED_CALLS = {"deberta-v2": 4}
 
 
 def test_every_tested_architecture_is_registered() -> None:
@@ -78,6 +86,25 @@ def test_calibrate_export_fidelity_integer_kernels(model_type: str, tiny_archite
         got = engine({k: v.numpy() for k, v in example.items()})
     assert float(np.mean(cosine_rows(got, ref))) > 0.9999
 
+    # a folded call has no MatMul left (nothing of it runs per inference), yet per-layer fidelity
+    # above checked its stored output against the fake-quant call
+    model = onnx.load(str(path), load_external_data=False)
+    folded = folded_calls(model)
+    linear_matmuls = [n.matmul for n in find_linears(model).values() if n.activation_qdq]
+    assert len(folded) == FOLDED_CALLS.get(model_type, 0)
+    assert len(linear_matmuls) + len(folded) == enabled["linear"]
+    assert all(f.weight_module.endswith(".rel_embeddings") for f in folded)
+    if folded:
+        # the folded outputs hold for any sequence length, not only the traced one
+        short = feed(TEXTS[210:214])
+        short = {k: v[:, :5] for k, v in short.items()}
+        with torch.no_grad(), OrtEngine(path, ENGINE) as engine:
+            ref = loaded.model(**short).numpy()
+            assert float(np.min(cosine_rows(engine({k: v.numpy() for k, v in short.items()}), ref))) > 0.9999
+
+    # on ONNX Runtime every remaining MatMul of a quantized Linear (or attention matmul) is an integer
+    # kernel, and the float ones are exactly the matmuls no quantizer covers
     counts = optimized_op_counts(path, ENGINE)
-    expected = enabled["linear"] + enabled["attention_matmul"] - CONSTANT_INPUT_CALLS.get(model_type, 0)
-    assert counts["integer_matmuls"] == expected, counts
+    assert counts["integer_matmuls"] == len(linear_matmuls) + enabled["attention_matmul"], counts
+    graph_matmuls = sum(n.op_type in ("MatMul", "Gemm") for n in model.graph.node)
+    assert counts["float_matmuls"] == graph_matmuls - len(linear_matmuls) - enabled["attention_matmul"], counts

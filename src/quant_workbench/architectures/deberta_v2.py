@@ -4,6 +4,8 @@ With `share_att_key` (DeBERTa-v3's default) `query_proj` and `key_proj` run a se
 on the relative-position embeddings. Each such call is a call site: a child module
 `<proj>.rel_embeddings` sharing the projection's Parameters, with its own quantizers, so
 `ignore: [...query_proj.rel_embeddings]` keeps only that call in float and `...query_proj` both.
+The input of those calls is a constant of the weights (a fixed span of `rel_embeddings`, whatever the
+sequence length), so the Q/DQ export folds them into their outputs (export.py, `finish_graph`).
 """
 
 from __future__ import annotations
