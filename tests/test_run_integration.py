@@ -123,7 +123,7 @@ def test_report_json_has_every_variant_with_metrics_latency_and_fidelity(first_r
     assert report.variant("ref:ort-dynamic").engine["integer_matmuls"] == 8  # type: ignore[union-attr]
     assert report.best_variant in {"int8-max", "int8-entropy"}
     # issue 10: intervals for every variant, paired Δ for the quantized ones, and the selection's reasoning
-    assert report.schema_version == 2
+    assert report.schema_version == 3 and report.search is None  # no search section: nothing to carry
     for v in report.variants:
         lo, hi = v.intervals["accuracy"]
         assert lo <= v.metrics["accuracy"] <= hi and v.intervals["n"] == 60
