@@ -21,9 +21,9 @@ from .extension_points import FAMILIES, VariantFamily
 from .io import hash_json
 from .quantize.apply import set_format
 from .quantize.calibrate import HistogramCalibrator
-from .quantize.quantizer import QuantKind
 from .quantize.smoothquant import SmoothState, apply_smoothquant, float_mode
 from .recipe import CalibMethod, QuantFamily, QuantSpec
+from .vocabulary import Format
 
 # Declaration order is the order of the names in recipe messages and the JSON schema.
 FAMILIES.register("int8", VariantFamily(precision="int8"))
@@ -44,7 +44,7 @@ Recalibrate = Callable[[dict[str, Any]], tuple[dict[str, HistogramCalibrator], d
 @dataclass
 class Family:
     name: QuantFamily
-    kind: QuantKind
+    kind: Format
     alpha: float | None = None
     calibrators: dict[str, HistogramCalibrator] = field(default_factory=dict)
     fidelity: dict[str, Any] = field(default_factory=dict)  # merged into each variant's fidelity

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from .vocabulary import Precision
+
 # v2 (issue 10): intervals. LatencyStats gains p50_low_ms/p50_high_ms, samples_ms and stop; VariantResult
 # gains reference, intervals and speedup_interval_vs_float. v1 files still load (the new fields default).
 # v3 (issue 11): RunResult gains `search` (the search stage's summary, search.json), so a report rendered
@@ -40,7 +42,7 @@ class LatencyStats:
 @dataclass
 class VariantResult:
     name: str  # "float", "int8-max", "int8-entropy", ...
-    precision: Literal["float32", "int8", "fp8"]
+    precision: Precision
     calibration_method: str | None = None
     status: Literal["ok", "failed"] = "ok"
     error: str | None = None

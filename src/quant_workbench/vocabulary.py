@@ -21,6 +21,8 @@ CALIB_METHODS: Sequence[str] = NamesView(CALIBRATORS)
 
 # The quantized number format of a variant, a quantizer or a search trial (recipe key `format`).
 Format = Literal["int8", "fp8"]
+# A variant's precision: float32 for the baseline and reference floats, else its Format.
+Precision = Literal["float32", "int8", "fp8"]
 
 
 class Strict(BaseModel):

@@ -29,7 +29,7 @@ import re
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -37,6 +37,7 @@ from ..errors import OptionalDependencyError, WorkbenchError
 from ..extension_points import ENGINES, FAMILIES, EngineBackend
 from ..io import write_bytes, write_json
 from ..signatures import TRT_TO_TRITON, TensorSig
+from ..vocabulary import Precision
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -151,7 +152,6 @@ class Shapes:
         return self
 
 
-Precision = Literal["float32", "int8", "fp8"]  # a variant's precision: what its Q/DQ nodes carry
 FP8_MIN_CAPABILITY = (8, 9)  # FP8 tensor cores: Ada (8.9), Hopper (9.0) and newer
 
 

@@ -17,9 +17,10 @@ from torch import nn
 from ..architectures import architecture_of
 from ..errors import WorkbenchError
 from ..recipe import CalibMethod
+from ..vocabulary import Format
 from .calibrate import CalibrationError, HistogramCalibrator, per_channel_amax
 from .modules import QuantAdd, QuantLinear, QuantMatMul
-from .quantizer import QuantFormat, QuantKind, TensorQuantizer
+from .quantizer import QuantFormat, TensorQuantizer
 from .select import QuantPlan
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ def _get(model: nn.Module, name: str) -> nn.Module:
     return model.get_submodule(name)
 
 
-def prepare(model: nn.Module, plan: QuantPlan, *, per_channel_weights: bool = True, kind: QuantKind = "int8") -> nn.Module:
+def prepare(model: nn.Module, plan: QuantPlan, *, per_channel_weights: bool = True, kind: Format = "int8") -> nn.Module:
     """Swap in quantized modules for every candidate point (disabled ones pass through).
 
     Every candidate gets modules, enabled or not, so that the calibration pass can collect
@@ -69,7 +70,7 @@ def prepare(model: nn.Module, plan: QuantPlan, *, per_channel_weights: bool = Tr
     return model
 
 
-def set_format(model: nn.Module, kind: QuantKind) -> None:
+def set_format(model: nn.Module, kind: Format) -> None:
     """Switch every quantizer of a prepared model to int8 or fp8 (granularity kept); call
     set_scales afterwards. Calibration statistics are format independent, so one pass serves both."""
     for q in quantizers(model).values():

@@ -23,7 +23,6 @@ INT8_MAX = 127.0
 # Largest finite float8 E4M3 (e4m3fn: no infinities, one NaN pattern) value: scale = amax / 448.
 FP8_E4M3_MAX = 448.0
 
-QuantKind = Format  # the quantizer's number format (vocabulary.Format)
 
 
 @dataclass(frozen=True)
@@ -35,7 +34,7 @@ class QuantFormat:
     scale = amax / 448, saturating at +-448 (ONNX QuantizeLinear's saturate=1 default).
     """
 
-    kind: QuantKind = "int8"
+    kind: Format = "int8"
     axis: int | None = None  # None = per-tensor; otherwise the channel axis kept by per-channel scales
 
     @property

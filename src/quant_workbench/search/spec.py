@@ -11,13 +11,12 @@ from ..vocabulary import CALIB_METHODS, CalibMethod, Format, Strict
 SearchMethod = CalibMethod
 GroupKind = Literal["layer", "kind"]
 Objective = Literal["accuracy", "latency", "size"]
-SearchFormat = Format
 
 
 _ALL_METHODS = CALIB_METHODS
 _GROUP_KINDS: tuple[GroupKind, ...] = ("layer", "kind")
 _OBJECTIVES: tuple[Objective, ...] = ("accuracy", "latency")
-_DEFAULT_FORMATS: tuple[SearchFormat, ...] = ("int8",)
+_DEFAULT_FORMATS: tuple[Format, ...] = ("int8",)
 
 
 
@@ -73,7 +72,7 @@ class SearchSpec(Strict):
     sampler: Literal["nsga2", "tpe", "random"] = "nsga2"
     seed: int = 0
     check_fidelity: bool = Field(False, description="run the export fidelity checks on every trial (slower)")
-    formats: list[SearchFormat] = Field(
+    formats: list[Format] = Field(
         default_factory=lambda: list(_DEFAULT_FORMATS), min_length=1,
         description="quantization formats the study may pick per trial (fp8 = E4M3; needs export.opset >= 19); sensitivity and fallback use int8",
     )
