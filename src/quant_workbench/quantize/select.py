@@ -17,6 +17,7 @@ from torch import nn
 from ..architectures import Feature, architecture_of
 from ..architectures.base import PointKind
 from ..errors import SelectionError
+from ..extension_points import FAMILIES
 from ..recipe import QuantSpec
 
 
@@ -93,7 +94,7 @@ def wanted_features(spec: QuantSpec) -> list[Feature]:
         wanted.append("attention_matmuls")
     if spec.quantize_residual_adds:
         wanted.append("residual_adds")
-    if "int8-smoothquant" in spec.families:
+    if any(FAMILIES.get(name).smoothquant for name in spec.families):
         wanted.append("smoothquant")
     return wanted
 

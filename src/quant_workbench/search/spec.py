@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from ..extension_points import FAMILIES
 from ..vocabulary import CALIB_METHODS, CalibMethod, Format, Strict
 
 SearchMethod = CalibMethod
@@ -107,7 +108,8 @@ class SearchSpec(Strict):
         if "int8" not in self.formats:
             raise ValueError("search.formats must include int8: sensitivity and fallback run on INT8 (add int8; fp8 stays a study dimension)")
         if "fp8" in self.formats and not self.fp8_methods:
-            raise ValueError("search.formats has fp8 but search.methods is only entropy, which FP8 cannot use; add max, percentile or mse")
+            rejected = ", ".join(FAMILIES.get("fp8").rejects_methods)
+            raise ValueError(f"search.formats has fp8 but search.methods has only {rejected}, which FP8 cannot use; add another method (e.g. max or mse)")
         if self.smoothquant_alphas and "int8" not in self.formats:
             raise ValueError("search.smoothquant_alphas apply to INT8 trials, but search.formats has no int8")
         if "accuracy" not in self.objectives:
@@ -122,5 +124,5 @@ class SearchSpec(Strict):
 
     @property
     def fp8_methods(self) -> list[SearchMethod]:
-        """Entropy minimises KL over integer levels; it has no FP8 counterpart."""
-        return [m for m in self.methods if m != "entropy"]
+        """The methods the fp8 family accepts (its declaration in families.py says which it rejects and why)."""
+        return [m for m in self.methods if m not in FAMILIES.get("fp8").rejects_methods]

@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -280,8 +280,19 @@ def resolved_recipe(recipe: Recipe, config: Config, rec: TrialRecord) -> dict[st
     return data
 
 
+class StudyRunner(Protocol):
+    """What the study needs of a runner: the space, the groups, the recipe and one evaluation per configuration
+    (TrialRunner in the run; a scripted stand-in in the decision tests)."""
+
+    spec: SearchSpec
+    groups: list[LayerGroup]
+    recipe: Recipe
+
+    def evaluate(self, config: Config, source: str, *, trial_number: int | None = None) -> TrialRecord: ...
+
+
 def run_study(
-    runner: TrialRunner,
+    runner: StudyRunner,
     storage: str,
     study_name: str,
     *,
