@@ -381,6 +381,7 @@ def select_stage(state: RunState) -> None:
         choice = state.variant(state.search_choice) if state.search_choice else None
         state.search.update(criterion_at_lower_bound(choice, float_variant.metrics["accuracy"], threshold))
         state.search["final_threshold"] = threshold
+        state.search["final_float_accuracy"] = float_variant.metrics["accuracy"]
 
 
 def report_stage(state: RunState) -> None:

@@ -165,7 +165,9 @@ class TrialRunner:
         t0 = time.perf_counter()
         bs = recipe.quantization.calibration.batch_size
         maxlen = recipe.model.max_seq_length
-        with EngineFromOnnx(float_path, recipe, "float", "float32") as eng:
+        # the float baseline every trial is scored and timed against is the graph the run's float variant runs
+        # as (the fused one on ONNX Runtime CPU), so the criterion's threshold is the final evaluation's
+        with EngineFromOnnx(self.float_engine_path, recipe, "float", "float32") as eng:
             self.float_out = run_outputs(eng, splits.evaluation, loaded.tokenizer, loaded.input_names, maxlen, bs, "evaluate float", progress)
             self.probe: LinearProbe | None = None
             if recipe.model.task == "embedding":
