@@ -42,7 +42,12 @@ import yaml
 from onnx import helper, numpy_helper
 
 from quant_workbench.benchmark import benchmark_interleaved, make_feed, speedup_intervals, speedups
-from quant_workbench.engines.onnxruntime import OrtEngine, disabled_optimizers, session_providers
+from quant_workbench.engines.onnxruntime import (
+    OrtEngine,
+    disabled_optimizers,
+    session_options,
+    session_providers,
+)
 from quant_workbench.export_ort import MS_DOMAIN
 from quant_workbench.io import write_json
 from quant_workbench.recipe import BenchmarkSpec, EngineSpec
@@ -89,24 +94,9 @@ def recipe_engine(run_dir: Path) -> EngineSpec:
 
 
 def profiled_session(path: Path, spec: EngineSpec, threads: int | None, prefix: Path) -> Any:
-    """An InferenceSession built like OrtEngine's (engines/onnxruntime.py) plus the profiler.
-
-    OrtEngine builds its SessionOptions privately, so the same settings are repeated here; a graph
-    optimized differently from the timed one would profile a different graph.
-    """
-    levels = {
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }
-    so = ort.SessionOptions()
-    so.graph_optimization_level = levels[spec.graph_optimization]
-    n = spec.threads if threads is None else threads
-    if n:
-        so.intra_op_num_threads = n
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
+    """An InferenceSession built like OrtEngine's (engines/onnxruntime.py: the same session options) plus
+    the profiler; a graph optimized differently from the timed one would profile a different graph."""
+    so = session_options(spec, threads)
     so.enable_profiling = True
     so.profile_file_prefix = str(prefix)
     return ort.InferenceSession(str(path), so, providers=session_providers(spec), disabled_optimizers=disabled_optimizers(spec))

@@ -118,15 +118,21 @@ def _quantizer_of(scale_name: str) -> str | None:
     return None
 
 
-def _unshare_transposed_weights(graph: onnx.GraphProto) -> None:
-    """A weight with several call sites (ALBERT's shared layer, DeBERTa-v2's projections applied twice)
-    reaches the exporter's CSE as one W -> Q -> DQ -> Transpose feeding several MatMuls; give every
-    MatMul its own chain, as for activations (ONNX Runtime fuses only unshared DQ -> MatMul)."""
+def _graph_index(graph: onnx.GraphProto) -> tuple[dict[str, onnx.NodeProto], dict[str, list[tuple[onnx.NodeProto, int]]]]:
+    """Tensor name -> the node producing it, and -> every (node, input index) reading it."""
     producers = {o: n for n in graph.node for o in n.output}
     consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
     for n in graph.node:
         for i, x in enumerate(n.input):
             consumers.setdefault(x, []).append((n, i))
+    return producers, consumers
+
+
+def _unshare_transposed_weights(graph: onnx.GraphProto) -> None:
+    """A weight with several call sites (ALBERT's shared layer, DeBERTa-v2's projections applied twice)
+    reaches the exporter's CSE as one W -> Q -> DQ -> Transpose feeding several MatMuls; give every
+    MatMul its own chain, as for activations (ONNX Runtime fuses only unshared DQ -> MatMul)."""
+    producers, consumers = _graph_index(graph)
     new_nodes: list[onnx.NodeProto] = []
     for node in graph.node:
         new_nodes.append(node)
@@ -157,11 +163,7 @@ def finish_graph(model: onnx.ModelProto) -> onnx.ModelProto:
     nodes after quantizers, fix metadata for byte determinism."""
     graph = model.graph
     _unshare_transposed_weights(graph)
-    producers = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
-    for n in graph.node:
-        for i, x in enumerate(n.input):
-            consumers.setdefault(x, []).append((n, i))
+    producers, consumers = _graph_index(graph)
     new_nodes: list[onnx.NodeProto] = []
     for node in graph.node:
         new_nodes.append(node)

@@ -530,19 +530,15 @@ def _summary(result: RunResult, ref: VariantResult | None) -> list[str]:
         lines.append(f"**{best.name}**: " + ", ".join(parts) + ".")
     lines += ["", f"Selection rule: {result.selection_rule or '(not recorded)'}", ""]
     sel = result.selection
-    if sel and sel.get("criterion"):
+    if sel:
         groups = sel.get("tie_groups") or {}
+        first = (
+            f"- Meet the search criterion ({sel['criterion']}, accuracy ≥ {_pct(sel.get('threshold'))} %): {', '.join(sel.get('meeting') or []) or DASH}"
+            if sel.get("criterion")
+            else f"- Tied on accuracy with the most accurate ({sel.get('most_accurate') or DASH}): {', '.join(groups.get('accuracy') or []) or DASH}"
+        )
         lines += [
-            f"- Meet the search criterion ({sel['criterion']}, accuracy ≥ {_pct(sel.get('threshold'))} %): {', '.join(sel.get('meeting') or []) or DASH}",
-            f"- Of those, tied on speed with the fastest ({sel.get('fastest') or DASH}, at {sel.get('shape') or 'no measured shape'}): "
-            f"{', '.join(groups.get('speed') or []) or DASH}",
-            f"- Why: {sel.get('reason') or DASH}",
-            "",
-        ]
-    elif sel:
-        groups = sel.get("tie_groups") or {}
-        lines += [
-            f"- Tied on accuracy with the most accurate ({sel.get('most_accurate') or DASH}): {', '.join(groups.get('accuracy') or []) or DASH}",
+            first,
             f"- Of those, tied on speed with the fastest ({sel.get('fastest') or DASH}, at {sel.get('shape') or 'no measured shape'}): "
             f"{', '.join(groups.get('speed') or []) or DASH}",
             f"- Why: {sel.get('reason') or DASH}",

@@ -98,6 +98,16 @@ def _same_accuracy(a: VariantResult, b: VariantResult, correct: Mapping[str, np.
     return a.metrics.get("accuracy") == b.metrics.get("accuracy")
 
 
+def _speed_tie_group(group: Sequence[VariantResult], level: float) -> tuple[str | None, VariantResult | None, list[VariantResult]]:
+    """The shape speed is compared at, the fastest of `group` there, and those tied with it on speed
+    (the whole group, and no fastest, when some member was not timed at a common shape)."""
+    shape = _selection_shape(group)
+    if shape is None:
+        return None, None, list(group)
+    fastest = min(group, key=lambda v: (_at(v, shape).p50_ms, v.name))
+    return shape, fastest, [v for v in group if v is fastest or _same_speed(_at(v, shape), _at(fastest, shape), level)]
+
+
 def _pct(x: float | None) -> str:
     return "?" if x is None else f"{100 * x:.2f} %"
 
@@ -127,14 +137,11 @@ def select_meeting_criterion(
         fallback.reason = f"no candidate meets {criterion} (accuracy >= {_pct(threshold)}); " + fallback.reason
         return fallback
     names = lambda vs: [v.name for v in vs]  # noqa: E731
-    shape = _selection_shape(meeting)
     tie_break = lambda v: (v.metrics["accuracy"], v.name == prefer, v.metrics.get("agreement", 0.0), _neg_name(v.name))  # noqa: E731
-    if shape is None:
-        fastest, speed_group = None, list(meeting)
+    shape, fastest, speed_group = _speed_tie_group(meeting, level)
+    if shape is None or fastest is None:
         speed_text = "latency was not measured for all of them, so accuracy decides"
     else:
-        fastest = min(meeting, key=lambda v: (_at(v, shape).p50_ms, v.name))
-        speed_group = [v for v in meeting if v is fastest or _same_speed(_at(v, shape), _at(fastest, shape), level)]
         speed_text = f"fastest at {shape}: {fastest.name} ({_at(fastest, shape).p50_ms:.2f} ms p50); tied with it on speed: {', '.join(names(speed_group))}"
     winner = max(speed_group, key=tie_break)
     reason = f"meet {criterion} (accuracy >= {_pct(threshold)}): {', '.join(names(meeting))}; {speed_text} -> {winner.name}, the most accurate of those."
@@ -155,13 +162,10 @@ def select_variant(
     # Name breaks exact ties so the choice never depends on the order variants were built in.
     top = max(candidates, key=lambda v: (v.metrics["accuracy"], v.metrics.get("agreement", 0.0), _neg_name(v.name)))
     acc_group = [v for v in candidates if v is top or _same_accuracy(v, top, correct, level)]
-    shape = _selection_shape(acc_group)
-    if shape is None:
-        fastest, speed_group = None, list(acc_group)
+    shape, fastest, speed_group = _speed_tie_group(acc_group, level)
+    if shape is None or fastest is None:
         speed_text = "latency was not measured for all of them, so speed could not break the tie"
     else:
-        fastest = min(acc_group, key=lambda v: (_at(v, shape).p50_ms, v.name))
-        speed_group = [v for v in acc_group if v is fastest or _same_speed(_at(v, shape), _at(fastest, shape), level)]
         speed_text = f"fastest of those at {shape}: {fastest.name} ({_at(fastest, shape).p50_ms:.2f} ms p50)"
     winner = max(speed_group, key=lambda v: (v.metrics.get("agreement", 0.0), v.metrics["accuracy"], _neg_name(v.name)))
     names = lambda vs: [v.name for v in vs]  # noqa: E731

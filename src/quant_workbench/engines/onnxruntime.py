@@ -40,7 +40,7 @@ def disabled_optimizers(spec: EngineSpec) -> list[str]:
     return CPU_DISABLED_OPTIMIZERS if spec.provider == "cpu" else DISABLED_OPTIMIZERS
 
 
-def _session_options(spec: EngineSpec, threads: int | None = None) -> Any:
+def session_options(spec: EngineSpec, threads: int | None = None) -> Any:
     import onnxruntime as ort
 
     levels = {
@@ -85,7 +85,7 @@ class OrtEngine:
         try:
             self.session = ort.InferenceSession(
                 source,
-                _session_options(spec, threads),
+                session_options(spec, threads),
                 providers=session_providers(spec),
                 disabled_optimizers=disabled_optimizers(spec),
             )
@@ -121,7 +121,7 @@ def optimized_op_counts(path: Path, spec: EngineSpec) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "optimized.onnx")
-        so = _session_options(spec)
+        so = session_options(spec)
         so.optimized_model_filepath = out
         ort.InferenceSession(str(path), so, providers=session_providers(spec), disabled_optimizers=disabled_optimizers(spec))
         graph = onnx.load(out, load_external_data=False).graph
