@@ -1,0 +1,222 @@
+"""`quantize sweep`: axes and named runs expand to the right recipes, a bad value stops everything before the
+first run, finished runs are reused (no stage runs, no artifact changes), a failing run is recorded while the
+others finish (exit 3), and --jobs runs workers and says parallel timing is unfair."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from tiny_fixtures import recipe_dict
+
+import quant_workbench.run as run_module
+from quant_workbench.cli import main
+from quant_workbench.errors import WorkbenchError
+from quant_workbench.recipe import recipe_from_dict
+from quant_workbench.sweep import SweepError, SweepSpec, expand, load_sweep
+
+
+def _base(out: Path, tiny_bert_dir: Path, tiny_csv: Path) -> dict[str, Any]:
+    data = recipe_dict(out, tiny_bert_dir, tiny_csv)
+    data["references"] = []  # the standard tools' rows cost time and change nothing here
+    return data
+
+
+def _write_sweep(folder: Path, base: dict[str, Any], sweep: dict[str, Any]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "base.yaml").write_text(yaml.safe_dump(base, sort_keys=False), encoding="utf-8")
+    path = folder / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"base": "base.yaml", **sweep}, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def _one_paragraph(err: str) -> str:
+    assert "Traceback" not in err
+    assert err.count("error: ") == 1, err
+    return " ".join(err[err.find("error: "):].split())
+
+
+# ---------------------------------------------------------------------------------------------
+# expansion and validation (nothing runs)
+
+
+def test_grid_then_named_runs_in_order_with_set_semantics(tmp_path: Path, tiny_bert_dir: Path, tiny_csv: Path) -> None:
+    spec = SweepSpec.model_validate({
+        "name": "s",
+        "base": "b.yaml",
+        "axes": {"model.max_seq_length": [32, 16], "quantization.calibration.methods": [["max"], ["mse"], ["max", "mse"]]},
+        "runs": [{"name": "deep-16", "set": {"model.num_layers": None, "benchmark.seq_lengths": [8], "export.float_tolerance": 1.0e-5}}],
+    })
+    runs = expand(spec)
+    assert [label for label, _ in runs] == [
+        "max_seq_length=32,methods=[max]", "max_seq_length=32,methods=[mse]", "max_seq_length=32,methods=[max, mse]",
+        "max_seq_length=16,methods=[max]", "max_seq_length=16,methods=[mse]", "max_seq_length=16,methods=[max, mse]",
+        "deep-16",
+    ]
+    base = _base(tmp_path, tiny_bert_dir, tiny_csv)
+    recipes = [recipe_from_dict(base, overrides) for _, overrides in runs]
+    assert [(r.model.max_seq_length, r.quantization.calibration.methods) for r in recipes[:6]] == [
+        (32, ["max"]), (32, ["mse"]), (32, ["max", "mse"]), (16, ["max"]), (16, ["mse"]), (16, ["max", "mse"]),
+    ]
+    named = recipes[6]
+    assert named.model.num_layers is None and named.benchmark.seq_lengths == [8] and named.export.float_tolerance == 1.0e-5
+    # the same --set strings as on the command line
+    assert runs[6][1] == ["model.num_layers=null", "benchmark.seq_lengths=[8]", "export.float_tolerance=1.0e-05"]
+
+
+def test_axes_sharing_a_last_key_are_labelled_by_full_path() -> None:
+    spec = SweepSpec.model_validate({"name": "s", "base": "b.yaml", "axes": {"engine.threads": [1], "benchmark.threads": [2]}})
+    assert expand(spec) == [("engine.threads=1,benchmark.threads=2", ["engine.threads=1", "benchmark.threads=2"])]
+
+
+@pytest.mark.parametrize(
+    ("axes", "words"),
+    [
+        ({"model.num_layers": [1, 0]}, ["run 'num_layers=0'", "'model.num_layers' = 0", "greater than or equal to 1"]),
+        ({"model.num_layer": [1]}, ["run 'num_layer=1'", "unknown key 'model.num_layer'"]),
+        ({"model.num_layers": [1, 5]}, ["run 'num_layers=5'", "model.num_layers=5 exceeds the 2 encoder layers"]),
+        ({"model.max_seq_length": [16, 80]}, ["run 'max_seq_length=80'", "exceeds the model's limit of 64"]),
+    ],
+)
+def test_a_bad_axis_value_stops_the_sweep_before_any_run(
+    axes: dict[str, Any], words: list[str], tmp_path: Path, tiny_bert_dir: Path, tiny_csv: Path,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_run(*a: Any, **k: Any) -> Any:
+        raise AssertionError("a run started although the sweep is invalid")
+
+    monkeypatch.setattr(run_module, "execute", no_run)
+    base = _base(tmp_path, tiny_bert_dir, tiny_csv)
+    base["benchmark"]["seq_lengths"] = [8]
+    path = _write_sweep(tmp_path / "sw", base, {"name": "bad", "axes": axes})
+    code = main(["sweep", str(path), "--no-progress"])
+    _, err = capsys.readouterr()
+    assert code == 2
+    msg = _one_paragraph(err)
+    for w in words:
+        assert w in msg, (w, msg)
+    assert "none was started" in msg
+    assert not (tmp_path / "reports").exists()  # no run folder, no sweep folder
+
+
+@pytest.mark.parametrize(
+    ("sweep", "words"),
+    [
+        ({"name": "s", "axis": {"model.num_layers": [1]}}, ["unknown key 'axis'", "axes"]),
+        ({"name": "s", "axes": {"model.num_layers": []}}, ["axis 'model.num_layers' has no values"]),
+        ({"name": "s", "axes": {"model..x": [1]}}, ["not a dotted recipe path"]),
+        ({"name": "s", "runs": [{"name": "a"}, {"name": "a"}]}, ["run names must not repeat"]),
+        ({"name": "s", "runs": [{"name": "a", "set": {"seed": 1}}, {"name": "b", "set": {"seed": 1}}]}, ["runs 'a' and 'b' resolve to the same recipe"]),
+    ],
+)
+def test_sweep_file_mistakes_are_one_paragraph(sweep: dict[str, Any], words: list[str], tmp_path: Path, tiny_bert_dir: Path, tiny_csv: Path) -> None:
+    path = _write_sweep(tmp_path / "sw", _base(tmp_path, tiny_bert_dir, tiny_csv), sweep)
+    with pytest.raises(SweepError) as info:
+        load_sweep(path)
+    for w in words:
+        assert w in str(info.value), (w, str(info.value))
+
+
+def test_inline_base_and_dry_run_lists_runs(tmp_path: Path, tiny_bert_dir: Path, tiny_csv: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = _base(tmp_path, tiny_bert_dir, tiny_csv)
+    path = tmp_path / "inline.yaml"
+    path.write_text(yaml.safe_dump({"name": "inl", "base": base, "axes": {"seed": [1, 2]}}), encoding="utf-8")
+    assert main(["sweep", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "seed=1" in out and "seed=2" in out and out.count("would run") == 2
+    assert not (tmp_path / "reports").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# a real sweep on the tiny model: two good runs and one that fails at run time
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path, tiny_csv: Path) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("sweep")
+    base = _base(root, tiny_bert_dir, tiny_csv)
+    path = _write_sweep(root / "def", base, {
+        "name": "tinysweep",
+        "set": {"name": "tinysweep"},
+        "axes": {"model.num_layers": [None, 1]},
+        # valid as a recipe, fails in the model stage: the sweep must record it and go on
+        "runs": [{"name": "bad-target", "set": {"quantization.targets": ["encoder.layer.9"]}}],
+    })
+    code = main(["sweep", str(path), "--no-progress"])
+    folder = root / "reports" / "tinysweep"
+    return {"code": code, "path": path, "folder": folder, "json": json.loads((folder / "sweep.json").read_text())}
+
+
+def test_a_failing_run_is_recorded_and_the_others_finish(swept: dict[str, Any]) -> None:
+    assert swept["code"] == 3
+    runs = {r["label"]: r for r in swept["json"]["runs"]}
+    assert [r["label"] for r in swept["json"]["runs"]] == ["num_layers=null", "num_layers=1", "bad-target"]
+    assert runs["num_layers=null"]["status"] == runs["num_layers=1"]["status"] == "ok"
+    assert runs["bad-target"]["status"] == "failed" and "matches no module" in runs["bad-target"]["error"]
+    for label in ("num_layers=null", "num_layers=1"):
+        run_dir = Path(runs[label]["run_dir"])
+        assert (run_dir / "report.json").is_file()
+        assert json.loads((run_dir / "benchmark_conditions.json").read_text())["concurrent_runs"] == 1
+    md = (swept["folder"] / "sweep.md").read_text()
+    assert "## Failed runs" in md and "**bad-target**" in md and "matches no module" in md
+    assert "## Recommendation" in md and "Recommended:" in md
+    assert (swept["folder"] / "plots" / "accuracy_vs_latency_runs.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # one row per run in the comparison, from the runs' own reports
+    assert {r["label"] for r in swept["json"]["comparison"]["runs"]} == {"num_layers=null", "num_layers=1"}
+    depth = {r["label"]: r["rows"][0]["size_bytes"] for r in swept["json"]["comparison"]["runs"]}
+    assert depth["num_layers=1"] < depth["num_layers=null"]  # the one-block float graph is smaller
+
+
+def test_second_invocation_reuses_every_finished_run(swept: dict[str, Any], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    runs = {r["label"]: Path(r["run_dir"]) for r in swept["json"]["runs"]}
+    before = {p: p.stat().st_mtime_ns for label in ("num_layers=null", "num_layers=1") for p in runs[label].rglob("*") if p.is_file()}
+    started: list[str] = []
+    real = run_module.execute
+
+    def counting(recipe: Any, **kw: Any) -> Any:
+        started.append(recipe.quantization.targets[0])
+        return real(recipe, **kw)
+
+    monkeypatch.setattr(run_module, "execute", counting)
+    code = main(["sweep", str(swept["path"]), "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 3  # the failing run is tried again, and fails again
+    assert started == ["encoder.layer.9"]  # only the unfinished run started
+    assert out.count("finished earlier, reused") == 2
+    after = {p: p.stat().st_mtime_ns for p in before}
+    assert after == before  # no artifact of a finished run was touched
+    data = json.loads((swept["folder"] / "sweep.json").read_text())
+    assert [r["reused"] for r in data["runs"]] == [True, True, False]
+
+
+def test_jobs_run_in_worker_processes_and_warn_that_parallel_timing_is_unfair(
+    tmp_path: Path, tiny_bert_dir: Path, tiny_csv: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = tmp_path / "no_config"
+    empty.mkdir()
+    base = _base(tmp_path, tiny_bert_dir, tiny_csv)
+    base["model"]["source"] = str(empty)  # passes validation, fails in each worker's model stage
+    path = _write_sweep(tmp_path / "sw", base, {"name": "par", "axes": {"seed": [1, 2]}})
+    code = main(["sweep", str(path), "--jobs", "2", "--no-progress"])
+    out, err = capsys.readouterr()
+    assert code == 3
+    assert "--jobs 2 with benchmarks on" in out and "not comparable" in out
+    data = json.loads((tmp_path / "reports" / "par" / "sweep.json").read_text())
+    assert data["jobs"] == 2
+    assert [r["status"] for r in data["runs"]] == ["failed", "failed"]
+    assert all("has no config.json" in r["error"] for r in data["runs"])
+    assert all(r["concurrent_runs"] == 2 for r in data["runs"])
+
+
+def test_jobs_must_be_positive(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sweep", str(tmp_path / "x.yaml"), "--jobs", "0"]) == 2
+    assert "--jobs 0" in _one_paragraph(capsys.readouterr().err)
+
+
+def test_workbench_error_is_the_failure_record(swept: dict[str, Any]) -> None:
+    # the record is the user-facing text (message + hint), as the single-run CLI prints it
+    bad = next(r for r in swept["json"]["runs"] if r["label"] == "bad-target")
+    assert "Hint:" in bad["error"] and not bad["error"].startswith(WorkbenchError.__name__)
