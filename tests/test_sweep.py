@@ -195,19 +195,26 @@ def test_second_invocation_reuses_every_finished_run(swept: dict[str, Any], monk
 def test_jobs_run_in_worker_processes_and_warn_that_parallel_timing_is_unfair(
     tmp_path: Path, tiny_bert_dir: Path, tiny_csv: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    empty = tmp_path / "no_config"
-    empty.mkdir()
-    base = _base(tmp_path, tiny_bert_dir, tiny_csv)
-    base["model"]["source"] = str(empty)  # passes validation, fails in each worker's model stage
-    path = _write_sweep(tmp_path / "sw", base, {"name": "par", "axes": {"seed": [1, 2]}})
-    code = main(["sweep", str(path), "--jobs", "2", "--no-progress"])
+    from quant_workbench.lock import RunLock
+
+    path = _write_sweep(tmp_path / "sw", _base(tmp_path, tiny_bert_dir, tiny_csv), {"name": "par", "axes": {"seed": [1, 2]}})
+    sweep = load_sweep(path)
+    # both run folders held by "another run": each worker process fails at once, and the sweep records why
+    locks = [RunLock(run.run_dir) for run in sweep.runs]
+    for lock in locks:
+        lock.acquire()
+    try:
+        code = main(["sweep", str(path), "--jobs", "2", "--no-progress"])
+    finally:
+        for lock in locks:
+            lock.release()
     out, err = capsys.readouterr()
     assert code == 3
     assert "--jobs 2 with benchmarks on" in out and "not comparable" in out
     data = json.loads((tmp_path / "reports" / "par" / "sweep.json").read_text())
     assert data["jobs"] == 2
     assert [r["status"] for r in data["runs"]] == ["failed", "failed"]
-    assert all("has no config.json" in r["error"] for r in data["runs"])
+    assert all("is in use by another run" in r["error"] for r in data["runs"])
     assert all(r["concurrent_runs"] == 2 for r in data["runs"])
 
 
@@ -220,3 +227,196 @@ def test_workbench_error_is_the_failure_record(swept: dict[str, Any]) -> None:
     # the record is the user-facing text (message + hint), as the single-run CLI prints it
     bad = next(r for r in swept["json"]["runs"] if r["label"] == "bad-target")
     assert "Hint:" in bad["error"] and not bad["error"].startswith(WorkbenchError.__name__)
+
+
+# ---------------------------------------------------------------------------------------------
+# quantize compare / quantize report on the sweep's finished runs (read-only, or on copies)
+
+
+def _good_dirs(swept: dict[str, Any]) -> list[Path]:
+    return [Path(r["run_dir"]) for r in swept["json"]["runs"] if r["status"] == "ok"]
+
+
+def _report_cells(report_md: str, variant: str) -> list[str]:
+    """The Results-table cells of one variant in a run's report.md."""
+    section = report_md[report_md.index("## Results"):]
+    row = next(line for line in section.splitlines() if line.startswith(f"| {variant} |") or line.startswith(f"| {variant} (best) |"))
+    return [c.strip() for c in row.strip("|").split("|")]
+
+
+def _latency_cells(report_md: str, variant: str) -> list[str]:
+    section = report_md[report_md.index("## Latency"):]
+    section = section[: section.index("\n## ", 3)]
+    return [line.strip("|").split("|")[1].strip() for line in section.splitlines() if line.startswith(f"| {variant} |")]
+
+
+def test_compare_prints_the_numbers_of_the_reports(swept: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    dirs = _good_dirs(swept)
+    assert main(["compare", *map(str, dirs)]) == 0
+    out = capsys.readouterr().out
+    for run_dir in dirs:
+        md = (run_dir / "report.md").read_text()
+        best = json.loads((run_dir / "report.json").read_text())["best_variant"]
+        for variant in ("float", best):
+            cells = _report_cells(md, variant)
+            assert cells[4] in out, (variant, cells[4])  # accuracy with its interval
+            if variant != "float":
+                assert cells[5] in out, (variant, cells[5])  # Δ vs float with its paired interval
+            for p50 in _latency_cells(md, variant):  # p50 with its interval, every shape
+                assert p50 in out, (variant, p50)
+    assert "## Recommendation" in out and "## Comparable?" in out
+
+
+def test_compare_tables_come_from_report_json(swept: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(_good_dirs(swept)[0], copy)
+    data = json.loads((copy / "report.json").read_text())
+    flt = next(v for v in data["variants"] if v["name"] == "float")
+    flt["metrics"]["accuracy"] = 0.98765
+    flt["intervals"]["accuracy"] = [0.9123, 0.9987]
+    sel = next(v for v in data["variants"] if v["name"] == data["best_variant"])
+    sel["metrics"]["accuracy"] = 0.12345
+    sel["intervals"]["accuracy"] = [0.1001, 0.1502]
+    sel["latency"][-1].update(p50_ms=123.456, p50_low_ms=120.0, p50_high_ms=130.0)
+    (copy / "report.json").write_text(json.dumps(data))
+    (copy / "report.md").write_text("nothing from here is read")
+    assert main(["compare", str(copy), "--out", str(tmp_path / "cmp")]) == 0
+    out = capsys.readouterr().out
+    assert "98.77 (91.2–99.9)" in out and "12.35 (10.0–15.0)" in out and "123.46 (120.00–130.00)" in out
+    written = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert written["runs"][0]["rows"][0]["accuracy"] == 0.98765
+    assert (tmp_path / "cmp" / "compare.md").read_text().startswith("# Comparison of finished runs")
+    assert (tmp_path / "cmp" / "plots" / "accuracy_vs_latency_runs.png").is_file()
+
+
+def test_compare_refuses_a_folder_without_a_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compare", str(tmp_path)]) == 2
+    assert "not a finished run folder" in _one_paragraph(capsys.readouterr().err)
+
+
+def test_runs_timed_in_parallel_are_not_comparable(swept: dict[str, Any]) -> None:
+    from quant_workbench.compare import build_comparison, load_entries
+
+    entries = load_entries(_good_dirs(swept))
+    assert build_comparison(entries)["comparability"]["latency"]["comparable"]
+    entries[1].conditions = {"concurrent_runs": 2}
+    latency = build_comparison(entries)["comparability"]["latency"]
+    assert not latency["comparable"] and latency["parallel"] == [entries[1].label]
+    assert "not comparable" in latency["statement"]
+    entries[1].conditions = {"concurrent_runs": 1}
+    entries[1].result.hardware = {**entries[1].result.hardware, "cpu": "another CPU"}
+    latency = build_comparison(entries)["comparability"]["latency"]
+    assert not latency["comparable"] and latency["groups"][1]["differs_from_first_group"] == ["hardware"]
+
+
+class _FakeRunner:
+    def __init__(self, name: str, log: list[str]) -> None:
+        self.name, self.log = name, log
+        self.input_names = ["input_ids", "attention_mask"]
+        self.shapes: set[tuple[int, ...]] = set()
+
+    def __call__(self, feed: dict[str, Any]) -> object:
+        self.log.append(self.name)
+        self.shapes.add(tuple(feed["input_ids"].shape))
+        return None
+
+
+def test_retime_times_every_model_in_the_same_shuffled_rounds(swept: dict[str, Any]) -> None:
+    from quant_workbench.compare import load_entries, retime
+
+    entries = load_entries(_good_dirs(swept))
+    log: list[str] = []
+    runners: dict[str, _FakeRunner] = {}
+
+    def open_runner(path: Path, spec: Any, threads: int) -> _FakeRunner:
+        assert path.is_file() and path.suffix == ".onnx"
+        runners[str(path)] = _FakeRunner(str(path), log)
+        return runners[str(path)]
+
+    ticks = iter(range(10**6))
+    data = retime(entries, batch_sizes=[2], rounds=12, warmup=1, open_runner=open_runner, clock=lambda: float(next(ticks)), say=lambda s: None)
+    names = list(runners)
+    assert len(names) == 4  # two runs x (float + selected graph)
+    timed = log[len(names):]  # after one warm-up round
+    rounds = [timed[i : i + len(names)] for i in range(0, len(timed), len(names))]
+    assert len(rounds) == 12
+    assert all(sorted(r) == sorted(names) for r in rounds)  # every model in every round, once
+    assert len({tuple(r) for r in rounds}) > 1  # a fresh order each round
+    shape = data["shapes"][0]
+    assert len(shape["orders"]) == 12 and len(shape["runners"]) == 4
+    assert all(len(row["samples_ms"]) == 12 for row in shape["runners"].values())
+    assert all(r.shapes == {(2, 16)} for r in runners.values())  # each run at its own benchmarked length
+    selected = [row for row in shape["runners"].values() if row["variant"] != "float"]
+    assert all("speedup_vs_own_float" in row for row in selected)
+
+
+def test_retime_on_onnx_runtime_end_to_end(swept: dict[str, Any], capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    dirs = _good_dirs(swept)
+    assert main(["compare", *map(str, dirs), "--retime", "--batch", "1", "--rounds", "3", "--warmup", "1", "--threads", "1", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "## Re-timed in one interleaved loop" in out and "allow_spinning = 0" in out
+    data = json.loads((tmp_path / "retime.json").read_text())
+    assert data["session_options"] == {"session.intra_op.allow_spinning": "0"}
+    assert len(data["shapes"][0]["runners"]) == 4
+
+
+def test_report_rerenders_markdown_and_plot_from_report_json(swept: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(_good_dirs(swept)[0], copy)
+    original = (copy / "report.md").read_text()
+    (copy / "report.md").unlink()
+    (copy / "plots" / "accuracy_vs_latency.png").unlink()
+    assert main(["report", str(copy)]) == 0
+    assert (copy / "report.md").read_text() == original
+    assert (copy / "plots" / "accuracy_vs_latency.png").is_file()
+    assert not (copy / "report.html").exists()
+
+
+def test_report_html_is_one_standalone_page(swept: dict[str, Any], tmp_path: Path) -> None:
+    import base64
+    import re
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(_good_dirs(swept)[0], copy)
+    assert main(["report", str(copy), "--format", "html"]) == 0
+    page = (copy / "report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<style>" in page
+    assert page.count("<table>") >= 3 and "<th" in page and "<td" in page
+    accuracy = _report_cells((copy / "report.md").read_text(), "float")[4]
+    assert accuracy in page
+    images = re.findall(r'<img src="([^"]+)"', page)
+    assert images and all(src.startswith("data:image/png;base64,") for src in images)
+    plot = (copy / "plots" / "accuracy_vs_latency.png").read_bytes()
+    assert base64.b64decode(images[0].split(",", 1)[1]) == plot
+    assert not re.search(r'(src|href)="(https?:)?//', page) and "<script" not in page and "<link" not in page
+
+
+def test_report_html_on_the_sweep_folder(swept: dict[str, Any], tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "sweep"
+    shutil.copytree(swept["folder"], copy, ignore=shutil.ignore_patterns("*.lock"))
+    assert main(["report", str(copy), "--format", "html"]) == 0
+    page = (copy / "sweep.html").read_text()
+    assert "<h1" in page and "Recommended:" in page and "data:image/png;base64," in page
+
+
+def test_help_lists_every_command_with_examples_and_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("deploy", "sweep", "compare", "report"):
+        assert f"\n  {command} " in out, command  # one line each under "commands:"
+    assert "exit codes:" in out and "quantize COMMAND --help" in out
+    for command in ("deploy", "sweep", "compare", "report"):
+        with pytest.raises(SystemExit) as info:
+            main([command, "--help"])
+        assert info.value.code == 0
+        text = capsys.readouterr().out
+        assert f"usage: quantize {command}" in text and "example" in text and "exit codes" in text, command

@@ -103,8 +103,8 @@ def report_parser() -> argparse.ArgumentParser:
 
 def _sweep(args: argparse.Namespace) -> int:
     from .cli import _paragraph
-    from .sweep import load_sweep, run_sweep
     from .sweep import dry_run as sweep_dry_run
+    from .sweep import load_sweep, run_sweep
 
     if args.jobs < 1:
         raise WorkbenchError(f"--jobs {args.jobs} is not a number of runs at a time.", "use --jobs 1 (the default) or more")

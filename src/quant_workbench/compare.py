@@ -16,6 +16,7 @@ import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -326,7 +327,7 @@ def recommend(entries: Sequence[RunEntry], shapes: Mapping[str, tuple[int, int] 
     best_e, best = max(floats, key=lambda x: x[1])
     threshold = best - margin
     out.update(best_float={"run": best_e.label, metric: best}, threshold=threshold)
-    candidates = []
+    candidates: list[dict[str, Any]] = []
     for e in entries:
         sel = e.selected
         acc = _metric(sel, metric) if sel is not None else None
@@ -735,10 +736,10 @@ def retime_targets(entries: Sequence[RunEntry], seq_length: int | None = None) -
         shapes = _shapes_of(e)
         seq = seq_length or (max(s for _, s in shapes) if shapes else int((e.recipe.get("model") or {}).get("max_seq_length", 128)))
         vocab = _vocab_size(e.recipe)
-        chosen = [v for v in (e.float_variant, e.selected) if v is not None]
+        chosen = {v.name: v for v in (e.float_variant, e.selected) if v is not None}
         if not chosen:
             raise CompareError(f"run {e.label} has neither a float nor a selected variant to time.", "leave it out of --retime")
-        for v in dict.fromkeys(chosen):
+        for v in chosen.values():
             targets.append(RetimeTarget(
                 run=e.label, variant=v.name, path=engine_graph_path(e.run_dir, v), engine=engine, seq_length=seq, vocab_size=vocab,
                 report_latency={s.batch_size: s.p50_ms for s in v.latency if s.seq_length == seq},
@@ -805,7 +806,7 @@ def retime(
     for b in batches:
         say(f"re-timing {len(targets)} graphs at batch {b}: {warmup} warm-up + {rounds} rounds, a fresh random order each round")
         feeds = {t.name: make_feed(b, t.seq_length, runners[t.name].input_names, t.vocab_size, seed=seed) for t in targets}
-        calls: dict[str, Callable[[], object]] = {n: (lambda r=runners[n], f=feeds[n]: r(f)) for n in runners}
+        calls: dict[str, Callable[[], object]] = {n: partial(runners[n], feeds[n]) for n in runners}
         seconds, orders = interleaved_rounds(calls, rounds, warmup, rng, clock)
         ms = {n: [1000.0 * x for x in xs] for n, xs in seconds.items()}
         rows = {}

@@ -135,7 +135,7 @@ class Architecture:
             if config is not None and hasattr(config, "num_hidden_layers"):
                 config.num_hidden_layers = n  # DistilBERT's config maps it to n_layers
             if isinstance(getattr(module, "n_layers", None), int):  # DistilBERT's Transformer keeps its own copy
-                module.n_layers = n
+                setattr(module, "n_layers", n)  # noqa: B010 (an int attribute of an nn.Module: mypy types it Tensor | Module)
         return total
 
     def check_features(self, wanted: Sequence[Feature]) -> None:
