@@ -6,7 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from quant_workbench.compare import RunEntry, build_comparison, decision_shapes, pareto_front, render_compare_markdown
+from quant_workbench.compare import (
+    RunEntry,
+    build_comparison,
+    decision_shapes,
+    pareto_front,
+    render_compare_markdown,
+)
 from quant_workbench.html_report import markdown_to_html
 from quant_workbench.results import LatencyStats, RunResult, VariantResult
 
