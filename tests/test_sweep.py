@@ -423,3 +423,14 @@ def test_help_lists_every_command_with_examples_and_exit_codes(capsys: pytest.Ca
         assert info.value.code == 0
         text = capsys.readouterr().out
         assert f"usage: quantize {command}" in text and "example" in text and "exit codes" in text, command
+
+
+def test_the_example_sweep_expands_to_valid_runs() -> None:
+    root = Path(__file__).resolve().parents[1]
+    sweep = load_sweep(root / "recipes" / "sweeps" / "minilm_sweep.yaml")  # every run validated, its model config checked
+    assert [r.label for r in sweep.runs] == ["num_layers=6", "num_layers=3", "num_layers=2", "L6-len64"]
+    assert [(r.recipe.model.num_layers, r.recipe.model.max_seq_length, r.recipe.benchmark.seq_lengths) for r in sweep.runs] == [
+        (6, 128, [128]), (3, 128, [128]), (2, 128, [128]), (6, 64, [64]),
+    ]
+    assert all(r.recipe.data.eval_samples == 3000 and r.recipe.name == "minilm_sweep" for r in sweep.runs)
+    assert sweep.folder == Path("reports") / "minilm_sweep"

@@ -44,8 +44,8 @@ def sweep_parser() -> argparse.ArgumentParser:
         "--set can reach), every combination an ordinary resumable run folder, then write one comparison: sweep.md, "
         "sweep.json and plots/ in <output_dir>/<sweep name>/. Every run's recipe is validated before the first starts; "
         "a finished run is reused; a failed run is recorded and the sweep goes on. Format: docs/sweeps.md.",
-        epilog="examples:\n  quantize sweep recipes/minilm_sweep.yaml --dry-run   # list the runs and which are finished\n"
-        "  quantize sweep recipes/minilm_sweep.yaml             # run what is missing, then sweep.md\n\n" + _SWEEP_EXIT,
+        epilog="examples:\n  quantize sweep recipes/sweeps/minilm_sweep.yaml --dry-run   # list the runs and which are finished\n"
+        "  quantize sweep recipes/sweeps/minilm_sweep.yaml             # run what is missing, then sweep.md\n\n" + _SWEEP_EXIT,
     )
     p.add_argument("sweep", help="path of the sweep YAML file")
     p.add_argument("--dry-run", action="store_true", help="list the expanded runs (overrides, run folder, finished or not); run nothing")

@@ -253,13 +253,13 @@ def load_sweep(path: Path | str) -> Sweep:
     """Read, expand and validate a sweep: every run's recipe validated and its model checked before any run."""
     path = Path(path)
     if not path.is_file():
-        raise SweepError(f"sweep file '{path}' does not exist.", "pass the path of a sweep YAML file, e.g. recipes/minilm_sweep.yaml")
+        raise SweepError(f"sweep file '{path}' does not exist.", "pass the path of a sweep YAML file, e.g. recipes/sweeps/minilm_sweep.yaml")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise SweepError(f"sweep file {path} is not valid YAML: {exc}.", "fix the YAML syntax at the line shown") from exc
     if not isinstance(raw, dict):
-        raise SweepError(f"sweep file {path} must be a mapping (name, base, axes, ...).", "see recipes/minilm_sweep.yaml")
+        raise SweepError(f"sweep file {path} must be a mapping (name, base, axes, ...).", "see recipes/sweeps/minilm_sweep.yaml")
     try:
         spec = SweepSpec.model_validate(raw)
     except ValidationError as exc:
