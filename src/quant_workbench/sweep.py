@@ -212,7 +212,7 @@ def expand(spec: SweepSpec) -> list[tuple[str, list[str]]]:
 def _read_base(spec: SweepSpec, path: Path) -> tuple[dict[str, Any], str]:
     if isinstance(spec.base, dict):
         return dict(spec.base), f"the inline base of {path}"
-    base_path = (path.parent / spec.base) if not Path(spec.base).is_absolute() else Path(spec.base)
+    base_path = Path(os.path.normpath(path.parent / spec.base))  # recipes/sweeps/../x.yaml reads as recipes/x.yaml
     if not base_path.is_file():
         raise SweepError(
             f"sweep {path}: base recipe '{spec.base}' resolves to '{base_path}', which is not a file.",
