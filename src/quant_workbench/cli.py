@@ -1,5 +1,6 @@
-"""`quantize RECIPE.yaml [--set key.path=value ...] [--dry-run] [--debug]`
-and `quantize deploy RUN_DIR [--out DIR] [--no-engines]` (Triton model repository for a finished run).
+"""`quantize RECIPE.yaml [--set key.path=value ...] [--dry-run] [--debug]`, `quantize deploy RUN_DIR [--out DIR]
+[--no-engines]` (Triton model repository for a finished run) and the sub-commands of commands.py (`sweep`,
+`compare`, `report`); `quantize --help` lists them all.
 
 Exit codes: 0 success, 2 user error (bad recipe, missing file, impossible request, run folder in use),
 3 the run finished but no quantized variant succeeded or none could be selected, 1 internal error.
@@ -25,9 +26,11 @@ if TYPE_CHECKING:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="quantize",
-        description="Quantize a Hugging Face encoder as a YAML recipe says: calibrate, export Q/DQ ONNX, "
+        usage="quantize RECIPE.yaml [options]\n       quantize {deploy,sweep,compare,report} ... (quantize COMMAND --help)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Quantize a Hugging Face encoder as a YAML recipe says: calibrate, export Q/DQ ONNX,\n"
         "score accuracy and latency against float, and report.",
-        epilog="example: quantize recipes/bert_int8.yaml --set quantization.calibration.methods=[entropy]",
+        epilog=COMMANDS_HELP,
     )
     p.add_argument("recipe", help="path of the YAML recipe")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a recipe field (repeatable); VALUE is YAML")
@@ -41,6 +44,23 @@ def _parser() -> argparse.ArgumentParser:
 
 
 EXIT_NO_QUANTIZED = 3
+
+COMMANDS_HELP = """commands:
+  RECIPE.yaml  run one recipe (the default): calibrate, export, score, select, report into reports/<name>/<run id>/
+  deploy       write a Triton model repository for a finished run
+  sweep        run a base recipe over axes of values (models, lengths, depths, methods) and compare the runs
+  compare      compare finished runs side by side from their report.json; --retime times them in one loop
+  report       re-render a finished run's report.md and plot from report.json; --format html: one standalone page
+`quantize COMMAND --help` shows each command's options and an example.
+
+example: quantize recipes/bert_int8.yaml --set quantization.calibration.methods=[entropy]
+
+exit codes:
+  0    success
+  2    a user mistake (bad recipe, missing file, impossible request) or the run folder is in use
+  3    the run finished and wrote its report, but no quantized variant succeeded or none could be selected
+       (sweep: some run failed or selected nothing)
+  1    internal error;  130  interrupted (finished artifacts are kept: the same command resumes)"""
 
 
 def _no_quantized_result(result: RunResult) -> str | None:
@@ -79,7 +99,9 @@ def _deploy_parser() -> argparse.ArgumentParser:
         description="Write a Triton model repository for a finished run: the selected variant and float "
         "(or the recipe's deploy.variants), a tokenizer model and text-in ensembles; every config.pbtxt is "
         "validated against Triton's schema and the ONNX model.",
-        epilog="example: quantize deploy reports/bert_int8/8f202c3f37af --out /models/bert",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example: quantize deploy reports/bert_int8/8f202c3f37af --out /models/bert\n\n"
+        "exit codes: 0 written; 2 not a finished run, a damaged report.json or an impossible request; 1 internal error",
     )
     p.add_argument("run_dir", help="run folder (reports/<recipe>/<run id>) holding report.json")
     p.add_argument("--out", default=None, help="repository folder (default: the recipe's deploy.output_dir, RUN_DIR/triton)")
@@ -106,6 +128,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["deploy"]:  # sub-command; otherwise the first positional is the recipe
         return _deploy(argv[1:])
+    if argv[:1] and argv[0] in ("sweep", "compare", "report"):  # sub-commands of commands.py
+        from .commands import main as command_main
+
+        return command_main(argv[0], argv[1:])
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # Bundled models and data are local; never let a missing file turn into a silent Hub download attempt.

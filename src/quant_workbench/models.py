@@ -173,6 +173,8 @@ def load_model(spec: ModelSpec, num_labels: int | None = None, label_names: Sequ
         )
     hf.eval()
     arch.add_call_sites(hf)
+    if spec.num_layers is not None:  # a depth-truncated model; num_layers is part of spec, so of the fingerprint below
+        arch.keep_layers(hf, spec.num_layers)
     input_names = [n for n in MODEL_INPUTS if n in tokenizer.model_input_names]
     if "input_ids" not in input_names or "attention_mask" not in input_names:
         input_names = ["input_ids", "attention_mask"]

@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from .errors import RecipeError
 from .extension_points import CALIBRATORS, DEPLOY_TARGETS, ENGINES, FAMILIES, REFERENCES
@@ -57,10 +65,22 @@ class ModelSpec(Strict):
     revision: str | None = None
     pooling: Literal["mean", "cls"] = "mean"
     normalize_embeddings: bool = True
+    num_layers: int | None = Field(
+        None, ge=1, description="keep only the first N encoder blocks (a depth-truncated model, e.g. 3 of MiniLM's 6); null = all"
+    )
 
     @property
     def location(self) -> str:
         return resolve_location(self.source)
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_depth(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # num_layers enters the model fingerprint and the run hash through this dump; left out when unset,
+        # so every recipe without it keeps its run id and its calibration cache
+        data: dict[str, Any] = handler(self)
+        if data.get("num_layers") is None:
+            data.pop("num_layers", None)
+        return data
 
 
 class HubDataset(Strict):

@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from ..errors import SelectionError
+from ..errors import ModelError, SelectionError
 from ..quantize.modules import QuantAdd, QuantLinear, attach_attention_matmuls
 
 Feature = Literal["attention_matmuls", "residual_adds", "smoothquant"]
@@ -105,6 +105,38 @@ class Architecture:
 
     def add_call_sites(self, hf: nn.Module) -> None:
         """Give every extra call of a module its own module (sharing Parameters); default: none."""
+
+    def keep_layers(self, hf: nn.Module, n: int) -> int:
+        """Keep the first `n` encoder blocks (recipe `model.num_layers`: a depth-truncated model, e.g. the first 3
+        of MiniLM's 6); returns how many the model had. Called after `add_call_sites`, so for a shared layer
+        (ALBERT) the first `n` applications are kept. The blocks must be the items of one nn.ModuleList, which
+        every model's encoder iterates; an adapter whose blocks are laid out otherwise overrides this or refuses."""
+        blocks = self.blocks(hf)
+        parents = {b.rpartition(".")[0] for b in blocks}
+        holder_name, _, attr = next(iter(parents)).rpartition(".") if len(parents) == 1 else ("", "", "")
+        holder = hf.get_submodule(holder_name) if holder_name else hf
+        layers = getattr(holder, attr, None) if attr else None
+        if not isinstance(layers, nn.ModuleList) or [f"{holder_name + '.' if holder_name else ''}{attr}.{i}" for i in range(len(layers))] != blocks:
+            raise ModelError(
+                f"model.num_layers is not supported for the {self.name} architecture: its encoder blocks "
+                f"({', '.join(blocks[:3]) or 'none found'}) are not the items of one layer list the encoder runs in order.",
+                "remove model.num_layers for this model",
+            )
+        total = len(layers)
+        if n > total:
+            raise ModelError(
+                f"model.num_layers={n} exceeds the {total} encoder blocks of this {self.name} model.",
+                f"set model.num_layers to a number from 1 to {total} (or remove it to keep them all)",
+            )
+        setattr(holder, attr, nn.ModuleList(list(layers)[:n]))
+        # the config travels with the exported and deployed model: its layer count must describe what runs
+        for module in hf.modules():
+            config = getattr(module, "config", None)
+            if config is not None and hasattr(config, "num_hidden_layers"):
+                config.num_hidden_layers = n  # DistilBERT's config maps it to n_layers
+            if isinstance(getattr(module, "n_layers", None), int):  # DistilBERT's Transformer keeps its own copy
+                setattr(module, "n_layers", n)  # noqa: B010 (an int attribute of an nn.Module: mypy types it Tensor | Module)
+        return total
 
     def check_features(self, wanted: Sequence[Feature]) -> None:
         for feature in wanted:
