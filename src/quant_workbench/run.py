@@ -39,7 +39,7 @@ from .engines import preflight_runtime
 from .engines.onnxruntime import OrtEngine, optimized_op_counts
 from .errors import WorkbenchError
 from .evaluate import evaluate_variants
-from .export import export_onnx
+from .export import EXPORT_LAYOUT, export_onnx, plan_names
 from .families import family_variants
 from .fidelity import qdq_fidelity
 from .io import artifact_is_current, atomic_path, hash_json, mark_artifact, onnx_size, write_json, write_text
@@ -199,7 +199,7 @@ def export_float_stage(state: RunState) -> None:
     recipe, loaded, splits = state.recipe, state.need_loaded(), state.need_splits()
     models_dir = state.run_dir / "models"
     state.example = to_torch(tokenize(loaded.tokenizer, splits.evaluation.texts[: recipe.export.fidelity_samples], loaded.spec.max_seq_length, loaded.input_names))
-    state.base_key = hash_json({"model": loaded.fingerprint, "opset": recipe.export.opset, "version": __version__})
+    state.base_key = hash_json({"model": loaded.fingerprint, "opset": recipe.export.opset, "version": __version__, "export": EXPORT_LAYOUT})
     with state.stage("export float"):
         float_path = state.float_path = models_dir / "float.onnx"
         if not artifact_is_current(float_path, state.base_key):
@@ -285,7 +285,7 @@ def ptq_stage(state: RunState) -> None:
                 raise WorkbenchError(family.error, "see the family's checks in the report")
             amax = set_scales(loaded.model, family.calibrators, method, percentile=recipe.quantization.calibration.percentile)
             scales_path = models_dir / f"{name}.scales.json"
-            write_json(scales_path, {"method": method, "amax": amax})
+            write_json(scales_path, {"method": method, "amax": plan_names(amax)})
             state.calibration["methods"][method if family.prefix == "int8" else name] = {
                 "quantizers": len(amax), "median_amax": float(np.median(list(amax.values()))) if amax else None
             }
@@ -335,7 +335,7 @@ def qat_stage(state: RunState) -> None:
         variant.calibration_method = f"qat (init {info['init_method']})"
         amax = {n: float(q.amax) for n, q in activation_quantizers(model).items() if q.enabled}
         scales_path = state.run_dir / "models" / f"{name}.scales.json"
-        write_json(scales_path, {"method": "qat", "init_method": info["init_method"], "amax": amax})
+        write_json(scales_path, {"method": "qat", "init_method": info["init_method"], "amax": plan_names(amax)})
         path = state.run_dir / "models" / f"{name}.qdq.onnx"
         key = hash_json({"base": state.base_key, "plan": plan.to_rows(), "qat": info["cache_key"], "weights": recipe.quantization.per_channel_weights})
         if not artifact_is_current(path, key):
@@ -396,6 +396,7 @@ def report_stage(state: RunState) -> None:
         timings_s={**state.timings, "total": round(time.perf_counter() - state.started, 2)},
         training=state.training,
         search=state.search,
+        warnings=[*state.warnings, *(w for w in (state.graphs.warnings if state.graphs else []) if w not in state.warnings)],
     )
     with state.stage("report"):
         if state.search is not None:

@@ -92,6 +92,10 @@ class Architecture:
     excluded_pattern: ClassVar[str | None] = None
     # feature -> why this architecture cannot support it
     unsupported: ClassVar[dict[Feature, str]] = {}
+    # The name of call-site children whose input is a constant of the weights rather than of the model's
+    # inputs (DeBERTa-v2's `<proj>.rel_embeddings`): an engine graph holding several calls of one weight
+    # tells those calls from the per-token ones by that.
+    constant_call_site: ClassVar[str | None] = None
 
     # ------------------------------------------------------------------ loading
 
@@ -105,6 +109,10 @@ class Architecture:
 
     def add_call_sites(self, hf: nn.Module) -> None:
         """Give every extra call of a module its own module (sharing Parameters); default: none."""
+
+    def is_constant_call_site(self, name: str) -> bool:
+        """Whether the Linear call `name` reads a constant of the weights (see constant_call_site)."""
+        return self.constant_call_site is not None and name.endswith(f".{self.constant_call_site}")
 
     def check_features(self, wanted: Sequence[Feature]) -> None:
         for feature in wanted:

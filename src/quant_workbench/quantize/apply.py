@@ -158,8 +158,9 @@ def set_export_mode(model: nn.Module, on: bool) -> None:
     missing = [n for n, q in quantizers(model).items() if on and q.enabled and not q.is_calibrated]
     if missing:
         raise WorkbenchError(f"cannot export: quantizers without scales: {', '.join(missing[:5])}", "calibrate before export")
-    for q in quantizers(model).values():
+    for name, q in quantizers(model).items():
         q.export_mode = on
+        q.export_name = name if on else ""
 
 
 def strip_quantization(model: nn.Module) -> nn.Module:
