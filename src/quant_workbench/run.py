@@ -50,6 +50,7 @@ from .quantize.select import QuantPlan, build_plan
 from .recipe import Recipe
 from .report import results_table, write_report
 from .results import RunResult, VariantResult
+from .sanity import check_evaluation_size, check_head, check_tokenizer, check_vocabulary
 from .selection import select_meeting_criterion, select_variant
 from .state import RunState
 
@@ -172,6 +173,9 @@ def data_stage(state: RunState) -> None:
     with state.stage("data"):
         state.splits = load_splits(state.recipe.data)
         state.say(f"  splits: {state.splits.sizes()} labels={state.splits.label_names}")
+    too_small = check_evaluation_size(state.recipe, len(state.splits.evaluation))
+    if too_small:
+        state.warn(too_small)
 
 
 def model_stage(state: RunState) -> None:
@@ -179,6 +183,11 @@ def model_stage(state: RunState) -> None:
     with state.stage("model"):
         num_labels = len(splits.label_names) if recipe.model.task == "sequence-classification" else None
         loaded = load_model(recipe.model, num_labels=num_labels, label_names=splits.label_names if num_labels else None)
+        # sanity gates (sanity.py): a model that cannot mean anything stops here, before any export work
+        check_tokenizer(recipe, loaded, splits)
+        accepted = check_head(recipe, loaded)
+        if accepted:
+            state.warn(accepted)
         state.loaded, state.plan = loaded, build_plan(loaded.model.hf, recipe.quantization)
         if recipe.search is not None and recipe.search.smoothquant_alphas:
             loaded.architecture.check_features(["smoothquant"])
@@ -455,9 +464,17 @@ def _recorded_failure(variant: VariantResult, say: Callable[[str], None]) -> Ite
         say(f"  {variant.name} failed: {variant.error}")
 
 
-def dry_run(recipe: Recipe, say: Callable[[str], None] = print) -> QuantPlan:
-    """Resolve the recipe and the quantization plan without touching data or running anything."""
+def dry_run(recipe: Recipe, say: Callable[[str], None] = print, run_id: str | None = None) -> QuantPlan:
+    """Resolve the recipe and the quantization plan without touching data or running anything; the
+    preflight and the model's sanity gates run first, so a dry run refuses what the real run would."""
+    from .preflight import check_run_id, run_preflight
+
+    check_run_id(run_id)
+    preflight_runtime(recipe)
+    run_preflight(recipe, run_dir_for(recipe, run_id), create=False)
     loaded = load_model(recipe.model, num_labels=len(recipe.data.label_names) if recipe.data.label_names else None)
+    check_vocabulary(recipe, loaded)
+    accepted = check_head(recipe, loaded)
     plan = build_plan(loaded.model.hf, recipe.quantization)
     say("# resolved recipe")
     say(recipe.to_yaml())
@@ -466,7 +483,10 @@ def dry_run(recipe: Recipe, say: Callable[[str], None] = print) -> QuantPlan:
     say(plan.describe())
     cal = recipe.quantization.calibration
     say(f"# calibration: methods {', '.join(cal.methods)} from one pass over {recipe.data.calibration_samples} samples (batch {cal.batch_size})")
-    say(f"# would write: {run_dir_for(recipe)}")
+    for warning in (accepted, check_evaluation_size(recipe, recipe.data.eval_samples)):
+        if warning:
+            say(f"# warning: {warning}")
+    say(f"# would write: {run_dir_for(recipe, run_id)}")
     return plan
 
 

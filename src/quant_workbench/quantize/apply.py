@@ -117,7 +117,8 @@ def calibrate(
         try:
             forward_loop(model)
         except CalibrationError as exc:
-            raise WorkbenchError(str(exc), "check the input data and the float model (it may overflow)") from exc
+            # the calibrator's own message and hint, once (str(exc) would repeat its "Hint:")
+            raise WorkbenchError(exc.message, exc.hint or "check the input data and the float model (it may overflow)") from exc
     return calibrators
 
 
@@ -148,7 +149,7 @@ def set_scales(
         try:
             amax = cal.compute_amax(method, percentile=percentile, fp8=q.fmt.kind == "fp8")
         except CalibrationError as exc:
-            raise WorkbenchError(str(exc), "keep this op in float with quantization.ignore") from exc
+            raise WorkbenchError(exc.message, exc.hint or "keep this op in float with quantization.ignore") from exc
         q.set_amax(amax)
         chosen[name] = float(amax)
     return chosen
