@@ -131,7 +131,7 @@ def check_head(recipe: Recipe, loaded: LoadedModel) -> str | None:
         return None
     if recipe.model.allow_untrained_head:
         return (
-            f"the classification head of '{recipe.model.source}' is scored as loaded although {problem} "
+            f"the classification head of '{recipe.model.source}' is scored as loaded although it {problem} "
             "(model.allow_untrained_head: true): its accuracy means something only if the head was trained"
         )
     raise ModelError(
