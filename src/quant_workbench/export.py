@@ -223,7 +223,7 @@ def _expand_named_qdq(model: onnx.ModelProto) -> None:
                 inits[name] = copy
                 added.append(copy)
             own.append(name if name in inits else tensor)
-        kw = {"axis": axis} if axis >= 0 else {}
+        kw: dict[str, Any] = {"axis": axis} if axis >= 0 else {}
         plan_name = quantizer_plan_name(path)
         q_out = f"{node.output[0]}__q"
         new_nodes.append(onnx.helper.make_node("QuantizeLinear", [x, *own], [q_out], name=f"{plan_name}/Q", **kw))

@@ -242,8 +242,8 @@ class _CallSites:
                     uses.setdefault((key, constant), []).append((i, part))
         self.site: dict[tuple[int, int], str] = {}
         self.ambiguous: dict[str, str] = {}  # call -> why no graph node could be assigned to it
-        for key in set(calls) | set(uses):
-            names, found = calls.get(key, []), uses.get(key, [])
+        for group in set(calls) | set(uses):
+            names, found = calls.get(group, []), uses.get(group, [])
             if len(names) == len(found):
                 self.site.update(zip(found, names, strict=True))
                 continue

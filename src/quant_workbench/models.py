@@ -23,6 +23,9 @@ from .recipe import ModelSpec
 log = logging.getLogger(__name__)
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# ModelSpec fields that only decide whether a run may start (sanity.py), not what the model computes:
+# left out of the model's fingerprint, so changing them reuses every artifact and calibration cache
+_GATE_FIELDS = {"max_unknown_token_rate", "allow_untrained_head"}
 
 
 class EncoderWithHead(nn.Module):
@@ -190,9 +193,9 @@ def load_model(spec: ModelSpec, num_labels: int | None = None, label_names: Sequ
         # The model would ignore them: an ONNX input nobody reads only confuses deployments.
         input_names = [n for n in input_names if n != "token_type_ids"]
     if is_local:
-        fingerprint = hash_json({"files": hash_tree(local, ("*.json", "*.safetensors", "*.bin", "*.txt")), "spec": spec.model_dump(), "num_labels": num_labels})
+        fingerprint = hash_json({"files": hash_tree(local, ("*.json", "*.safetensors", "*.bin", "*.txt")), "spec": spec.model_dump(exclude=_GATE_FIELDS), "num_labels": num_labels})
     else:
-        fingerprint = hash_json({"hub": location, "revision": spec.revision, "spec": spec.model_dump(), "num_labels": num_labels})
+        fingerprint = hash_json({"hub": location, "revision": spec.revision, "spec": spec.model_dump(exclude=_GATE_FIELDS), "num_labels": num_labels})
     wrapped = EncoderWithHead(hf, spec.task, spec.pooling, spec.normalize_embeddings, input_names).eval()
     return LoadedModel(
         model=wrapped,

@@ -60,6 +60,9 @@ log = logging.getLogger(__name__)
 def recipe_hash(recipe: Recipe) -> str:
     # The deploy section only packages finished artifacts: changing it must not start a new run.
     data = recipe.model_dump(mode="json", exclude={"deploy"})
+    for key, default in (("max_unknown_token_rate", 0.05), ("allow_untrained_head", False)):
+        if data["model"].get(key) == default:
+            data["model"].pop(key)  # the sanity gates' defaults keep the run ids of recipes written before them
     if data.get("search") is None:
         data.pop("search", None)  # recipes without a search keep their run ids
     else:

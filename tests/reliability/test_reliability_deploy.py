@@ -64,7 +64,8 @@ def test_a_run_folder_that_is_not_one_is_one_paragraph(capsys: pytest.CaptureFix
     (tmp_path / "f").write_text("x")
     for where in (tmp_path / "missing", tmp_path / "f"):
         code, _, err = run_cli(capsys, "deploy", str(where), "--no-engines")
-        assert code == 2 and str(where) in one_paragraph_error(err)
+        msg = one_paragraph_error(err)
+        assert code == 2 and str(where) in msg and "not a finished run folder" in msg
 
 
 def test_unknown_variant_hint_names_the_command_line_option(capsys: pytest.CaptureFixture[str], base: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:

@@ -179,8 +179,10 @@ def test_too_large_calibration_batch_hint_names_its_field(make_recipe: RecipeFac
 def test_nan_message_has_one_hint_naming_the_ignore_entry(tiny_bert_dir: Path, tmp_path: Path) -> None:
     loaded = load_model(ModelSpec(source=str(tiny_bert_dir), max_seq_length=TINY_SEQ))
     prepare(loaded.model.hf, build_plan(loaded.model.hf, QuantSpec()))
+    dense = loaded.model.hf.get_submodule("encoder.layer.0.intermediate.dense")
+    assert isinstance(dense, torch.nn.Linear)
     with torch.no_grad():
-        loaded.model.hf.get_submodule("encoder.layer.0.intermediate.dense").weight[0, 0] = float("nan")
+        dense.weight[0, 0] = float("nan")
     feed = to_torch(tokenize(loaded.tokenizer, [t for t, _ in make_rows(8)], TINY_SEQ, loaded.input_names))
     with pytest.raises(WorkbenchError) as info:
         calibrate(loaded.model, lambda m: m(**feed))

@@ -58,11 +58,6 @@ def deploy_run(
 ) -> Repository:
     """`variants` (quantize deploy --variants) overrides the recipe's deploy.variants."""
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise DeployError(
-            f"run folder '{run_dir}' {'is a file' if run_dir.exists() else 'does not exist'}.",
-            "pass a folder like reports/<recipe name>/<run id> written by `quantize RECIPE.yaml`",
-        )
     if result is None:
         from ..report_schema import load_report
 
