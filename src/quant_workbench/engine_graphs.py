@@ -85,11 +85,13 @@ class EngineGraphs:
         self.fused_float_path: Path | None = None
         self.float_fused_ops: dict[str, int] = {}
         self.warnings: list[str] = []  # what the run must report beyond the notes (run.py collects them)
+        self.warn = True
 
     def sharing_float(self, models_dir: Path) -> EngineGraphs:
         """The same engine rules writing into another folder (search trials), over this fused float graph."""
         other = EngineGraphs(self.recipe, models_dir, self.base_key, self.say)
         other.fused_float_path, other.float_fused_ops = self.fused_float_path, self.float_fused_ops
+        other.warn = False  # a trial's graph is in its record; the run warns about the variants it reports
         return other
 
     def identity(self) -> str:
@@ -227,7 +229,7 @@ class EngineGraphs:
         """A graph form the recipe asked for by name (engine.int8_graph, not auto) that did not run is a
         warning of the run (log and report), not only a note in the engine-graph table."""
         wanted = self.recipe.engine.int8_graph
-        if wanted == "auto" or graph == {"fused": "fused-int8"}.get(wanted, wanted):
+        if not self.warn or wanted == "auto" or graph == {"fused": "fused-int8"}.get(wanted, wanted):
             return
         why = "; ".join(notes) or "see the engine graph notes"
         text = f"{name}: engine.int8_graph: {wanted} was requested, but the variant runs the {graph} graph ({why})"

@@ -47,7 +47,7 @@ from .machine import cpu_has_vnni
 from .models import load_model, to_torch, tokenize
 from .quantize.apply import activation_quantizers, prepare, set_scales
 from .quantize.select import QuantPlan, build_plan
-from .recipe import Recipe
+from .recipe import ModelSpec, Recipe
 from .report import results_table, write_report
 from .results import RunResult, VariantResult
 from .sanity import check_evaluation_size, check_head, check_tokenizer, check_vocabulary
@@ -60,8 +60,8 @@ log = logging.getLogger(__name__)
 def recipe_hash(recipe: Recipe) -> str:
     # The deploy section only packages finished artifacts: changing it must not start a new run.
     data = recipe.model_dump(mode="json", exclude={"deploy"})
-    for key, default in (("max_unknown_token_rate", 0.05), ("allow_untrained_head", False)):
-        if data["model"].get(key) == default:
+    for key in ("max_unknown_token_rate", "allow_untrained_head"):
+        if data["model"].get(key) == ModelSpec.model_fields[key].default:
             data["model"].pop(key)  # the sanity gates' defaults keep the run ids of recipes written before them
     if data.get("search") is None:
         data.pop("search", None)  # recipes without a search keep their run ids
