@@ -254,7 +254,12 @@ def _load_error(spec: ModelSpec, exc: BaseException, what: str = "model", local:
             "for a Hub id you need network access (or a local copy in the HF cache); "
             "set trust_remote_code: true only for models that need custom code",
         )
-    if what == "tokenizer":
+    if what == "config":
+        hint = (
+            "transformers cannot read the folder's config.json: restore it from the model's original copy "
+            "(a model_type transformers does not know needs model.trust_remote_code: true and its code)"
+        )
+    elif what == "tokenizer":
         hint = "put the model's tokenizer files (tokenizer.json / vocab.txt, tokenizer_config.json, as save_pretrained writes them) in that folder"
     elif isinstance(exc, OSError) and "no file named" in text:
         hint = "the folder has no weights file: save the model there with model.save_pretrained(folder) (model.safetensors), or copy its weights in"
@@ -263,7 +268,7 @@ def _load_error(spec: ModelSpec, exc: BaseException, what: str = "model", local:
             "the weights file is damaged or truncated (an interrupted copy or download): restore it from the original, "
             "or save the model again with model.save_pretrained(folder)"
         )
-    return ModelError(f"cannot load the {what} in model folder '{local}': {type(exc).__name__}: {text}.", hint)
+    return ModelError(f"cannot load the {what} in model folder '{local}': {type(exc).__name__}: {text.rstrip('.')}.", hint)
 
 
 def tokenize(
