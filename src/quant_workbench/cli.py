@@ -3,21 +3,27 @@
 `compare`, `report`); `quantize --help` lists them all.
 
 Exit codes: 0 success, 2 user error (bad recipe, missing file, impossible request, run folder in use),
-3 the run finished but no quantized variant succeeded or none could be selected, 1 internal error.
+3 the run finished but no quantized variant succeeded or none could be selected, 1 internal error,
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import math
 import os
+import signal
 import sys
 import textwrap
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from types import FrameType
 from typing import TYPE_CHECKING
 
-from .errors import WorkbenchError
+from . import __version__
+from .errors import Terminated, WorkbenchError
 
 if TYPE_CHECKING:
     from .results import RunResult
@@ -32,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
         "score accuracy and latency against float, and report.",
         epilog=COMMANDS_HELP,
     )
+    p.add_argument("--version", action="version", version=f"quantize (quant-workbench) {__version__}")
     p.add_argument("recipe", help="path of the YAML recipe")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a recipe field (repeatable); VALUE is YAML")
     p.add_argument("--dry-run", action="store_true", help="print the resolved recipe and every quantizer (enabled or not, and why); run nothing")
@@ -44,6 +51,34 @@ def _parser() -> argparse.ArgumentParser:
 
 
 EXIT_NO_QUANTIZED = 3
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 128 + signal.SIGTERM  # 143, what a shell reports for a process killed by SIGTERM
+
+
+@contextlib.contextmanager
+def _terminate_like_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler, `kill`, a container stopping) unwinds the run like Ctrl-C: the run's clean-up
+    runs (a fresh run folder holding only .lock and the resolved recipe is removed) and a message says
+    what was kept, instead of dying silently mid-stage."""
+
+    def raise_terminated(signum: int, frame: FrameType | None) -> None:
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, raise_terminated)
+    except ValueError:  # not the main thread (a library caller): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupted(exc: KeyboardInterrupt) -> int:
+    what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+    print(f"{what}: finished artifacts are kept; run the same command again to resume.", file=sys.stderr)
+    return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
 
 COMMANDS_HELP = """commands:
   RECIPE.yaml  run one recipe (the default): calibrate, export, score, select, report into reports/<name>/<run id>/
@@ -106,6 +141,7 @@ def _deploy_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="run folder (reports/<recipe>/<run id>) holding report.json")
     p.add_argument("--out", default=None, help="repository folder (default: the recipe's deploy.output_dir, RUN_DIR/triton)")
     p.add_argument("--no-engines", action="store_true", help="write tensorrt_plan configs without building engines (build them on the serving GPU later)")
+    p.add_argument("--variants", nargs="+", default=None, metavar="NAME", help="variants to package ('best' = the run's selected variant; default: the recipe's deploy.variants, best and float)")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     return p
 
@@ -118,10 +154,13 @@ def _deploy(argv: Sequence[str]) -> int:
     try:
         from .deploy import deploy_run
 
-        deploy_run(args.run_dir, args.out, build_engines=not args.no_engines)
+        with _terminate_like_interrupt():
+            deploy_run(args.run_dir, args.out, build_engines=not args.no_engines, variants=args.variants)
         return 0
     except WorkbenchError as exc:
         return _user_error(exc, args.debug)
+    except KeyboardInterrupt as exc:
+        return _interrupted(exc)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -140,6 +179,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     _offline_by_default()
     try:
+        if not (math.isfinite(args.wait_lock) and args.wait_lock >= 0):
+            raise WorkbenchError(
+                f"--wait-lock {args.wait_lock:g} is not a number of seconds to wait: it must be 0 (do not wait) or more.",
+                "pass --wait-lock 600 to wait up to ten minutes for another run holding the run folder, or leave it out",
+            )
         from .recipe import load_recipe
 
         recipe = load_recipe(args.recipe, args.overrides)
@@ -150,11 +194,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.dry_run:
             from .run import dry_run
 
-            dry_run(recipe)
+            dry_run(recipe, run_id=args.run_id)
             return 0
         from .run import execute
 
-        result = execute(recipe, run_id=args.run_id, progress=not args.no_progress, wait_lock_s=args.wait_lock)
+        with _terminate_like_interrupt():
+            result = execute(recipe, run_id=args.run_id, progress=not args.no_progress, wait_lock_s=args.wait_lock)
         summary = _no_quantized_result(result)
         if summary is not None:
             print(_paragraph("error: ", f"{summary} The report is written; nothing quantized can be deployed."), file=sys.stderr)
@@ -162,9 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except WorkbenchError as exc:
         return _user_error(exc, args.debug)
-    except KeyboardInterrupt:
-        print("interrupted: finished artifacts are kept; run the same command again to resume.", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        return _interrupted(exc)
 
 
 def entry() -> None:

@@ -26,6 +26,8 @@ from .recipe import DataSpec
 log = logging.getLogger(__name__)
 
 _INT_RE = re.compile(r"^-?\d+$")
+# a label cell spelled as a number: "1", "1.0", "+1", "1e0" and 1 are the same class
+_NUMBER_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 _MAX_SHOWN = 5
 
 
@@ -96,11 +98,16 @@ def load_splits(spec: DataSpec) -> Splits:
     present = np.unique(evaluation.labels)
     if len(present) < 2:
         only = label_names[int(present[0])] if len(present) else "none"
+        in_data = len(np.unique(labels))
         raise DataError(
             f"the evaluation split of {source} contains a single class ('{only}') among {len(evaluation)} rows; "
             f"accuracy needs at least 2 classes (label column '{spec.label_column}', "
-            f"classes in the data: {len(np.unique(labels))}).",
-            "check data.label_column, increase data.eval_samples or change data.seed",
+            f"classes in the data: {in_data}).",
+            # a file with one class stays one class whatever the seed or the split sizes
+            f"data.label_column '{spec.label_column}' holds one value in every usable row: point it at the column with "
+            "each row's class, or use data with at least 2 classes"
+            if in_data < 2
+            else _more_evaluation_hint(spec, available),
         )
 
     fingerprint = _fingerprint(spec, label_names, sets)
@@ -281,7 +288,13 @@ def _label_key(value: Any) -> str:
         if math.isnan(value):
             return ""
         return str(int(value)) if float(value).is_integer() else repr(float(value))
-    return str(value).strip()
+    text = str(value).strip()
+    if _NUMBER_RE.match(text):
+        # CSV cells are read as text: "1" and "1.0" in one column are one class, as 1 and 1.0 are
+        number = float(text)
+        if math.isfinite(number):
+            return str(int(number)) if number.is_integer() else repr(number)
+    return text
 
 
 def _clean(
@@ -338,7 +351,8 @@ def _resolve_label_names(
             return [str(v) for v in sorted({int(k) for k in keys})]
         return sorted(keys)
 
-    dupes = sorted({n for n in label_names if label_names.count(n) > 1})
+    canonical = [_label_key(n) for n in label_names]
+    dupes = sorted({n for n, c in zip(label_names, canonical, strict=True) if canonical.count(c) > 1})
     if dupes:
         raise DataError(
             f"data.label_names repeats {', '.join(repr(d) for d in dupes)}.",
@@ -359,8 +373,10 @@ def _resolve_label_names(
 
 
 def _label_index(label_names: list[str]) -> dict[str, int]:
-    # A cell may spell the class name or its id; the name wins when a name is itself a number.
+    # A cell may spell the class name or its id; the name wins when a name is itself a number (in any
+    # spelling: a name "1.0" matches the cell 1).
     index = {str(i): i for i in range(len(label_names))}
+    index.update({_label_key(name): i for i, name in enumerate(label_names)})
     index.update({name: i for i, name in enumerate(label_names)})
     return index
 
@@ -369,14 +385,47 @@ def _label_index(label_names: list[str]) -> dict[str, int]:
 # messages and fingerprint
 
 
+def _more_evaluation_hint(spec: DataSpec, available: int) -> str:
+    room = available - spec.calibration_samples - spec.probe_samples
+    if room > spec.eval_samples:
+        return f"increase data.eval_samples (e.g. --set data.eval_samples={min(room, max(100, 2 * spec.eval_samples))}) or change data.seed"
+    return "change data.seed (another permutation draws other rows), or lower data.calibration_samples / data.probe_samples to leave more rows for evaluation"
+
+
 def _smaller_sizes_hint(spec: DataSpec, available: int) -> str:
+    if available == 0:
+        return (
+            "the data has no usable row (a header only, or every text or label empty): check that data.files names "
+            "the right file and that data.text_columns and data.label_column name columns holding text and labels"
+        )
     fixed = spec.calibration_samples + spec.probe_samples
     if available - fixed >= 2:
         return f"lower the request, e.g. --set data.eval_samples={available - fixed}"
+    # Sizes the recipe accepts: the embedding task's linear probe needs probe_samples >= 10 (a recipe that
+    # passed validation with more keeps at least that), and evaluation 2 rows for 2 classes.
+    min_probe = min(spec.probe_samples, 10)
+    need = 1 + min_probe + 2
+    if available < need:
+        text = (
+            f"{available} usable rows are too few for a calibration, probe and evaluation split (at least {need}: "
+            f"1 calibration + {min_probe} probe + 2 evaluation rows); use a larger data file"
+        )
+        if available >= 3:  # a classifier needs no probe split
+            cal = max(1, available // 4)
+            text += (
+                f", or, for model.task: sequence-classification, --set data.calibration_samples={cal} "
+                f"--set data.probe_samples=0 --set data.eval_samples={available - cal}"
+            )
+        return text
     scale = available / (fixed + spec.eval_samples)
     cal = max(1, int(spec.calibration_samples * scale))
-    probe = int(spec.probe_samples * scale)
-    evl = max(1, available - cal - probe)
+    probe = max(min_probe, int(spec.probe_samples * scale))
+    while available - cal - probe < 2:
+        if cal > 1:
+            cal -= 1
+        else:
+            probe -= 1
+    evl = available - cal - probe
     return (
         f"lower the request, e.g. --set data.calibration_samples={cal} --set data.probe_samples={probe} "
         f"--set data.eval_samples={evl}"

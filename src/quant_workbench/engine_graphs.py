@@ -84,11 +84,14 @@ class EngineGraphs:
         self.mode = recipe.engine.resolved_int8_graph
         self.fused_float_path: Path | None = None
         self.float_fused_ops: dict[str, int] = {}
+        self.warnings: list[str] = []  # what the run must report beyond the notes (run.py collects them)
+        self.warn = True
 
     def sharing_float(self, models_dir: Path) -> EngineGraphs:
         """The same engine rules writing into another folder (search trials), over this fused float graph."""
         other = EngineGraphs(self.recipe, models_dir, self.base_key, self.say)
         other.fused_float_path, other.float_fused_ops = self.fused_float_path, self.float_fused_ops
+        other.warn = False  # a trial's graph is in its record; the run warns about the variants it reports
         return other
 
     def identity(self) -> str:
@@ -177,6 +180,9 @@ class EngineGraphs:
                 candidates.append(("fused-int8", out, lowered.to_dict()))
             except (LoweringError, ExportError) as exc:
                 notes.append(f"fused INT8 graph not built: {exc}")
+            except Exception as exc:  # noqa: BLE001 - a lowering bug must cost the variant its fastest graph, not the variant
+                log.debug("fused INT8 lowering of %s failed", name, exc_info=True)
+                notes.append(f"fused INT8 graph not built ({type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''})")
         u8 = self.models_dir / f"{name}.u8.onnx"
         candidates.append(("qdq-u8", u8, {}))
         with torch.no_grad():
@@ -188,12 +194,22 @@ class EngineGraphs:
         noise = 1.0 - float(known)
         allowed = end_to_end_allowance(noise, self.recipe.export.min_cosine)
         for graph, path, lowering_info in candidates:
-            if graph == "qdq-u8":
-                key = self._key(graph="qdq-u8", qdq=_sidecar(qdq_path))
-                if not artifact_is_current(path, key):
-                    qdq_to_u8_activations(qdq_path, path)
-                    mark_artifact(path, key)
-            cos = float(cosine_rows(_run(path, self.recipe, example), fake).mean())
+            # Whatever goes wrong with a faster graph (it cannot be built, ONNX Runtime refuses to load
+            # it, it fails at run time or disagrees with the fake-quant model), the next graph runs and
+            # the report says why: a variant never fails for want of a faster graph.
+            try:
+                if graph == "qdq-u8":
+                    key = self._key(graph="qdq-u8", qdq=_sidecar(qdq_path))
+                    if not artifact_is_current(path, key):
+                        qdq_to_u8_activations(qdq_path, path)
+                        mark_artifact(path, key)
+                cos = float(cosine_rows(_run(path, self.recipe, example), fake).mean())
+            except Exception as exc:  # noqa: BLE001 - any failure of this graph means: use the next one
+                log.debug("engine graph %s of %s failed", graph, name, exc_info=True)
+                first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+                notes.append(f"{graph} graph failed to build or load ({type(exc).__name__}: {first}); not used")
+                self.say(f"  {name}: {notes[-1]}")
+                continue
             check = {"mean_cosine_vs_fake_quant": cos, "threshold": 1.0 - allowed, "passed": 1.0 - cos <= allowed}
             if check["passed"]:
                 ops = fused_op_counts(path)
@@ -202,13 +218,26 @@ class EngineGraphs:
                     "graph": graph, "path": f"models/{path.name}", **check, "lowering": lowering_info,
                     "fused_ops": ops, "fusions_lost_vs_float": lost, "notes": notes,
                 }
+                self._requested_graph_not_used(name, graph, notes)
                 return path
             # A U8 x S8 kernel that saturates (16-bit pair sums on CPUs without VNNI) shows up here.
             notes.append(f"{graph} graph disagrees with the fake-quant model (mean cosine {cos:.4f} < {1.0 - allowed:.4f}); not used")
             self.say(f"  {name}: {notes[-1]}")
         self.say(f"  {name}: running the S8 Q/DQ graph (slow on ONNX Runtime CPU) because no faster graph passed its check")
         variant.fidelity["engine_graph"] = {"graph": "qdq", "why": "fallback: no U8 graph passed the check", "notes": notes}
+        self._requested_graph_not_used(name, "qdq", notes)
         return qdq_path
+
+    def _requested_graph_not_used(self, name: str, graph: str, notes: list[str]) -> None:
+        """A graph form the recipe asked for by name (engine.int8_graph, not auto) that did not run is a
+        warning of the run (log and report), not only a note in the engine-graph table."""
+        wanted = self.recipe.engine.int8_graph
+        if not self.warn or wanted == "auto" or graph == {"fused": "fused-int8"}.get(wanted, wanted):
+            return
+        why = "; ".join(notes) or "see the engine graph notes"
+        text = f"{name}: engine.int8_graph: {wanted} was requested, but the variant runs the {graph} graph ({why})"
+        log.warning(text)
+        self.warnings.append(text)
 
     # -----------------------------------------------------------------------------------------
     # int8-dynamic and the reference rows

@@ -17,6 +17,10 @@ class WorkbenchError(Exception):
         return f"{self.message} Hint: {self.hint}" if self.hint else self.message
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised by the CLI's handler so a run unwinds (and cleans up) exactly as on Ctrl-C."""
+
+
 class RecipeError(WorkbenchError):
     """The recipe is invalid: unknown key, wrong type, impossible combination."""
 

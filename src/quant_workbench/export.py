@@ -34,22 +34,53 @@ from .quantize.modules import QuantLinear
 log = logging.getLogger(__name__)
 
 HF_PREFIX = "hf."
+# Part of every artifact key: bumped when the bytes of an export change for the same model and scales,
+# so files written by an earlier layout are rebuilt, not reused (2: Q/DQ nodes named per quantizer).
+EXPORT_LAYOUT = 2
 # The dynamic axes the exported graphs are traced for; preflight rejects shapes outside them at load time.
 EXPORT_MAX_BATCH = 4096
 EXPORT_MIN_SEQ = 2
 EXPORT_MAX_SEQ = 8192
 
 
+# The exporter lowers each quantizer application to one node of this private domain, carrying the
+# quantizer's name as an attribute; finish_graph expands it into QuantizeLinear/DequantizeLinear named
+# after that quantizer. Lowering straight to QuantizeLinear would let the exporter's optimizer merge the
+# pairs of two quantizers that read one tensor with equal scales (Q, K and V's inputs; a residual add's
+# other operand), and name them after whichever it kept.
+QDQ_DOMAIN = "qwb"
+_QDQ_OP = "QDQ"
+_schema_registered = False
+
+
+def _register_qdq_schema() -> None:
+    global _schema_registered
+    if _schema_registered:
+        return
+    from onnx.defs import OpSchema
+
+    if not onnx.defs.has(_QDQ_OP, QDQ_DOMAIN):
+        onnx.defs.register_schema(
+            OpSchema(
+                _QDQ_OP, QDQ_DOMAIN, 1,
+                doc="quant-workbench export placeholder: QuantizeLinear + DequantizeLinear of one named quantizer (expanded by finish_graph)",
+                inputs=[OpSchema.FormalParameter("x", "T"), OpSchema.FormalParameter("scale", "T"), OpSchema.FormalParameter("zero_point", "Z")],
+                outputs=[OpSchema.FormalParameter("y", "T")],
+                type_constraints=[("T", ["tensor(float)"], ""), ("Z", ["tensor(int8)", "tensor(float8e4m3fn)"], "")],
+                attributes=[OpSchema.Attribute("axis", OpSchema.AttrType.INT, ""), OpSchema.Attribute("quantizer", OpSchema.AttrType.STRING, "")],
+            )
+        )
+    _schema_registered = True
+
+
 def _qdq_translation(opset: int) -> Any:
     import onnxscript
 
-    op = onnxscript.values.Opset("", opset)
+    _register_qdq_schema()
+    qwb = onnxscript.values.Opset(QDQ_DOMAIN, 1)
 
-    def qdq(x: Any, scale: Any, zero_point: Any, axis: int) -> Any:
-        if axis < 0:
-            return op.DequantizeLinear(op.QuantizeLinear(x, scale, zero_point), scale, zero_point)
-        q = op.QuantizeLinear(x, scale, zero_point, axis=axis)
-        return op.DequantizeLinear(q, scale, zero_point, axis=axis)
+    def qdq(x: Any, scale: Any, zero_point: Any, axis: int, name: str = "") -> Any:
+        return qwb.QDQ(x, scale, zero_point, axis=axis, quantizer=name)
 
     return qdq
 
@@ -111,13 +142,6 @@ def export_onnx(
     return path
 
 
-def _quantizer_of(scale_name: str) -> str | None:
-    if scale_name.endswith("._scale"):
-        name = scale_name[: -len("._scale")]
-        return name[len(HF_PREFIX) :] if name.startswith(HF_PREFIX) else name
-    return None
-
-
 def _graph_index(graph: onnx.GraphProto) -> tuple[dict[str, onnx.NodeProto], dict[str, list[tuple[onnx.NodeProto, int]]]]:
     """Tensor name -> the node producing it, and -> every (node, input index) reading it."""
     producers = {o: n for n in graph.node for o in n.output}
@@ -158,10 +182,78 @@ def _unshare_transposed_weights(graph: onnx.GraphProto) -> None:
     graph.node.extend(new_nodes)
 
 
-def finish_graph(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Unshare Q/DQ pairs per consumer, fold the quantized Linear calls that read only constants, name Q/DQ
-    nodes after quantizers, fix metadata for byte determinism."""
+def quantizer_plan_name(module_path: str) -> str:
+    """A quantizer's name as the plan, --dry-run and the scales files give it: its module path inside
+    the Hugging Face model (the exported wrapper holds that model under `hf.`)."""
+    return module_path[len(HF_PREFIX) :] if module_path.startswith(HF_PREFIX) else module_path
+
+
+def plan_names(amax: dict[str, float]) -> dict[str, float]:
+    """Scales keyed by the plan's quantizer names (what the scales files and the Q/DQ node names use)."""
+    return {quantizer_plan_name(name): value for name, value in amax.items()}
+
+
+def _expand_named_qdq(model: onnx.ModelProto) -> None:
+    """Each `qwb.QDQ` placeholder -> QuantizeLinear + DequantizeLinear named `<quantizer>/Q`, `/DQ`, reading
+    the quantizer's own scale and zero point initializers (`<module path>._scale`, `._zero_point`; the
+    exporter may have merged equal ones into another quantizer's)."""
     graph = model.graph
+    if not any(n.domain == QDQ_DOMAIN for n in graph.node):
+        return
+    inits = {i.name: i for i in graph.initializer}
+    added: list[onnx.TensorProto] = []
+    new_nodes: list[onnx.NodeProto] = []
+    for node in graph.node:
+        if node.domain != QDQ_DOMAIN:
+            new_nodes.append(node)
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        path = attrs["quantizer"].decode() if isinstance(attrs["quantizer"], bytes) else str(attrs["quantizer"])
+        if not path:
+            raise ExportError("a quantizer was exported without its name", "this is an export bug; report it")
+        axis = int(attrs.get("axis", -1))
+        x, scale, zero_point = node.input
+        own = []
+        for tensor, suffix in ((scale, "._scale"), (zero_point, "._zero_point")):
+            name = f"{path}{suffix}"
+            if tensor != name and tensor in inits and name not in inits:
+                copy = onnx.TensorProto()
+                copy.CopyFrom(inits[tensor])
+                copy.name = name
+                inits[name] = copy
+                added.append(copy)
+            own.append(name if name in inits else tensor)
+        kw: dict[str, Any] = {"axis": axis} if axis >= 0 else {}
+        plan_name = quantizer_plan_name(path)
+        q_out = f"{node.output[0]}__q"
+        new_nodes.append(onnx.helper.make_node("QuantizeLinear", [x, *own], [q_out], name=f"{plan_name}/Q", **kw))
+        new_nodes.append(onnx.helper.make_node("DequantizeLinear", [q_out, *own], list(node.output), name=f"{plan_name}/DQ", **kw))
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    graph.initializer.extend(added)
+    used = {x for n in graph.node for x in n.input} | _subgraph_references(graph)
+    kept = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    kept_opsets = [o for o in model.opset_import if o.domain != QDQ_DOMAIN]
+    del model.opset_import[:]
+    model.opset_import.extend(kept_opsets)
+
+
+def check_unique_node_names(graph: onnx.GraphProto, what: str) -> None:
+    """ONNX Runtime refuses a graph in which two nodes share a name."""
+    seen: set[str] = set()
+    for node in graph.node:
+        if node.name and node.name in seen:
+            raise ExportError(f"{what} has two nodes named '{node.name}'", "this is an export bug; report it")
+        seen.add(node.name)
+
+
+def finish_graph(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Expand the named Q/DQ placeholders, unshare Q/DQ pairs per consumer, fold the quantized Linear calls
+    that read only constants, fix metadata for byte determinism."""
+    graph = model.graph
+    _expand_named_qdq(model)
     _unshare_transposed_weights(graph)
     producers, consumers = _graph_index(graph)
     new_nodes: list[onnx.NodeProto] = []
@@ -188,30 +280,7 @@ def finish_graph(model: onnx.ModelProto) -> onnx.ModelProto:
     del graph.node[:]
     graph.node.extend(new_nodes)
     _fold_constant_calls(model)
-    seen: dict[str, int] = {}
-    # Names, not id(): protobuf hands out fresh wrapper objects, so ids of nodes are not stable.
-    named: set[str] = set()
-    for module, nodes in find_linears(model).items():
-        for role, qdq_nodes in (("input_quantizer", nodes.activation_qdq), ("weight_quantizer", nodes.weight_qdq)):
-            for n in qdq_nodes:
-                n.name = f"{module}.{role}/{'Q' if n.op_type == 'QuantizeLinear' else 'DQ'}"
-                named.add(n.name)
-    for node in graph.node:
-        if node.name in named:
-            continue
-        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 1:
-            quantizer = _quantizer_of(node.input[1])
-            if quantizer:
-                base = f"{quantizer}/{'Q' if node.op_type == 'QuantizeLinear' else 'DQ'}"
-                count = seen.get(base, 0)
-                name = base if count == 0 else f"{base}_{count}"
-                # A de-duplicated scale initializer can point at a quantizer whose Linear Q/DQ were
-                # already named above: ONNX rejects duplicate node names, so skip those.
-                while name in named:
-                    count += 1
-                    name = f"{base}_{count}"
-                seen[base] = count + 1
-                node.name = name
+    check_unique_node_names(graph, "the exported graph")
     _drop_source_locations(model)
     model.producer_name = "quant-workbench"
     return model
@@ -231,7 +300,7 @@ _NOT_CONSTANT_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "Rando
 class FoldedCall:
     """A quantized Linear call computed at export: its output is the initializer `initializer`."""
 
-    weight_module: str
+    weight_module: str  # the call site (a module holding the weight) the output belongs to
     initializer: str
 
 
@@ -314,31 +383,32 @@ def _fold_constant_calls(model: onnx.ModelProto) -> None:
     kept = {o.name for o in graph.output} | _subgraph_references(graph)
     producers = {o: n for n in graph.node for o in n.output}
     calls = [
-        nodes
-        for nodes in find_linears(model).values()
+        # the call site's own name when the graph tells it (find_linears), else the weight's module
+        (site if "#" not in site else nodes.weight_module, nodes)
+        for site, nodes in find_linears(model).items()
         if nodes.activation_qdq and nodes.matmul.op_type == "MatMul" and nodes.output_tensor not in dynamic and nodes.output_tensor not in kept
     ]
     if not calls:
         return
     bias: dict[str, str] = {}
-    for nodes in calls:
+    for _, nodes in calls:
         if nodes.output_tensor != nodes.matmul.output[0]:
             add = producers[nodes.output_tensor]
             bias[nodes.output_tensor] = next(x for x in add.input if x != nodes.matmul.output[0])
-    values = _evaluate_constants(model, sorted({x for nodes in calls for x in nodes.matmul.input[:2]} | set(bias.values())))
+    values = _evaluate_constants(model, sorted({x for _, nodes in calls for x in nodes.matmul.input[:2]} | set(bias.values())))
     numbered: dict[str, int] = {}
     for f in folded_calls(model):
         numbered[f.weight_module] = numbered.get(f.weight_module, 0) + 1
     renamed: dict[str, str] = {}
-    for nodes in calls:
+    for owner, nodes in calls:
         a, w = (values[x].astype(np.float64) for x in nodes.matmul.input[:2])
         # in float64 so the stored value does not depend on this machine's float32 GEMM summation order
         y = np.matmul(a, w)
         if nodes.output_tensor in bias:
             y = y + values[bias[nodes.output_tensor]].astype(np.float64)
-        k = numbered.get(nodes.weight_module, 0)
-        numbered[nodes.weight_module] = k + 1
-        name = f"{HF_PREFIX}{nodes.weight_module}{FOLDED_CALL}{k}"
+        k = numbered.get(owner, 0)
+        numbered[owner] = k + 1
+        name = f"{HF_PREFIX}{owner}{FOLDED_CALL}{k}"
         graph.initializer.append(onnx.numpy_helper.from_array(y.astype(np.float32), name))
         renamed[nodes.output_tensor] = name
     for node in graph.node:
@@ -484,14 +554,23 @@ def _weight_chains(tensor: str, consumers: dict[str, list[onnx.NodeProto]], chai
             yield from _weight_chains(user.output[0], consumers, [*chain, user])
 
 
+def _call_site(call: LinearNodes) -> str | None:
+    """The Linear call a Q/DQ MatMul belongs to, from its activation quantizer's node name."""
+    if not call.activation_qdq:
+        return None
+    name = call.activation_qdq[0].name.split("__", 1)[0]
+    suffix = ".input_quantizer/Q"
+    return name[: -len(suffix)] if name.endswith(suffix) else None
+
+
 def find_linears(model: onnx.ModelProto) -> dict[str, LinearNodes]:
     """Every quantized Linear call of the graph, by module name.
 
-    A weight used by one call is named by its initializer. The calls of a weight shared by several call
-    sites are `<weight module>#<k>`: the graph cannot tell which call is which (the exporter names a
-    shared weight after one of its modules and merges equal scales of different quantizers). Folded calls
-    (`folded_calls`) have no MatMul but still count as calls of their weight, so the names of the others
-    do not change with folding.
+    A call is named after its activation quantizer's Q node (named by the export after the quantizer,
+    so each call site of a shared weight has its own name). A call without one is named by its weight
+    initializer, `<weight module>#<k>` when the weight has several calls. Folded calls (`folded_calls`)
+    have no MatMul but still count as calls of their weight, so the names of the others do not change
+    with folding.
     """
     graph = model.graph
     producers = {o: n for n in graph.node for o in n.output}
@@ -512,10 +591,14 @@ def find_linears(model: onnx.ModelProto) -> dict[str, LinearNodes]:
             if not any(n.op_type == "DequantizeLinear" for n in chain):
                 continue
             calls.append(_linear_call(matmul, tensor, chain, producers, consumers, module))
-        if len(calls) == 1 and module not in folded:
-            found[module] = calls[0]
-        else:
-            found.update({f"{module}#{k}": call for k, call in enumerate(calls)})
+        sites = [_call_site(c) for c in calls]
+        for k, (call, site) in enumerate(zip(calls, sites, strict=True)):
+            if site is not None and sites.count(site) == 1 and site not in found:
+                found[site] = call
+            elif len(calls) == 1 and module not in folded:
+                found[module] = call
+            else:
+                found[f"{module}#{k}"] = call
     return found
 
 

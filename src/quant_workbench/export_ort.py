@@ -35,6 +35,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from .errors import ExportError
+from .export import check_unique_node_names
 from .io import atomic_path
 from .quantize.modules import ATTENTION_FUNCTION, QuantLinear
 
@@ -208,6 +209,65 @@ def _input_scale(m: QuantLinear) -> float:
     return float(m.input_quantizer._scale.detach().reshape(-1)[0])
 
 
+class _CallSites:
+    """Which of the model's Linear calls each weight-reading node of a fused graph computes.
+
+    Nodes are matched to Linears by weight content (renaming by the exporter or the optimizer cannot
+    mis-assign a scale). Calls of one shared weight (ALBERT's layer applied N times, DeBERTa-v2's
+    projections also applied to the relative-position embeddings) all read the same weight: they are
+    told apart by whether their input depends on the model's inputs (the architecture names the call
+    sites that read a constant) and then by order (graph order follows the order of the applications,
+    as each application reads the previous one's output). A weight whose graph uses do not pair up
+    one to one with its calls is ambiguous: nothing is assigned to it.
+    """
+
+    def __init__(self, model: onnx.ModelProto, hf: nn.Module) -> None:
+        from .architectures import architecture_of
+        from .export import _input_dependent
+
+        self.linears = _quant_linears(hf)
+        arch = architecture_of(hf)
+        calls: dict[tuple[bytes, bool], list[str]] = {}
+        for name, m in self.linears.items():
+            calls.setdefault((_weight_key(m.weight.detach().to(torch.float32).numpy().T), arch.is_constant_call_site(name)), []).append(name)
+        self.weights = {w for w, _ in calls}
+        inits = {i.name: i for i in model.graph.initializer}
+        dynamic = _input_dependent(model.graph)
+        uses: dict[tuple[bytes, bool], list[tuple[int, int]]] = {}
+        for i, node in enumerate(model.graph.node):
+            for part, w in enumerate(_weight_parts(node, inits)):
+                key = _weight_key(w)
+                if key in self.weights:
+                    constant = node.op_type == "MatMul" and node.input[0] not in dynamic
+                    uses.setdefault((key, constant), []).append((i, part))
+        self.site: dict[tuple[int, int], str] = {}
+        self.ambiguous: dict[str, str] = {}  # call -> why no graph node could be assigned to it
+        for group in set(calls) | set(uses):
+            names, found = calls.get(group, []), uses.get(group, [])
+            if len(names) == len(found):
+                self.site.update(zip(found, names, strict=True))
+                continue
+            for name in names:
+                self.ambiguous[name] = f"its weight is read by {len(found)} graph node(s) of this kind for {len(names)} call(s) in the model"
+
+    def of(self, index: int, part: int = 0) -> str | None:
+        return self.site.get((index, part))
+
+
+def _weight_parts(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> list[np.ndarray]:
+    """[in, out] weights a MatMul reads from an initializer, or the Q, K and V parts of a fused Attention's."""
+    if node.op_type == "MatMul" and len(node.input) > 1 and node.input[1] in inits:
+        w = numpy_helper.to_array(inits[node.input[1]])
+        return [w] if w.ndim == 2 else []
+    if node.op_type == "Attention" and node.domain == MS_DOMAIN and len(node.input) > 1 and node.input[1] in inits:
+        w = numpy_helper.to_array(inits[node.input[1]])
+        if w.ndim != 2 or w.shape[1] % 3:
+            return []
+        h = w.shape[1] // 3
+        return [w[:, i * h : (i + 1) * h] for i in range(3)]
+    return []
+
+
 class _Graph:
     def __init__(self, model: onnx.ModelProto) -> None:
         self.model = model
@@ -232,17 +292,22 @@ def lower_int8(fused_path: Path, hf: nn.Module, out_path: Path | None) -> Loweri
     `out_path=None` checks and describes the lowering without writing (the cached file is current)."""
     model = onnx.load(str(fused_path))
     g = _Graph(model)
-    linears = _quant_linears(hf)
-    by_weight = {_weight_key(m.weight.detach().to(torch.float32).numpy().T): name for name, m in linears.items()}
+    sites = _CallSites(model, hf)
+    linears = sites.linears
     wanted = {name for name, m in linears.items() if _enabled(m)}
+    unmatched = sorted(n for n in wanted if n in sites.ambiguous)
+    if unmatched:
+        raise LoweringError(
+            f"{len(unmatched)} quantized Linear call(s) cannot be told apart in the fused graph (e.g. {unmatched[0]}: "
+            f"{sites.ambiguous[unmatched[0]]})"
+        )
     done: set[str] = set()
     info = LoweringInfo("fused-int8")
     zp = g.add(U8_ZERO_POINT, np.asarray(128, np.uint8))
     new_nodes: list[onnx.NodeProto] = []
-    for node in model.graph.node:
+    for index, node in enumerate(model.graph.node):
         if node.op_type == "MatMul" and node.input[1] in g.inits:
-            w = g.array(node.input[1])
-            name = by_weight.get(_weight_key(w)) if w is not None and w.ndim == 2 else None
+            name = sites.of(index)
             if name is None or name not in wanted:
                 new_nodes.append(node)
                 continue
@@ -259,7 +324,7 @@ def lower_int8(fused_path: Path, hf: nn.Module, out_path: Path | None) -> Loweri
             info.quantized_matmuls += 1
             done.add(name)
         elif node.op_type == "Attention" and node.domain == MS_DOMAIN:
-            lowered = _lower_attention(node, g, linears, by_weight, wanted, zp, info)
+            lowered = _lower_attention(node, g, linears, [sites.of(index, p) for p in range(3)], wanted, zp, info)
             if lowered is None:
                 new_nodes.append(node)
             else:
@@ -283,6 +348,10 @@ def lower_int8(fused_path: Path, hf: nn.Module, out_path: Path | None) -> Loweri
     model.graph.initializer.extend(kept)
     if not any(o.domain == MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    try:
+        check_unique_node_names(model.graph, "the fused INT8 graph")
+    except ExportError as exc:
+        raise LoweringError(exc.message) from exc
     if out_path is not None:
         with atomic_path(out_path) as tmp:
             onnx.save_model(model, str(tmp))
@@ -293,19 +362,18 @@ def _lower_attention(
     node: onnx.NodeProto,
     g: _Graph,
     linears: dict[str, QuantLinear],
-    by_weight: dict[bytes, str],
+    names: list[str | None],
     wanted: set[str],
     zp: str,
     info: LoweringInfo,
 ) -> tuple[list[onnx.NodeProto], list[str]] | None:
-    """Attention(x, W_qkv, b_qkv, mask) -> QuantizeLinear(x) -> QAttention with per-column S8 weights."""
+    """Attention(x, W_qkv, b_qkv, mask) -> QuantizeLinear(x) -> QAttention with per-column S8 weights.
+    `names`: the Q, K and V Linear calls the fused projection computes (_CallSites)."""
     w = g.array(node.input[1])
     if w is None or w.ndim != 2 or w.shape[1] % 3:
         info.notes.append(f"{node.name}: fused QKV weight not found; attention projection left as ONNX Runtime fused it")
         return None
     hidden = w.shape[1] // 3
-    parts = [w[:, i * hidden : (i + 1) * hidden] for i in range(3)]
-    names = [by_weight.get(_weight_key(p)) for p in parts]
     if any(n is None for n in names):
         info.notes.append(f"{node.name}: Q/K/V weights do not match the model's Linears")
         return None
@@ -386,23 +454,15 @@ def qdq_to_u8_activations(qdq_path: Path, out_path: Path) -> int:
 
 
 def map_linears(fused_path: Path, hf: nn.Module) -> dict[str, list[str]]:
-    """Fused-graph node name -> the model's Linears it computes (found by weight content)."""
+    """Fused-graph node name -> the model's Linear calls it computes (found by weight content, _CallSites)."""
     model = onnx.load(str(fused_path))
-    g = _Graph(model)
-    by_weight = {_weight_key(m.weight.detach().to(torch.float32).numpy().T): name for name, m in _quant_linears(hf).items()}
+    sites = _CallSites(model, hf)
     found: dict[str, list[str]] = {}
-    for node in model.graph.node:
-        if node.op_type == "MatMul" and node.input[1] in g.inits:
-            w = g.array(node.input[1])
-            name = by_weight.get(_weight_key(w)) if w is not None and w.ndim == 2 else None
-            if name is not None:
-                found[node.name] = [name]
+    for index, node in enumerate(model.graph.node):
+        if node.op_type == "MatMul" and sites.of(index) is not None:
+            found[node.name] = [str(sites.of(index))]
         elif node.op_type == "Attention" and node.domain == MS_DOMAIN:
-            w = g.array(node.input[1])
-            if w is None or w.ndim != 2 or w.shape[1] % 3:
-                continue
-            h = w.shape[1] // 3
-            names = [by_weight.get(_weight_key(w[:, i * h : (i + 1) * h])) for i in range(3)]
+            names = [sites.of(index, p) for p in range(3)]
             if all(n is not None for n in names):
                 found[node.name] = [n for n in names if n is not None]
     return found

@@ -212,6 +212,24 @@ def artifact_problem(path: Path, key: str) -> str | None:
     return None
 
 
+def content_problem(path: Path) -> str | None:
+    """Why `path` is not the file its run wrote (its sha256 differs from the one its `.key` sidecar
+    recorded, or nothing recorded one), or None when it is. The check `quantize deploy` runs on every
+    file it ships: whatever the inputs were, the bytes must be the ones the run checked."""
+    sidecar = _sidecar(path)
+    if not path.is_file():
+        return "missing" if not path.exists() else "not a file"
+    if not sidecar.is_file():
+        return "no .key sidecar records its content hash"
+    lines = sidecar.read_text(encoding="utf-8", errors="replace").split()
+    recorded = next((x.split(":", 1)[1] for x in lines[1:] if x.startswith("sha256:")), None)
+    if recorded is None:
+        return "its .key sidecar records no content hash (written by an older workbench)"
+    if sha256_file(path) != recorded:
+        return "its sha256 differs from the one recorded when the run wrote it (truncated, edited or damaged since)"
+    return None
+
+
 def artifact_is_current(path: Path, key: str) -> bool:
     """True when `path` may be reused for inputs hashing to `key` (see artifact_problem); a file that
     exists but fails the checks is logged, so a rebuild never happens silently."""

@@ -23,6 +23,9 @@ from .recipe import ModelSpec
 log = logging.getLogger(__name__)
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# ModelSpec fields that only decide whether a run may start (sanity.py), not what the model computes:
+# left out of the model's fingerprint, so changing them reuses every artifact and calibration cache
+_GATE_FIELDS = {"max_unknown_token_rate", "allow_untrained_head"}
 
 
 class EncoderWithHead(nn.Module):
@@ -76,6 +79,9 @@ class LoadedModel:
     vocab_size: int
     num_labels: int | None
     local_dir: Path | None
+    # sequence classification: why nothing shows the head was trained (new, resized, placeholder labels);
+    # None when the checkpoint's head was loaded as it is, under real class names (sanity.check_head)
+    head_problem: str | None = None
 
     @property
     def output_name(self) -> str:
@@ -143,13 +149,17 @@ def load_model(spec: ModelSpec, num_labels: int | None = None, label_names: Sequ
     try:
         config = AutoConfig.from_pretrained(location, **common)
     except (OSError, ValueError) as exc:
-        raise _load_error(spec, exc) from exc
+        raise _load_error(spec, exc, "config", local if is_local else None) from exc
     # Before the weights: an architecture the workbench cannot quantize fails without loading them.
     arch = architecture_for(config)
     if spec.task == "sequence-classification" and label_names is not None:
         check_head_labels(spec, config, label_names)
+    head_problem: str | None = None
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, **common)
+    except (OSError, ValueError) as exc:
+        raise _load_error(spec, exc, "tokenizer", local if is_local else None) from exc
+    try:
         # float32 whatever the checkpoint stores: transformers 5 loads an fp16/bf16 checkpoint in that
         # dtype, which would make the "float" baseline half precision and fp16 training diverge (NaN)
         weights = {_dtype_argument(): torch.float32}
@@ -157,19 +167,22 @@ def load_model(spec: ModelSpec, num_labels: int | None = None, label_names: Sequ
             kwargs: dict[str, Any] = {**weights}
             if num_labels is not None and getattr(config, "num_labels", None) != num_labels:
                 kwargs.update(num_labels=num_labels, ignore_mismatched_sizes=True)
-            hf = AutoModelForSequenceClassification.from_pretrained(
-                location, attn_implementation=ATTENTION_FUNCTION, **common, **kwargs
+            hf, loading = AutoModelForSequenceClassification.from_pretrained(
+                location, attn_implementation=ATTENTION_FUNCTION, output_loading_info=True, **common, **kwargs
             )
+            head_problem = _head_problem(config, loading)
         else:
             hf = AutoModel.from_pretrained(location, attn_implementation=ATTENTION_FUNCTION, **common, **weights)
-    except (OSError, ValueError) as exc:
-        raise _load_error(spec, exc) from exc
+    except _WEIGHT_ERRORS as exc:
+        raise _load_error(spec, exc, "weights", local if is_local else None) from exc
     limit = arch.sequence_limit(config)
     if limit is not None and spec.max_seq_length > limit:
         raise ModelError(
             f"model.max_seq_length={spec.max_seq_length} exceeds the {arch.name} model's limit of {limit} tokens"
             f" (max_position_embeddings={getattr(config, 'max_position_embeddings', None)}).",
-            f"set model.max_seq_length to {limit} or less",
+            # the recipe refuses benchmark lengths above model.max_seq_length, so both must shrink
+            f"set model.max_seq_length to {limit} or less, and every benchmark.seq_lengths entry (and "
+            f"search.latency.seq_length) to at most that, e.g. --set model.max_seq_length={limit} --set benchmark.seq_lengths=[{limit}]",
         )
     hf.eval()
     arch.add_call_sites(hf)
@@ -182,9 +195,9 @@ def load_model(spec: ModelSpec, num_labels: int | None = None, label_names: Sequ
         # The model would ignore them: an ONNX input nobody reads only confuses deployments.
         input_names = [n for n in input_names if n != "token_type_ids"]
     if is_local:
-        fingerprint = hash_json({"files": hash_tree(local, ("*.json", "*.safetensors", "*.bin", "*.txt")), "spec": spec.model_dump(), "num_labels": num_labels})
+        fingerprint = hash_json({"files": hash_tree(local, ("*.json", "*.safetensors", "*.bin", "*.txt")), "spec": spec.model_dump(exclude=_GATE_FIELDS), "num_labels": num_labels})
     else:
-        fingerprint = hash_json({"hub": location, "revision": spec.revision, "spec": spec.model_dump(), "num_labels": num_labels})
+        fingerprint = hash_json({"hub": location, "revision": spec.revision, "spec": spec.model_dump(exclude=_GATE_FIELDS), "num_labels": num_labels})
     wrapped = EncoderWithHead(hf, spec.task, spec.pooling, spec.normalize_embeddings, input_names).eval()
     return LoadedModel(
         model=wrapped,
@@ -196,16 +209,68 @@ def load_model(spec: ModelSpec, num_labels: int | None = None, label_names: Sequ
         vocab_size=int(config.vocab_size),
         num_labels=getattr(hf.config, "num_labels", None) if spec.task == "sequence-classification" else None,
         local_dir=local if is_local else None,
+        head_problem=head_problem,
     )
 
 
-def _load_error(spec: ModelSpec, exc: Exception) -> ModelError:
+def _head_problem(config: Any, loading: dict[str, Any]) -> str | None:
+    """Why the loaded classification head may be untrained, from transformers' loading report."""
+    mismatched = sorted(loading.get("mismatched_keys") or (), key=lambda k: str(k[0]))
+    missing = sorted(str(k) for k in loading.get("missing_keys") or ())
+    if mismatched:
+        saved, wanted = tuple(mismatched[0][1]), tuple(mismatched[0][2])
+        return (
+            f"was resized to the data's {wanted[0]} classes from the checkpoint's {saved[0]} (transformers re-initialised "
+            f"{', '.join(str(k[0]) for k in mismatched[:3])} at random)"
+        )
+    if missing:
+        return f"is not in the checkpoint (transformers initialised {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} at random)"
+    if trained_labels(config) is None:
+        names = [str(v) for v in (getattr(config, "id2label", None) or {}).values()][:3]
+        return f"has only placeholder labels in config.id2label ({', '.join(names)}...), so nothing shows it was trained"
+    return None
+
+
+def _weight_errors() -> tuple[type[BaseException], ...]:
+    """What reading damaged or missing weight files raises (safetensors' own error, torch.load's)."""
+    import pickle
+
+    errors: list[type[BaseException]] = [OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError]
+    try:
+        from safetensors import SafetensorError
+
+        errors.append(SafetensorError)
+    except ImportError:  # pragma: no cover - a transformers dependency
+        pass
+    return tuple(errors)
+
+
+_WEIGHT_ERRORS = _weight_errors()
+
+
+def _load_error(spec: ModelSpec, exc: BaseException, what: str = "model", local: Path | None = None) -> ModelError:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return ModelError(
-        f"cannot load model '{spec.source}': {text}",
-        "for a Hub id you need network access (or a local copy in the HF cache); "
-        "set trust_remote_code: true only for models that need custom code",
-    )
+    if local is None:
+        return ModelError(
+            f"cannot load the {what} of model '{spec.source}': {text}",
+            "for a Hub id you need network access (or a local copy in the HF cache); "
+            "set trust_remote_code: true only for models that need custom code",
+        )
+    if what == "config":
+        hint = (
+            "transformers cannot read the folder's config.json: restore it from the model's original copy "
+            "(a model_type transformers does not know needs model.trust_remote_code: true and its code)"
+        )
+    elif what == "tokenizer":
+        hint = "put the model's tokenizer files (tokenizer.json / vocab.txt, tokenizer_config.json, as save_pretrained writes them) in that folder"
+    elif isinstance(exc, OSError) and "no file named" in text:
+        hint = "the folder has no weights file: save the model there with model.save_pretrained(folder) (model.safetensors), or copy its weights in"
+    else:
+        hint = (
+            "the weights file is damaged or truncated (an interrupted copy or download): restore it from the original, "
+            "or save the model again with model.save_pretrained(folder)"
+        )
+    return ModelError(f"cannot load the {what} in model folder '{local}': {type(exc).__name__}: {text.rstrip('.')}.", hint)
 
 
 def tokenize(

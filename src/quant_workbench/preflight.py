@@ -46,13 +46,21 @@ def check_run_dir(recipe: Recipe, run_dir: Path) -> None:
         )
 
 
-def check_writable(folder: Path | str, field: str) -> None:
-    """Create `folder` if needed and prove a file can be written in it, before hours of work depend on it."""
+def check_writable(folder: Path | str, field: str, *, create: bool = True) -> None:
+    """Create `folder` if needed and prove a file can be written in it, before hours of work depend on it.
+    `create=False` (a dry run) creates nothing: the nearest existing folder must let us create it."""
     path = Path(folder)
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=path):
+                pass
+        else:
+            existing = next(p for p in (path, *path.parents) if p.exists())
+            if not existing.is_dir():
+                raise NotADirectoryError(20, "Not a directory", str(existing))
+            if not os.access(existing, os.W_OK | os.X_OK):
+                raise PermissionError(13, "Permission denied", str(existing))
     except OSError as exc:
         raise WorkbenchError(
             f"cannot write to output folder '{folder}' ({field}): {exc.strerror or exc}; the run would fail there after its work is done.",
@@ -195,8 +203,16 @@ def _check_model_bounds(recipe: Recipe, config: dict[str, Any] | None, available
             f"{field}: batch {batch} x sequence length {seq} needs about {need / gib:.1f} GiB of working memory for one "
             f"forward pass (batch x seq x ({_LIVE_TENSORS} x hidden {config.get('hidden_size')} + intermediate "
             f"{config.get('intermediate_size')} + heads x seq) x 4 bytes), but only {available / gib:.1f} GiB is available.",
-            f"use a batch of at most {fits} at length {seq} (e.g. --set benchmark.batch_sizes=[1,{min(fits, 32)}])",
+            f"use a batch of at most {fits} at length {seq} (e.g. {_smaller_batch(recipe, field, min(fits, 32))})",
         )
+
+
+def _smaller_batch(recipe: Recipe, field: str, fits: int) -> str:
+    """A --set for the field that asked for the batch (each shape of `shapes` names its own field)."""
+    if field.startswith("benchmark."):
+        kept = sorted({b for b in recipe.benchmark.batch_sizes if b <= fits} | {fits})
+        return f"--set benchmark.batch_sizes=[{','.join(map(str, kept))}]"
+    return f"--set {field}={fits}"
 
 
 def check_provider(recipe: Recipe) -> None:
@@ -207,10 +223,11 @@ def check_provider(recipe: Recipe) -> None:
     session_providers(recipe.engine)  # names the missing execution provider and the fix
 
 
-def run_preflight(recipe: Recipe, run_dir: Path) -> None:
-    """Everything that can be checked before the data stage, cheapest first."""
+def run_preflight(recipe: Recipe, run_dir: Path, *, create: bool = True) -> None:
+    """Everything that can be checked before the data stage, cheapest first (`create=False`: a dry run,
+    which leaves no folder behind)."""
     check_run_dir(recipe, run_dir)
-    check_writable(recipe.output_dir, "output_dir")
-    check_writable(recipe.quantization.calibration.cache_dir, "quantization.calibration.cache_dir")
+    check_writable(recipe.output_dir, "output_dir", create=create)
+    check_writable(recipe.quantization.calibration.cache_dir, "quantization.calibration.cache_dir", create=create)
     check_provider(recipe)
     check_bounds(recipe, model_config(recipe))

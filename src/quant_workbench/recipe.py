@@ -68,6 +68,17 @@ class ModelSpec(Strict):
     num_layers: int | None = Field(
         None, ge=1, description="keep only the first N encoder blocks (a depth-truncated model, e.g. 3 of MiniLM's 6); null = all"
     )
+    # issue 20's sanity gates (quant_workbench.sanity), checked before any export or calibration work
+    max_unknown_token_rate: float | None = Field(
+        0.05, ge=0, le=1,
+        description="refuse a run whose tokenizer turns more than this share of the data's tokens into its unknown token "
+        "(missing or foreign tokenizer files); null = no check",
+    )
+    allow_untrained_head: bool = Field(
+        False,
+        description="sequence classification without finetune: score the head as loaded even when nothing shows it was trained "
+        "(new, resized to the data's classes, or only placeholder labels LABEL_0...; some trained checkpoints ship placeholder labels)",
+    )
 
     @property
     def location(self) -> str:
@@ -507,12 +518,47 @@ def _words(items: Sequence[str]) -> str:
     return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
-def _parse_scalar(text: str) -> Any:
+class DuplicateKeyError(yaml.YAMLError):
+    def __init__(self, key: Any, first_line: int, line: int) -> None:
+        super().__init__(f"key '{key}' appears twice in one section (lines {first_line} and {line}); YAML would keep only the last value")
+        self.key, self.first_line, self.line = key, first_line, line
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, but a mapping that repeats a key is an error: PyYAML keeps the last value, so a
+    recipe with `methods:` written twice would silently run with the second one."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: dict[Any, yaml.Mark] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise DuplicateKeyError(key, seen[key].line + 1, key_node.start_mark.line + 1)
+        seen[key] = key_node.start_mark
+    loader.flatten_mapping(node)
+    return dict(loader.construct_pairs(node, deep=deep))
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML as the recipe loader reads it (safe, duplicate keys rejected)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def _parse_scalar(item: str, text: str) -> Any:
     """`--set` values are YAML scalars/lists: 'true', '3', '[1, 32]', 'entropy'."""
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
+        return parse_yaml(text)
+    except yaml.YAMLError as exc:
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise RecipeError(
+            f"--set '{item}': the value {text!r} is not valid YAML ({problem}).",
+            "write lists as [a, b], mappings as {key: value}, and quote a string that holds YAML punctuation, "
+            "e.g. --set 'description=\"a: b\"'",
+        ) from None
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -534,7 +580,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = node.setdefault(k, {})
         if not isinstance(node, dict):
             raise RecipeError(f"--set '{item}': '{keys[-2]}' is not a section.", "check the recipe reference")
-        node[keys[-1]] = _parse_scalar(raw)
+        node[keys[-1]] = _parse_scalar(item, raw)
     return data
 
 
@@ -592,9 +638,25 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     if not path.is_file():
         raise RecipeError(f"recipe file '{path}' does not exist.", "pass the path of a YAML recipe, e.g. recipes/bert_int8.yaml")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise RecipeError(
+            f"recipe {path} is not UTF-8 text: byte 0x{exc.object[exc.start]:02x} on line {line} cannot be decoded.",
+            "save the recipe as UTF-8 (most editors: File > Save with Encoding > UTF-8), or replace that character",
+        ) from None
+    except OSError as exc:
+        raise RecipeError(f"recipe file '{path}' cannot be read: {exc.strerror or exc}.", "check the file's permissions") from None
+    try:
+        data = parse_yaml(text)
+    except DuplicateKeyError as exc:
+        raise RecipeError(
+            f"recipe {path} sets '{exc.key}' twice in one section (lines {exc.first_line} and {exc.line}); YAML would silently keep the second.",
+            f"keep one '{exc.key}:' in that section (merge them if both hold settings)",
+        ) from None
     except yaml.YAMLError as exc:
-        raise RecipeError(f"recipe {path} is not valid YAML: {exc}.", "fix the YAML syntax at the line shown") from exc
+        where = " ".join(str(exc).replace('"<unicode string>"', f"'{path}'").split())
+        raise RecipeError(f"recipe {path} is not valid YAML: {where}.", "fix the YAML at the line shown") from None
     if not isinstance(data, dict):
         raise RecipeError(f"recipe {path} must be a mapping of sections, got {type(data).__name__}.", "start from recipes/bert_int8.yaml")
     return recipe_from_dict(data, overrides or [], source=str(path))

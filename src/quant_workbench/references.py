@@ -13,6 +13,7 @@ whether the selected variant beats them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -35,12 +36,24 @@ def is_reference(name: str) -> bool:
     return name.startswith(REFERENCE_PREFIX)
 
 
+@contextlib.contextmanager
+def _root_errors_only() -> Iterator[None]:
+    """The standard tools log "consider pre-processing" through the root logger on every call. Only for
+    the call: a level left at ERROR would silence every later warning of the run (issue 20)."""
+    root = logging.getLogger()
+    before = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(before)
+
+
 def quantize_dynamic_onnx(fused_path: Path, out_path: Path, *, per_channel: bool = True, nodes: list[str] | None = None, op_types: list[str] | None = None) -> None:
     """`quantize_dynamic` with S8 weights; written atomically (the tool writes wherever it is told)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    logging.getLogger("root").setLevel(logging.ERROR)  # "consider pre-processing" fires on every call
-    with atomic_path(out_path) as tmp:
+    with _root_errors_only(), atomic_path(out_path) as tmp:
         quantize_dynamic(
             str(fused_path), str(tmp), per_channel=per_channel, weight_type=QuantType.QInt8,
             nodes_to_quantize=nodes or [], op_types_to_quantize=op_types or [],
@@ -71,8 +84,7 @@ def quantize_static_onnx(float_path: Path, out_path: Path, feeds: Iterable[dict[
     class Reader(_Feeds, CalibrationDataReader):  # the tool type-checks its reader's base class
         pass
 
-    logging.getLogger("root").setLevel(logging.ERROR)
-    with atomic_path(out_path) as tmp:
+    with _root_errors_only(), atomic_path(out_path) as tmp:
         quantize_static(
             str(float_path), str(tmp), Reader(feeds), quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul", "Gemm"],
             per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,

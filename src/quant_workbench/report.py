@@ -556,6 +556,8 @@ def render_markdown(result: RunResult) -> str:
         f"recipe hash `{result.recipe_hash[:12]}` · schema v{result.schema_version}",
         "",
     ]
+    if result.warnings:
+        lines += ["## Warnings", "", *(f"- {_one_line(w)}" for w in result.warnings), ""]
     lines += _summary(result, ref)
     lines += _results_section(result, ref)
     lines += formats_section(result)
@@ -651,6 +653,7 @@ def results_table(result: RunResult) -> str:
         why = result.selection.get("reason") or result.selection_rule
         out.append(f"* best: {result.best_variant}" + (f" ({why})" if why else ""))
     out += [f"vs standard tools: {item['verdict']}" for item in reference_verdicts(result)]
+    out += [f"warning: {_one_line(w)}" for w in result.warnings]
     for v in result.variants:
         if v.status != "ok":
             err = _one_line(v.error or "(no error message recorded)")

@@ -86,6 +86,9 @@ class RunResult:
     # (per variant: the engine inspector's layer summary), "triton_benchmark" (bench/triton_latency.py)
     deployment: dict[str, Any] = field(default_factory=dict)
     search: dict[str, Any] | None = None  # search/study.py's summary when the recipe has a search section
+    # what the run could do but the reader must know: an accepted untrained head, an evaluation split too
+    # small to decide at the margin, a requested engine graph that did not run (issue 20)
+    warnings: list[str] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
 
     def variant(self, name: str) -> VariantResult | None:

@@ -39,7 +39,7 @@ from .engines import preflight_runtime
 from .engines.onnxruntime import OrtEngine, optimized_op_counts
 from .errors import WorkbenchError
 from .evaluate import evaluate_variants
-from .export import export_onnx
+from .export import EXPORT_LAYOUT, export_onnx, plan_names
 from .families import family_variants
 from .fidelity import qdq_fidelity
 from .io import artifact_is_current, atomic_path, hash_json, mark_artifact, onnx_size, write_json, write_text
@@ -47,9 +47,10 @@ from .machine import cpu_has_vnni
 from .models import load_model, to_torch, tokenize
 from .quantize.apply import activation_quantizers, prepare, set_scales
 from .quantize.select import QuantPlan, build_plan
-from .recipe import Recipe
+from .recipe import ModelSpec, Recipe
 from .report import results_table, write_report
 from .results import RunResult, VariantResult
+from .sanity import check_evaluation_size, check_head, check_tokenizer, check_vocabulary
 from .selection import select_meeting_criterion, select_variant
 from .state import RunState
 
@@ -59,6 +60,9 @@ log = logging.getLogger(__name__)
 def recipe_hash(recipe: Recipe) -> str:
     # The deploy section only packages finished artifacts: changing it must not start a new run.
     data = recipe.model_dump(mode="json", exclude={"deploy"})
+    for key in ("max_unknown_token_rate", "allow_untrained_head"):
+        if data["model"].get(key) == ModelSpec.model_fields[key].default:
+            data["model"].pop(key)  # the sanity gates' defaults keep the run ids of recipes written before them
     if data.get("search") is None:
         data.pop("search", None)  # recipes without a search keep their run ids
     else:
@@ -172,6 +176,9 @@ def data_stage(state: RunState) -> None:
     with state.stage("data"):
         state.splits = load_splits(state.recipe.data)
         state.say(f"  splits: {state.splits.sizes()} labels={state.splits.label_names}")
+    too_small = check_evaluation_size(state.recipe, len(state.splits.evaluation))
+    if too_small:
+        state.warn(too_small)
 
 
 def model_stage(state: RunState) -> None:
@@ -179,6 +186,11 @@ def model_stage(state: RunState) -> None:
     with state.stage("model"):
         num_labels = len(splits.label_names) if recipe.model.task == "sequence-classification" else None
         loaded = load_model(recipe.model, num_labels=num_labels, label_names=splits.label_names if num_labels else None)
+        # sanity gates (sanity.py): a model that cannot mean anything stops here, before any export work
+        check_tokenizer(recipe, loaded, splits)
+        accepted = check_head(recipe, loaded)
+        if accepted:
+            state.warn(accepted)
         state.loaded, state.plan = loaded, build_plan(loaded.model.hf, recipe.quantization)
         if recipe.search is not None and recipe.search.smoothquant_alphas:
             loaded.architecture.check_features(["smoothquant"])
@@ -199,7 +211,7 @@ def export_float_stage(state: RunState) -> None:
     recipe, loaded, splits = state.recipe, state.need_loaded(), state.need_splits()
     models_dir = state.run_dir / "models"
     state.example = to_torch(tokenize(loaded.tokenizer, splits.evaluation.texts[: recipe.export.fidelity_samples], loaded.spec.max_seq_length, loaded.input_names))
-    state.base_key = hash_json({"model": loaded.fingerprint, "opset": recipe.export.opset, "version": __version__})
+    state.base_key = hash_json({"model": loaded.fingerprint, "opset": recipe.export.opset, "version": __version__, "export": EXPORT_LAYOUT})
     with state.stage("export float"):
         float_path = state.float_path = models_dir / "float.onnx"
         if not artifact_is_current(float_path, state.base_key):
@@ -285,7 +297,7 @@ def ptq_stage(state: RunState) -> None:
                 raise WorkbenchError(family.error, "see the family's checks in the report")
             amax = set_scales(loaded.model, family.calibrators, method, percentile=recipe.quantization.calibration.percentile)
             scales_path = models_dir / f"{name}.scales.json"
-            write_json(scales_path, {"method": method, "amax": amax})
+            write_json(scales_path, {"method": method, "amax": plan_names(amax)})
             state.calibration["methods"][method if family.prefix == "int8" else name] = {
                 "quantizers": len(amax), "median_amax": float(np.median(list(amax.values()))) if amax else None
             }
@@ -335,7 +347,7 @@ def qat_stage(state: RunState) -> None:
         variant.calibration_method = f"qat (init {info['init_method']})"
         amax = {n: float(q.amax) for n, q in activation_quantizers(model).items() if q.enabled}
         scales_path = state.run_dir / "models" / f"{name}.scales.json"
-        write_json(scales_path, {"method": "qat", "init_method": info["init_method"], "amax": amax})
+        write_json(scales_path, {"method": "qat", "init_method": info["init_method"], "amax": plan_names(amax)})
         path = state.run_dir / "models" / f"{name}.qdq.onnx"
         key = hash_json({"base": state.base_key, "plan": plan.to_rows(), "qat": info["cache_key"], "weights": recipe.quantization.per_channel_weights})
         if not artifact_is_current(path, key):
@@ -396,6 +408,7 @@ def report_stage(state: RunState) -> None:
         timings_s={**state.timings, "total": round(time.perf_counter() - state.started, 2)},
         training=state.training,
         search=state.search,
+        warnings=[*state.warnings, *(w for w in (state.graphs.warnings if state.graphs else []) if w not in state.warnings)],
     )
     with state.stage("report"):
         if state.search is not None:
@@ -454,9 +467,17 @@ def _recorded_failure(variant: VariantResult, say: Callable[[str], None]) -> Ite
         say(f"  {variant.name} failed: {variant.error}")
 
 
-def dry_run(recipe: Recipe, say: Callable[[str], None] = print) -> QuantPlan:
-    """Resolve the recipe and the quantization plan without touching data or running anything."""
+def dry_run(recipe: Recipe, say: Callable[[str], None] = print, run_id: str | None = None) -> QuantPlan:
+    """Resolve the recipe and the quantization plan without touching data or running anything; the
+    preflight and the model's sanity gates run first, so a dry run refuses what the real run would."""
+    from .preflight import check_run_id, run_preflight
+
+    check_run_id(run_id)
+    preflight_runtime(recipe)
+    run_preflight(recipe, run_dir_for(recipe, run_id), create=False)
     loaded = load_model(recipe.model, num_labels=len(recipe.data.label_names) if recipe.data.label_names else None)
+    check_vocabulary(recipe, loaded)
+    accepted = check_head(recipe, loaded)
     plan = build_plan(loaded.model.hf, recipe.quantization)
     say("# resolved recipe")
     say(recipe.to_yaml())
@@ -465,7 +486,10 @@ def dry_run(recipe: Recipe, say: Callable[[str], None] = print) -> QuantPlan:
     say(plan.describe())
     cal = recipe.quantization.calibration
     say(f"# calibration: methods {', '.join(cal.methods)} from one pass over {recipe.data.calibration_samples} samples (batch {cal.batch_size})")
-    say(f"# would write: {run_dir_for(recipe)}")
+    for warning in (accepted, check_evaluation_size(recipe, recipe.data.eval_samples)):
+        if warning:
+            say(f"# warning: {warning}")
+    say(f"# would write: {run_dir_for(recipe, run_id)}")
     return plan
 
 

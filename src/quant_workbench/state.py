@@ -7,6 +7,7 @@ without importing the run that calls it.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from .quantize.select import QuantPlan
 from .recipe import Recipe
 from .results import RunResult, VariantResult
 from .selection import Selection
+
+log = logging.getLogger(__name__)
 
 
 class StageTimer:
@@ -79,9 +82,16 @@ class RunState:
     correct: dict[str, np.ndarray] = field(default_factory=dict)  # per-example correctness by variant
     selection: Selection | None = None
     result: RunResult | None = None  # what the report stage wrote; deploy packages it
+    warnings: list[str] = field(default_factory=list)  # RunResult.warnings: the log's warnings, kept in the report
 
     def stage(self, name: str) -> StageTimer:
         return StageTimer(self.timings, self.say, name)
+
+    def warn(self, text: str) -> None:
+        """A warning line in the log and in the report (not only a table cell)."""
+        log.warning(text)
+        if text not in self.warnings:
+            self.warnings.append(text)
 
     def variant(self, name: str) -> VariantResult | None:
         return next((v for v in self.variants if v.name == name), None)

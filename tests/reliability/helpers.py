@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,10 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
 def one_paragraph_error(err: str) -> str:
     """stderr ends with one `error: ...` paragraph and holds no traceback; returned unwrapped."""
     assert "Traceback" not in err, err
-    start = err.find("error: ")
-    assert start >= 0, err
+    # "error:" then a space, or a line break when a long path does not fit on the first line
+    found = re.search(r"error:\s", err)
+    assert found is not None, err
+    start = found.start()
     text = err[start:].strip()
     assert "\n\n" not in text, err
     return " ".join(text.split())

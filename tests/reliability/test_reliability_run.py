@@ -2,8 +2,8 @@
 mid-write leaves nothing behind after the next run, a run folder is locked, artifacts are readable by
 others, and a run with no successful quantized variant exits 3.
 
-One finished run of the tiny model is made per module; each test works on its own copy (fixed
---run-id, so the copy is the same run folder for the workbench).
+One finished run of the tiny model (conftest.py `base`, shared with the deploy tests) is copied by
+each test (fixed --run-id, so the copy is the same run folder for the workbench).
 """
 
 from __future__ import annotations
@@ -17,38 +17,17 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tiny_fixtures import recipe_dict
 
 from quant_workbench.io import TEMP_MARK
 from quant_workbench.report_schema import report_problems
 
-from .helpers import RUN_ID, copy_run, one_paragraph_error, run_cli, write_recipe
+from .helpers import RUN_ID, copy_run, one_paragraph_error, run_cli
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path, tiny_csv: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
-    """A finished run (int8 max, no benchmark) under umask 022."""
-    folder = tmp_path_factory.mktemp("base_run")
-    data = recipe_dict(folder, tiny_bert_dir, tiny_csv)
-    # the smallest run that still has every stage: what is tested is the state on disk, not the numbers
-    data["data"].update(calibration_samples=16, probe_samples=30, eval_samples=20)
-    data["export"]["fidelity_samples"] = 4
-    data["benchmark"]["enabled"] = False
-    old = os.umask(0o022)
-    try:
-        from quant_workbench.cli import main
-
-        assert main([str(write_recipe(folder, data)), "--no-progress", "--run-id", RUN_ID]) == 0
-    finally:
-        os.umask(old)
-    yield folder, data
 
 
 def _report(run_dir: Path) -> dict[str, Any]:

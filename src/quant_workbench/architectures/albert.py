@@ -35,6 +35,12 @@ class Albert(Architecture):
         value="attention.value",
     )
     excluded_pattern = r"(?:^|\.)albert_layer_groups(?:\.|$)"
+    excluded_hint = (
+        "ALBERT runs its shared layer (encoder.albert_layer_groups.*) once per layer, and each application is quantized as "
+        "its own call site, {first} ... {last}, with quantizers named {first}.attention.query.input_quantizer and so on; "
+        "name those in targets/ignore instead, e.g. {first} (one application) or "
+        "'re:encoder\\.layer\\.\\d+\\.attention\\.query' (every application's query)"
+    )
     unsupported = {
         "smoothquant": "every application shares one set of weights but sees different activations, so no single smoothing factor keeps each call exact",
     }

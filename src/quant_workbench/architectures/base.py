@@ -35,6 +35,12 @@ FEATURE_KEYS: dict[Feature, str] = {
     "residual_adds": "quantization.quantize_residual_adds: true",
     "smoothquant": "the int8-smoothquant variant family (quantization.smoothquant)",
 }
+# the recipe change that drops a feature (a dry run fails on it too, so the message says it)
+FEATURE_FIXES: dict[Feature, str] = {
+    "attention_matmuls": "--set quantization.quantize_attention_matmuls=false",
+    "residual_adds": "--set quantization.quantize_residual_adds=false",
+    "smoothquant": "remove quantization.smoothquant and int8-smoothquant from quantization.compare (and search.smoothquant_alphas)",
+}
 
 
 @dataclass(frozen=True)
@@ -90,8 +96,14 @@ class Architecture:
     default_targets: ClassVar[tuple[str, ...]] = (r"re:(.*\.)?(encoder|transformer)\.layer\.\d+\..*",)
     # Modules that are never candidates (e.g. ALBERT's shared layer, replaced by its call sites).
     excluded_pattern: ClassVar[str | None] = None
+    # What to target instead of an excluded module (`{first}` / `{last}`: the first and last block names).
+    excluded_hint: ClassVar[str | None] = None
     # feature -> why this architecture cannot support it
     unsupported: ClassVar[dict[Feature, str]] = {}
+    # The name of call-site children whose input is a constant of the weights rather than of the model's
+    # inputs (DeBERTa-v2's `<proj>.rel_embeddings`): an engine graph holding several calls of one weight
+    # tells those calls from the per-token ones by that.
+    constant_call_site: ClassVar[str | None] = None
 
     # ------------------------------------------------------------------ loading
 
@@ -137,6 +149,9 @@ class Architecture:
             if isinstance(getattr(module, "n_layers", None), int):  # DistilBERT's Transformer keeps its own copy
                 setattr(module, "n_layers", n)  # noqa: B010 (an int attribute of an nn.Module: mypy types it Tensor | Module)
         return total
+    def is_constant_call_site(self, name: str) -> bool:
+        """Whether the Linear call `name` reads a constant of the weights (see constant_call_site)."""
+        return self.constant_call_site is not None and name.endswith(f".{self.constant_call_site}")
 
     def check_features(self, wanted: Sequence[Feature]) -> None:
         for feature in wanted:
@@ -144,7 +159,7 @@ class Architecture:
             if why is not None:
                 raise SelectionError(
                     f"{FEATURE_KEYS[feature]} is not supported for the {self.name} architecture: {why}.",
-                    f"remove it from the recipe for {self.name} models (see --dry-run for what is quantized)",
+                    f"{FEATURE_FIXES[feature]} for {self.name} models",
                 )
 
     # ------------------------------------------------------------------ structure

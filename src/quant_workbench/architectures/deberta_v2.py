@@ -36,6 +36,7 @@ class DebertaV2(Architecture):
         residual_adds=(("attention.output", "residual_add"), ("output", "residual_add")),
         value="attention.self.value_proj",
     )
+    constant_call_site = _SITE
     unsupported = {
         "attention_matmuls": "its attention (content, content->position and position->content terms) is computed in DisentangledSelfAttention's own forward",
         "smoothquant": "query_proj/key_proj also project the relative-position embeddings, which a smoothing factor on their weights would change",

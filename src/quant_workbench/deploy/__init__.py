@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..errors import OptionalDependencyError
 from ..extension_points import DEPLOY_TARGETS
+from ..io import content_problem
 from ..recipe import DeploySpec, Recipe, load_recipe
 from ..results import RunResult
 from .triton import DeployError, Repository, resolve_variants, validate_repository, write_repository
@@ -31,6 +32,20 @@ def preflight(spec: DeploySpec, build_engines: bool = True) -> None:
             check()
 
 
+def _shipped(run_dir: Path, rel: str) -> Path:
+    """A run artifact the repository will carry, checked byte for byte against what the run wrote and
+    checked (its `.key` sidecar's sha256): a file damaged or edited since is never shipped."""
+    path = run_dir / rel
+    problem = content_problem(path)
+    if problem is not None:
+        raise DeployError(
+            f"'{path}' cannot be deployed: {problem}.",
+            f"re-run the recipe that wrote '{run_dir}' (the same command; it rebuilds the file and records its hash), "
+            "then deploy again",
+        )
+    return path
+
+
 def deploy_run(
     run_dir: Path | str,
     out: Path | str | None = None,
@@ -39,7 +54,9 @@ def deploy_run(
     result: RunResult | None = None,
     build_engines: bool = True,
     say: Callable[[str], None] = print,
+    variants: list[str] | None = None,
 ) -> Repository:
+    """`variants` (quantize deploy --variants) overrides the recipe's deploy.variants."""
     run_dir = Path(run_dir)
     if result is None:
         from ..report_schema import load_report
@@ -51,18 +68,26 @@ def deploy_run(
             raise DeployError(f"'{run_dir}' has no recipe.resolved.yaml.", "re-run the recipe to recreate the run folder")
         recipe = load_recipe(resolved)
     spec = recipe.deploy or DeploySpec()
+    if variants:
+        spec = spec.model_copy(update={"variants": list(dict.fromkeys(variants))})
     preflight(spec, build_engines)
 
     files: dict[str, Path] = {}
     cpu_files: dict[str, Path] = {}  # what ONNX Runtime CPU ran in the run: the fused engine graphs
+    engine_rels: dict[str, str] = {}
     for v in result.variants:
         onnx_rel = v.artifacts.get("onnx")
-        if v.status == "ok" and onnx_rel and (run_dir / onnx_rel).is_file():
+        if v.status == "ok" and onnx_rel and (run_dir / onnx_rel).exists():
             files[v.name] = run_dir / onnx_rel
             graph = v.fidelity.get("engine_graph") if isinstance(v.fidelity, dict) else None
             engine_rel = v.artifacts.get("engine_onnx") or (graph.get("path") if isinstance(graph, dict) and graph.get("graph") != "qdq" else None)
-            if engine_rel and (run_dir / str(engine_rel)).is_file():
-                cpu_files[v.name] = run_dir / str(engine_rel)
+            if engine_rel:
+                engine_rels[v.name] = str(engine_rel)
+    # only what is shipped must be intact; a damaged file of a variant nobody asked for is no reason to stop
+    for name in resolve_variants(spec.variants, result.best_variant, files):
+        files[name] = _shipped(run_dir, str(files[name].relative_to(run_dir)))
+        if name in engine_rels:
+            cpu_files[name] = _shipped(run_dir, engine_rels[name])
     precision = {v.name: v.precision for v in result.variants}
     engines: dict[tuple[str, str], Path] = {}
     notes: dict[tuple[str, str], str] = {}
@@ -83,19 +108,25 @@ def deploy_run(
                     notes[(name, target)] = f"engine build failed: {exc}"
                     say(f"  {name}: {label} engine build failed: {exc}")
 
-    repo = write_repository(
-        run_dir,
-        recipe,
-        files,
-        precision,
-        result.best_variant,
-        result.task,
-        out=Path(out) if out is not None else None,
-        spec=spec,
-        engines=engines,
-        notes=notes,
-        cpu_files=cpu_files,
-    )
+    try:
+        repo = write_repository(
+            run_dir,
+            recipe,
+            files,
+            precision,
+            result.best_variant,
+            result.task,
+            out=Path(out) if out is not None else None,
+            spec=spec,
+            engines=engines,
+            notes=notes,
+            cpu_files=cpu_files,
+        )
+    except OSError as exc:  # a full disk, a folder that vanished: nothing was moved into place
+        raise DeployError(
+            f"writing the Triton repository failed: {exc.strerror or exc}{f' ({exc.filename})' if exc.filename else ''}.",
+            "free space or fix permissions where the repository goes (--out), then deploy again",
+        ) from exc
     validate_repository(repo.path)
     say(f"  Triton model repository: {repo.path}")
     if (run_dir / "report.json").is_file():  # the run's report shows what was deployed and how engines came out

@@ -429,10 +429,17 @@ def resolve_variants(requested: Sequence[str], best: str | None, available: Mapp
     for name in requested:
         if name == "best":
             if best is None:
-                raise DeployError("the run selected no best variant (every INT8 variant failed), so 'best' cannot be deployed.", "list variants explicitly in deploy.variants, e.g. [float]")
+                raise DeployError(
+                    "the run selected no best variant (every INT8 variant failed), so 'best' cannot be deployed.",
+                    f"name the variants to package: quantize deploy RUN_DIR --variants {' '.join(sorted(available)) or 'float'} "
+                    "(or deploy.variants in the recipe)",
+                )
             name = best
         if name not in available:
-            raise DeployError(f"variant '{name}' has no usable ONNX model in this run (have: {', '.join(sorted(available))}).", "pick one of those in deploy.variants")
+            raise DeployError(
+                f"variant '{name}' has no usable ONNX model in this run (have: {', '.join(sorted(available)) or 'none'}).",
+                f"package some of those: quantize deploy RUN_DIR --variants {' '.join(sorted(available)[:2]) or 'float'} (or deploy.variants in the recipe)",
+            )
         if name not in out:
             out.append(name)
     return out
@@ -478,10 +485,18 @@ def write_repository(
     engines = engines or {}
     model_config_pb2()  # fail before any work when tritonclient is missing
 
+    if out.exists() and not out.is_dir():
+        raise DeployError(f"the repository folder '{out}' is a file, not a folder.", "pass --out with a new or empty folder, or a repository written by an earlier deploy")
     if out.exists() and any(out.iterdir()) and not (out / MANIFEST).exists():
         raise DeployError(f"'{out}' exists and is not a model repository written by the workbench; refusing to replace it.", "pass another --out folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as exc:
+        raise DeployError(
+            f"cannot write the repository next to '{out}': {exc.strerror or exc}.",
+            "pass --out with a folder you can write to, or fix the permissions of its parent",
+        ) from None
     make_shareable(tmp, 0o777)  # mkdtemp makes it 0700: a Triton server running as another user must read the repository
     try:
         configs: dict[str, Any] = {}
@@ -557,6 +572,8 @@ def write_repository(
             models=entries,
         )
         write_json(tmp / MANIFEST, repo.to_dict())
+        # checked before it replaces anything: a repository that fails validation is never left in place
+        validate_repository(tmp)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

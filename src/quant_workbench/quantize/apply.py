@@ -117,7 +117,8 @@ def calibrate(
         try:
             forward_loop(model)
         except CalibrationError as exc:
-            raise WorkbenchError(str(exc), "check the input data and the float model (it may overflow)") from exc
+            # the calibrator's own message and hint, once (str(exc) would repeat its "Hint:")
+            raise WorkbenchError(exc.message, exc.hint or "check the input data and the float model (it may overflow)") from exc
     return calibrators
 
 
@@ -148,7 +149,7 @@ def set_scales(
         try:
             amax = cal.compute_amax(method, percentile=percentile, fp8=q.fmt.kind == "fp8")
         except CalibrationError as exc:
-            raise WorkbenchError(str(exc), "keep this op in float with quantization.ignore") from exc
+            raise WorkbenchError(exc.message, exc.hint or "keep this op in float with quantization.ignore") from exc
         q.set_amax(amax)
         chosen[name] = float(amax)
     return chosen
@@ -158,8 +159,9 @@ def set_export_mode(model: nn.Module, on: bool) -> None:
     missing = [n for n, q in quantizers(model).items() if on and q.enabled and not q.is_calibrated]
     if missing:
         raise WorkbenchError(f"cannot export: quantizers without scales: {', '.join(missing[:5])}", "calibrate before export")
-    for q in quantizers(model).values():
+    for name, q in quantizers(model).items():
         q.export_mode = on
+        q.export_name = name if on else ""
 
 
 def strip_quantization(model: nn.Module) -> nn.Module:

@@ -58,6 +58,12 @@ class CalibrationError(WorkbenchError, ValueError):
     """
 
 
+def _ignore_entry(quantizer: str) -> str:
+    """The quantization.ignore entry that keeps a quantizer's op float: its module, as the plan names it."""
+    module = quantizer.rsplit(".", 1)[0]
+    return f"'{module.removeprefix('hf.')}'"
+
+
 class HistogramCalibrator:
     """Collects running abs-max AND an abs-value histogram of every tensor it sees, in ONE pass,
     so that every method can be computed afterwards without re-running the model.
@@ -119,8 +125,8 @@ class HistogramCalibrator:
         if not (math.isfinite(lo_f) and math.isfinite(hi_f)):
             raise CalibrationError(
                 f"calibration saw NaN/Inf in {self.name} (batch min={lo_f}, max={hi_f}).",
-                "the model overflows or produces NaN on the calibration data in this dtype; "
-                "run calibration in float32, check the inputs, or exclude this quantizer with `ignore:`.",
+                "the float model itself produces NaN/Inf on the calibration data (calibration runs in float32): check its "
+                f"weights for NaN/Inf and the inputs; to keep just this op in float, add {_ignore_entry(self.name)} to quantization.ignore",
             )
         batch_amax = max(-lo_f, hi_f)
         self._num_seen += n
@@ -185,13 +191,13 @@ class HistogramCalibrator:
         if self._num_seen == 0:
             raise CalibrationError(
                 f"calibration collected no data for {self.name}.",
-                "the module never ran during calibration (unused branch or wrong target?); "
-                "exclude it with `ignore:`.",
+                "the module never ran during calibration (an unused branch); keep it float: add "
+                f"{_ignore_entry(self.name)} to quantization.ignore",
             )
         if self._hist is None or self._amax == 0.0:
             raise CalibrationError(
                 f"calibration saw only zeros for {self.name} ({self._num_seen} values), so no scale exists.",
-                "this input is always zero; exclude it with `ignore:`.",
+                f"this input is always zero; keep it float: add {_ignore_entry(self.name)} to quantization.ignore",
             )
         # Histogram methods return bin edges; the top edge can lie a fraction of a bin above the
         # true max, and clipping at the true max is lossless, so never exceed it.

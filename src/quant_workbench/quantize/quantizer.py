@@ -6,7 +6,8 @@ Three modes, switched by the caller:
   (division-exact INT8 / FP8 quantize-dequantize, like ONNX QuantizeLinear), so the same module serves PTQ evaluation and QAT;
 - export: emit the `qwb::qdq` custom op, which the ONNX exporter lowers to a
   QuantizeLinear/DequantizeLinear pair whose scale and zero point are named initializers
-  (`<quantizer name>._scale`, `<quantizer name>._zero_point`).
+  (`<quantizer name>._scale`, `<quantizer name>._zero_point`) and whose nodes are named after the
+  quantizer (`export_name`, set by `apply.set_export_mode`).
 """
 
 from __future__ import annotations
@@ -124,8 +125,12 @@ class Int8FakeQuant(torch.autograd.Function):
 # the exact Q/DQ layout (zero point dtype, axis) instead of torch's decompositions.
 
 
+# `name` is the quantizer's module path in the exported model: it travels into the ONNX graph as an
+# attribute of each application, so every Q/DQ pair is named after its own quantizer, even where two
+# quantizers see the same tensor with the same scale (the exporter would otherwise merge them) or one
+# shared layer is applied several times (ALBERT).
 @torch.library.custom_op("qwb::qdq", mutates_args=())
-def qdq(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, axis: int) -> torch.Tensor:
+def qdq(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, axis: int, name: str = "") -> torch.Tensor:
     # The zero point's dtype decides the format (int8 or float8 E4M3), as in ONNX QuantizeLinear.
     if zero_point.dtype == torch.float8_e4m3fn:
         return fp8_e4m3_qdq(x, scale.float(), None if axis < 0 or scale.dim() == 0 else axis)
@@ -133,7 +138,7 @@ def qdq(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, axis: in
 
 
 @qdq.register_fake
-def _qdq_fake(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, axis: int) -> torch.Tensor:
+def _qdq_fake(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, axis: int, name: str = "") -> torch.Tensor:
     return torch.empty_like(x)
 
 
@@ -148,6 +153,7 @@ class TensorQuantizer(nn.Module):
         self.enabled = enabled
         self.calibrating = False
         self.export_mode = False
+        self.export_name = ""  # the quantizer's module path in the exported model (set_export_mode)
         self.calibrator: HistogramCalibrator | None = None
         shape = () if fmt.axis is None else (int(num_channels or 1),)
         # Buffers (not parameters) so they travel with state_dict and become named ONNX initializers.
@@ -194,7 +200,7 @@ class TensorQuantizer(nn.Module):
         if self.export_mode:
             # Data-dependent checks cannot run under torch.export; set_export_mode checks amax first.
             axis = -1 if self.fmt.axis is None else self.fmt.axis
-            return torch.ops.qwb.qdq(x, self._scale, self._zero_point, axis)
+            return torch.ops.qwb.qdq(x, self._scale, self._zero_point, axis, self.export_name)
         if not self.is_calibrated:
             raise RuntimeError(f"quantizer {self.extra_repr()} is enabled but has no amax; calibrate first")
         if self.fmt.kind == "fp8":

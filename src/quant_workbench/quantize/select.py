@@ -107,20 +107,39 @@ def _closest(entry: str, names: list[str], classes: set[str]) -> str:
     return ", ".join(close)
 
 
+def _examples(names: list[str]) -> str:
+    """A few quantizable op names to copy into targets/ignore (a dry run fails here too, so it cannot list them)."""
+    if not names:
+        return "this model has no quantizable op"
+    shown = ", ".join(names[:3])
+    return f"quantizable ops are named like {shown}{' ...' if len(names) > 3 else ''} ({len(names)} in all)"
+
+
 def build_plan(model: nn.Module, spec: QuantSpec) -> QuantPlan:
     arch = architecture_of(model)
     arch.check_features(wanted_features(spec))
     classes = _module_classes(model)
     candidates = arch.candidate_points(model)
     all_names = list(classes) + [c[0] for c in candidates if c[0] not in classes]
+    # Linears first: the names users target most
+    candidate_names = [c[0] for c in candidates if c[1] == "linear"] + [c[0] for c in candidates if c[1] != "linear"]
+    excluded = re.compile(arch.excluded_pattern) if arch.excluded_pattern else None
     for field_name, entries in (("targets", spec.targets), ("ignore", spec.ignore)):
         for entry in entries:
-            if not any(entry_matches(entry, n, classes) for n in all_names):
+            matched = [n for n in all_names if entry_matches(entry, n, classes)]
+            if not matched:
                 raise SelectionError(
                     f"quantization.{field_name} entry '{entry}' matches no module of the model.",
                     f"closest module or class names: {_closest(entry, all_names, set(classes.values()))}. "
-                    "Entries are exact module names, class names, or 're:<regex>' full-matched against names "
-                    "(run with --dry-run to list them).",
+                    "Entries are exact module names, class names, or 're:<regex>' full-matched against names; "
+                    f"{_examples(candidate_names)}.",
+                )
+            if excluded is not None and all(excluded.search(n) for n in matched) and not any(entry_matches(entry, c, classes) for c in candidate_names):
+                blocks = arch.blocks(model)
+                raise SelectionError(
+                    f"quantization.{field_name} entry '{entry}' names modules that never run as such in this {arch.name} model, "
+                    f"so it would {'quantize' if field_name == 'targets' else 'keep float'} nothing.",
+                    (arch.excluded_hint or "name the modules that run instead").format(first=blocks[0] if blocks else "?", last=blocks[-1] if blocks else "?"),
                 )
     points = []
     for name, kind, op_class in candidates:
@@ -141,6 +160,7 @@ def build_plan(model: nn.Module, spec: QuantSpec) -> QuantPlan:
     if not any(p.enabled for p in points):
         raise SelectionError(
             "the layer selection quantizes nothing: every quantizable op is ignored or untargeted.",
-            "widen quantization.targets or shorten quantization.ignore (see --dry-run)",
+            "widen quantization.targets (leave it out for the default, every Linear of the encoder blocks) or shorten "
+            f"quantization.ignore; {_examples([p.module for p in points if p.kind == 'linear'])}",
         )
     return QuantPlan(tuple(points))

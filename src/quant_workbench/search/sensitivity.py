@@ -27,7 +27,7 @@ from ..engine_graphs import EngineGraphs
 from ..engines import EngineFromOnnx
 from ..errors import WorkbenchError
 from ..evaluate import LinearProbe, run_outputs, score_classification, score_embedding
-from ..export import export_onnx
+from ..export import export_onnx, plan_names
 from ..families import Recalibrate
 from ..fidelity import qdq_fidelity
 from ..io import artifact_is_current, hash_json, mark_artifact, onnx_size, write_json
@@ -275,7 +275,7 @@ class TrialRunner:
             rec.seconds["first_evaluation"] = stored["seconds"].get("total", 0.0)
             rec.reused = True
             return
-        write_json(self.trials_dir / f"{key}.scales.json", {"method": config.method, "percentile": pct, "format": config.format, "smoothquant_alpha": config.alpha, "amax": amax})
+        write_json(self.trials_dir / f"{key}.scales.json", {"method": config.method, "percentile": pct, "format": config.format, "smoothquant_alpha": config.alpha, "amax": plan_names(amax)})
         write_json(self.trials_dir / f"{key}.plan.json", plan.to_rows())
         t = time.perf_counter()
         if not artifact_is_current(path, key):
