@@ -16,13 +16,12 @@ import math
 import os
 import signal
 import sys
-import textwrap
-import traceback
 from collections.abc import Iterator, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING
 
 from . import __version__
+from .commands import offline_by_default, paragraph, user_error
 from .errors import Terminated, WorkbenchError
 
 if TYPE_CHECKING:
@@ -109,25 +108,6 @@ def _no_quantized_result(result: RunResult) -> str | None:
     return "no quantized variant could be selected (none was scored)."
 
 
-def _offline_by_default() -> None:
-    """Runs are offline unless the user allows the Hub (HF_HUB_OFFLINE=0): a bare model name that is not cached
-    then fails in preflight at once instead of retrying the network for half a minute."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", os.environ["HF_HUB_OFFLINE"])
-
-
-def _paragraph(prefix: str, text: str) -> str:
-    return textwrap.fill(f"{prefix}{text}", width=100, break_long_words=False, break_on_hyphens=False)
-
-
-def _user_error(exc: WorkbenchError, debug: bool) -> int:
-    """A user mistake: one paragraph on stderr (the traceback only with --debug), exit code 2."""
-    if debug:
-        traceback.print_exc()
-    print(_paragraph("error: ", str(exc)), file=sys.stderr)
-    return exc.exit_code
-
-
 def _deploy_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="quantize deploy",
@@ -150,7 +130,7 @@ def _deploy(argv: Sequence[str]) -> int:
     args = _deploy_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    _offline_by_default()
+    offline_by_default()
     try:
         from .deploy import deploy_run
 
@@ -158,7 +138,7 @@ def _deploy(argv: Sequence[str]) -> int:
             deploy_run(args.run_dir, args.out, build_engines=not args.no_engines, variants=args.variants)
         return 0
     except WorkbenchError as exc:
-        return _user_error(exc, args.debug)
+        return user_error(exc, args.debug)
     except KeyboardInterrupt as exc:
         return _interrupted(exc)
 
@@ -177,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     if not args.debug:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    _offline_by_default()
+    offline_by_default()
     try:
         if not (math.isfinite(args.wait_lock) and args.wait_lock >= 0):
             raise WorkbenchError(
@@ -202,11 +182,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = execute(recipe, run_id=args.run_id, progress=not args.no_progress, wait_lock_s=args.wait_lock)
         summary = _no_quantized_result(result)
         if summary is not None:
-            print(_paragraph("error: ", f"{summary} The report is written; nothing quantized can be deployed."), file=sys.stderr)
+            print(paragraph("error: ", f"{summary} The report is written; nothing quantized can be deployed."), file=sys.stderr)
             return EXIT_NO_QUANTIZED
         return 0
     except WorkbenchError as exc:
-        return _user_error(exc, args.debug)
+        return user_error(exc, args.debug)
     except KeyboardInterrupt as exc:
         return _interrupted(exc)
 

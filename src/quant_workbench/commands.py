@@ -8,6 +8,8 @@ import argparse
 import logging
 import os
 import sys
+import textwrap
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -30,6 +32,26 @@ _REPORT_EXIT = """exit codes:
   0    written
   2    the folder is not a finished run (no valid report.json) or a sweep folder without sweep.md
   1    internal error"""
+
+
+
+def offline_by_default() -> None:
+    """Runs are offline unless the user allows the Hub (HF_HUB_OFFLINE=0): a bare model name that is not cached
+    then fails in preflight at once instead of retrying the network for half a minute."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", os.environ["HF_HUB_OFFLINE"])
+
+
+def paragraph(prefix: str, text: str) -> str:
+    return textwrap.fill(f"{prefix}{text}", width=100, break_long_words=False, break_on_hyphens=False)
+
+
+def user_error(exc: WorkbenchError, debug: bool) -> int:
+    """A user mistake: one paragraph on stderr (the traceback only with --debug), exit code 2."""
+    if debug:
+        traceback.print_exc()
+    print(paragraph("error: ", str(exc)), file=sys.stderr)
+    return exc.exit_code
 
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
@@ -102,7 +124,6 @@ def report_parser() -> argparse.ArgumentParser:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from .cli import _paragraph
     from .sweep import dry_run as sweep_dry_run
     from .sweep import load_sweep, run_sweep
 
@@ -116,7 +137,7 @@ def _sweep(args: argparse.Namespace) -> int:
     bad = [o for o in outcomes if o.status != "ok"]
     if bad:
         detail = "; ".join(f"{o.label}: {(o.error or o.status).splitlines()[0][:200]}" for o in bad)
-        print(_paragraph("error: ", f"{len(bad)} of {len(outcomes)} runs of the sweep did not finish with a selected variant ({detail}). "
+        print(paragraph("error: ", f"{len(bad)} of {len(outcomes)} runs of the sweep did not finish with a selected variant ({detail}). "
                          "The sweep report is written; run the same command again to retry them (finished runs are reused)."), file=sys.stderr)
     return code
 
@@ -182,7 +203,6 @@ HANDLERS: dict[str, tuple[Callable[[], argparse.ArgumentParser], Callable[[argpa
 
 
 def main(command: str, argv: Sequence[str]) -> int:
-    from .cli import _offline_by_default, _user_error
 
     make_parser, handler = HANDLERS[command]
     args = make_parser().parse_args(list(argv))
@@ -190,11 +210,11 @@ def main(command: str, argv: Sequence[str]) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     if not args.debug:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    _offline_by_default()
+    offline_by_default()
     try:
         return handler(args)
     except WorkbenchError as exc:
-        return _user_error(exc, args.debug)
+        return user_error(exc, args.debug)
     except KeyboardInterrupt:
         print("interrupted: finished runs and artifacts are kept; run the same command again to go on.", file=sys.stderr)
         return 130
