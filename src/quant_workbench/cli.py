@@ -47,7 +47,9 @@ def _no_quantized_result(result: RunResult) -> str | None:
     """The summary line of a run with nothing to ship (exit 3), or None when a quantized variant was selected."""
     if result.best_variant is not None:
         return None
-    failed = [v for v in result.variants if v.precision != "float32" and v.status != "ok"]
+    from .vocabulary import FLOAT_PRECISIONS
+
+    failed = [v for v in result.variants if v.precision not in FLOAT_PRECISIONS and v.status != "ok"]
     if failed:
         detail = "; ".join(f"{v.name}: {(v.error or 'failed').splitlines()[0]}" for v in failed)
         return f"no quantized variant succeeded ({len(failed)} failed: {detail})."
@@ -66,10 +68,11 @@ def _paragraph(prefix: str, text: str) -> str:
 
 
 def _user_error(exc: WorkbenchError, debug: bool) -> int:
-    """A user mistake: one paragraph on stderr (the traceback only with --debug), exit code 2."""
+    """One paragraph on stderr (the traceback only with --debug); exit code 2 for a user mistake, 1 for an
+    internal error reported the same way (ExportError: an exporter bug)."""
     if debug:
         traceback.print_exc()
-    print(_paragraph("error: ", str(exc)), file=sys.stderr)
+    print(_paragraph("error: " if exc.exit_code == 2 else "internal error: ", str(exc)), file=sys.stderr)
     return exc.exit_code
 
 
@@ -129,6 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .run import execute
 
         result = execute(recipe, run_id=args.run_id, progress=not args.no_progress, wait_lock_s=args.wait_lock)
+        warning = result.selection.get("warning")
+        if warning and result.best_variant is not None:  # undetermined / none within the margin: still exit 0
+            print(_paragraph("warning: ", str(warning)), file=sys.stderr)
         summary = _no_quantized_result(result)
         if summary is not None:
             print(_paragraph("error: ", f"{summary} The report is written; nothing quantized can be deployed."), file=sys.stderr)

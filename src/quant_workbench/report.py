@@ -1,4 +1,5 @@
-"""Run reports: report.json (the RunResult itself), report.md for people, and an accuracy-vs-latency plot.
+"""Run reports: report.json (the RunResult itself), report.md for people, and the plot of paired Δ accuracy
+vs speed-up (report_decisions.py, with the sections that show what decided the recommendation).
 
 Metrics in `VariantResult.metrics` are fractions in [0, 1] and are shown as percentages; a delta
 between two of them is shown in percentage points. Cosine similarities are not percentages and keep
@@ -14,12 +15,19 @@ from pathlib import Path
 from typing import Any
 
 from .format_notes import formats_section
-from .io import atomic_path, write_json, write_text
+from .io import write_json, write_text
+from .report_decisions import (
+    PLOT_RELPATH,
+    aa_lines,
+    benchmark_lines,
+    evaluation_section,
+    plot_delta_vs_speedup,
+    selection_lines,
+)
 from .report_engine import engine_graph_section, reference_section, reference_verdicts
 from .report_search import search_section
 from .results import LatencyStats, RunResult, VariantResult
 
-PLOT_RELPATH = "plots/accuracy_vs_latency.png"
 DASH = "—"
 
 _PERCENT_METRICS = ("accuracy", "macro_f1", "agreement")
@@ -362,10 +370,11 @@ def _results_section(result: RunResult, ref: VariantResult | None) -> list[str]:
     if level is not None:
         n = next((v.intervals.get("n") for v in result.variants if v.intervals.get("n")), "?")
         lines += [
-            f"Intervals are {100 * (1 - level):g} % on {n} evaluation examples: Wilson for accuracy, bootstrap over "
-            "examples for macro-F1, and a paired bootstrap over the same examples for Δ vs float. Disagree = examples "
-            "whose prediction differs from float's; discordant = examples exactly one of the two gets right (the only "
-            "ones that move Δ; the exact McNemar test on them decides ties in the selection).",
+            f"Intervals are {100 * (1 - level):g} % on {n} evaluation examples (fewer for a variant the evaluation stopped early: "
+            "see Evaluation): Wilson for accuracy, bootstrap over examples for macro-F1, and for Δ vs float Tango's score interval "
+            "for paired proportions on the examples both were scored on (extended to 0 when the exact McNemar test does not "
+            "reject, so interval and test agree). Disagree = examples whose prediction differs from float's; discordant = "
+            "examples exactly one of the two gets right (the only ones that move Δ).",
             "",
         ]
     shown = {primary, *extra, *_COSINE_KEYS}
@@ -382,11 +391,11 @@ def _latency_section(result: RunResult, ref: VariantResult | None) -> list[str]:
     if not shapes:
         return [*lines, "No latency was measured.", ""]
     lines += [
-        "All variants were timed interleaved (round-robin within each iteration) in one process, so they "
-        "saw the same machine state. Speed-up = float p50 / variant p50. Intervals (95 % unless the recipe's "
-        "selection.level says otherwise) are percentile bootstraps over iterations; a speed-up's resamples keep "
-        "each round's float and variant times together.",
+        "All variants were timed interleaved in one process, so they saw the same machine state. Speed-up = the "
+        "median over rounds of float's time / the variant's time in that round. Intervals (95 % unless the recipe's "
+        "selection.level says otherwise) are block bootstraps over rounds.",
         "",
+        *benchmark_lines(result),
     ]
     for b, s in shapes:
         key = f"b{b}xs{s}"
@@ -394,8 +403,9 @@ def _latency_section(result: RunResult, ref: VariantResult | None) -> list[str]:
         iters = max(st.iterations for _, st in measured)
         stops = {st.stop for _, st in measured if st.stop}
         why = {"tolerance": "stopped when every speed-up interval was within the tolerance",
-               "time cap": "**stopped at the time cap** before the speed-up intervals reached the tolerance",
-               "iteration cap": "**stopped at the iteration cap** before the speed-up intervals reached the tolerance",
+               "resolved": "stopped when every speed comparison that could change the selection was resolved against the speed margin",
+               "time cap": "**stopped at the time cap** before its comparisons were resolved",
+               "iteration cap": "**stopped at the iteration cap** before its comparisons were resolved",
                "fixed": "fixed count"}
         stop_text = "; ".join(why.get(x, x) for x in sorted(stops))
         lines += [f"### Batch {b} × sequence length {s} ({iters} timed iterations{', ' + stop_text if stop_text else ''})", ""]
@@ -419,6 +429,11 @@ def _latency_section(result: RunResult, ref: VariantResult | None) -> list[str]:
                 _speedup_ci(_speedup_at(v, key, ref), v.speedup_interval_vs_float.get(key)),
             ]
             for v, st in measured
+        ]
+        # engines timed without their host<->device copies (TensorRT): the copy-inclusive time on its own line
+        rows += [
+            [f"{v.name} (end to end, copies included)", _ms(st.end_to_end_p50_ms), DASH, DASH, DASH, DASH, DASH]
+            for v, st in measured if st.end_to_end_p50_ms is not None
         ]
         lines += [*_table(header, rows, [False] + [True] * 6), ""]
     return lines
@@ -528,8 +543,10 @@ def _summary(result: RunResult, ref: VariantResult | None) -> list[str]:
                 f"{ratio:.2f}× smaller than float" if ratio >= 1 else f"{1 / ratio:.2f}× larger than float on disk"
             )
         lines.append(f"**{best.name}**: " + ", ".join(parts) + ".")
-    lines += ["", f"Selection rule: {result.selection_rule or '(not recorded)'}", ""]
     sel = result.selection
+    if sel.get("outcome"):
+        return [*lines, "", *selection_lines(result)]
+    lines += ["", f"Selection rule: {result.selection_rule or '(not recorded)'}", ""]
     if sel:
         groups = sel.get("tie_groups") or {}
         first = (
@@ -558,8 +575,9 @@ def render_markdown(result: RunResult) -> str:
     ]
     lines += _summary(result, ref)
     lines += _results_section(result, ref)
+    lines += evaluation_section(result)
     lines += formats_section(result)
-    lines += ["## Accuracy vs latency", "", f"![accuracy vs latency]({PLOT_RELPATH})", ""]
+    lines += ["## Δ accuracy vs speed-up", "", f"![paired Δ accuracy vs speed-up]({PLOT_RELPATH})", ""]
     lines += _latency_section(result, ref)
     lines += reference_section(result)
     lines += engine_graph_section(result)
@@ -646,10 +664,14 @@ def results_table(result: RunResult) -> str:
     out = [fmt(header), "  ".join("-" * w for w in widths), *(fmt(r) for r in rows)]
     if big:
         out.append(f"speed-up = float p50 / variant p50 at batch {big[0]}, seq {big[1]}")
+    out += aa_lines(result)
     if result.best_variant:
-        # the reason names the tie groups; the rule itself is in report.md
+        # the reason names the groups; the rule itself is in report.md
         why = result.selection.get("reason") or result.selection_rule
-        out.append(f"* best: {result.best_variant}" + (f" ({why})" if why else ""))
+        outcome = result.selection.get("outcome")
+        out.append(f"* best: {result.best_variant}" + (f" [{outcome}]" if outcome else "") + (f" ({why})" if why else ""))
+    if result.selection.get("warning"):
+        out.append(f"warning: {result.selection['warning']}")
     out += [f"vs standard tools: {item['verdict']}" for item in reference_verdicts(result)]
     for v in result.variants:
         if v.status != "ok":
@@ -661,9 +683,6 @@ def results_table(result: RunResult) -> str:
 # ---------------------------------------------------------------------------------------------
 # plot
 
-_MARKERS = {"float32": ("s", "0.35"), "int8": ("o", "C0"), "fp8": ("D", "C2")}
-_MARKER_AREA = 60.0  # points²
-_SELECTED_AREA = 320.0
 # Label offsets tried around a point, nearest first (points); the direction order is fixed, so the
 # placement is a pure function of the data: the same report always draws the same picture.
 _LABEL_RADII = (6.0, 14.0, 24.0, 36.0, 52.0, 72.0, 96.0)
@@ -726,102 +745,6 @@ def _place_labels(ax: Any, renderer: Any, labels: Sequence[tuple[str, float, flo
     return out
 
 
-def accuracy_vs_latency_figure(result: RunResult, batch_size: int | None = None, seq_length: int | None = None) -> Any:
-    """The plot of `plot_accuracy_vs_latency` as a matplotlib Figure (with an Agg canvas), not yet saved.
-
-    Error bars: the accuracy interval (report.json `intervals`) and the p50 interval over iterations.
-    """
-    # The object-oriented API with an explicit Agg canvas renders headless and never touches
-    # pyplot's global backend, so calling this from a notebook or GUI app leaves the host alone.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.transforms import Bbox
-
-    primary = result.primary_metric
-    shape = _default_shape(result, batch_size, seq_length)
-    ref = _float_variant(result)
-
-    fig = Figure(figsize=(8.5, 5.5), dpi=120)
-    canvas = FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    points: list[tuple[VariantResult, LatencyStats, float]] = []
-    if shape is not None:
-        for v in _ok(result):
-            st = v.latency_at(*shape)
-            m = _metric(v, primary)
-            if st is not None and m is not None:
-                points.append((v, st, 100.0 * m))
-
-    shape_text = f"batch {shape[0]}, seq {shape[1]}" if shape else "no latency measured"
-    ax.set_title(f"{result.recipe_name}: {_metric_label(primary)} vs p50 latency ({shape_text})", fontsize=11)
-    ax.set_xlabel("p50 latency (ms), lower is better; bars: interval over iterations")
-    ax.set_ylabel(f"{_metric_label(primary)} (%), higher is better; bars: interval")
-    ax.grid(True, alpha=0.3)
-
-    if not points:
-        ax.text(0.5, 0.5, "no variant has both a metric and a latency here", ha="center", va="center", transform=ax.transAxes)
-        fig.tight_layout()
-        return fig
-
-    ref_point = next((p for p in points if p[0] is ref), None)
-    if ref_point is not None:
-        ax.axhline(ref_point[2], color="0.6", linestyle="--", linewidth=1, label=f"float {_metric_label(primary)}")
-    seen: set[str] = set()
-    bars = []
-    for v, st, y in points:
-        marker, color = _MARKERS.get(v.precision, ("^", "C1"))
-        label = None if v.precision in seen else v.precision
-        seen.add(v.precision)
-        ci = _metric_ci(v, primary)
-        yerr = [[y - 100.0 * ci[0]], [100.0 * ci[1] - y]] if ci else None
-        xerr = (
-            [[st.p50_ms - st.p50_low_ms], [st.p50_high_ms - st.p50_ms]]
-            if st.p50_low_ms is not None and st.p50_high_ms is not None else None
-        )
-        bars.append(ax.errorbar([st.p50_ms], [y], xerr=xerr, yerr=yerr, fmt="none", ecolor=color, elinewidth=1, capsize=3, alpha=0.6, zorder=2))
-        ax.scatter([st.p50_ms], [y], marker=marker, color=color, s=_MARKER_AREA, zorder=3, label=label)
-        if v.name == result.best_variant:
-            ax.scatter([st.p50_ms], [y], s=_SELECTED_AREA, facecolors="none", edgecolors="C3", linewidths=2, zorder=4, label="selected")
-    # Limits are fixed before labels are placed: placement works in pixels.
-    highs = [st.p50_high_ms if st.p50_high_ms is not None else st.p50_ms for _, st, _ in points]
-    # Starting the axis at zero keeps distances between points proportional to the speed-up.
-    ax.set_xlim(0, max(highs) * 1.45)
-    ys = [y for *_, y in points] + [100.0 * bound for v, _, _ in points for bound in (_metric_ci(v, primary) or [])]
-    low, high = min(ys), max(ys)
-    pad = max(high - low, 0.5) * 0.35
-    ax.set_ylim(low - pad, high + pad)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, borderaxespad=0.0)
-    fig.tight_layout()
-    renderer = canvas.get_renderer()
-
-    to_px = ax.transData.transform
-    obstacles = []
-    for v, st, y in points:
-        px, py = to_px((st.p50_ms, y))
-        area = _SELECTED_AREA if v.name == result.best_variant else _MARKER_AREA
-        r = (area ** 0.5) / 2.0 * fig.dpi / 72.0 + 1.0
-        obstacles.append(Bbox([[px - r, py - r], [px + r, py + r]]))
-    soft = [Bbox(line.get_window_extent(renderer).get_points()) for bar in bars for line in bar.lines[2]]
-    # Top of the plot first: the most accurate variants, which readers look for, get the nearest spots.
-    order = sorted(points, key=lambda p: (-p[2], p[1].p50_ms, p[0].name))
-    labels = [(f"{v.name}\n{y:.2f} %, {st.p50_ms:.2f} ms", st.p50_ms, y, v.name == result.best_variant) for v, st, y in order]
-    _place_labels(ax, renderer, labels, obstacles, soft)
-    return fig
-
-
-def plot_accuracy_vs_latency(
-    result: RunResult, path: Path, batch_size: int | None = None, seq_length: int | None = None
-) -> Path:
-    """Primary metric (%) against p50 latency (ms) at one (batch, seq), one labelled point per ok variant,
-    error bars on both axes, labels placed so that none overlaps another label or a point."""
-    path = Path(path)
-    fig = accuracy_vs_latency_figure(result, batch_size, seq_length)
-    with atomic_path(path) as tmp:
-        # Without a Software entry the PNG carries no version string or timestamp: same input, same bytes.
-        fig.savefig(tmp, format="png", metadata={"Software": None})
-    return path
-
-
 # ---------------------------------------------------------------------------------------------
 
 
@@ -829,6 +752,6 @@ def write_report(result: RunResult, run_dir: Path) -> dict[str, Path]:
     run_dir = Path(run_dir)
     # JSON first: it is the machine-readable record and must exist even if rendering fails later.
     json_path = write_json(run_dir / "report.json", result.to_dict())
-    plot_path = plot_accuracy_vs_latency(result, run_dir / PLOT_RELPATH)
+    plot_path = plot_delta_vs_speedup(result, run_dir / PLOT_RELPATH)
     md_path = write_text(run_dir / "report.md", render_markdown(result))
     return {"json": json_path, "markdown": md_path, "plot": plot_path}
