@@ -318,8 +318,10 @@ def test_a_search_holds_out_a_selection_split_by_default(base: dict[str, Any]) -
     from quant_workbench.recipe import DEFAULT_SEARCH_SELECTION_SAMPLES
 
     assert recipe_from_dict(base).data.selection_samples is None
-    searched = recipe_from_dict({**base, "search": {}})
-    assert searched.data.selection_samples == DEFAULT_SEARCH_SELECTION_SAMPLES
+    big = {**base, "data": {**base["data"], "eval_samples": 5000}}
+    assert recipe_from_dict({**big, "search": {}}).data.selection_samples == DEFAULT_SEARCH_SELECTION_SAMPLES
+    small = {**base, "data": {**base["data"], "eval_samples": 60}}
+    assert recipe_from_dict({**small, "search": {}}).data.selection_samples == 60  # as large as the evaluation split
     explicit = recipe_from_dict({**base, "search": {}, "data": {**base["data"], "selection_samples": 0}})
     assert explicit.data.selection_samples == 0  # the user may choose on the evaluation split; the report says so
 

@@ -90,7 +90,8 @@ class DataSpec(Strict):
         None, ge=0,
         description=(
             "held-out split the search scores its trials and chooses on, disjoint from every other split (drawn after the "
-            f"evaluation split, so the others do not move); default {DEFAULT_SEARCH_SELECTION_SAMPLES} with a search section, none without"
+            f"evaluation split, so the others do not move); default with a search section: eval_samples, at most "
+            f"{DEFAULT_SEARCH_SELECTION_SAMPLES}; none without"
         ),
     )
     seed: int = 0
@@ -458,7 +459,11 @@ class Recipe(Strict):
         # a search chooses among many configurations: by default on its own held-out split
         wanted = isinstance(data, dict) and data.get("search") is not None and isinstance(data.get("data"), dict)
         if wanted and data["data"].get("selection_samples") is None:
-            data = {**data, "data": {**data["data"], "selection_samples": DEFAULT_SEARCH_SELECTION_SAMPLES}}
+            # as large as the evaluation split, at most DEFAULT_SEARCH_SELECTION_SAMPLES: the same resolution for
+            # the search's choices as for the final check, and a small corpus is not asked for more than it holds
+            eval_samples = data["data"].get("eval_samples", DataSpec.model_fields["eval_samples"].default)
+            size = min(DEFAULT_SEARCH_SELECTION_SAMPLES, eval_samples) if isinstance(eval_samples, int) else DEFAULT_SEARCH_SELECTION_SAMPLES
+            data = {**data, "data": {**data["data"], "selection_samples": size}}
         return data
 
     @field_validator("name")

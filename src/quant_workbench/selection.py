@@ -429,9 +429,7 @@ def select_variant(
 def _nothing_acceptable(sel: Selection, by_name: Mapping[str, VariantResult], key: Any, acc_text: str, level: float) -> Selection:
     decisions = {d.name: d for d in sel.accuracy}
     if sel.undetermined:
-        pool = [by_name[n] for n in sel.undetermined]
-        native = [v for v in pool if not emulated(v)] or pool
-        best = max(native, key=key)
+        best = max((by_name[n] for n in sel.undetermined), key=key)
         sel.outcome, sel.winner = "undetermined", best.name
         d = decisions[best.name]
         q = d.discordant / d.n if d.n else 0.0

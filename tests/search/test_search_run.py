@@ -89,6 +89,13 @@ def test_broken_group_is_most_sensitive_and_falls_back_first(
     fresh = [r for r in s["records"] if r["status"] == "ok" and not r["reused"]]
     assert fresh and all(r["metrics"]["delta_low"] <= r["metrics"]["delta_vs_float"] <= r["metrics"]["delta_high"] for r in fresh)
     assert all(v.intervals["accuracy"] for v in result.variants)
+    # issue 16: the search chose on its held-out selection split; the evaluation split reports (and re-checks) it
+    assert s["split"] == "selection" and s["split_size"] == 60 and all(r["split"] == "selection" for r in s["records"])
+    assert [d["split"] for d in result.evaluation["decisions"]] == ["selection", "evaluation"]
+    assert "**selection** split (60 examples): search trials scored" in md
+    # the search's variants passed the full Q/DQ gate before they joined the run
+    assert all(result.variant(n).fidelity["per_layer"]["passed"] for n in ("int8-max", "int8-search"))  # type: ignore[union-attr]
+    assert result.selection["accuracy_margin"] == 0.02 and "search criterion" in result.selection["margin_source"]
 
     # the same command again: statistics from the cache, every configuration reused, nothing re-exported
     again = execute(recipe, **QUIET)
