@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -209,19 +210,19 @@ def _runners(log: list[str], spill: float = 0.0) -> dict[str, Runner]:
 def test_each_round_runs_in_a_fresh_seeded_random_order_and_records_it() -> None:
     log: list[str] = []
     spec = _spec(batch_sizes=[1], seq_lengths=[8], warmup=0, iterations=30, speedup_tolerance=None)
-    record: dict[str, object] = {}
+    record: dict[str, Any] = {}
     benchmark_interleaved(_runners(log), spec, NAMES, vocab_size=30522, progress=False, seed=3, record=record)
-    orders = record["shapes"]["b1xs8"]["orders"]  # type: ignore[index]
+    orders = record["shapes"]["b1xs8"]["orders"]
     assert len(orders) == 30 and all(sorted(o) == [0, 1, 2, 3] for o in orders)
     assert len({tuple(o) for o in orders}) > 10  # not one fixed order
-    names = record["runners"]  # type: ignore[index]
+    names = record["runners"]
     assert [names[i] for o in orders for i in o] == log  # what was recorded is what ran
-    again: dict[str, object] = {}
+    again: dict[str, Any] = {}
     benchmark_interleaved(_runners([]), spec, NAMES, vocab_size=30522, progress=False, seed=3, record=again)
-    assert again["shapes"]["b1xs8"]["orders"] == orders  # type: ignore[index]
-    other: dict[str, object] = {}
+    assert again["shapes"]["b1xs8"]["orders"] == orders
+    other: dict[str, Any] = {}
     benchmark_interleaved(_runners([]), spec, NAMES, vocab_size=30522, progress=False, seed=4, record=other)
-    assert other["shapes"]["b1xs8"]["orders"] != orders  # type: ignore[index]
+    assert other["shapes"]["b1xs8"]["orders"] != orders
 
 
 def test_the_aa_control_reads_one_despite_spill_over_from_the_previous_runner() -> None:
@@ -251,14 +252,14 @@ def test_the_selection_shape_runs_first_and_stops_when_the_decision_is_resolved(
     assert selection_shape(spec) == (32, 16)
     seen: list[int] = []
 
-    def decide(samples: object) -> Resolution:
-        n = len(samples["float"])  # type: ignore[index]
+    def decide(samples: Any) -> Resolution:
+        n = len(samples["float"])
         seen.append(n)
         return Resolution(n >= 12, [] if n >= 12 else ["int8 vs float"], "test")
 
-    record: dict[str, object] = {}
+    record: dict[str, Any] = {}
     lat = benchmark_interleaved(_runners(log), spec, NAMES, vocab_size=30522, progress=False, decide=decide, record=record)
-    shapes = record["shapes"]  # type: ignore[index]
+    shapes = record["shapes"]
     assert list(shapes) == ["b32xs16", "b1xs8", "b1xs16", "b32xs8"]  # selection shape first, then spec order
     first = shapes["b32xs16"]
     assert first["stop"] == "resolved" and first["rounds"] == 12 and first["selection_shape"]
@@ -270,12 +271,12 @@ def test_the_selection_shape_runs_first_and_stops_when_the_decision_is_resolved(
 def test_an_unresolved_decision_runs_to_the_cap_and_says_which_comparisons_were_pending() -> None:
     ticks = iter(range(10_000))
     spec = _spec(batch_sizes=[1, 2], seq_lengths=[8], warmup=0, iterations=5, speedup_tolerance=0.05, max_seconds=40)
-    record: dict[str, object] = {}
+    record: dict[str, Any] = {}
     benchmark_interleaved(
         _runners([]), spec, NAMES, vocab_size=30522, progress=False, clock=lambda: float(next(ticks)),
         decide=lambda samples: Resolution(False, ["int8 vs float"], "never"), record=record,
     )
-    first = record["shapes"]["b2xs8"]  # type: ignore[index]
+    first = record["shapes"]["b2xs8"]
     assert first["stop"] == "time cap" and first["pending"] == ["int8 vs float"]
 
 

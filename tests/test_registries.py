@@ -269,9 +269,8 @@ def test_every_bundled_recipe_is_pinned() -> None:
 
 @pytest.mark.parametrize("name", sorted(PINNED))
 def test_recipe_hashes_unchanged(name: str) -> None:
-    from quant_workbench.run import recipe_hash
-
     from quant_workbench.recipe import drop_hash_neutral
+    from quant_workbench.run import recipe_hash
 
     recipe = load_recipe(RECIPES / name)
     assert (hash_json(drop_hash_neutral(recipe.model_dump(mode="json"))), recipe_hash(recipe)) == PINNED[name]

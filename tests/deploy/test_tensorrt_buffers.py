@@ -67,7 +67,7 @@ def _engine(monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setattr(torch.cuda, "stream", lambda s: nullcontext())
     monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
     FakeEvent.log = []
-    eng = qtrt.TrtEngine.__new__(qtrt.TrtEngine)
+    eng: Any = qtrt.TrtEngine.__new__(qtrt.TrtEngine)
     eng.name, eng.plan, eng.device = "int8-max", Path("int8-max.plan"), torch.device("cpu")
     eng.input_names, eng.output_names = ["input_ids", "attention_mask"], ["embedding"]
     dtypes = {"input_ids": "INT32", "attention_mask": "INT32", "embedding": "FLOAT"}
