@@ -27,7 +27,7 @@ from .engines import Engine, EngineFromOnnx
 from .models import LoadedModel
 from .recipe import BenchmarkSpec, Recipe
 from .results import LatencyStats, VariantResult
-from .stats import DEFAULT_LEVEL, median_interval, ratio_interval
+from .stats import DEFAULT_LEVEL, median_interval, median_ratio, ratio_interval
 
 Runner = Callable[[dict[str, np.ndarray]], object]  # runs one inference on a feed dict
 
@@ -300,7 +300,7 @@ def speedup(base: LatencyStats, other: LatencyStats) -> float | None:
     """Speed-up of `other` over `base`: the median per-round ratio when both were timed in the same rounds
     (the estimate whose interval ratio_interval gives), else the ratio of their medians."""
     if base.samples_ms and len(base.samples_ms) == len(other.samples_ms):
-        return ratio_interval(base.samples_ms, other.samples_ms, resamples=1).ratio
+        return median_ratio(base.samples_ms, other.samples_ms)
     return base.p50_ms / other.p50_ms if other.p50_ms > 0 else None
 
 

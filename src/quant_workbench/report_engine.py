@@ -100,10 +100,6 @@ def reference_verdicts(result: RunResult) -> list[dict[str, Any]]:
     return out
 
 
-def _fmt_ratio(x: float | None) -> str:
-    return DASH if x is None else f"{x:.2f}×"
-
-
 def reference_section(result: RunResult) -> list[str]:
     refs = [v for v in result.variants if v.reference]
     if not refs:

@@ -57,6 +57,7 @@ from .selection import (
     candidates,
     compare_references,
     select_variant,
+    speed_baseline,
     speed_resolution,
 )
 from .state import RunState
@@ -405,7 +406,8 @@ def benchmark_stage(state: RunState) -> None:
         scored = [v for v in candidates(state.variants) if v.name in state.correct]
         decisions = accuracy_decisions(scored, state.correct, reference.name, margin, recipe.selection.level, state.stopped)
         contenders = [d.name for d in decisions if d.status == "acceptable"]
-    baseline = reference.name if reference is not None else "float"
+    base = speed_baseline(state.variants)
+    baseline = base.name if base is not None else "float"
 
     def decide(samples: Mapping[str, Sequence[float]]) -> Resolution:
         return speed_resolution(contenders, baseline, samples, recipe.selection.speed_margin, recipe.selection.level)

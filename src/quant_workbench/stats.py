@@ -348,6 +348,19 @@ class RatioInterval:
 _TINY_S = 1e-9  # a timed call never takes 0 s; keeps logs finite for no-op runners in tests
 
 
+def _log_ratios(numerator: Sequence[float] | np.ndarray, denominator: Sequence[float] | np.ndarray) -> np.ndarray:
+    num = np.asarray(numerator, dtype=np.float64)
+    den = np.asarray(denominator, dtype=np.float64)
+    if num.shape != den.shape or num.ndim != 1 or num.size == 0:
+        raise ValueError(f"paired timing samples must be two non-empty vectors of one length, got {num.shape} and {den.shape}")
+    return np.asarray(np.log(np.maximum(num, _TINY_S)) - np.log(np.maximum(den, _TINY_S)))
+
+
+def median_ratio(numerator: Sequence[float] | np.ndarray, denominator: Sequence[float] | np.ndarray) -> float:
+    """The median over rounds of numerator_i / denominator_i (the point estimate of ratio_interval)."""
+    return float(np.exp(np.median(_log_ratios(numerator, denominator))))
+
+
 def ratio_interval(
     numerator: Sequence[float] | np.ndarray,
     denominator: Sequence[float] | np.ndarray,
@@ -363,11 +376,7 @@ def ratio_interval(
     rounds keeps what is left of that drift's correlation in the interval.
     """
     _check_level(level)
-    num = np.asarray(numerator, dtype=np.float64)
-    den = np.asarray(denominator, dtype=np.float64)
-    if num.shape != den.shape or num.ndim != 1 or num.size == 0:
-        raise ValueError(f"paired timing samples must be two non-empty vectors of one length, got {num.shape} and {den.shape}")
-    logs = np.log(np.maximum(num, _TINY_S)) - np.log(np.maximum(den, _TINY_S))
+    logs = _log_ratios(numerator, denominator)
     point = float(np.exp(np.median(logs)))
     lo, hi = _percentile_interval(np.median(logs[_block_indices(logs.size, resamples, seed)], axis=1), level)
     return RatioInterval(point, float(np.exp(lo)), float(np.exp(hi)))
