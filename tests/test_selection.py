@@ -88,6 +88,14 @@ def test_within_the_speed_margin_accuracy_decides() -> None:
     assert cmp.status == "equivalent" and cmp.low is not None and cmp.low > 1.0
 
 
+def test_among_equally_fast_candidates_accuracy_comes_before_agreement() -> None:
+    base = _float()
+    a, b = _paired(base, 100, 100), _paired(base, 110, 90, offset=400)
+    variants = [_variant("float", base, 20.0, precision="float32", seed=0), _variant("int8-a", a, 10.0, agreement=0.99), _variant("int8-b", b, 10.1, agreement=0.95, seed=2)]
+    sel = select_variant(variants, {"float": base, "int8-a": a, "int8-b": b})
+    assert sel.speed_group == ["int8-a", "int8-b"] and sel.winner == "int8-b"  # more accurate, though it agrees less
+
+
 def test_beyond_the_speed_margin_the_fastest_wins_even_if_less_accurate() -> None:
     base = _float()
     a = _paired(base, 100, 100)

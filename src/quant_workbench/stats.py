@@ -441,6 +441,7 @@ def spending_boundaries(fractions: Sequence[float], alpha: float, grid: int = 12
 def interval_metrics(statistics: dict[str, Any]) -> dict[str, float]:
     """prediction_statistics flattened to the float-valued metric names a search trial records."""
     out = {
+        "examples": float(statistics["n"]),
         "accuracy_low": float(statistics["accuracy"][0]), "accuracy_high": float(statistics["accuracy"][1]),
         "macro_f1_low": float(statistics["macro_f1"][0]), "macro_f1_high": float(statistics["macro_f1"][1]),
     }
