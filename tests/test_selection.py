@@ -73,6 +73,12 @@ def test_a_variant_outside_the_accuracy_margin_never_wins_on_speed() -> None:
     assert sel.outcome == "decided"
     assert sel.acceptable == ["int8-dynamic"] and "int8-mse" in sel.undetermined
     assert sel.winner == "int8-dynamic"
+    # not significantly worse is not the same as within the margin: -0.4 pt on 1,040 discordant pairs reaches -1 pt
+    wide = _paired(base, 500, 540, offset=1000)
+    sel, *_ = _run({"int8-wide": (wide, 9.0), "int8-dynamic": (dyn, 10.1)})
+    d = next(x for x in sel.accuracy if x.name == "int8-wide")
+    assert d.low < -0.005 < 0 < d.high and d.status == "undetermined"
+    assert sel.winner == "int8-dynamic"
 
 
 def test_within_the_speed_margin_accuracy_decides() -> None:
@@ -117,6 +123,8 @@ def test_holm_adjusts_the_non_inferiority_tests_over_the_candidates() -> None:
     assert d.p_noninferiority < 0.025 < d.p_holm  # unadjusted it would pass
     assert five.acceptable == [] and five.outcome == "undetermined" and five.winner == "int8-good"
     assert len(five.accuracy) == 5 and "5 candidate(s)" in five.rule
+    # the size named is the one the strictest Holm step (level / 5) would need
+    assert five.needed_evaluation_size == required_size(d.discordant / d.n, abs(d.delta + 0.005), 0.05 / 5)
 
 
 def test_undetermined_names_the_size_that_would_decide() -> None:
@@ -182,6 +190,7 @@ def test_the_baseline_is_a_parameter_so_another_float_row_can_plug_in() -> None:
     variants = [f32, bf16, int8]
     assert accuracy_reference(variants, "float-bf16") is bf16 and speed_baseline(variants, "float-bf16") is bf16
     assert [v.name for v in candidates(variants, "float-bf16")] == ["int8-max"]  # float rows of any precision are not candidates
+    assert [v.name for v in candidates(variants)] == ["int8-max"]  # a bf16 float row beside the f32 baseline is not one either
     sel = select_variant(variants, {"float": base, "float-bf16": base, "int8-max": _paired(base, 100, 100)}, baseline="float-bf16")
     assert sel.baseline == "float-bf16" and sel.winner == "int8-max"
     assert next(s for s in sel.speed if s.name == "int8-max").versus == "float-bf16"
@@ -199,11 +208,12 @@ def test_exact_ties_go_to_the_preferred_then_the_first_name(order: list[str]) ->
 
 def test_stopped_variants_are_inferior_and_paired_on_their_prefix() -> None:
     base = _float()
-    stopped = _paired(base, 5, 100)[:2000]  # its evaluation stopped after 2,000 examples
+    stopped = _paired(base, 5, 20)[:2000]  # its evaluation stopped after 2,000 examples; its interval alone is undetermined
     good = _paired(base, 100, 100, offset=500)
     variants = [_variant("float", base, 20.0, precision="float32", seed=0), _variant("int8-stopped", stopped, 8.0), _variant("int8-good", good, 9.0, seed=2)]
     sel = select_variant(variants, {"float": base, "int8-stopped": stopped, "int8-good": good}, stopped={"int8-stopped": {"look": 1, "n": 2000}})
     d = next(x for x in sel.accuracy if x.name == "int8-stopped")
+    assert d.high > -0.005  # the fixed-sample interval would not call it inferior: the sequential stop did
     assert d.n == 2000 and d.status == "inferior" and d.stopped == {"look": 1, "n": 2000}
     assert sel.winner == "int8-good"
 

@@ -155,7 +155,8 @@ def benchmark_lines(result: RunResult) -> list[str]:
     for key, d in (b.get("shapes") or {}).items():
         first = " (the selection shape, timed first)" if d.get("selection_shape") else ""
         pending = f"; unresolved: {', '.join(d['pending'])}" if d.get("pending") else ""
-        lines.append(f"- {key}{first}: {d.get('rounds')} rounds in {d.get('seconds', 0):.1f} s, stop: {d.get('stop')}{pending}.")
+        detail = f" ({d['detail']})" if d.get("detail") and d.get("stop") == "resolved" else ""
+        lines.append(f"- {key}{first}: {d.get('rounds')} rounds in {d.get('seconds', 0):.1f} s, stop: {d.get('stop')}{detail}{pending}.")
     return [*lines, ""]
 
 
@@ -221,6 +222,12 @@ def delta_vs_speedup_figure(result: RunResult) -> Any:
         fig.tight_layout()
         return fig
     ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(0.5, 1.0, 1.5, 2.0, 3.0, 5.0)))
+    ax.xaxis.set_minor_locator(LogLocator(base=10, subs=tuple(x / 10 for x in range(1, 10))))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}×"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda x, _: ""))
     xs = [p[1] for p in points] + [p[1] + (p[3][1][0] if p[3] else 0) for p in points] + [p[1] - (p[3][0][0] if p[3] else 0) for p in points]
     ys = [p[2] for p in points] + [p[2] + (p[4][1][0] if p[4] else 0) for p in points] + [p[2] - (p[4][0][0] if p[4] else 0) for p in points] + [-margin, margin]
     lo_x, hi_x = min(x for x in xs if x > 0), max(xs)

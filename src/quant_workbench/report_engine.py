@@ -57,6 +57,10 @@ def _accuracy(ref: VariantResult, margin: float) -> dict[str, Any]:
     return {"status": status, "delta": cmp["delta"], "low": lo, "high": hi, "n": cmp["n"]}
 
 
+_SPEED_WORDS = {"faster": "faster than", "slower": "slower than", "equivalent": "as fast as"}
+_ACCURACY_WORDS = {"more accurate": "more accurate than", "non-inferior": "non-inferior to", "less accurate": "less accurate than"}
+
+
 def reference_verdicts(result: RunResult) -> list[dict[str, Any]]:
     """Per reference row: the selected variant's speed-up at every shape and paired accuracy difference, each
     judged by its interval against the run's margins (selection.speed_margin, the accuracy margin), and a verdict."""
@@ -83,8 +87,12 @@ def reference_verdicts(result: RunResult) -> list[dict[str, Any]]:
             head = f"{best.name} matches {ref.name}"
         elif (at_big == "slower" and good_acc) or (at_big == "faster" and acc["status"] == "less accurate"):
             head = f"{best.name} vs {ref.name}: a trade-off"
+        elif at_big in _SPEED_WORDS:
+            head = f"{best.name} is {_SPEED_WORDS[at_big]} {ref.name} at {big}; accuracy undetermined at this evaluation size"
+        elif acc["status"] in _ACCURACY_WORDS:
+            head = f"{best.name} is {_ACCURACY_WORDS[acc['status']]} {ref.name}; speed at {big} undetermined at this benchmark length"
         else:
-            head = f"{best.name} vs {ref.name}: undetermined at this evaluation size / benchmark length"
+            head = f"{best.name} vs {ref.name}: undetermined at this evaluation size and benchmark length"
         speed_text = ", ".join(
             f"{s['status']} at {k} ({s['speedup']:.2f}×" + (f", {s['low']:.2f}–{s['high']:.2f})" if s["low"] is not None else ")")
             for k, s in speed.items() if s is not None
