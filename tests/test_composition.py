@@ -61,15 +61,17 @@ def test_search_qat_compare_references_and_deploy_in_one_run(
     assert result.search is not None and result.search["selected_variant"] == "int8-search"
     assert "selected_meets_at_lower_bound" in result.search
     stored = json.loads((run_dir / "report.json").read_text())
-    assert stored["search"]["selected_variant"] == "int8-search" and stored["schema_version"] == 3
+    assert stored["search"]["selected_variant"] == "int8-search" and stored["schema_version"] == 4
     assert json.loads((run_dir / "search.json").read_text())["final_threshold"] == result.selection["threshold"]
     md = (run_dir / "report.md").read_text()
     for section in ("## Search", "## Training: qat", "## Against the standard tools", "int8-dynamic", "int8-qat", "## Triton model repository"):
         assert section in md, section
-    # the search criterion decided, among every candidate (not only the search's own choice)
+    # one rule: the search criterion is its accuracy margin, among every candidate (not only the search's own choice)
     assert result.selection["criterion"] == recipe.search.criterion.describe()  # type: ignore[union-attr]
     assert set(result.selection["meeting"]) <= {"int8-max", "int8-mse", "int8-dynamic", "int8-search", "int8-qat"}
     assert result.best_variant in result.selection["meeting"]
+    assert result.selection["accuracy_margin"] == 0.5 and "search criterion" in result.selection["margin_source"]
+    assert [d["split"] for d in result.evaluation["decisions"]] == ["selection", "evaluation"]  # the search chose on its own split
     # the deploy section ran as the last stage
     assert (run_dir / "triton").is_dir() and stored["deployment"]["triton"]["models"]
 
