@@ -378,7 +378,8 @@ def benchmark_variants(
         say(f"  benchmark skipped: the {baseline} baseline has no engine")
         return {}
     base_variant = next(v for v in ok if v.name == baseline)
-    engines[aa_name(baseline)] = EngineFromOnnx(paths[baseline], recipe, aa_name(baseline), base_variant.precision, threads=spec.threads)
+    # opened under the baseline's own name: an engine that builds from the file (TensorRT) reuses the baseline's plan
+    engines[aa_name(baseline)] = EngineFromOnnx(paths[baseline], recipe, baseline, base_variant.precision, threads=spec.threads)
     design: dict[str, Any] = {}
     try:
         latency = benchmark_interleaved(

@@ -602,12 +602,14 @@ def per_layer_fidelity(
     def compare(module: str, got: np.ndarray) -> LayerFidelity:
         ref = captured[module][1].numpy()
         diff = np.abs(got - ref)
-        denom = float(np.linalg.norm(got) * np.linalg.norm(ref)) or 1.0
+        denom = float(np.linalg.norm(got) * np.linalg.norm(ref))
         tol = 1e-3 * float(np.abs(ref).max() or 1.0)
+        # both all zero (every input of the Linear rounds to zero, in both implementations): they agree
+        cosine = float(np.sum(got.astype(np.float64) * ref) / denom) if denom > 0 else float(not np.any(got) and not np.any(ref))
         return LayerFidelity(
             module=module,
             max_abs_diff=float(diff.max()),
-            cosine=float(np.sum(got.astype(np.float64) * ref) / denom),
+            cosine=cosine,
             mismatch_fraction=float((diff > tol).mean()),
         )
 

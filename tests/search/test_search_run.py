@@ -89,6 +89,7 @@ def test_broken_group_is_most_sensitive_and_falls_back_first(
     assert "At the lower bound of the paired 95 % interval" in md
     fresh = [r for r in s["records"] if r["status"] == "ok" and not r["reused"]]
     assert fresh and all(r["metrics"]["delta_low"] <= r["metrics"]["delta_vs_float"] <= r["metrics"]["delta_high"] for r in fresh)
+    assert {v.name: v.error for v in result.variants if v.status != "ok"} == {}
     assert all(v.intervals["accuracy"] for v in result.variants)
     # issue 16: the search chose on its held-out selection split; the evaluation split reports (and re-checks) it
     assert s["split"] == "selection" and s["split_size"] == 50 and all(r["split"] == "selection" for r in s["records"])

@@ -268,6 +268,7 @@ def resolved_recipe(recipe: Recipe, config: Config, rec: TrialRecord) -> dict[st
     """The plain recipe (no search) that reproduces this configuration as a normal run."""
     data = recipe.model_dump(mode="json")
     data.pop("search", None)
+    data["data"]["selection_samples"] = None  # held out for the search's choices: a plain recipe has none
     cal = data["quantization"]["calibration"]
     cal["methods"] = [config.method]
     if config.percentile is not None:
