@@ -91,7 +91,9 @@ def _recipe(**selection: Any) -> Any:
     })
 
 
-def _evaluate(tokenizer: Any, monkeypatch: pytest.MonkeyPatch, n: int = 1000, **selection: Any) -> tuple[Any, list[VariantResult], dict[str, FakeEngine]]:
+def _evaluate(
+    tokenizer: Any, monkeypatch: pytest.MonkeyPatch, n: int = 1000, extra: tuple[VariantResult, ...] = (), **selection: Any
+) -> tuple[Any, list[VariantResult], dict[str, FakeEngine]]:
     texts, labels = _texts(n)
     empty = TextSet([], np.zeros(0, dtype=np.int64))
     splits = Splits(empty, empty, TextSet(texts, labels), list(LABELS), "fp")
@@ -102,7 +104,7 @@ def _evaluate(tokenizer: Any, monkeypatch: pytest.MonkeyPatch, n: int = 1000, **
         return engines[name]
 
     monkeypatch.setattr(evaluate_mod, "EngineFromOnnx", open_engine)
-    variants = [VariantResult("float", "float32"), VariantResult("bad", "int8"), VariantResult("good", "int8")]
+    variants = [VariantResult("float", "float32"), VariantResult("bad", "int8"), VariantResult("good", "int8"), *extra]
     loaded = SimpleNamespace(tokenizer=tokenizer, input_names=NAMES)
     ev = evaluate_variants(_recipe(**selection), loaded, splits, variants, {v.name: Path(v.name) for v in variants}, progress=False, say=lambda s: None)  # type: ignore[arg-type]
     return ev, variants, engines
@@ -136,3 +138,15 @@ def test_one_look_scores_every_variant_on_the_whole_split(tokenizer: Any, monkey
 def test_a_wider_margin_keeps_the_variant_in_contention(tokenizer: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     ev, _, _ = _evaluate(tokenizer, monkeypatch, accuracy_margin=0.2)  # -10 pt is within a 20 pt margin
     assert ev.stopped == {}
+
+
+def test_a_reference_row_stops_once_it_is_shown_within_the_margin_but_a_candidate_does_not(tokenizer: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # "ref" answers like float everywhere (a standard tool's float graph): nothing is left to decide about it once
+    # its non-inferiority is shown (look 2 of 5: 2,000 examples with no discordant pair); "same" is a candidate
+    # with the same answers, still in contention, so it scores the whole split
+    ev, variants, _ = _evaluate(tokenizer, monkeypatch, n=5000, extra=(VariantResult("ref", "float32", reference=True), VariantResult("same", "int8")))
+    assert ev.stopped["ref"]["resolved"] == "non-inferior" and ev.stopped["ref"]["look"] == 2 and ev.stopped["ref"]["n"] == 2000
+    assert ev.stopped["ref"]["statistic"] >= ev.stopped["ref"]["boundary"] > 0
+    assert len(ev.correct["same"]) == 5000 and "same" not in ev.stopped
+    assert next(v for v in variants if v.name == "ref").intervals["n"] == 2000
+    assert ev.stopped["bad"]["resolved"] == "inferior"

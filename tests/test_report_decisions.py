@@ -178,3 +178,15 @@ def test_the_plot_is_written_for_every_outcome(tmp_path: Path, outcome: str) -> 
     result.selection = {**result.selection, "outcome": outcome}
     paths = write_report(result, tmp_path)
     assert paths["plot"].name == "delta_vs_speedup.png" and paths["plot"].stat().st_size > 1000
+
+
+def test_a_variant_stopped_early_shows_its_paired_delta_and_how_far_it_was_scored() -> None:
+    result = _run()
+    b = result.variant("int8-b")
+    assert b is not None
+    b.intervals = {**b.intervals, "n": 800, "vs_float": {**b.intervals["vs_float"], "n": 800, "delta": -0.03, "delta_low": -0.045, "delta_high": -0.016}}
+    b.metrics["accuracy"] = 0.70  # on its 800 examples: not comparable with float's accuracy on 4,000
+    md = render_markdown(result)
+    row = next(line for line in md.splitlines() if line.startswith("| int8-b | int8 |"))  # the Results table
+    assert "ok, stopped after 800 examples" in row
+    assert "-3.00 (-4.50 to -1.60)" in row  # the paired Δ on the 800 shared examples, not 70.00 - 72.50

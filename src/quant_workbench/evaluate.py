@@ -137,12 +137,14 @@ def length_buckets(tokenizer: Any, texts: TextSet | Sequence[Any], input_names: 
 
 SEQUENTIAL_PROCEDURE = (
     "the evaluation split is scored in {looks} equal blocks, every variant on the same blocks in the same order; after "
-    "each block but the last, a variant whose Tango score statistic of Δ vs {baseline} at -margin is at or below the "
-    "look's boundary is shown inferior at the margin and stops being scored. Boundaries: Lan-DeMets Pocock-type alpha "
+    "each block but the last, a variant whose Tango score statistic of Δ vs {baseline} at -margin is at or below minus "
+    "the look's boundary is shown inferior at the margin and stops being scored. Boundaries: Lan-DeMets Pocock-type alpha "
     "spending of one-sided level/2 = {half:g} over the looks (exact recursive integration), so the chance of stopping a "
-    "variant that is within the margin is at most {half:g}. Non-inferiority is only claimed on the full split with the "
-    "fixed-sample test, which stopping others for futility can only make more conservative. Variants not stopped (every "
-    "one still in contention, and {baseline}) score the whole split; paired statistics use the examples both sides scored"
+    "variant that is within the margin is at most {half:g}. A candidate's non-inferiority is only claimed on the full split "
+    "with the fixed-sample test, which stopping others for futility can only make more conservative; a reference row "
+    "(never selected) also stops once its statistic reaches plus the boundary (non-inferior, same spending), and its "
+    "verdicts use the examples it was scored on. Candidates still in contention and {baseline} score the whole split; "
+    "paired statistics use the examples both sides scored"
 )
 
 
@@ -215,6 +217,7 @@ def evaluate_variants(
             return probe.predict(out) if probe is not None else out.argmax(-1)
 
         active = [name for name in engines]
+        references = {v.name: v.reference for v in ok}
         stopped: dict[str, dict[str, Any]] = {}
         real = padded = 0
         for k, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
@@ -242,13 +245,16 @@ def evaluate_variants(
                 b = int(np.sum(mine & ~ref_correct))
                 c = int(np.sum(~mine & ref_correct))
                 stat = tango_statistic(b, c, hi, -margin)
-                if stat <= -boundaries[k]:
+                # a candidate stays in contention unless it is inferior; a reference row (never selected) has
+                # nothing left to decide once its comparison with float is resolved either way
+                resolved = "inferior" if stat <= -boundaries[k] else "non-inferior" if references.get(name) and stat >= boundaries[k] else None
+                if resolved is not None:
                     stopped[name] = {
-                        "look": k + 1, "n": hi, "statistic": stat, "boundary": -boundaries[k], "margin": margin,
-                        "delta": (b - c) / hi, "texts_saved": n_total - hi,
+                        "look": k + 1, "n": hi, "statistic": stat, "boundary": -boundaries[k] if resolved == "inferior" else boundaries[k],
+                        "margin": margin, "delta": (b - c) / hi, "texts_saved": n_total - hi, "resolved": resolved,
                     }
                     active.remove(name)
-                    say(f"  {name}: inferior at the {100 * margin:.2f} pt margin after {hi} examples (look {k + 1}/{looks}); stops being scored")
+                    say(f"  {name}: {resolved} at the {100 * margin:.2f} pt margin after {hi} examples (look {k + 1}/{looks}); stops being scored")
     finally:
         for eng in engines.values():
             eng.__exit__(None, None, None)

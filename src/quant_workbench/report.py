@@ -82,7 +82,10 @@ def _pct_ci(x: float | None, ci: Sequence[float] | None) -> str:
 
 
 def _points_ci(d: float | None, paired: Mapping[str, Any] | None) -> str:
-    """−0.35 (−0.90 to +0.20): a difference in points with its paired interval."""
+    """−0.35 (−0.90 to +0.20): a difference in points with its paired interval. The paired Δ (on the examples
+    both were scored on) is the point shown when there is one: a variant stopped early has fewer examples."""
+    if paired and isinstance(paired.get("delta"), (int, float)):
+        d = float(paired["delta"])
     if d is None or not math.isfinite(d):
         return DASH
     if not paired:
@@ -350,11 +353,16 @@ def _results_section(result: RunResult, ref: VariantResult | None) -> list[str]:
     rows = []
     for v in result.variants:
         name = v.name + (" (best)" if v.name == result.best_variant else "")
+        scored = v.intervals.get("n") if v.status == "ok" else None
+        full = (result.evaluation or {}).get("n")
+        status: str = v.status if v.status == "ok" else "failed (see below)"
+        if isinstance(scored, int) and isinstance(full, int) and scored < full:
+            status = f"ok, stopped after {scored:,} examples"
         row = [
             name,
             v.precision,
             v.calibration_method or DASH,
-            v.status if v.status == "ok" else "failed (see below)",
+            status,
             _pct_ci(_metric(v, primary), _metric_ci(v, primary)),
             "reference" if v is ref else _points_ci(_delta(v, ref, primary), _paired(v) if primary == "accuracy" else None),
         ]

@@ -114,7 +114,10 @@ def evaluation_section(result: RunResult) -> list[str]:
     rows = []
     for name, v in (ev.get("variants") or {}).items():
         stop = v.get("stopped")
-        why = (f"inferior at look {stop['look']}: statistic {stop['statistic']:.2f} ≤ {stop['boundary']:.2f} (Δ {_pts(stop.get('delta'))} pt)" if stop else DASH)
+        if stop and stop.get("resolved", "inferior") == "non-inferior":
+            why = f"non-inferior at look {stop['look']}: statistic {stop['statistic']:.2f} ≥ {stop['boundary']:.2f} (Δ {_pts(stop.get('delta'))} pt)"
+        else:
+            why = f"inferior at look {stop['look']}: statistic {stop['statistic']:.2f} ≤ {stop['boundary']:.2f} (Δ {_pts(stop.get('delta'))} pt)" if stop else DASH
         rows.append([name, f"{v['n']:,}", f"{v.get('seconds', 0):.1f}", why])
     if rows:
         lines += _table(["Variant", "Examples scored", "Seconds", "Early stop"], rows) + [""]
