@@ -286,7 +286,7 @@ def test_default_recipe_on_the_bundled_model(tmp_path: Path) -> None:
         assert v.engine["integer_ops"] == {"MatMulIntegerToFloat": 18, "QAttention": 6} and v.engine["float_matmuls"] == 0
     assert result.variants[3].engine["integer_ops"] == {"DynamicQuantizeMatMul": 18, "QAttention": 6}
     assert result.best_variant in {"int8-max", "int8-mse", "int8-dynamic"}
-    assert all(x.stop in {"tolerance", "time cap", "iteration cap"} for v in result.variants for x in v.latency)
+    assert all(x.stop in {"resolved", "tolerance", "time cap", "iteration cap"} for v in result.variants for x in v.latency)
     assert all(v.speedup_interval_vs_float for v in result.variants[1:])
     md = (run_dir / "report.md").read_text()
     section = md.split("## Against the standard tools", 1)[1].split("\n## ", 1)[0]
