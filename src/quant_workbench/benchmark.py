@@ -179,7 +179,9 @@ def benchmark_interleaved(
         for shape_index, (batch_size, seq_length) in enumerate(order):
             key = f"b{batch_size}xs{seq_length}"
             t_shape = clock()
-            deadline = t_shape + max(0.0, spec.max_seconds - (t_shape - t_begin)) / (len(order) - shape_index)
+            left = max(0.0, spec.max_seconds - (t_shape - t_begin))
+            # the selection shape may use the whole budget (the decision is there); the others share what it left
+            deadline = t_shape + (left if shape_index == 0 and decide is not None else left / (len(order) - shape_index))
             # One feed shared by all runners: differences must come from the variant, not the input.
             feed = make_feed(batch_size, seq_length, input_names, vocab_size)
             rng = np.random.default_rng([seed, batch_size, seq_length])
