@@ -14,18 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 from typing import Any
 
-from scipy import stats as scipy_stats
-
 from quant_workbench.io import write_json
 
-
-def required_size(discordance: float, half_width: float, level: float) -> int:
-    z = float(scipy_stats.norm.ppf(1.0 - level / 2.0))
-    return math.ceil((z / half_width) ** 2 * discordance)
+# the formula the selection's "undetermined" names a size with, kept in the library
+from quant_workbench.stats import required_size
 
 
 def summarise(run_dir: Path, half_width: float) -> dict[str, Any]:
@@ -46,6 +41,8 @@ def summarise(run_dir: Path, half_width: float) -> dict[str, Any]:
         })
     ok = [v for v in report["variants"] if v.get("status") == "ok"]
     texts = sizes["evaluation"] * len(ok) + (sizes.get("probe", 0) if report["task"] == "embedding" else 0)
+    # v4: the evaluation stops variants early and counts what it really scored
+    texts = (report.get("evaluation") or {}).get("texts_scored", texts)
     seconds = report["timings_s"].get("evaluate")
     return {
         "half_width_target": half_width, "variants": rows,

@@ -185,3 +185,36 @@ def test_console_script_exists_and_help_exits_0() -> None:
     assert proc.returncode == 0, proc.stderr
     assert "usage: quantize" in proc.stdout
     assert "--dry-run" in proc.stdout and "--set" in proc.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# exit codes as documented: an exporter bug is an internal error (1); an undetermined decision is a warning (0)
+
+
+def test_an_exporter_bug_exits_1_not_2(capsys: pytest.CaptureFixture[str], make_recipe: RecipeFactory, write_recipe: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import quant_workbench.run as run_mod
+    from quant_workbench.errors import ExportError
+
+    def broken(*a: Any, **k: Any) -> Any:
+        raise ExportError("exported int8-max.qdq.onnx fails onnx.checker: bad node", "run with --debug and report it")
+
+    monkeypatch.setattr(run_mod, "execute", broken)
+    code, _, err = _run(capsys, str(write_recipe(make_recipe())), "--no-progress")
+    assert code == 1
+    assert "Traceback" not in err and "internal error: exported int8-max.qdq.onnx fails onnx.checker" in " ".join(err.split())
+
+
+def test_an_undetermined_selection_exits_0_with_a_warning_line(
+    capsys: pytest.CaptureFixture[str], make_recipe: RecipeFactory, write_recipe: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import quant_workbench.run as run_mod
+    from quant_workbench.results import RunResult, VariantResult
+
+    result = RunResult(
+        recipe_name="r", run_id="x", task="embedding", primary_metric="accuracy", created_utc="t", versions={}, hardware={},
+        recipe_hash="f", data={}, calibration={}, variants=[VariantResult("float", "float32"), VariantResult("int8-max", "int8")],
+        best_variant="int8-max", selection={"outcome": "undetermined", "warning": "undetermined: about 12,000 evaluation examples would decide"},
+    )
+    monkeypatch.setattr(run_mod, "execute", lambda *a, **k: result)
+    code, _, err = _run(capsys, str(write_recipe(make_recipe())), "--no-progress")
+    assert code == 0 and "warning: undetermined: about 12,000 evaluation examples would decide" in " ".join(err.split())

@@ -14,7 +14,7 @@ import pytest
 from quant_workbench.errors import RecipeError
 from quant_workbench.recipe import recipe_from_dict
 from quant_workbench.results import LatencyStats, VariantResult
-from quant_workbench.selection import select_meeting_criterion
+from quant_workbench.selection import select_variant
 
 FAST_LATENCY = {"batch_size": 1, "seq_length": 16, "warmup": 1, "iterations": 2}
 
@@ -61,15 +61,17 @@ def test_search_qat_compare_references_and_deploy_in_one_run(
     assert result.search is not None and result.search["selected_variant"] == "int8-search"
     assert "selected_meets_at_lower_bound" in result.search
     stored = json.loads((run_dir / "report.json").read_text())
-    assert stored["search"]["selected_variant"] == "int8-search" and stored["schema_version"] == 3
+    assert stored["search"]["selected_variant"] == "int8-search" and stored["schema_version"] == 4
     assert json.loads((run_dir / "search.json").read_text())["final_threshold"] == result.selection["threshold"]
     md = (run_dir / "report.md").read_text()
     for section in ("## Search", "## Training: qat", "## Against the standard tools", "int8-dynamic", "int8-qat", "## Triton model repository"):
         assert section in md, section
-    # the search criterion decided, among every candidate (not only the search's own choice)
+    # one rule: the search criterion is its accuracy margin, among every candidate (not only the search's own choice)
     assert result.selection["criterion"] == recipe.search.criterion.describe()  # type: ignore[union-attr]
     assert set(result.selection["meeting"]) <= {"int8-max", "int8-mse", "int8-dynamic", "int8-search", "int8-qat"}
     assert result.best_variant in result.selection["meeting"]
+    assert result.selection["accuracy_margin"] == 0.5 and "search criterion" in result.selection["margin_source"]
+    assert [d["split"] for d in result.evaluation["decisions"]] == ["selection", "evaluation"]  # the search chose on its own split
     # the deploy section ran as the last stage
     assert (run_dir / "triton").is_dir() and stored["deployment"]["triton"]["models"]
 
@@ -113,38 +115,59 @@ def _lat(ms: float, rounds: int = 40, jitter: float = 0.01, seed: int = 0) -> La
     return LatencyStats(8, 128, rounds, float(np.median(samples)), 0.0, 0.0, 0.0, 0.0, samples_ms=samples)
 
 
-def _v(name: str, accuracy: float, ms: float, *, seed: int = 0, agreement: float = 0.9, precision: str = "int8", reference: bool = False) -> VariantResult:
+N = 4000
+
+
+def _correct(gain: int, lose: int, offset: int = 0) -> np.ndarray:
+    """Per-example correctness: float's (80 %) with `gain` examples won and `lose` lost."""
+    base = np.zeros(N, dtype=bool)
+    base[np.random.default_rng(2).permutation(N)[:3200]] = True
+    out = base.copy()
+    out[np.flatnonzero(~base)[offset : offset + gain]] = True
+    out[np.flatnonzero(base)[offset : offset + lose]] = False
+    return out
+
+
+def _v(name: str, correct: np.ndarray, ms: float, *, seed: int = 0, agreement: float = 0.9, precision: str = "int8", reference: bool = False) -> VariantResult:
     return VariantResult(
         name=name, precision=precision,  # type: ignore[arg-type]
-        metrics={"accuracy": accuracy, "agreement": agreement}, latency=[_lat(ms, seed=seed)], reference=reference,
+        metrics={"accuracy": float(correct.mean()), "agreement": agreement}, latency=[_lat(ms, seed=seed)], reference=reference,
     )
 
 
-def test_the_fastest_variant_meeting_the_criterion_wins_not_the_most_accurate() -> None:
-    variants = [
-        _v("float", 0.80, 20.0, precision="float32"),
-        _v("int8-qat", 0.80, 12.0, seed=1),  # most accurate, slower
-        _v("int8-search", 0.795, 8.0, seed=2),  # meets, fastest that meets
-        _v("int8-max", 0.70, 6.0, seed=3),  # fastest, misses the criterion
-        _v("ref:ort-dynamic", 0.80, 5.0, seed=4, reference=True),  # never a candidate
-    ]
-    sel = select_meeting_criterion(variants, {}, threshold=0.79, criterion="drop <= 0.01", prefer="int8-search")
-    assert sel.meeting == ["int8-qat", "int8-search"]
+def _select(rows: list[tuple[str, np.ndarray, float, dict[str, Any]]], margin: float = 0.01, **kw: Any) -> Any:
+    variants = [_v(name, c, ms, seed=i, **extra) for i, (name, c, ms, extra) in enumerate(rows)]
+    return select_variant(
+        variants, {name: c for name, c, _, _ in rows}, accuracy_margin=margin, margin_source="search criterion", criterion="drop <= 0.01", **kw,
+    )
+
+
+def test_with_a_search_the_criterion_is_the_margin_of_the_same_rule() -> None:
+    base = _correct(0, 0)
+    sel = _select([
+        ("float", base, 20.0, {"precision": "float32"}),
+        ("int8-qat", _correct(20, 10), 12.0, {}),  # most accurate, 30 % slower than int8-search: beyond the speed margin
+        ("int8-search", _correct(10, 12, offset=100), 8.0, {}),  # non-inferior at 1 pt, fastest of those
+        ("int8-max", _correct(10, 200, offset=300), 6.0, {}),  # fastest, 4.75 pt worse: inferior
+        ("ref:ort-dynamic", base, 5.0, {"reference": True}),  # never a candidate
+    ], prefer="int8-search")
+    assert sel.acceptable == ["int8-qat", "int8-search"] and sel.inferior == ["int8-max"]
     assert sel.winner == "int8-search" and sel.fastest == "int8-search"
-    assert sel.criterion == "drop <= 0.01" and sel.threshold == 0.79
-    assert "search criterion drop <= 0.01" in sel.rule
+    assert sel.criterion == "drop <= 0.01" and sel.threshold == pytest.approx(0.8 - 0.01)
+    assert sel.to_dict()["meeting"] == ["int8-qat", "int8-search"] and "search criterion" in sel.rule
 
 
-def test_speed_ties_among_those_meeting_go_to_the_more_accurate_then_the_search_choice() -> None:
-    tied = [_v("float", 0.80, 20.0, precision="float32"), _v("int8-a", 0.795, 8.0, seed=1), _v("int8-b", 0.799, 8.0, seed=2)]
-    assert select_meeting_criterion(tied, {}, 0.79, "c").winner == "int8-b"
-    same = [_v("float", 0.80, 20.0, precision="float32"), _v("int8-max", 0.795, 8.0, seed=1), _v("int8-search", 0.795, 8.0, seed=1)]
-    assert select_meeting_criterion(same, {}, 0.79, "c", prefer="int8-search").winner == "int8-search"
-    assert select_meeting_criterion(same, {}, 0.79, "c").winner == "int8-max"  # without a preference: the name decides
+def test_equally_fast_candidates_go_to_the_more_accurate_then_the_search_choice_then_the_name() -> None:
+    base = _correct(0, 0)
+    tied = _select([("float", base, 20.0, {"precision": "float32"}), ("int8-a", _correct(5, 10), 8.0, {}), ("int8-b", _correct(9, 10, offset=50), 8.0, {})])
+    assert tied.winner == "int8-b"
+    same = _correct(5, 10)
+    rows: list[tuple[str, np.ndarray, float, dict[str, Any]]] = [("float", base, 20.0, {"precision": "float32"}), ("int8-max", same, 8.0, {}), ("int8-search", same, 8.0, {})]
+    assert _select(rows, prefer="int8-search").winner == "int8-search"
+    assert _select(rows).winner == "int8-max"  # without a preference: the name decides
 
 
-def test_when_nothing_meets_the_criterion_the_noise_aware_rule_picks_the_most_accurate() -> None:
-    variants = [_v("float", 0.80, 20.0, precision="float32"), _v("int8-a", 0.60, 5.0, seed=1), _v("int8-b", 0.75, 9.0, seed=2)]
-    sel = select_meeting_criterion(variants, {}, 0.79, "c")
-    assert sel.winner == "int8-b" and sel.meeting == []
-    assert sel.reason.startswith("no candidate meets c")
+def test_when_nothing_is_within_the_criterion_the_most_accurate_is_recommended_with_a_warning() -> None:
+    base = _correct(0, 0)
+    sel = _select([("float", base, 20.0, {"precision": "float32"}), ("int8-a", _correct(0, 800), 5.0, {}), ("int8-b", _correct(0, 200, offset=900), 9.0, {})])
+    assert sel.winner == "int8-b" and sel.acceptable == [] and sel.outcome == "none within the margin" and sel.warning

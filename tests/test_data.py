@@ -288,3 +288,27 @@ def test_hub_class_label_names(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.label_names == ["negative", "positive"]
     for text, label in zip(s.evaluation.texts, s.evaluation.labels, strict=True):
         assert label == int(str(text).split()[-1]) % 2
+
+
+# ---------------------------------------------------------------------------------------------
+# the held-out selection split (issue 16)
+
+
+def test_selection_split_is_disjoint_and_leaves_the_other_splits_where_they_were(tmp_path: Path) -> None:
+    path = _write_csv(tmp_path / "d.csv", _rows(40))
+    plain = load_splits(_spec(path))
+    held = load_splits(_spec(path, selection_samples=8))
+    assert held.sizes() == {"calibration": 4, "probe": 10, "evaluation": 6, "selection": 8}
+    assert (held.calibration, held.probe, held.evaluation) == (plain.calibration, plain.probe, plain.evaluation)
+    assert len(plain.selection) == 0 and "selection" not in plain.sizes()
+    assert not set(held.selection.texts) & set(_all_texts(held))
+    assert len(set(held.selection.texts)) == 8
+    # without a selection split the fingerprint is the one splits had before the field existed
+    assert load_splits(_spec(path, selection_samples=0)).fingerprint == plain.fingerprint
+    assert held.fingerprint != plain.fingerprint
+
+
+def test_selection_split_counts_in_the_size_check(tmp_path: Path) -> None:
+    path = _write_csv(tmp_path / "d.csv", _rows(25))
+    with pytest.raises(DataError, match=r"selection_samples=8"):
+        load_splits(_spec(path, selection_samples=8))

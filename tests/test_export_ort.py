@@ -211,6 +211,33 @@ def test_int8_dynamic_honours_ignore(tiny_bert_dir: Path, tmp_path: Path, tiny_c
     counts = optimized_op_counts(path, ENGINE)
     assert counts["integer_ops"] == {"DynamicQuantizeMatMul": 5, "QAttention": 2} and counts["float_matmuls"] == 1
     assert variant.fidelity["engine_graph"]["linears_quantized"] == 11
+    assert variant.fidelity["engine_graph"]["passed"]  # its gate: no further from float than min_cosine allows
+
+
+def test_int8_dynamic_that_fails_its_gate_is_removed_with_the_numbers(
+    fused: tuple[LoadedModel, dict[str, torch.Tensor], Path], tmp_path: Path, tiny_bert_dir: Path, tiny_csv: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from quant_workbench.errors import ExportError
+
+    loaded, example, src = fused
+    graphs = _graphs(tmp_path, tiny_bert_dir, tiny_csv)
+    graphs.fused_float_path = src
+    with torch.no_grad():
+        ref = loaded.model(**example).numpy()
+    real_run = engine_graphs._run
+    # a saturating kernel: the dynamic graph's outputs far from float
+    monkeypatch.setattr(engine_graphs, "_run", lambda path, recipe, feed: real_run(path, recipe, feed) + 0.5 * np.sign(real_run(path, recipe, feed)) * (np.arange(ref.shape[-1]) % 2))
+    variant = VariantResult(name="int8-dynamic", precision="int8")
+    with pytest.raises(ExportError, match=r"int8-dynamic failed its fidelity check: mean cosine to float 0\.\d+ < 0\.\d+"):
+        graphs.dynamic_variant(loaded, example, ref, variant, quantization_noise=0.001)
+    check = variant.fidelity["engine_graph"]
+    assert not check["passed"] and check["mean_cosine_vs_float"] < check["threshold"]
+    assert check["static_max_fake_quant_vs_float_cosine"] == pytest.approx(0.999)
+    # a larger quantization noise of the static model of the same Linears allows more: the same graph passes
+    variant = VariantResult(name="int8-dynamic", precision="int8")
+    monkeypatch.setattr(engine_graphs, "_run", real_run)
+    graphs.dynamic_variant(loaded, example, ref, variant, quantization_noise=0.001)
+    assert variant.fidelity["engine_graph"]["passed"]
 
 
 def test_selection_never_picks_a_reference_row() -> None:
@@ -219,7 +246,8 @@ def test_selection_never_picks_a_reference_row() -> None:
     ref = VariantResult(name="ref:ort-dynamic", precision="int8", metrics={"accuracy": 1.0}, reference=True)
     mine = VariantResult(name="int8-max", precision="int8", metrics={"accuracy": 0.70})
     flt = VariantResult(name="float", precision="float32", metrics={"accuracy": 1.0})
-    assert select_variant([flt, ref, mine], correct).winner == "int8-max"
+    sel = select_variant([flt, ref, mine], correct)
+    assert sel.winner == "int8-max" and sel.outcome == "none within the margin"  # recommended, with a warning
     assert select_variant([ref], correct).winner is None
 
 

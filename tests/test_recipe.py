@@ -308,3 +308,39 @@ def test_model_location_property_raises_for_missing_package(base: dict[str, Any]
     r = recipe_from_dict(base)  # resolution happens when the location is used, not at validation
     with pytest.raises(RecipeError, match="not installed"):
         _ = r.model.location
+
+
+# ---------------------------------------------------------------------------------------------
+# margins and the selection split (issue 16)
+
+
+def test_a_search_holds_out_a_selection_split_by_default(base: dict[str, Any]) -> None:
+    from quant_workbench.recipe import DEFAULT_SEARCH_SELECTION_SAMPLES
+
+    assert recipe_from_dict(base).data.selection_samples is None
+    big = {**base, "data": {**base["data"], "eval_samples": 5000}}
+    assert recipe_from_dict({**big, "search": {}}).data.selection_samples == DEFAULT_SEARCH_SELECTION_SAMPLES
+    small = {**base, "data": {**base["data"], "eval_samples": 60}}
+    assert recipe_from_dict({**small, "search": {}}).data.selection_samples == 60  # as large as the evaluation split
+    explicit = recipe_from_dict({**base, "search": {}, "data": {**base["data"], "selection_samples": 0}})
+    assert explicit.data.selection_samples == 0  # the user may choose on the evaluation split; the report says so
+
+
+def test_a_selection_split_without_a_search_is_rejected(base: dict[str, Any]) -> None:
+    with pytest.raises(RecipeError, match=r"data.selection_samples=500 .* no search section"):
+        recipe_from_dict({**base, "data": {**base["data"], "selection_samples": 500}})
+
+
+def test_a_search_criterion_and_an_accuracy_margin_are_one_setting(base: dict[str, Any]) -> None:
+    with pytest.raises(RecipeError, match=r"search.criterion: \{absolute: 0.004\}"):
+        recipe_from_dict({**base, "search": {}, "selection": {"accuracy_margin": 0.004}})
+
+
+def test_new_keys_at_their_defaults_keep_the_run_id(base: dict[str, Any]) -> None:
+    from quant_workbench.run import recipe_hash
+
+    plain = recipe_hash(recipe_from_dict(base))
+    same = {**base, "selection": {"speed_margin": 0.03, "looks": 5, "accuracy_margin": None}, "data": {**base["data"], "selection_samples": 0}}
+    assert recipe_hash(recipe_from_dict(same)) == plain
+    for changed in ({"selection": {"speed_margin": 0.05}}, {"selection": {"looks": 1}}, {"selection": {"accuracy_margin": 0.01}}):
+        assert recipe_hash(recipe_from_dict({**base, **changed})) != plain

@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from quant_workbench.report import (
-    plot_accuracy_vs_latency,
     render_markdown,
     results_table,
     write_report,
 )
+from quant_workbench.report_decisions import delta_vs_speedup_figure, plot_delta_vs_speedup
 from quant_workbench.results import LatencyStats, RunResult, VariantResult
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -90,13 +91,13 @@ def result() -> RunResult:
 def test_write_report_artifacts(result: RunResult, tmp_path: Path) -> None:
     paths = write_report(result, tmp_path / "run")
     assert set(paths) == {"json", "markdown", "plot"}
-    assert paths["plot"] == tmp_path / "run" / "plots" / "accuracy_vs_latency.png"
+    assert paths["plot"] == tmp_path / "run" / "plots" / "delta_vs_speedup.png"
     for p in paths.values():
         assert p.is_file()
     assert paths["plot"].read_bytes()[:8] == PNG_MAGIC
     loaded = RunResult.from_dict(json.loads(paths["json"].read_text(encoding="utf-8")))
     assert loaded == result
-    assert "![accuracy vs latency](plots/accuracy_vs_latency.png)" in paths["markdown"].read_text(
+    assert "![paired Δ accuracy vs speed-up](plots/delta_vs_speedup.png)" in paths["markdown"].read_text(
         encoding="utf-8"
     )
     # Atomic writes leave no temporary files behind.
@@ -175,11 +176,12 @@ def test_results_table_terminal(result: RunResult) -> None:
     assert "* best: int8-entropy" in text
 
 
-def test_plot_deterministic_and_shape_choice(result: RunResult, tmp_path: Path) -> None:
-    a = plot_accuracy_vs_latency(result, tmp_path / "a.png")
-    b = plot_accuracy_vs_latency(result, tmp_path / "b.png")
+def test_plot_deterministic_and_at_the_selection_shape(result: RunResult, tmp_path: Path) -> None:
+    a = plot_delta_vs_speedup(result, tmp_path / "a.png")
+    b = plot_delta_vs_speedup(result, tmp_path / "b.png")
     assert a.read_bytes() == b.read_bytes()
-    c = plot_accuracy_vs_latency(result, tmp_path / "c.png", batch_size=1, seq_length=128)
+    result.selection = {"shape": "b1xs128"}
+    c = plot_delta_vs_speedup(result, tmp_path / "c.png")
     assert c.read_bytes()[:8] == PNG_MAGIC
     assert c.read_bytes() != a.read_bytes()
 
@@ -236,13 +238,28 @@ def crowded(result: RunResult) -> RunResult:
     return result
 
 
+def test_plot_shows_what_decides_paired_delta_against_speedup_with_the_margins(crowded: RunResult) -> None:
+    crowded.selection = {**crowded.selection, "accuracy_margin": 0.005, "speed_margin": 0.03}
+    fig = delta_vs_speedup_figure(crowded)
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log"
+    assert "Δ accuracy" in ax.get_ylabel() and "speed-up" in ax.get_xlabel()
+    offsets = {tuple(np.round(c.get_offsets()[0], 4)) for c in ax.collections if type(c).__name__ == "PathCollection"}
+    mse = next(v for v in crowded.variants if v.name == "int8-mse")
+    assert (round(mse.speedup_vs_float["b1xs128"], 4), round(100 * mse.intervals["vs_float"]["delta"], 4)) in offsets
+    assert (1.0, 0.0) in offsets  # float itself
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any("non-inferiority margin" in t for t in legend)  # the accuracy margin band
+    assert any("±3 % of the fastest acceptable (int8-mse)" in t for t in legend)  # the speed margin band
+    bands = [p for p in ax.patches if type(p).__name__ in ("Rectangle", "Polygon")]
+    assert len(bands) >= 2
+
+
 def test_plot_labels_overlap_neither_each_other_nor_the_points(crowded: RunResult) -> None:
     from matplotlib.collections import PathCollection
     from matplotlib.text import Annotation, Text
 
-    from quant_workbench.report import accuracy_vs_latency_figure
-
-    fig = accuracy_vs_latency_figure(crowded)
+    fig = delta_vs_speedup_figure(crowded)
     renderer = fig.canvas.get_renderer()
     ax = fig.axes[0]
     labels = [t for t in ax.texts if isinstance(t, Annotation)]
@@ -254,7 +271,7 @@ def test_plot_labels_overlap_neither_each_other_nor_the_points(crowded: RunResul
             assert not a.overlaps(b), (a, b)
     axes_box = ax.get_window_extent(renderer)
     markers = [c for c in ax.collections if isinstance(c, PathCollection)]
-    assert len(markers) == len(_DEFAULT_RUN) + 1  # one per point and the ring around the selected one
+    assert len(markers) == len(_DEFAULT_RUN) + 1  # one per point (float at 1x, 0 pt) and the ring around the selected one
     for coll in markers:
         radius_px = (max(coll.get_sizes()) ** 0.5) / 2 * fig.dpi / 72
         for px, py in ax.transData.transform(coll.get_offsets()):
@@ -264,9 +281,9 @@ def test_plot_labels_overlap_neither_each_other_nor_the_points(crowded: RunResul
                 assert (nx - px) ** 2 + (ny - py) ** 2 > radius_px**2, (box, px, py)
     for box in boxes:
         assert axes_box.x0 <= box.x0 and box.x1 <= axes_box.x1 and axes_box.y0 <= box.y0 and box.y1 <= axes_box.y1
-    # error bars on both axes: one vertical and one horizontal segment collection per point
+    # error bars on both axes: one vertical and one horizontal segment collection per variant (float has none)
     bars = [c for c in ax.collections if type(c).__name__ == "LineCollection"]
-    assert len(bars) == 2 * len(_DEFAULT_RUN)
+    assert len(bars) == 2 * (len(_DEFAULT_RUN) - 1)
 
 
 def test_intervals_in_tables_and_selection_section(crowded: RunResult) -> None:

@@ -62,11 +62,11 @@ def test_run_folder_holds_every_artifact(first_run: tuple[RunResult, Path, dict[
         run_dir / "recipe.resolved.yaml",
         run_dir / "report.json",
         run_dir / "report.md",
-        run_dir / "plots" / "accuracy_vs_latency.png",
+        run_dir / "plots" / "delta_vs_speedup.png",
     ]
     for path in expected:
         assert path.is_file() and path.stat().st_size > 0, path
-    assert (run_dir / "plots" / "accuracy_vs_latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (run_dir / "plots" / "delta_vs_speedup.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for onnx_file in ("float.onnx", "int8-max.qdq.onnx", "int8-entropy.qdq.onnx"):
         assert (models / f"{onnx_file}.key").is_file()
     # no temp files left behind by the atomic writes
@@ -123,10 +123,10 @@ def test_report_json_has_every_variant_with_metrics_latency_and_fidelity(first_r
     assert report.variant("ref:ort-dynamic").engine["integer_matmuls"] == 8  # type: ignore[union-attr]
     assert report.best_variant in {"int8-max", "int8-entropy"}
     # issue 10: intervals for every variant, paired Δ for the quantized ones, and the selection's reasoning
-    assert report.schema_version == 3 and report.search is None  # no search section: nothing to carry
+    assert report.schema_version == 4 and report.search is None  # no search section: nothing to carry
     for v in report.variants:
         lo, hi = v.intervals["accuracy"]
-        assert lo <= v.metrics["accuracy"] <= hi and v.intervals["n"] == 60
+        assert lo <= v.metrics["accuracy"] <= hi and v.intervals["n"] == report.evaluation["variants"][v.name]["n"]
         for st in v.latency:
             assert len(st.samples_ms) == 3 and st.p50_low_ms is not None and st.p50_high_ms is not None
             assert st.p50_low_ms <= st.p50_ms <= st.p50_high_ms
@@ -137,8 +137,17 @@ def test_report_json_has_every_variant_with_metrics_latency_and_fidelity(first_r
         assert cmp["disagreements"] == round((1 - v.metrics["agreement"]) * 60)
         assert set(v.speedup_interval_vs_float) == set(v.speedup_vs_float)
     assert report.selection["winner"] == report.best_variant
-    assert report.best_variant in report.selection["tie_groups"]["speed"]
-    assert "McNemar" in report.selection_rule
+    # issue 16: the margin rule's record, the evaluation's blocks, the benchmark's design and A/A control
+    assert report.selection["outcome"] in ("decided", "undetermined", "none within the margin", "no speed-up")
+    assert [c["name"] for c in report.selection["comparisons"]["accuracy"]] == ["int8-max", "int8-entropy"]
+    assert "Holm" in report.selection_rule and report.selection["accuracy_margin"] == 0.005
+    assert report.evaluation["looks"] == 5 and report.evaluation["variants"]["float"]["n"] == 60
+    assert report.evaluation["decisions"][0]["split"] == "evaluation"
+    assert set(report.benchmark["aa"]) == {f"b{b}xs{s}" for b, s in SHAPES}
+    assert next(iter(report.benchmark["shapes"])) == "b2xs16"  # the selection shape first
+    assert report.benchmark["sessions"]["session_config"]["session.intra_op.allow_spinning"] == "0"
+    # int8-dynamic-style gates: every candidate passed its engine-graph check to be one
+    assert all(v.fidelity["engine_graph"]["passed"] for v in report.variants[1:3])
     assert report.calibration["cache_hit"] is False
     assert set(report.calibration["methods"]) == {"max", "entropy"}
     assert report.timings_s["total"] > 0
@@ -152,7 +161,7 @@ def test_report_markdown_contents(first_run: tuple[RunResult, Path, dict[str, An
         assert f"| {name}" in md
     assert "## Against the standard tools" in md and "## Engine graphs" in md
     assert f"{result.best_variant} beats ref:ort-static" in md or "ref:ort-static" in md
-    assert "plots/accuracy_vs_latency.png" in md
+    assert "plots/delta_vs_speedup.png" in md
     assert "Batch 1 × sequence length 16" in md and "Batch 2 × sequence length 16" in md
     assert f"**{result.best_variant}**" in md
 
@@ -277,7 +286,7 @@ def test_default_recipe_on_the_bundled_model(tmp_path: Path) -> None:
         assert v.engine["integer_ops"] == {"MatMulIntegerToFloat": 18, "QAttention": 6} and v.engine["float_matmuls"] == 0
     assert result.variants[3].engine["integer_ops"] == {"DynamicQuantizeMatMul": 18, "QAttention": 6}
     assert result.best_variant in {"int8-max", "int8-mse", "int8-dynamic"}
-    assert all(x.stop in {"tolerance", "time cap", "iteration cap"} for v in result.variants for x in v.latency)
+    assert all(x.stop in {"resolved", "tolerance", "time cap", "iteration cap"} for v in result.variants for x in v.latency)
     assert all(v.speedup_interval_vs_float for v in result.variants[1:])
     md = (run_dir / "report.md").read_text()
     section = md.split("## Against the standard tools", 1)[1].split("\n## ", 1)[0]

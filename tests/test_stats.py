@@ -7,12 +7,20 @@ import pytest
 from sklearn.metrics import f1_score
 
 from quant_workbench.stats import (
+    block_length,
+    holm,
     macro_f1_interval,
     mcnemar_exact,
     median_interval,
+    noninferiority_p,
     paired_comparison,
     prediction_statistics,
     ratio_interval,
+    required_size,
+    size_to_decide,
+    spending_boundaries,
+    tango_interval,
+    tango_statistic,
     wilson_interval,
 )
 
@@ -23,11 +31,101 @@ def _correct(n: int, right: int, seed: int = 0) -> np.ndarray:
     return out
 
 
-def test_identical_predictions_give_a_zero_delta_interval() -> None:
+def test_identical_predictions_do_not_give_a_zero_width_interval() -> None:
+    # zero discordant pairs say the discordance is small, not zero: at n = 2,000, Δ may still be ±0.19 point
     c = _correct(2000, 1440)
     cmp = paired_comparison(c, c.copy())
-    assert (cmp.delta, cmp.delta_low, cmp.delta_high) == (0.0, 0.0, 0.0)
-    assert cmp.discordant == 0 and cmp.p_value == 1.0 and not cmp.significant
+    z2 = 1.959963984540054**2
+    assert cmp.delta == 0.0 and cmp.discordant == 0 and cmp.p_value == 1.0 and not cmp.significant
+    assert cmp.delta_low == pytest.approx(-z2 / (2000 + z2)) and cmp.delta_high == pytest.approx(z2 / (2000 + z2))
+    assert cmp.method == "tango"
+
+
+def test_five_to_zero_discordant_pairs_interval_agrees_with_exact_mcnemar() -> None:
+    # the issue's case: 5 vs 0 at n = 1,000; the score interval alone excludes 0, exact McNemar p = 0.0625
+    ref = _correct(1000, 700)
+    var = ref.copy()
+    var[np.flatnonzero(~ref)[:5]] = True
+    cmp = paired_comparison(var, ref)
+    assert cmp.p_value == pytest.approx(0.0625) and not cmp.significant
+    assert tango_interval(5, 0, 1000)[0] > 0  # what the interval would say on its own
+    assert cmp.delta_low == 0.0 and cmp.delta_high > 0.005  # extended to reach 0: interval and test agree
+
+
+def test_interval_excludes_zero_exactly_when_exact_mcnemar_rejects() -> None:
+    n = 1000
+    for m in range(0, 121):
+        for b in range(0, m + 1):
+            c = m - b
+            var = np.zeros(n, dtype=bool)
+            ref = np.zeros(n, dtype=bool)
+            var[:b] = True
+            ref[b : b + c] = True
+            cmp = paired_comparison(var, ref)
+            excludes = cmp.delta_low > 0 or cmp.delta_high < 0
+            assert excludes == cmp.significant, (b, c, cmp)
+            if cmp.significant:  # the score interval itself already excluded 0 (no extension needed)
+                lo, hi = tango_interval(b, c, n)
+                assert lo > 0 or hi < 0, (b, c)
+
+
+def test_tango_endpoints_solve_the_score_equation_and_zero_gives_mcnemar() -> None:
+    b, c, n = 37, 18, 1500
+    lo, hi = tango_interval(b, c, n)
+    assert tango_statistic(b, c, n, lo) == pytest.approx(1.959964, abs=1e-6)
+    assert tango_statistic(b, c, n, hi) == pytest.approx(-1.959964, abs=1e-6)
+    assert tango_statistic(b, c, n, 0.0) == pytest.approx((b - c) / np.sqrt(b + c))
+    assert lo < (b - c) / n < hi
+
+
+def test_tango_interval_covers_at_its_level() -> None:
+    # paired data with 2 % / 3 % discordance at n = 400: a nominal 95 % interval should cover Δ = -1 point
+    rng = np.random.default_rng(3)
+    n, p10, p01, hits, sims = 400, 0.02, 0.03, 0, 1500
+    for _ in range(sims):
+        b, c, _ = rng.multinomial(n, [p10, p01, 1 - p10 - p01])
+        lo, hi = tango_interval(int(b), int(c), n)
+        hits += lo <= p10 - p01 <= hi
+    assert 0.93 <= hits / sims <= 0.98
+
+
+def test_noninferiority_p_matches_the_interval_lower_bound() -> None:
+    for b, c, n in [(30, 50, 2000), (10, 40, 2000), (20, 21, 800)]:
+        lo, _ = tango_interval(b, c, n)
+        for margin in (0.005, 0.01, 0.02):
+            assert (noninferiority_p(b, c, n, margin) < 0.025) == (lo > -margin), (b, c, n, margin)
+
+
+def test_holm_step_down_values() -> None:
+    # sorted 0.01 (x4), 0.03 (x3), 0.04 (x2, kept monotone at 0.09), 0.5 (x1)
+    assert holm([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.09, 0.09, 0.5])
+    assert holm([0.2]) == [0.2] and holm([]) == []
+    assert holm([0.02, 0.011]) == pytest.approx([0.022, 0.022])  # monotone: a later step never rejects more easily
+
+
+def test_required_size_is_the_readme_formula() -> None:
+    # README "Evaluation size": q = 2.80 % at ±0.5 point needs about 4,300 examples
+    assert required_size(0.028, 0.005) == 4303
+    assert required_size(0.0595, 0.005) == 9143
+    with pytest.raises(ValueError):
+        required_size(0.03, 0.0)
+    # resolving Δ = -0.12 pt against a 0.5 pt margin: the interval must shrink to ±0.38 pt
+    assert size_to_decide(-0.0012, 0.026, 0.005) == required_size(0.026, 0.0038)
+    assert size_to_decide(-0.005, 0.03, 0.005) is None
+
+
+def test_spending_boundaries_spend_exactly_alpha() -> None:
+    fractions = [0.2, 0.4, 0.6, 0.8, 1.0]
+    c = spending_boundaries(fractions, 0.025)
+    # Lan-DeMets Pocock-type, one-sided 2.5 %, five equal looks (published: 2.44, 2.43, 2.41, 2.40, 2.39)
+    assert c == pytest.approx([2.438, 2.428, 2.412, 2.400, 2.390], abs=2e-3)
+    rng = np.random.default_rng(0)
+    s = np.cumsum(rng.standard_normal((200_000, 5)) * np.sqrt(0.2), axis=1)
+    crossed = (s / np.sqrt(fractions) >= np.array(c)).any(axis=1).mean()
+    assert crossed == pytest.approx(0.025, abs=0.0015)
+    assert spending_boundaries([1.0], 0.025) == pytest.approx([1.959964], abs=1e-5)
+    with pytest.raises(ValueError):
+        spending_boundaries([0.5, 0.4], 0.025)
 
 
 def test_one_example_difference_is_a_tie() -> None:
@@ -124,6 +222,37 @@ def test_median_interval_contains_the_median_and_shrinks_with_more_samples() -> 
     assert lo_l <= np.median(large) <= hi_l
     assert hi_l - lo_l < (hi_s - lo_s) / 3
     assert median_interval([5.0] * 20) == (5.0, 5.0)
+
+
+def test_ratio_is_the_median_of_per_round_ratios_not_the_ratio_of_medians() -> None:
+    num = [1.0, 2.0, 3.0, 4.0, 5.0]
+    den = [1.0, 1.0, 1.0, 8.0, 9.0]  # per-round ratios 1, 2, 3, 0.5, 0.56: median 1; medians' ratio 3
+    assert ratio_interval(num, den).ratio == pytest.approx(1.0)
+
+
+def test_ratio_interval_resamples_blocks_of_neighbouring_rounds() -> None:
+    # per-round ratios that wander (a slow drift of one runner): neighbouring rounds carry the same drift, so
+    # they are worth less than independent rounds; an i.i.d. bootstrap would give the shuffled series' width
+    rng = np.random.default_rng(5)
+    wander = np.zeros(300)
+    for i in range(1, 300):
+        wander[i] = 0.95 * wander[i - 1] + 0.02 * rng.standard_normal()
+    base = 10.0 * rng.uniform(1.0, 1.2, 300)
+    variant = base * np.exp(wander)
+    ordered = ratio_interval(base, variant)
+    shuffled_idx = np.random.default_rng(1).permutation(300)
+    shuffled = ratio_interval(base[shuffled_idx], variant[shuffled_idx])
+    assert block_length(300) > 1
+    assert (ordered.high - ordered.low) > 1.5 * (shuffled.high - shuffled.low)
+
+
+def test_versus_margin_places_an_interval_against_the_band() -> None:
+    from quant_workbench.stats import RatioInterval
+
+    assert RatioInterval(1.01, 0.99, 1.02).versus_margin(0.03) == "equivalent"
+    assert RatioInterval(1.10, 1.05, 1.15).versus_margin(0.03) == "above"
+    assert RatioInterval(0.80, 0.75, 0.85).versus_margin(0.03) == "below"
+    assert RatioInterval(1.02, 1.00, 1.05).versus_margin(0.03) == "undetermined"
 
 
 def test_ratio_interval_keeps_rounds_paired() -> None:

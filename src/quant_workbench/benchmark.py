@@ -2,16 +2,23 @@
 
 Timing float and INT8 one after the other (all float calls, then all INT8 calls) lets thermal
 throttling, turbo states, other tenants and page-cache effects drift between the two blocks and
-land in the speed-up. Running the variants round-robin inside one loop gives both the same
-machine state, so the ratio of their medians is a fair comparison even on a noisy host.
+land in the speed-up. Running every variant once per round gives them the same machine state; a
+fresh random order per round keeps position effects (the runner after a heavy one, the first of a
+round) out of any one variant; ONNX Runtime sessions do not spin idle threads into each other
+(engines/onnxruntime.py); a second session of the baseline (the A/A control) shows what is left of
+such biases; and speed-ups are medians of per-round ratios with intervals that resample blocks of
+neighbouring rounds, so drift over the run cancels instead of widening or biasing them.
 """
 
 from __future__ import annotations
 
 import gc
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -20,7 +27,7 @@ from .engines import Engine, EngineFromOnnx
 from .models import LoadedModel
 from .recipe import BenchmarkSpec, Recipe
 from .results import LatencyStats, VariantResult
-from .stats import DEFAULT_LEVEL, median_interval, ratio_interval
+from .stats import DEFAULT_LEVEL, median_interval, median_ratio, ratio_interval
 
 Runner = Callable[[dict[str, np.ndarray]], object]  # runs one inference on a feed dict
 
@@ -62,10 +69,13 @@ def make_feed(
     return feed
 
 
-def _stats(batch_size: int, seq_length: int, seconds: list[float], stop: str | None = None, level: float = DEFAULT_LEVEL) -> LatencyStats:
+def _stats(
+    batch_size: int, seq_length: int, seconds: list[float], stop: str | None = None, level: float = DEFAULT_LEVEL, end_to_end: list[float] | None = None
+) -> LatencyStats:
     ms = np.asarray(seconds, dtype=np.float64) * 1000.0
     p50, p95, p99 = (float(x) for x in np.percentile(ms, [50, 95, 99]))
     low, high = median_interval(ms, level)
+    e2e = [float(x) * 1000.0 for x in end_to_end] if end_to_end else []
     return LatencyStats(
         batch_size=batch_size,
         seq_length=seq_length,
@@ -80,10 +90,42 @@ def _stats(batch_size: int, seq_length: int, seconds: list[float], stop: str | N
         p50_high_ms=high,
         samples_ms=[float(x) for x in ms],
         stop=stop,
+        end_to_end_samples_ms=e2e,
+        end_to_end_p50_ms=float(np.median(e2e)) if e2e else None,
     )
 
 
-def _widest_speedup_interval(times: dict[str, list[float]], baseline: str, level: float) -> float:
+def aa_name(baseline: str) -> str:
+    """The A/A control: the baseline's graph in a second session, timed as if it were another variant."""
+    return f"{baseline} (A/A)"
+
+
+@dataclass
+class Resolution:
+    """Whether every speed comparison that could change the selection is resolved against the speed margin."""
+
+    resolved: bool
+    pending: list[str] = field(default_factory=list)  # comparisons whose interval still crosses a margin edge
+    detail: str = ""
+
+
+# Given the per-round samples (seconds) of every runner at the selection shape so far, say whether more
+# rounds could still change the selection (selection.speed_resolution builds one from the run's accuracy decisions).
+SpeedDecision = Callable[[Mapping[str, Sequence[float]]], Resolution]
+
+
+def selection_shape(spec: BenchmarkSpec) -> tuple[int, int]:
+    """The largest (batch, seq) of the benchmark: the shape the selection compares speed at."""
+    return max((b, s) for b in spec.batch_sizes for s in spec.seq_lengths)
+
+
+def shape_order(spec: BenchmarkSpec) -> list[tuple[int, int]]:
+    """The selection shape first (the budget goes where the decision is), then the others in spec order."""
+    first = selection_shape(spec)
+    return [first] + [(b, s) for b in spec.batch_sizes for s in spec.seq_lengths if (b, s) != first]
+
+
+def _widest_speedup_interval(times: Mapping[str, Sequence[float]], baseline: str, level: float) -> float:
     """The largest relative half-width among the speed-up intervals vs the baseline."""
     base = times[baseline]
     return max(
@@ -102,44 +144,75 @@ def benchmark_interleaved(
     baseline: str = "float",
     level: float = DEFAULT_LEVEL,
     clock: Callable[[], float] = time.perf_counter,
+    seed: int = 0,
+    decide: SpeedDecision | None = None,
+    record: dict[str, Any] | None = None,
 ) -> dict[str, list[LatencyStats]]:
-    """Time every runner at every (batch, seq) of `spec`, round-robin within each iteration.
+    """Time every runner at every (batch, seq) of `spec`, all of them in each round, in a fresh random
+    order per round (seeded by `seed` and the shape; the orders are written to `record`).
 
     Returns, per runner name, one LatencyStats per shape in spec order (batch-major). A runner must
     block until its result is ready (e.g. synchronize a GPU stream), otherwise only the launch is
-    timed. Exceptions from a runner propagate: a variant that cannot run has no latency to report.
+    timed; a runner that sets `last_compute_s` after each call (the TensorRT engine: CUDA-event time of
+    the execution alone) is timed by it, and the wall time of the call, copies included, is kept as the
+    end-to-end samples. Exceptions from a runner propagate: a variant that cannot run has no latency.
 
-    With `spec.speedup_tolerance` set and `baseline` among the runners, each shape runs at least
-    `spec.iterations` rounds and then keeps going until every speed-up vs the baseline has a
-    (1 - level) interval within ± the tolerance, or until its share of `spec.max_seconds` (what is
-    left, split evenly over the shapes not yet timed) or `spec.max_iterations` is used up;
-    `LatencyStats.stop` says which. `clock` is only replaced by tests.
+    Shapes run selection shape first (`selection_shape`). With `spec.speedup_tolerance` set and the
+    baseline among the runners, each shape runs at least `spec.iterations` rounds; then the selection
+    shape keeps going until `decide` says every comparison that could change the selection is resolved
+    (without `decide`: until every speed-up interval vs the baseline is within ± the tolerance), and every
+    other shape until its speed-up intervals are within the tolerance, or until the time budget
+    (`spec.max_seconds`, all shapes together: what is left is split over the shapes not yet timed) or
+    `spec.max_iterations` is used up; `LatencyStats.stop` says which. `clock` is only replaced by tests.
     """
-    shapes = [(b, s) for b in spec.batch_sizes for s in spec.seq_lengths]
+    order = shape_order(spec)
     results: dict[str, list[LatencyStats]] = {name: [] for name in runners}
     if not runners:
         return results
+    names = list(runners)
     adaptive = spec.speedup_tolerance is not None and baseline in runners and len(runners) > 1
-    total = len(shapes) * spec.iterations * len(runners)
+    total = len(order) * (spec.iterations + spec.warmup) * len(runners)
+    by_shape: dict[tuple[int, int], dict[str, LatencyStats]] = {}
+    design: dict[str, Any] = {"seed": seed, "runners": names, "baseline": baseline, "shapes": {}, "order": "fresh random permutation of the runners per round"}
     t_begin = clock()
     with tqdm(total=total, desc="benchmark", unit="call", disable=not progress, leave=False) as bar:
-        for shape_index, (batch_size, seq_length) in enumerate(shapes):
+        for shape_index, (batch_size, seq_length) in enumerate(order):
+            key = f"b{batch_size}xs{seq_length}"
             t_shape = clock()
-            deadline = t_shape + max(0.0, spec.max_seconds - (t_shape - t_begin)) / (len(shapes) - shape_index)
+            left = max(0.0, spec.max_seconds - (t_shape - t_begin))
+            # the selection shape may use the whole budget (the decision is there); the others share what it left
+            deadline = t_shape + (left if shape_index == 0 and decide is not None else left / (len(order) - shape_index))
             # One feed shared by all runners: differences must come from the variant, not the input.
             feed = make_feed(batch_size, seq_length, input_names, vocab_size)
-            bar.set_postfix_str(f"b{batch_size}xs{seq_length}")
+            rng = np.random.default_rng([seed, batch_size, seq_length])
+            bar.set_postfix_str(key)
             for _ in range(spec.warmup):
-                for run in runners.values():
-                    run(feed)
-            times: dict[str, list[float]] = {name: [] for name in runners}
+                for i in rng.permutation(len(names)):
+                    runners[names[int(i)]](feed)
+                bar.update(len(names))
+            times: dict[str, list[float]] = {name: [] for name in names}
+            end_to_end: dict[str, list[float]] = {name: [] for name in names}
+            orders: list[list[int]] = []
 
-            def one_round(feed: dict[str, np.ndarray] = feed, times: dict[str, list[float]] = times) -> None:
-                for name, run in runners.items():
+            def one_round(
+                feed: dict[str, np.ndarray] = feed, times: dict[str, list[float]] = times, end_to_end: dict[str, list[float]] = end_to_end,
+                orders: list[list[int]] = orders, rng: np.random.Generator = rng,
+            ) -> None:
+                perm = [int(i) for i in rng.permutation(len(names))]
+                orders.append(perm)
+                for i in perm:
+                    name = names[i]
+                    run = runners[name]
                     start = time.perf_counter()
                     run(feed)
-                    times[name].append(time.perf_counter() - start)
-                bar.update(len(runners))
+                    wall = time.perf_counter() - start
+                    compute = getattr(run, "last_compute_s", None)
+                    if compute is not None:
+                        times[name].append(float(compute))
+                        end_to_end[name].append(wall)
+                    else:
+                        times[name].append(wall)
+                bar.update(len(names))
 
             # A collector pause inside one timed call would be charged to whichever variant was
             # running at that moment; collect now and keep it off while timing (as timeit does).
@@ -147,15 +220,27 @@ def benchmark_interleaved(
             gc_was_enabled = gc.isenabled()
             gc.disable()
             stop = "fixed"
+            resolution: Resolution | None = None
             try:
                 for _ in range(spec.iterations):
                     one_round()
                 if adaptive:
                     assert spec.speedup_tolerance is not None
+                    tolerance = spec.speedup_tolerance
+                    deciding = decide is not None and shape_index == 0
+                    rounds_per_check = 1
                     while True:
                         done = len(times[baseline])
-                        if _widest_speedup_interval(times, baseline, level) <= spec.speedup_tolerance:
-                            stop = "tolerance"
+                        t_check = time.perf_counter()
+                        if deciding:
+                            assert decide is not None
+                            resolution = decide(times)
+                            finished = resolution.resolved
+                        else:
+                            finished = _widest_speedup_interval(times, baseline, level) <= tolerance
+                        check_s = time.perf_counter() - t_check
+                        if finished:
+                            stop = "resolved" if deciding else "tolerance"
                             break
                         if done >= spec.max_iterations:
                             stop = "iteration cap"
@@ -163,9 +248,11 @@ def benchmark_interleaved(
                         if clock() >= deadline:
                             stop = "time cap"
                             break
-                        # Chunks that grow with the sample keep the bootstrap's share of the time small.
-                        chunk = min(max(10, done // 4), spec.max_iterations - done)
-                        bar.total += chunk * len(runners)
+                        # Rounds between checks: enough that checking costs < 5 % of the timing.
+                        round_s = max(sum(t[-1] for t in times.values()), 1e-6)
+                        rounds_per_check = max(1, math.ceil(20.0 * check_s / round_s))
+                        chunk = min(rounds_per_check, spec.max_iterations - done)
+                        bar.total += chunk * len(names)
                         for _ in range(chunk):
                             one_round()
                             if clock() >= deadline:
@@ -173,15 +260,27 @@ def benchmark_interleaved(
             finally:
                 if gc_was_enabled:
                     gc.enable()
-            for name, seconds in times.items():
-                results[name].append(_stats(batch_size, seq_length, seconds, stop, level))
+            by_shape[(batch_size, seq_length)] = {
+                name: _stats(batch_size, seq_length, seconds, stop, level, end_to_end[name]) for name, seconds in times.items()
+            }
+            design["shapes"][key] = {
+                "rounds": len(orders), "warmup": spec.warmup, "stop": stop, "seconds": round(clock() - t_shape, 3),
+                "selection_shape": shape_index == 0, "orders": orders,
+                **({"pending": resolution.pending, "detail": resolution.detail} if resolution is not None else {}),
+            }
+    for shape in [(b, s) for b in spec.batch_sizes for s in spec.seq_lengths]:
+        for name in names:
+            results[name].append(by_shape[shape][name])
+    if record is not None:
+        record.update(design)
     return results
 
 
 def speedup_intervals(
     latency: dict[str, list[LatencyStats]], baseline: str, level: float = DEFAULT_LEVEL
 ) -> dict[str, dict[str, list[float]]]:
-    """Per non-baseline runner: {shape key: [low, high]} of baseline p50 / runner p50 (stats.ratio_interval).
+    """Per non-baseline runner: {shape key: [low, high]} of its speed-up vs the baseline (stats.ratio_interval:
+    the median per-round ratio baseline / runner, block bootstrap over rounds).
 
     Needs the per-iteration samples of both, timed in the same rounds; shapes without them are skipped.
     """
@@ -199,8 +298,16 @@ def speedup_intervals(
     return out
 
 
+def speedup(base: LatencyStats, other: LatencyStats) -> float | None:
+    """Speed-up of `other` over `base`: the median per-round ratio when both were timed in the same rounds
+    (the estimate whose interval ratio_interval gives), else the ratio of their medians."""
+    if base.samples_ms and len(base.samples_ms) == len(other.samples_ms):
+        return median_ratio(base.samples_ms, other.samples_ms)
+    return base.p50_ms / other.p50_ms if other.p50_ms > 0 else None
+
+
 def speedups(latency: dict[str, list[LatencyStats]], baseline: str) -> dict[str, dict[str, float]]:
-    """Per non-baseline runner: {shape key: baseline p50 / runner p50} (> 1 means faster than baseline).
+    """Per non-baseline runner: {shape key: its speed-up over the baseline} (> 1 means faster than baseline).
 
     Shapes measured for only one of the two are skipped rather than guessed.
     """
@@ -208,12 +315,36 @@ def speedups(latency: dict[str, list[LatencyStats]], baseline: str) -> dict[str,
         raise ValueError(
             f"baseline '{baseline}' was not benchmarked; measured: {', '.join(latency) or 'none'}"
         )
-    base = {s.key: s.p50_ms for s in latency[baseline]}
+    base = {s.key: s for s in latency[baseline]}
     out: dict[str, dict[str, float]] = {}
     for name, stats in latency.items():
         if name == baseline:
             continue
-        out[name] = {s.key: base[s.key] / s.p50_ms for s in stats if s.key in base and s.p50_ms > 0}
+        out[name] = {}
+        for s in stats:
+            if s.key in base:
+                r = speedup(base[s.key], s)
+                if r is not None:
+                    out[name][s.key] = r
+    return out
+
+
+def aa_summary(latency: dict[str, list[LatencyStats]], baseline: str, level: float = DEFAULT_LEVEL) -> dict[str, dict[str, float]]:
+    """The A/A control per shape: the baseline's second session vs the first, {key: {ratio, low, high}}.
+
+    Both run the same graph, so anything but 1.00x within the interval is position, spill-over or drift
+    bias of the benchmark, not a property of a model.
+    """
+    aa = aa_name(baseline)
+    if aa not in latency or baseline not in latency:
+        return {}
+    base = {s.key: s for s in latency[baseline]}
+    out: dict[str, dict[str, float]] = {}
+    for s in latency[aa]:
+        b = base.get(s.key)
+        if b is not None and b.samples_ms and len(b.samples_ms) == len(s.samples_ms):
+            r = ratio_interval(b.samples_ms, s.samples_ms, level)
+            out[s.key] = {"ratio": r.ratio, "low": r.low, "high": r.high}
     return out
 
 
@@ -223,10 +354,14 @@ def benchmark_variants(
     variants: Sequence[VariantResult],
     paths: Mapping[str, Path],
     *,
+    baseline: str = "float",
+    decide: SpeedDecision | None = None,
     progress: bool = True,
     say: Callable[[str], None] = print,
-) -> None:
-    """The run's benchmark stage: every ok variant's engine timed in one interleaved loop against float.
+) -> dict[str, Any]:
+    """The run's benchmark stage: every ok variant's engine, plus a second session of the baseline (the
+    A/A control), timed in one interleaved loop. Returns the benchmark's design record for report.json
+    (seed, per-round orders, stops, the A/A control, the sessions' settings).
 
     Fills each variant's latency, speed-up and speed-up interval. A variant whose engine cannot be
     built at the benchmark's shapes (a TensorRT build, say) fails alone; the rest are timed.
@@ -241,19 +376,35 @@ def benchmark_variants(
             v.status, v.error = "failed", f"benchmark engine failed: {exc}"
             say(f"  {v.name} failed: {v.error}")
     ok = [v for v in variants if v.status == "ok"]
-    if "float" not in engines:
-        say("  benchmark skipped: the float baseline has no engine")
-        return
+    if baseline not in engines:
+        say(f"  benchmark skipped: the {baseline} baseline has no engine")
+        return {}
+    base_variant = next(v for v in ok if v.name == baseline)
+    # opened under the baseline's own name: an engine that builds from the file (TensorRT) reuses the baseline's plan
+    engines[aa_name(baseline)] = EngineFromOnnx(paths[baseline], recipe, baseline, base_variant.precision, threads=spec.threads)
+    design: dict[str, Any] = {}
     try:
-        latency = benchmark_interleaved(dict(engines.items()), spec, loaded.input_names, loaded.vocab_size, progress=progress, level=level)
+        latency = benchmark_interleaved(
+            dict(engines.items()), spec, loaded.input_names, loaded.vocab_size, progress=progress, level=level,
+            baseline=baseline, seed=recipe.seed, decide=decide, record=design,
+        )
+        design["sessions"] = engines[baseline].describe()
     finally:
         engines.clear()
-    ratios = speedups(latency, "float")
-    intervals = speedup_intervals(latency, "float", level)
+    ratios = speedups(latency, baseline)
+    intervals = speedup_intervals(latency, baseline, level)
     for v in ok:
         v.latency = latency.get(v.name, [])
         v.speedup_vs_float = ratios.get(v.name, {})
         v.speedup_interval_vs_float = intervals.get(v.name, {})
-    capped = sorted({f"{s.key} ({s.stop}, {s.iterations} iterations)" for s in latency["float"] if s.stop in ("time cap", "iteration cap")})
+    design["aa"] = aa_summary(latency, baseline, level)
+    design["aa_runner"] = aa_name(baseline)
+    design["aa_samples_ms"] = {s.key: s.samples_ms for s in latency[aa_name(baseline)]}
+    design["speed_margin"] = recipe.selection.speed_margin
+    design["max_seconds"] = spec.max_seconds
+    for key, aa in design["aa"].items():
+        say(f"  A/A control at {key}: {aa['ratio']:.3f}x ({aa['low']:.3f}-{aa['high']:.3f})")
+    capped = sorted(f"{key} ({d['stop']}, {d['rounds']} rounds)" for key, d in design["shapes"].items() if d["stop"] in ("time cap", "iteration cap"))
     if capped:
-        say(f"  benchmark stopped at its cap before the speed-up intervals reached ±{(spec.speedup_tolerance or 0) * 100:g} %: {', '.join(capped)}")
+        say(f"  benchmark stopped at its cap: {', '.join(capped)}")
+    return design

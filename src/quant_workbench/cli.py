@@ -101,7 +101,9 @@ def _no_quantized_result(result: RunResult) -> str | None:
     """The summary line of a run with nothing to ship (exit 3), or None when a quantized variant was selected."""
     if result.best_variant is not None:
         return None
-    failed = [v for v in result.variants if v.precision != "float32" and v.status != "ok"]
+    from .vocabulary import FLOAT_PRECISIONS
+
+    failed = [v for v in result.variants if v.precision not in FLOAT_PRECISIONS and v.status != "ok"]
     if failed:
         detail = "; ".join(f"{v.name}: {(v.error or 'failed').splitlines()[0]}" for v in failed)
         return f"no quantized variant succeeded ({len(failed)} failed: {detail})."
@@ -180,6 +182,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         with _terminate_like_interrupt():
             result = execute(recipe, run_id=args.run_id, progress=not args.no_progress, wait_lock_s=args.wait_lock)
+        warning = result.selection.get("warning")
+        if warning and result.best_variant is not None:  # undetermined / none within the margin: still exit 0
+            print(paragraph("warning: ", str(warning)), file=sys.stderr)
         summary = _no_quantized_result(result)
         if summary is not None:
             print(paragraph("error: ", f"{summary} The report is written; nothing quantized can be deployed."), file=sys.stderr)

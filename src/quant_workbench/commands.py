@@ -47,10 +47,11 @@ def paragraph(prefix: str, text: str) -> str:
 
 
 def user_error(exc: WorkbenchError, debug: bool) -> int:
-    """A user mistake: one paragraph on stderr (the traceback only with --debug), exit code 2."""
+    """One paragraph on stderr (the traceback only with --debug); exit code 2 for a user mistake, 1 for an
+    internal error reported the same way (ExportError: an exporter bug)."""
     if debug:
         traceback.print_exc()
-    print(paragraph("error: ", str(exc)), file=sys.stderr)
+    print(paragraph("error: " if exc.exit_code == 2 else "internal error: ", str(exc)), file=sys.stderr)
     return exc.exit_code
 
 

@@ -25,21 +25,21 @@ import yaml
 
 from .errors import WorkbenchError
 from .io import atomic_path, hash_json
+from .plot_labels import place_labels
 from .report import (
     DASH,
-    _delta,
-    _fenced,
-    _float_variant,
-    _mb,
-    _metric,
-    _metric_ci,
-    _ms_ci,
-    _paired,
-    _pct_ci,
-    _place_labels,
-    _points_ci,
-    _speedup_ci,
-    _table,
+    delta_of,
+    fenced,
+    float_row,
+    markdown_table,
+    mb,
+    metric_interval,
+    metric_of,
+    ms_ci,
+    paired_of,
+    pct_ci,
+    points_ci,
+    speedup_ci,
 )
 from .report_schema import load_report
 from .results import LatencyStats, RunResult, VariantResult
@@ -71,7 +71,7 @@ class RunEntry:
 
     @property
     def float_variant(self) -> VariantResult | None:
-        v = _float_variant(self.result)
+        v = float_row(self.result)
         return v if v is not None and v.status == "ok" else None
 
     @property
@@ -193,16 +193,16 @@ def _latency_of(v: VariantResult, shape: tuple[int, int] | None) -> LatencyStats
 
 
 def _variant_data(v: VariantResult, role: str, ref: VariantResult | None, primary: str) -> dict[str, Any]:
-    paired = _paired(v) if v is not ref else None
+    paired = paired_of(v) if v is not ref else None
     return {
         "variant": v.name,
         "role": role,
         "precision": v.precision,
         "status": v.status,
         "error": v.error,
-        primary: _metric(v, primary),
-        f"{primary}_interval": list(ci) if (ci := _metric_ci(v, primary)) else None,
-        "delta_vs_float": _delta(v, ref, primary),
+        primary: metric_of(v, primary),
+        f"{primary}_interval": list(ci) if (ci := metric_interval(v, primary)) else None,
+        "delta_vs_float": delta_of(v, ref, primary),
         "delta_interval": [paired["delta_low"], paired["delta_high"]] if paired else None,
         "latency": {
             s.key: {"batch_size": s.batch_size, "seq_length": s.seq_length, "p50_ms": s.p50_ms, "p50_low_ms": s.p50_low_ms,
@@ -217,10 +217,10 @@ def _variant_data(v: VariantResult, role: str, ref: VariantResult | None, primar
 
 def _point(e: RunEntry, v: VariantResult, role: str, shape: tuple[int, int] | None) -> dict[str, Any] | None:
     st = _latency_of(v, shape)
-    acc = _metric(v, e.result.primary_metric)
+    acc = metric_of(v, e.result.primary_metric)
     if st is None or acc is None:
         return None
-    ci = _metric_ci(v, e.result.primary_metric)
+    ci = metric_interval(v, e.result.primary_metric)
     return {
         "run": e.label, "variant": v.name, "role": role, "accuracy": acc, "accuracy_interval": list(ci) if ci else None,
         "p50_ms": st.p50_ms, "p50_low_ms": st.p50_low_ms, "p50_high_ms": st.p50_high_ms, "shape": _key((st.batch_size, st.seq_length)),
@@ -319,7 +319,7 @@ RECOMMENDATION_RULE = (
 def recommend(entries: Sequence[RunEntry], shapes: Mapping[str, tuple[int, int] | None], margin: float, margin_source: str) -> dict[str, Any]:
     metric = entries[0].result.primary_metric if entries else "accuracy"
     rule = RECOMMENDATION_RULE.format(metric=metric, margin=100 * margin)
-    floats = [(e, acc) for e in entries if e.float_variant is not None and (acc := _metric(e.float_variant, metric)) is not None]
+    floats = [(e, acc) for e in entries if e.float_variant is not None and (acc := metric_of(e.float_variant, metric)) is not None]
     out: dict[str, Any] = {"rule": rule, "margin": margin, "margin_source": margin_source, "recommended": None}
     if not floats:
         out["reason"] = "no run has a scored float variant"
@@ -330,7 +330,7 @@ def recommend(entries: Sequence[RunEntry], shapes: Mapping[str, tuple[int, int] 
     candidates: list[dict[str, Any]] = []
     for e in entries:
         sel = e.selected
-        acc = _metric(sel, metric) if sel is not None else None
+        acc = metric_of(sel, metric) if sel is not None else None
         if sel is None or acc is None or acc < threshold:
             continue
         st = _latency_of(sel, shapes.get(e.label))
@@ -338,7 +338,7 @@ def recommend(entries: Sequence[RunEntry], shapes: Mapping[str, tuple[int, int] 
                            "shape": _key((st.batch_size, st.seq_length)) if st else None})
     out["candidates"] = candidates
     if not candidates:
-        chosen = max(((e, _metric(e.selected, metric)) for e in entries if e.selected is not None), key=lambda x: x[1] or -1.0, default=None)
+        chosen = max(((e, metric_of(e.selected, metric)) for e in entries if e.selected is not None), key=lambda x: x[1] or -1.0, default=None)
         out["reason"] = f"no run's selected variant is within {100 * margin:.2f} points of the best float {metric} ({100 * best:.2f} %, {best_e.label})"
         if chosen is not None and chosen[1] is not None:
             out["most_accurate_selected"] = {"run": chosen[0].label, "variant": chosen[0].selected.name if chosen[0].selected else None, metric: chosen[1]}
@@ -364,7 +364,7 @@ def build_comparison(entries: Sequence[RunEntry], margin: float | None = None) -
     runs = []
     points: list[dict[str, Any]] = []
     for e in entries:
-        ref = _float_variant(e.result)
+        ref = float_row(e.result)
         primary = e.result.primary_metric
         rows = []
         if ref is not None:
@@ -407,7 +407,7 @@ def _shape_text(key: str | None) -> str:
 def _summary_rows(entries: Sequence[RunEntry], shapes: Mapping[str, tuple[int, int] | None]) -> list[list[str]]:
     rows = []
     for e in entries:
-        ref, sel = _float_variant(e.result), e.selected
+        ref, sel = float_row(e.result), e.selected
         primary = e.result.primary_metric
         shape = shapes.get(e.label)
         key = _key(shape) if shape else None
@@ -416,21 +416,21 @@ def _summary_rows(entries: Sequence[RunEntry], shapes: Mapping[str, tuple[int, i
         rows.append([
             e.label,
             e.settings or DASH,
-            _pct_ci(_metric(ref, primary), _metric_ci(ref, primary)) if ref is not None else DASH,
+            pct_ci(metric_of(ref, primary), metric_interval(ref, primary)) if ref is not None else DASH,
             sel.name if sel is not None else "none selected",
-            _pct_ci(_metric(sel, primary), _metric_ci(sel, primary)) if sel is not None else DASH,
-            _points_ci(_delta(sel, ref, primary), _paired(sel)) if sel is not None and sel is not ref else DASH,
+            pct_ci(metric_of(sel, primary), metric_interval(sel, primary)) if sel is not None else DASH,
+            points_ci(delta_of(sel, ref, primary), paired_of(sel)) if sel is not None and sel is not ref else DASH,
             _shape_text(key),
-            _ms_ci(st_f) if st_f else DASH,
-            _ms_ci(st_s) if st_s else DASH,
-            _speedup_ci(sel.speedup_vs_float.get(key), sel.speedup_interval_vs_float.get(key)) if sel is not None and key else DASH,
-            f"{_mb(sel.size_bytes)} / {_mb(ref.size_bytes)}" if sel is not None and ref is not None else DASH,
+            ms_ci(st_f) if st_f else DASH,
+            ms_ci(st_s) if st_s else DASH,
+            speedup_ci(sel.speedup_vs_float.get(key), sel.speedup_interval_vs_float.get(key)) if sel is not None and key else DASH,
+            f"{mb(sel.size_bytes)} / {mb(ref.size_bytes)}" if sel is not None and ref is not None else DASH,
         ])
     return rows
 
 
 def _run_table(e: RunEntry) -> list[str]:
-    ref = _float_variant(e.result)
+    ref = float_row(e.result)
     primary = e.result.primary_metric
     shapes = _shapes_of(e)
     header = ["Variant", "Role", f"{primary.replace('_', ' ')} (%)", "Δ vs float (pts)"]
@@ -446,15 +446,15 @@ def _run_table(e: RunEntry) -> list[str]:
         if v.status != "ok":
             rows.append([v.name, role, "failed", DASH, *([DASH, DASH] * len(shapes)), DASH])
             continue
-        row = [v.name, role, _pct_ci(_metric(v, primary), _metric_ci(v, primary)),
-               DASH if v is ref else _points_ci(_delta(v, ref, primary), _paired(v) if primary == "accuracy" else None)]
+        row = [v.name, role, pct_ci(metric_of(v, primary), metric_interval(v, primary)),
+               DASH if v is ref else points_ci(delta_of(v, ref, primary), paired_of(v) if primary == "accuracy" else None)]
         for b, s in shapes:
             st = v.latency_at(b, s)
             key = _key((b, s))
-            row += [_ms_ci(st) if st else DASH, "1.00×" if v is ref else _speedup_ci(v.speedup_vs_float.get(key), v.speedup_interval_vs_float.get(key))]
-        row.append(_mb(v.size_bytes))
+            row += [ms_ci(st) if st else DASH, "1.00×" if v is ref else speedup_ci(v.speedup_vs_float.get(key), v.speedup_interval_vs_float.get(key))]
+        row.append(mb(v.size_bytes))
         rows.append(row)
-    return _table(header, rows, [False, False] + [True] * (len(header) - 2))
+    return markdown_table(header, rows, [False, False] + [True] * (len(header) - 2))
 
 
 def recommendation_lines(rec: Mapping[str, Any], metric: str = "accuracy") -> list[str]:
@@ -502,7 +502,7 @@ def render_comparison(
         f"longest sequence). {metric.replace('_', ' ').capitalize()} with its interval; Δ vs the run's own float with its paired interval; "
         "p50 with its bootstrap interval; speed-up = float p50 / selected p50 from the run's own interleaved benchmark.",
         "",
-        *_table(
+        *markdown_table(
             ["Run", "Settings", f"Float {metric} (%)", "Selected", f"Selected {metric} (%)", "Δ vs float (pts)", "Shape",
              "Float p50 (ms)", "Selected p50 (ms)", "Speed-up", "Size MB (selected / float)"],
             _summary_rows(entries, shapes),
@@ -531,7 +531,7 @@ def render_comparison(
         timing = {e.label: e.timing for e in entries}
         rows = [[str(i + 1), ", ".join(g["runs"]), g["hardware"], ", ".join(f"{k} {x}" for k, x in g["versions"].items() if k in ("quant_workbench", "onnxruntime", "torch")),
                  ", ".join(sorted({timing[r] for r in g["runs"]})), ", ".join(g["differs_from_first_group"]) or "—"] for i, g in enumerate(groups)]
-        lines += [*_table(["Group", "Runs", "Machine", "Versions", "Timed", "Differs from group 1 in"], rows), ""]
+        lines += [*markdown_table(["Group", "Runs", "Machine", "Versions", "Timed", "Differs from group 1 in"], rows), ""]
     lines += ["## Per run", ""]
     for e in entries:
         lines += [f"### {e.label}", "", f"`{e.run_dir}` · {e.settings or DASH} · selected: {e.result.best_variant or 'none'} · "
@@ -552,7 +552,7 @@ def render_compare_markdown(entries: Sequence[RunEntry], comparison: Mapping[str
 def failure_lines(failures: Sequence[tuple[str, str]]) -> list[str]:
     lines: list[str] = []
     for label, error in failures:
-        lines += [f"- **{label}**:", "", *("  " + x for x in _fenced(error or "(no error message recorded)")), ""]
+        lines += [f"- **{label}**:", "", *("  " + x for x in fenced(error or "(no error message recorded)")), ""]
     return lines
 
 
@@ -625,7 +625,7 @@ def cross_run_figure(comparison: Mapping[str, Any], title: str) -> Any:
     order = sorted(points, key=lambda p: (-p["accuracy"], p["p50_ms"], p["run"]))
     labels = [(f"{p['run']}: {p['variant']}\n{100 * p['accuracy']:.2f} %, {p['p50_ms']:.2f} ms", p["p50_ms"], 100 * p["accuracy"],
                bool(rec) and p["run"] == rec.get("run") and p["role"] == "selected") for p in order]
-    _place_labels(ax, renderer, labels, obstacles, soft)
+    place_labels(ax, renderer, labels, obstacles, soft)
     return fig
 
 
@@ -847,7 +847,7 @@ def render_retime(data: Mapping[str, Any]) -> list[str]:
     ]
 
     def ratio(x: Sequence[float] | None) -> str:
-        return _speedup_ci(x[0], x[1:]) if x else DASH
+        return speedup_ci(x[0], x[1:]) if x else DASH
 
     for shape in data["shapes"]:
         lines += [f"### Batch {shape['batch_size']}", ""]
@@ -856,6 +856,6 @@ def render_retime(data: Mapping[str, Any]) -> list[str]:
             p50 = f"{row['p50_ms']:.2f} ({row['p50_low_ms']:.2f}–{row['p50_high_ms']:.2f})"
             report = f"{row['report_p50_ms']:.2f}" if row.get("report_p50_ms") is not None else DASH
             rows.append([row["run"], row["variant"], str(row["seq_length"]), p50, report, ratio(row.get("speedup_vs_own_float")), ratio(row.get("speedup_vs_baseline"))])
-        lines += [*_table(["Run", "Variant", "Sequence", "p50 (ms)", "p50 in its report", "vs its float", f"vs {data['baseline']}"], rows,
+        lines += [*markdown_table(["Run", "Variant", "Sequence", "p50 (ms)", "p50 in its report", "vs its float", f"vs {data['baseline']}"], rows,
                           [False, False, True, True, True, True, True]), ""]
     return lines

@@ -1,7 +1,9 @@
 """Labelled text data: load a local file or Hub dataset, clean it, and cut disjoint splits.
 
-The three splits (calibration, probe, evaluation) come from one deterministic permutation of the
-de-duplicated rows, so they can never share a text and the same spec always yields the same splits.
+The splits (calibration, probe, evaluation, and with a search the held-out selection split) come from
+one deterministic permutation of the de-duplicated rows, so they can never share a text and the same
+spec always yields the same splits. The selection split is drawn after the evaluation split, so asking
+for it leaves the other three unchanged.
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ class TextSet:
         return TextSet(texts=self.texts[:n], labels=self.labels[:n])
 
 
+_EMPTY = TextSet(texts=[], labels=np.zeros(0, dtype=np.int64))
+
+
 @dataclass(frozen=True)
 class Splits:
     calibration: TextSet
@@ -58,13 +63,17 @@ class Splits:
     evaluation: TextSet
     label_names: list[str]
     fingerprint: str
+    selection: TextSet = _EMPTY  # held out for the search's choices (data.selection_samples); empty without
 
     def sizes(self) -> dict[str, int]:
-        return {
+        out = {
             "calibration": len(self.calibration),
             "probe": len(self.probe),
             "evaluation": len(self.evaluation),
         }
+        if len(self.selection):
+            out["selection"] = len(self.selection)
+        return out
 
 
 def load_splits(spec: DataSpec) -> Splits:
@@ -77,23 +86,27 @@ def load_splits(spec: DataSpec) -> Splits:
     label_names = list(spec.label_names) if spec.label_names is not None else inferred_names
     texts, labels, label_names = _clean(frame, spec, source, label_names)
 
-    requested = spec.calibration_samples + spec.probe_samples + spec.eval_samples
+    held_out = spec.selection_samples or 0
+    requested = spec.calibration_samples + spec.probe_samples + spec.eval_samples + held_out
     available = len(texts)
     if available < requested:
         raise DataError(
             f"{source} has {available} usable rows (after dropping empty and duplicate texts), but the recipe "
             f"requests {requested}: calibration_samples={spec.calibration_samples} + "
-            f"probe_samples={spec.probe_samples} + eval_samples={spec.eval_samples}.",
+            f"probe_samples={spec.probe_samples} + eval_samples={spec.eval_samples}"
+            + (f" + selection_samples={held_out}" if held_out else "") + ".",
             _smaller_sizes_hint(spec, available),
         )
 
     order = np.random.default_rng(spec.seed).permutation(available)
-    bounds = np.cumsum([0, spec.calibration_samples, spec.probe_samples, spec.eval_samples])
+    sizes = [spec.calibration_samples, spec.probe_samples, spec.eval_samples] + ([held_out] if held_out else [])
+    bounds = np.cumsum([0, *sizes])
     sets = []
     for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
         idx = order[start:stop]
         sets.append(TextSet(texts=[texts[i] for i in idx], labels=labels[idx]))
-    calibration, probe, evaluation = sets
+    calibration, probe, evaluation = sets[:3]
+    selection = sets[3] if held_out else _EMPTY
 
     present = np.unique(evaluation.labels)
     if len(present) < 2:
@@ -112,15 +125,16 @@ def load_splits(spec: DataSpec) -> Splits:
 
     fingerprint = _fingerprint(spec, label_names, sets)
     log.info(
-        "data: %s -> calibration %d, probe %d, evaluation %d (%d classes, %d usable rows)",
+        "data: %s -> calibration %d, probe %d, evaluation %d, selection %d (%d classes, %d usable rows)",
         source,
         len(calibration),
         len(probe),
         len(evaluation),
+        len(selection),
         len(label_names),
         available,
     )
-    return Splits(calibration, probe, evaluation, label_names, fingerprint)
+    return Splits(calibration, probe, evaluation, label_names, fingerprint, selection)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -386,7 +400,7 @@ def _label_index(label_names: list[str]) -> dict[str, int]:
 
 
 def _more_evaluation_hint(spec: DataSpec, available: int) -> str:
-    room = available - spec.calibration_samples - spec.probe_samples
+    room = available - spec.calibration_samples - spec.probe_samples - (spec.selection_samples or 0)
     if room > spec.eval_samples:
         return f"increase data.eval_samples (e.g. --set data.eval_samples={min(room, max(100, 2 * spec.eval_samples))}) or change data.seed"
     return "change data.seed (another permutation draws other rows), or lower data.calibration_samples / data.probe_samples to leave more rows for evaluation"
@@ -398,7 +412,7 @@ def _smaller_sizes_hint(spec: DataSpec, available: int) -> str:
             "the data has no usable row (a header only, or every text or label empty): check that data.files names "
             "the right file and that data.text_columns and data.label_column name columns holding text and labels"
         )
-    fixed = spec.calibration_samples + spec.probe_samples
+    fixed = spec.calibration_samples + spec.probe_samples + (spec.selection_samples or 0)
     if available - fixed >= 2:
         return f"lower the request, e.g. --set data.eval_samples={available - fixed}"
     # Sizes the recipe accepts: the embedding task's linear probe needs probe_samples >= 10 (a recipe that
@@ -434,7 +448,9 @@ def _smaller_sizes_hint(spec: DataSpec, available: int) -> str:
 
 def _fingerprint(spec: DataSpec, label_names: list[str], sets: list[TextSet]) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode())
+    # without a selection split the key is left out, so splits made before it existed keep their fingerprint
+    exclude = None if spec.selection_samples else {"selection_samples"}
+    h.update(json.dumps(spec.model_dump(mode="json", exclude=exclude), sort_keys=True).encode())
     h.update(json.dumps(label_names).encode())
     for ts in sets:
         # JSON of the whole list is unambiguous (quoted, escaped), unlike joining texts with a separator.

@@ -158,7 +158,10 @@ class EngineGraphs:
     ) -> Path:
         """The graph this quantized variant runs as; its check lands in `variant.fidelity["engine_graph"]`."""
         if fp8 or self.mode == "qdq":
-            why = "FP8 Q/DQ (ONNX Runtime CPU has no FP8 GEMM: emulated)" if fp8 else "engine.int8_graph: qdq (S8 Q/DQ, the TensorRT layout)"
+            if fp8:
+                why = "FP8 Q/DQ (ONNX Runtime CPU has no FP8 GEMM: emulated)" if self.recipe.engine.ort_cpu else "FP8 Q/DQ"
+            else:
+                why = "engine.int8_graph: qdq (S8 Q/DQ, the TensorRT layout)"
             variant.fidelity["engine_graph"] = {"graph": "qdq", "why": why}
             return qdq_path
         hidden = _hidden_quantizers(loaded.model.hf)
@@ -242,8 +245,17 @@ class EngineGraphs:
     # -----------------------------------------------------------------------------------------
     # int8-dynamic and the reference rows
 
-    def dynamic_variant(self, loaded: LoadedModel, example: dict[str, torch.Tensor], reference: np.ndarray, variant: VariantResult) -> Path:
-        """ONNX Runtime's dynamic quantization of the fused float graph, on the Linears the plan quantizes."""
+    def dynamic_variant(
+        self, loaded: LoadedModel, example: dict[str, torch.Tensor], reference: np.ndarray, variant: VariantResult, *, quantization_noise: float | None = None
+    ) -> Path:
+        """ONNX Runtime's dynamic quantization of the fused float graph, on the Linears the plan quantizes.
+
+        Gate (the same pass/fail as every other candidate's engine graph): there is no fake-quant model of a
+        run-time quantization to compare with, so its distance from float (1 - mean cosine on the fidelity
+        inputs) may be at most the quantization noise of the static max-calibrated fake-quant model of the same
+        Linears (`quantization_noise`; dynamic ranges are never wider than the calibrated max) plus the
+        allowance the Q/DQ export's end-to-end check gives a correct graph. A graph that fails is not used:
+        ExportError, and the variant is recorded as failed with the numbers."""
         if self.fused_float_path is None:
             raise ExportError("int8-dynamic quantizes the fused float graph, which could not be built (see the float variant)")
         mapping = map_linears(self.fused_float_path, loaded.model.hf)
@@ -256,14 +268,25 @@ class EngineGraphs:
             quantize_dynamic_onnx(self.fused_float_path, out, per_channel=self.recipe.quantization.per_channel_weights, nodes=nodes, op_types=["MatMul", "Attention"])
             mark_artifact(out, key)
         cos = cosine_rows(_run(out, self.recipe, example), reference)
+        noise = quantization_noise or 0.0
+        threshold = 1.0 - (noise + end_to_end_allowance(noise, self.recipe.export.min_cosine))
+        passed = bool(cos.mean() >= threshold)
         variant.fidelity = {
             "engine_graph": {
                 "graph": "dynamic", "path": f"models/{out.name}", "quantized_nodes": len(nodes),
                 "linears_quantized": sum(len(mapping[n]) for n in nodes), "linears_in_plan": len(wanted),
                 "notes": [f"{n}: Q/K/V share one fused projection and not all are in the plan; left float" for n in partial],
-                "mean_cosine_vs_float": float(cos.mean()), "fused_ops": fused_op_counts(out),
+                "mean_cosine_vs_float": float(cos.mean()), "threshold": threshold, "passed": passed,
+                "static_max_fake_quant_vs_float_cosine": None if quantization_noise is None else 1.0 - noise,
+                "fused_ops": fused_op_counts(out),
             }
         }
+        if not passed:
+            raise ExportError(
+                f"int8-dynamic failed its fidelity check: mean cosine to float {cos.mean():.4f} < {threshold:.4f} "
+                f"(the static max-calibrated fake-quant model of the same Linears reaches {1.0 - noise:.4f}); the candidate is removed",
+                "on a CPU without VNNI, ONNX Runtime's U8 x S8 kernels can saturate; see the Engine graphs section",
+            )
         return out
 
     def references(

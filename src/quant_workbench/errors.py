@@ -1,4 +1,5 @@
-"""User-facing errors. The CLI prints them as one paragraph and exits with code 2."""
+"""Errors the CLI prints as one paragraph: user mistakes exit with code 2, internal errors (an exporter
+bug) with code 1, as the README's exit codes say."""
 
 from __future__ import annotations
 
@@ -38,7 +39,9 @@ class SelectionError(WorkbenchError):
 
 
 class ExportError(WorkbenchError):
-    """ONNX export or an export fidelity check failed."""
+    """ONNX export or an export fidelity check failed: an exporter bug, not a user mistake (exit code 1)."""
+
+    exit_code = 1
 
 
 class OptionalDependencyError(WorkbenchError):

@@ -330,7 +330,7 @@ def _subgraph_references(graph: onnx.GraphProto) -> set[str]:
     return names
 
 
-def _input_dependent(graph: onnx.GraphProto) -> set[str]:
+def input_dependent_tensors(graph: onnx.GraphProto) -> set[str]:
     """Tensors that depend on a graph input (the exporter writes nodes in topological order)."""
     dynamic = {i.name for i in graph.input}
     for node in graph.node:
@@ -379,7 +379,7 @@ def _evaluate_constants(model: onnx.ModelProto, names: Sequence[str]) -> dict[st
 def _fold_constant_calls(model: onnx.ModelProto) -> None:
     """Replace every quantized Linear call whose output does not depend on the graph inputs by its value."""
     graph = model.graph
-    dynamic = _input_dependent(graph)
+    dynamic = input_dependent_tensors(graph)
     kept = {o.name for o in graph.output} | _subgraph_references(graph)
     producers = {o: n for n in graph.node for o in n.output}
     calls = [
@@ -685,12 +685,14 @@ def per_layer_fidelity(
     def compare(module: str, got: np.ndarray) -> LayerFidelity:
         ref = captured[module][1].numpy()
         diff = np.abs(got - ref)
-        denom = float(np.linalg.norm(got) * np.linalg.norm(ref)) or 1.0
+        denom = float(np.linalg.norm(got) * np.linalg.norm(ref))
         tol = 1e-3 * float(np.abs(ref).max() or 1.0)
+        # both all zero (every input of the Linear rounds to zero, in both implementations): they agree
+        cosine = float(np.sum(got.astype(np.float64) * ref) / denom) if denom > 0 else float(not np.any(got) and not np.any(ref))
         return LayerFidelity(
             module=module,
             max_abs_diff=float(diff.max()),
-            cosine=float(np.sum(got.astype(np.float64) * ref) / denom),
+            cosine=cosine,
             mismatch_fraction=float((diff > tol).mean()),
         )
 

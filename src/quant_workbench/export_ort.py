@@ -223,7 +223,7 @@ class _CallSites:
 
     def __init__(self, model: onnx.ModelProto, hf: nn.Module) -> None:
         from .architectures import architecture_of
-        from .export import _input_dependent
+        from .export import input_dependent_tensors
 
         self.linears = _quant_linears(hf)
         arch = architecture_of(hf)
@@ -232,7 +232,7 @@ class _CallSites:
             calls.setdefault((_weight_key(m.weight.detach().to(torch.float32).numpy().T), arch.is_constant_call_site(name)), []).append(name)
         self.weights = {w for w, _ in calls}
         inits = {i.name: i for i in model.graph.initializer}
-        dynamic = _input_dependent(model.graph)
+        dynamic = input_dependent_tensors(model.graph)
         uses: dict[tuple[bytes, bool], list[tuple[int, int]]] = {}
         for i, node in enumerate(model.graph.node):
             for part, w in enumerate(_weight_parts(node, inits)):

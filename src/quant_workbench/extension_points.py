@@ -71,10 +71,12 @@ class OpenEngine(Protocol):
 @dataclass(frozen=True)
 class EngineBackend:
     """`open` runs an ONNX artifact (building whatever the runtime needs from it); `preflight` fails
-    before any work when the runtime cannot run here (a missing extra, no GPU)."""
+    before any work when the runtime cannot run here (a missing extra, no GPU); `float_precision` names
+    the precision the float baseline computes in on this engine (a TensorRT FP16 build: "fp16")."""
 
     open: OpenEngine
     preflight: Callable[[Recipe], None] = lambda recipe: None
+    float_precision: Callable[[Recipe], str] = lambda recipe: "float32"
 
 
 ENGINES: Registry[EngineBackend] = Registry("engine runtime", ["quant_workbench.engines"])

@@ -21,7 +21,7 @@ from .extension_points import FAMILIES, VariantFamily
 from .io import hash_json
 from .quantize.apply import set_format
 from .quantize.calibrate import HistogramCalibrator
-from .quantize.smoothquant import SmoothState, apply_smoothquant, float_mode
+from .quantize.smoothquant import SmoothState, checked_smoothquant
 from .recipe import CalibMethod, QuantFamily, QuantSpec
 from .vocabulary import Format
 
@@ -75,12 +75,6 @@ def expand_families(spec: QuantSpec) -> list[Family]:
     return out
 
 
-def _float_outputs(model: nn.Module, example: dict[str, torch.Tensor]) -> torch.Tensor:
-    with float_mode(model), torch.no_grad():
-        out: torch.Tensor = model(**example)
-    return out
-
-
 def _prepare_smoothquant(
     fam: Family,
     model: nn.Module,
@@ -91,12 +85,10 @@ def _prepare_smoothquant(
     tolerance: float,
 ) -> SmoothState:
     assert fam.alpha is not None
-    before = _float_outputs(model, example)
-    state = apply_smoothquant(model, channel_amax, fam.alpha)
+    state, check = checked_smoothquant(model, example, channel_amax, fam.alpha, tolerance)
+    diff = check["float_max_abs_diff"]
     try:
-        diff = float((_float_outputs(model, example) - before).abs().max())
-        check = {"float_max_abs_diff": diff, "tolerance": tolerance, "passed": diff <= tolerance}
-        if diff > tolerance:
+        if not check["passed"]:
             fam.fidelity["smoothquant"] = {**state.summary(), "float_equivalence": check}
             fam.error = (
                 f"SmoothQuant (alpha {fam.alpha:g}) changed the float model's outputs by {diff:.3g} > {tolerance:g}; "

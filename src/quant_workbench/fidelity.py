@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from .engines.onnxruntime import OrtEngine
-from .errors import WorkbenchError
+from .errors import ExportError
 from .export import cosine_rows, end_to_end_allowance, per_layer_fidelity, qdq_summary
 from .models import LoadedModel
 from .quantize.smoothquant import float_mode
@@ -49,7 +49,7 @@ def qdq_fidelity(recipe: Recipe, loaded: LoadedModel, path: Path, example: dict[
         },
     }
     if not out["per_layer"]["passed"] or not out["end_to_end"]["passed"]:
-        raise WorkbenchError(
+        raise ExportError(
             f"Q/DQ ONNX {path.name} disagrees with the fake-quant model "
             f"(worst layer {out['per_layer']['worst_layer']} cosine {out['per_layer']['min_cosine']:.5f}, end-to-end mean cosine {cos.mean():.4f}, "
             f"allowed >= {1.0 - allowed:.4f}).",

@@ -100,6 +100,11 @@ class HubDataset(Strict):
     split: str = "train"
 
 
+# With a search, its trials are scored and chosen on a held-out `selection` split of this size by default,
+# so the evaluation split that reports the winner's accuracy is one the search never saw.
+DEFAULT_SEARCH_SELECTION_SAMPLES = 1000
+
+
 class DataSpec(Strict):
     format: Literal["csv", "json", "parquet", "hub"] = "csv"
     files: list[str] = Field(default_factory=list)
@@ -112,6 +117,14 @@ class DataSpec(Strict):
     probe_samples: int = Field(2000, ge=0)
     eval_samples: int = Field(1000, ge=1)
     validation_samples: int = Field(0, ge=0, description="carved from the probe split (the training pool of finetune/qat)")
+    selection_samples: int | None = Field(
+        None, ge=0,
+        description=(
+            "held-out split the search scores its trials and chooses on, disjoint from every other split (drawn after the "
+            f"evaluation split, so the others do not move); default with a search section: eval_samples, at most "
+            f"{DEFAULT_SEARCH_SELECTION_SAMPLES}; none without"
+        ),
+    )
     seed: int = 0
 
     @model_validator(mode="after")
@@ -324,10 +337,52 @@ class BenchmarkSpec(Strict):
         return v
 
 
-class SelectionSpec(Strict):
-    """How the report picks its variant among statistically indistinguishable ones (quant_workbench.selection)."""
+DEFAULT_ACCURACY_MARGIN = 0.005
+DEFAULT_SPEED_MARGIN = 0.03
+DEFAULT_LOOKS = 5
 
-    level: float = Field(0.05, gt=0, lt=0.5, description="significance level of the paired tests; intervals are at 1 - level")
+
+class SelectionSpec(Strict):
+    """The margins the selection decides with (quant_workbench.selection; docs/decisions.md)."""
+
+    level: float = Field(0.05, gt=0, lt=0.5, description="intervals are at 1 - level; one-sided tests (non-inferiority, early stops) at level / 2")
+    accuracy_margin: float | None = Field(
+        None, gt=0, lt=1,
+        description=(
+            f"non-inferiority margin of the paired Δ accuracy vs float ({DEFAULT_ACCURACY_MARGIN} = 0.5 pt): a variant is acceptable when "
+            f"Δ's lower bound is >= -margin; default {DEFAULT_ACCURACY_MARGIN}, or the search criterion's allowed drop with a search"
+        ),
+    )
+    speed_margin: float = Field(
+        DEFAULT_SPEED_MARGIN, ge=0, lt=1,
+        description="latency ratios inside [1/(1+m), 1+m] are equal speed (0.03 = 3 %); within it, accuracy decides",
+    )
+    looks: int = Field(
+        DEFAULT_LOOKS, ge=1, le=20,
+        description="the evaluation split is scored in this many blocks; after each, a variant shown inferior at the accuracy margin stops (1 = no early stop)",
+    )
+
+
+# Keys added after run ids were first computed: at these values they are left out of run.recipe_hash (and of
+# the data fingerprint), so existing recipes keep their run ids and cached artifacts.
+HASH_NEUTRAL_DEFAULTS: dict[tuple[str, str], tuple[Any, ...]] = {
+    ("data", "selection_samples"): (None, 0),
+    ("model", "max_unknown_token_rate"): (0.05,),
+    ("model", "allow_untrained_head"): (False,),
+    ("selection", "accuracy_margin"): (None,),
+    ("selection", "speed_margin"): (DEFAULT_SPEED_MARGIN,),
+    ("selection", "looks"): (DEFAULT_LOOKS,),
+}
+
+
+def drop_hash_neutral(data: dict[str, Any]) -> dict[str, Any]:
+    """A recipe dump without the HASH_NEUTRAL_DEFAULTS keys that hold their neutral value."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for (section, key), neutral in HASH_NEUTRAL_DEFAULTS.items():
+        part = out.get(section)
+        if isinstance(part, dict) and key in part and part[key] in neutral:
+            del part[key]
+    return out
 
 
 DeployTarget = Annotated[str, RegistryName(DEPLOY_TARGETS)]
@@ -431,6 +486,19 @@ class Recipe(Strict):
             return list(ALL_REFERENCES) if self.engine.ort_cpu else []
         return list(self.references)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _selection_split_default(cls, data: Any) -> Any:
+        # a search chooses among many configurations: by default on its own held-out split
+        wanted = isinstance(data, dict) and data.get("search") is not None and isinstance(data.get("data"), dict)
+        if wanted and data["data"].get("selection_samples") is None:
+            # as large as the evaluation split, at most DEFAULT_SEARCH_SELECTION_SAMPLES: the same resolution for
+            # the search's choices as for the final check, and a small corpus is not asked for more than it holds
+            eval_samples = data["data"].get("eval_samples", DataSpec.model_fields["eval_samples"].default)
+            size = min(DEFAULT_SEARCH_SELECTION_SAMPLES, eval_samples) if isinstance(eval_samples, int) else DEFAULT_SEARCH_SELECTION_SAMPLES
+            data = {**data, "data": {**data["data"], "selection_samples": size}}
+        return data
+
     @field_validator("name")
     @classmethod
     def _one_folder(cls, v: str) -> str:
@@ -498,6 +566,17 @@ class Recipe(Strict):
         if self.search is not None and (self.search.latency.seq_length or 0) > self.model.max_seq_length:
             raise ValueError(
                 f"search.latency.seq_length={self.search.latency.seq_length} exceeds model.max_seq_length={self.model.max_seq_length}"
+            )
+        if self.search is not None and self.selection.accuracy_margin is not None:
+            raise ValueError(
+                f"selection.accuracy_margin={self.selection.accuracy_margin:g} and search.criterion both set the accuracy margin; with a search "
+                "section the criterion is the margin (relative r: r x float accuracy; absolute a: a). Remove selection.accuracy_margin, "
+                f"or state it as the criterion: search.criterion: {{absolute: {self.selection.accuracy_margin:g}}}"
+            )
+        if self.search is None and self.data.selection_samples:
+            raise ValueError(
+                f"data.selection_samples={self.data.selection_samples} is the split a search scores and chooses its trials on, but this "
+                "recipe has no search section (the selection rule decides on the evaluation split with Holm-adjusted tests); remove it"
             )
         too_long = [s for s in self.benchmark.seq_lengths if s > self.model.max_seq_length]
         if too_long:

@@ -1,4 +1,5 @@
-"""Run reports: report.json (the RunResult itself), report.md for people, and an accuracy-vs-latency plot.
+"""Run reports: report.json (the RunResult itself), report.md for people, and the plot of paired Δ accuracy
+vs speed-up (report_decisions.py, with the sections that show what decided the recommendation).
 
 Metrics in `VariantResult.metrics` are fractions in [0, 1] and are shown as percentages; a delta
 between two of them is shown in percentage points. Cosine similarities are not percentages and keep
@@ -14,12 +15,19 @@ from pathlib import Path
 from typing import Any
 
 from .format_notes import formats_section
-from .io import atomic_path, write_json, write_text
+from .io import write_json, write_text
+from .report_decisions import (
+    PLOT_RELPATH,
+    aa_lines,
+    benchmark_lines,
+    evaluation_section,
+    plot_delta_vs_speedup,
+    selection_lines,
+)
 from .report_engine import engine_graph_section, reference_section, reference_verdicts
 from .report_search import search_section
 from .results import LatencyStats, RunResult, VariantResult
 
-PLOT_RELPATH = "plots/accuracy_vs_latency.png"
 DASH = "—"
 
 _PERCENT_METRICS = ("accuracy", "macro_f1", "agreement")
@@ -66,15 +74,18 @@ def _interval(low: float | None, high: float | None, fmt: str) -> str:
     return f" ({low:{fmt}}–{high:{fmt}})"
 
 
-def _pct_ci(x: float | None, ci: Sequence[float] | None) -> str:
+def pct_ci(x: float | None, ci: Sequence[float] | None) -> str:
     """72.10 (70.1–74.0): a fraction as a percentage with its interval, when one was computed."""
     if x is None or not math.isfinite(x):
         return DASH
     return _pct(x) + (_interval(100.0 * ci[0], 100.0 * ci[1], ".1f") if ci else "")
 
 
-def _points_ci(d: float | None, paired: Mapping[str, Any] | None) -> str:
-    """−0.35 (−0.90 to +0.20): a difference in points with its paired interval."""
+def points_ci(d: float | None, paired: Mapping[str, Any] | None) -> str:
+    """−0.35 (−0.90 to +0.20): a difference in points with its paired interval. The paired Δ (on the examples
+    both were scored on) is the point shown when there is one: a variant stopped early has fewer examples."""
+    if paired and isinstance(paired.get("delta"), (int, float)):
+        d = float(paired["delta"])
     if d is None or not math.isfinite(d):
         return DASH
     if not paired:
@@ -82,11 +93,11 @@ def _points_ci(d: float | None, paired: Mapping[str, Any] | None) -> str:
     return f"{_points(d)} ({100.0 * paired['delta_low']:+.2f} to {100.0 * paired['delta_high']:+.2f})"
 
 
-def _ms_ci(st: LatencyStats) -> str:
+def ms_ci(st: LatencyStats) -> str:
     return _ms(st.p50_ms) + _interval(st.p50_low_ms, st.p50_high_ms, ".2f")
 
 
-def _speedup_ci(x: float | None, ci: Sequence[float] | None) -> str:
+def speedup_ci(x: float | None, ci: Sequence[float] | None) -> str:
     if x is None or not math.isfinite(x):
         return DASH
     return _speedup(x) + (_interval(ci[0], ci[1], ".2f") if ci else "")
@@ -96,7 +107,7 @@ def _speedup(x: float | None) -> str:
     return DASH if x is None or not math.isfinite(x) else f"{x:.2f}×"
 
 
-def _mb(n: int | None) -> str:
+def mb(n: int | None) -> str:
     return DASH if n is None else f"{n / 1e6:.2f}"
 
 
@@ -113,7 +124,7 @@ def _cell(text: str) -> str:
     return _one_line(text).replace("\\", "\\\\").replace("|", "\\|")
 
 
-def _table(
+def markdown_table(
     header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool] | None = None
 ) -> list[str]:
     right = right or [False] * len(header)
@@ -227,7 +238,7 @@ def _bullets(d: Mapping[str, Any], depth: int = 0) -> list[str]:
     return lines
 
 
-def _fenced(text: str) -> list[str]:
+def fenced(text: str) -> list[str]:
     # A fence longer than any backtick run inside keeps arbitrary error text from closing it early.
     longest = run = 0
     for ch in text:
@@ -241,7 +252,7 @@ def _fenced(text: str) -> list[str]:
 # lookups shared by the Markdown report, the terminal table and the plot
 
 
-def _float_variant(result: RunResult) -> VariantResult | None:
+def float_row(result: RunResult) -> VariantResult | None:
     return result.variant("float") or next((v for v in result.variants if v.precision == "float32"), None)
 
 
@@ -287,7 +298,7 @@ def _speedup_at(v: VariantResult, key: str, ref: VariantResult | None) -> float 
     return theirs.p50_ms / mine.p50_ms
 
 
-def _metric(v: VariantResult | None, name: str) -> float | None:
+def metric_of(v: VariantResult | None, name: str) -> float | None:
     if v is None or v.status != "ok":
         return None
     x = v.metrics.get(name)
@@ -298,19 +309,19 @@ def _cosine_of(v: VariantResult) -> float | None:
     return next((float(v.metrics[k]) for k in _COSINE_KEYS if k in v.metrics), None)
 
 
-def _metric_ci(v: VariantResult, name: str) -> Sequence[float] | None:
+def metric_interval(v: VariantResult, name: str) -> Sequence[float] | None:
     ci = v.intervals.get(name) if v.status == "ok" else None
     return ci if isinstance(ci, (list, tuple)) and len(ci) == 2 else None
 
 
-def _paired(v: VariantResult) -> Mapping[str, Any] | None:
+def paired_of(v: VariantResult) -> Mapping[str, Any] | None:
     """The paired comparison with float, when the Δ it describes is the accuracy one shown."""
     cmp = v.intervals.get("vs_float") if v.status == "ok" else None
     return cmp if isinstance(cmp, Mapping) else None
 
 
-def _delta(v: VariantResult, ref: VariantResult | None, name: str) -> float | None:
-    mine, theirs = _metric(v, name), _metric(ref, name)
+def delta_of(v: VariantResult, ref: VariantResult | None, name: str) -> float | None:
+    mine, theirs = metric_of(v, name), metric_of(ref, name)
     if v is ref or mine is None or theirs is None:
         return None
     return mine - theirs
@@ -334,7 +345,7 @@ def _results_section(result: RunResult, ref: VariantResult | None) -> list[str]:
         f"{_metric_label(primary)} (%)",
         "Δ vs float (pts)",
     ]
-    has_pairs = any(_paired(v) for v in result.variants if v is not ref)
+    has_pairs = any(paired_of(v) for v in result.variants if v is not ref)
     header += ["Disagree / discordant"] if has_pairs else []
     header += [f"{_metric_label(m)} (%)" for m in extra]
     header += ["Cosine to float"] if has_cos else []
@@ -342,30 +353,36 @@ def _results_section(result: RunResult, ref: VariantResult | None) -> list[str]:
     rows = []
     for v in result.variants:
         name = v.name + (" (best)" if v.name == result.best_variant else "")
+        scored = v.intervals.get("n") if v.status == "ok" else None
+        full = (result.evaluation or {}).get("n")
+        status: str = v.status if v.status == "ok" else "failed (see below)"
+        if isinstance(scored, int) and isinstance(full, int) and scored < full:
+            status = f"ok, stopped after {scored:,} examples"
         row = [
             name,
             v.precision,
             v.calibration_method or DASH,
-            v.status if v.status == "ok" else "failed (see below)",
-            _pct_ci(_metric(v, primary), _metric_ci(v, primary)),
-            "reference" if v is ref else _points_ci(_delta(v, ref, primary), _paired(v) if primary == "accuracy" else None),
+            status,
+            pct_ci(metric_of(v, primary), metric_interval(v, primary)),
+            "reference" if v is ref else points_ci(delta_of(v, ref, primary), paired_of(v) if primary == "accuracy" else None),
         ]
-        pair = _paired(v)
+        pair = paired_of(v)
         row += ([f"{pair['disagreements']} / {pair['discordant']}" if pair and v is not ref else DASH] if has_pairs else [])
-        row += [_pct_ci(_metric(v, m), _metric_ci(v, m)) for m in extra]
+        row += [pct_ci(metric_of(v, m), metric_interval(v, m)) for m in extra]
         row += [_cosine(_cosine_of(v)) if v.status == "ok" else DASH] if has_cos else []
-        row += [_mb(v.size_bytes)]
+        row += [mb(v.size_bytes)]
         rows.append(row)
     right = [False, False, False, False] + [True] * (len(header) - 4)
-    lines = ["## Results", "", *_table(header, rows, right), ""]
+    lines = ["## Results", "", *markdown_table(header, rows, right), ""]
     level = next((v.intervals.get("level") for v in result.variants if v.intervals.get("level")), None)
     if level is not None:
         n = next((v.intervals.get("n") for v in result.variants if v.intervals.get("n")), "?")
         lines += [
-            f"Intervals are {100 * (1 - level):g} % on {n} evaluation examples: Wilson for accuracy, bootstrap over "
-            "examples for macro-F1, and a paired bootstrap over the same examples for Δ vs float. Disagree = examples "
-            "whose prediction differs from float's; discordant = examples exactly one of the two gets right (the only "
-            "ones that move Δ; the exact McNemar test on them decides ties in the selection).",
+            f"Intervals are {100 * (1 - level):g} % on {n} evaluation examples (fewer for a variant the evaluation stopped early: "
+            "see Evaluation): Wilson for accuracy, bootstrap over examples for macro-F1, and for Δ vs float Tango's score interval "
+            "for paired proportions on the examples both were scored on (extended to 0 when the exact McNemar test does not "
+            "reject, so interval and test agree). Disagree = examples whose prediction differs from float's; discordant = "
+            "examples exactly one of the two gets right (the only ones that move Δ).",
             "",
         ]
     shown = {primary, *extra, *_COSINE_KEYS}
@@ -382,11 +399,11 @@ def _latency_section(result: RunResult, ref: VariantResult | None) -> list[str]:
     if not shapes:
         return [*lines, "No latency was measured.", ""]
     lines += [
-        "All variants were timed interleaved (round-robin within each iteration) in one process, so they "
-        "saw the same machine state. Speed-up = float p50 / variant p50. Intervals (95 % unless the recipe's "
-        "selection.level says otherwise) are percentile bootstraps over iterations; a speed-up's resamples keep "
-        "each round's float and variant times together.",
+        "All variants were timed interleaved in one process, so they saw the same machine state. Speed-up = the "
+        "median over rounds of float's time / the variant's time in that round. Intervals (95 % unless the recipe's "
+        "selection.level says otherwise) are block bootstraps over rounds.",
         "",
+        *benchmark_lines(result),
     ]
     for b, s in shapes:
         key = f"b{b}xs{s}"
@@ -394,8 +411,9 @@ def _latency_section(result: RunResult, ref: VariantResult | None) -> list[str]:
         iters = max(st.iterations for _, st in measured)
         stops = {st.stop for _, st in measured if st.stop}
         why = {"tolerance": "stopped when every speed-up interval was within the tolerance",
-               "time cap": "**stopped at the time cap** before the speed-up intervals reached the tolerance",
-               "iteration cap": "**stopped at the iteration cap** before the speed-up intervals reached the tolerance",
+               "resolved": "stopped when every speed comparison that could change the selection was resolved against the speed margin",
+               "time cap": "**stopped at the time cap** before its comparisons were resolved",
+               "iteration cap": "**stopped at the iteration cap** before its comparisons were resolved",
                "fixed": "fixed count"}
         stop_text = "; ".join(why.get(x, x) for x in sorted(stops))
         lines += [f"### Batch {b} × sequence length {s} ({iters} timed iterations{', ' + stop_text if stop_text else ''})", ""]
@@ -411,16 +429,21 @@ def _latency_section(result: RunResult, ref: VariantResult | None) -> list[str]:
         rows = [
             [
                 v.name,
-                _ms_ci(st),
+                ms_ci(st),
                 _ms(st.p95_ms),
                 _ms(st.p99_ms),
                 _ms(st.mean_ms),
                 f"{st.throughput_seq_per_s:.1f}",
-                _speedup_ci(_speedup_at(v, key, ref), v.speedup_interval_vs_float.get(key)),
+                speedup_ci(_speedup_at(v, key, ref), v.speedup_interval_vs_float.get(key)),
             ]
             for v, st in measured
         ]
-        lines += [*_table(header, rows, [False] + [True] * 6), ""]
+        # engines timed without their host<->device copies (TensorRT): the copy-inclusive time on its own line
+        rows += [
+            [f"{v.name} (end to end, copies included)", _ms(st.end_to_end_p50_ms), DASH, DASH, DASH, DASH, DASH]
+            for v, st in measured if st.end_to_end_p50_ms is not None
+        ]
+        lines += [*markdown_table(header, rows, [False] + [True] * 6), ""]
     return lines
 
 
@@ -463,7 +486,7 @@ def _deployment_section(result: RunResult) -> list[str]:
             "Layer precisions from TensorRT's engine inspector (a layer counts as INT8/FP8 when any of its tensors is); "
             "the full per-layer report is `<engine>.layers.json` beside each plan.",
             "",
-            *_table(["engine", "used for", "TensorRT", "layers", "layers by precision", "build s"], trt_rows, [False, False, False, True, False, True]),
+            *markdown_table(["engine", "used for", "TensorRT", "layers", "layers by precision", "build s"], trt_rows, [False, False, False, True, False, True]),
             "",
         ]
     triton = result.deployment.get("triton")
@@ -471,7 +494,7 @@ def _deployment_section(result: RunResult) -> list[str]:
         lines += ["## Triton model repository", "", f"Written to `{triton.get('path')}` (validated against Triton's model-config schema).", ""]
         models = triton.get("models") or []
         if models:
-            lines += [*_table(["ensemble (text in)", "model", "kind", "note"], [[str(m.get("ensemble")), str(m.get("name")), str(m.get("kind")), str(m.get("note") or "")] for m in models]), ""]
+            lines += [*markdown_table(["ensemble (text in)", "model", "kind", "note"], [[str(m.get("ensemble")), str(m.get("name")), str(m.get("kind")), str(m.get("note") or "")] for m in models]), ""]
     bench = result.deployment.get("triton_benchmark")
     if isinstance(bench, Mapping) and isinstance(bench.get("variants"), Mapping):
         rows = []
@@ -490,7 +513,7 @@ def _deployment_section(result: RunResult) -> list[str]:
             f"sequential = one request at a time (batch 1); concurrent = {clients} client threads, dynamic batching on the server. "
             f"Machine: {bench.get('hardware', {}).get('cpu', '?')}; client and server share its cores.",
             "",
-            *_table(["variant", "seq p50 ms", "seq p90 ms", "conc p50 ms", "conc p90 ms", "req/s", "mean server batch"], rows, [False] + [True] * 6),
+            *markdown_table(["variant", "seq p50 ms", "seq p90 ms", "conc p50 ms", "conc p90 ms", "req/s", "mean server batch"], rows, [False] + [True] * 6),
             "",
         ]
         if sp:
@@ -513,23 +536,25 @@ def _summary(result: RunResult, ref: VariantResult | None) -> list[str]:
         lines.append("No variant was selected.")
     else:
         primary = result.primary_metric
-        parts = [f"{_metric_label(primary)} {_pct_ci(_metric(best, primary), _metric_ci(best, primary))} %"]
-        if best is not ref and _delta(best, ref, primary) is not None:
-            parts.append(f"{_points_ci(_delta(best, ref, primary), _paired(best) if primary == 'accuracy' else None)} pts vs float")
+        parts = [f"{_metric_label(primary)} {pct_ci(metric_of(best, primary), metric_interval(best, primary))} %"]
+        if best is not ref and delta_of(best, ref, primary) is not None:
+            parts.append(f"{points_ci(delta_of(best, ref, primary), paired_of(best) if primary == 'accuracy' else None)} pts vs float")
         shape = _default_shape(result)
         if shape is not None:
             key = f"b{shape[0]}xs{shape[1]}"
             sp = _speedup_at(best, key, ref)
             if sp is not None:
-                parts.append(f"{_speedup_ci(sp, best.speedup_interval_vs_float.get(key))} p50 speed-up at batch {shape[0]}, seq {shape[1]}")
+                parts.append(f"{speedup_ci(sp, best.speedup_interval_vs_float.get(key))} p50 speed-up at batch {shape[0]}, seq {shape[1]}")
         if best.size_bytes and ref is not None and ref.size_bytes and best is not ref:
             ratio = ref.size_bytes / best.size_bytes
             parts.append(
                 f"{ratio:.2f}× smaller than float" if ratio >= 1 else f"{1 / ratio:.2f}× larger than float on disk"
             )
         lines.append(f"**{best.name}**: " + ", ".join(parts) + ".")
-    lines += ["", f"Selection rule: {result.selection_rule or '(not recorded)'}", ""]
     sel = result.selection
+    if sel.get("outcome"):
+        return [*lines, "", *selection_lines(result)]
+    lines += ["", f"Selection rule: {result.selection_rule or '(not recorded)'}", ""]
     if sel:
         groups = sel.get("tie_groups") or {}
         first = (
@@ -548,7 +573,7 @@ def _summary(result: RunResult, ref: VariantResult | None) -> list[str]:
 
 
 def render_markdown(result: RunResult) -> str:
-    ref = _float_variant(result)
+    ref = float_row(result)
     lines = [
         f"# Quantization report: {result.recipe_name}",
         "",
@@ -560,8 +585,9 @@ def render_markdown(result: RunResult) -> str:
         lines += ["## Warnings", "", *(f"- {_one_line(w)}" for w in result.warnings), ""]
     lines += _summary(result, ref)
     lines += _results_section(result, ref)
+    lines += evaluation_section(result)
     lines += formats_section(result)
-    lines += ["## Accuracy vs latency", "", f"![accuracy vs latency]({PLOT_RELPATH})", ""]
+    lines += ["## Δ accuracy vs speed-up", "", f"![paired Δ accuracy vs speed-up]({PLOT_RELPATH})", ""]
     lines += _latency_section(result, ref)
     lines += reference_section(result)
     lines += engine_graph_section(result)
@@ -577,7 +603,7 @@ def render_markdown(result: RunResult) -> str:
         lines += ["None.", ""]
     for v in failed:
         lines += [f"- **{v.name}** ({v.precision}, calibration {v.calibration_method or DASH}):", ""]
-        lines += ["  " + x for x in _fenced(v.error or "(no error message recorded)")] + [""]
+        lines += ["  " + x for x in fenced(v.error or "(no error message recorded)")] + [""]
 
     for kind, info in (result.training or {}).items():
         lines += [f"## Training: {kind}", ""]
@@ -592,7 +618,7 @@ def render_markdown(result: RunResult) -> str:
     lines += [*(_bullets(result.hardware) or ["Not recorded."]), ""]
     lines += ["## Versions", ""]
     if result.versions:
-        lines += [*_table(["Package", "Version"], [[k, str(x)] for k, x in result.versions.items()]), ""]
+        lines += [*markdown_table(["Package", "Version"], [[k, str(x)] for k, x in result.versions.items()]), ""]
     else:
         lines += ["Not recorded.", ""]
     if result.timings_s:
@@ -607,7 +633,7 @@ def render_markdown(result: RunResult) -> str:
 
 def results_table(result: RunResult) -> str:
     """Short fixed-width table for the terminal, plus one line per failed variant."""
-    ref = _float_variant(result)
+    ref = float_row(result)
     primary = result.primary_metric
     shapes = _shapes(result)
     big = _default_shape(result)
@@ -625,8 +651,8 @@ def results_table(result: RunResult) -> str:
         ok = v.status == "ok"
         row = [
             name,
-            _pct_ci(_metric(v, primary), _metric_ci(v, primary)),
-            "ref" if v is ref else _points_ci(_delta(v, ref, primary), _paired(v) if primary == "accuracy" else None),
+            pct_ci(metric_of(v, primary), metric_interval(v, primary)),
+            "ref" if v is ref else points_ci(delta_of(v, ref, primary), paired_of(v) if primary == "accuracy" else None),
             _cosine(_cosine_of(v)) if ok else DASH,
         ]
         if small_key and small_key != big_key:
@@ -634,8 +660,8 @@ def results_table(result: RunResult) -> str:
             row.append(_ms(st.p50_ms if st else None))
         st_big = _latency(v, big_key) if big_key else None
         row.append(_ms(st_big.p50_ms if st_big else None))
-        row.append(_speedup_ci(_speedup_at(v, big_key, ref), v.speedup_interval_vs_float.get(big_key)) if big_key and ok else DASH)
-        row += [_mb(v.size_bytes), v.status]
+        row.append(speedup_ci(_speedup_at(v, big_key, ref), v.speedup_interval_vs_float.get(big_key)) if big_key and ok else DASH)
+        row += [mb(v.size_bytes), v.status]
         rows.append(row)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     left = {0, len(header) - 1}
@@ -648,10 +674,14 @@ def results_table(result: RunResult) -> str:
     out = [fmt(header), "  ".join("-" * w for w in widths), *(fmt(r) for r in rows)]
     if big:
         out.append(f"speed-up = float p50 / variant p50 at batch {big[0]}, seq {big[1]}")
+    out += aa_lines(result)
     if result.best_variant:
-        # the reason names the tie groups; the rule itself is in report.md
+        # the reason names the groups; the rule itself is in report.md
         why = result.selection.get("reason") or result.selection_rule
-        out.append(f"* best: {result.best_variant}" + (f" ({why})" if why else ""))
+        outcome = result.selection.get("outcome")
+        out.append(f"* best: {result.best_variant}" + (f" [{outcome}]" if outcome else "") + (f" ({why})" if why else ""))
+    if result.selection.get("warning"):
+        out.append(f"warning: {result.selection['warning']}")
     out += [f"vs standard tools: {item['verdict']}" for item in reference_verdicts(result)]
     out += [f"warning: {_one_line(w)}" for w in result.warnings]
     for v in result.variants:
@@ -664,167 +694,6 @@ def results_table(result: RunResult) -> str:
 # ---------------------------------------------------------------------------------------------
 # plot
 
-_MARKERS = {"float32": ("s", "0.35"), "int8": ("o", "C0"), "fp8": ("D", "C2")}
-_MARKER_AREA = 60.0  # points²
-_SELECTED_AREA = 320.0
-# Label offsets tried around a point, nearest first (points); the direction order is fixed, so the
-# placement is a pure function of the data: the same report always draws the same picture.
-_LABEL_RADII = (6.0, 14.0, 24.0, 36.0, 52.0, 72.0, 96.0)
-_LABEL_DIRECTIONS = ((1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1))
-_LABEL_PAD_PX = 2.0
-
-
-def _overlap_area(a: Any, b: Any) -> float:
-    w = min(a.x1, b.x1) - max(a.x0, b.x0)
-    h = min(a.y1, b.y1) - max(a.y0, b.y0)
-    return w * h if w > 0 and h > 0 else 0.0
-
-
-def _place_labels(ax: Any, renderer: Any, labels: Sequence[tuple[str, float, float, bool]], obstacles: Sequence[Any], soft: Sequence[Any]) -> list[Any]:
-    """Annotate (text, x, y, bold) so no label overlaps another label, a point (`obstacles`, display
-    bboxes) or leaves the axes; error bars (`soft`) are avoided when some position allows it.
-
-    Greedy over candidate offsets, nearest first: the first position free of everything wins, else
-    the first free of the hard obstacles, else the one overlapping least. Labels far from their point
-    get a thin leader line. Call after the layout is final: positions are measured in pixels.
-    """
-    from matplotlib.transforms import Bbox
-
-    area = ax.get_window_extent(renderer)
-    placed: list[Any] = []
-    out = []
-    for text, x, y, bold in labels:
-        best: tuple[tuple[int, float], float, int, int] | None = None
-        for radius in _LABEL_RADII:
-            for dx, dy in _LABEL_DIRECTIONS:
-                ann = ax.annotate(
-                    text, (x, y), xytext=(dx * radius, dy * radius), textcoords="offset points", fontsize=8,
-                    fontweight="bold" if bold else "normal",
-                    ha="left" if dx > 0 else "right" if dx < 0 else "center",
-                    va="bottom" if dy > 0 else "top" if dy < 0 else "center",
-                )
-                box = ann.get_window_extent(renderer).padded(_LABEL_PAD_PX)
-                ann.remove()
-                outside = box.x0 < area.x0 or box.x1 > area.x1 or box.y0 < area.y0 or box.y1 > area.y1
-                hard = sum(_overlap_area(box, o) for o in [*placed, *obstacles]) + (1e9 if outside else 0.0)
-                soft_hits = sum(_overlap_area(box, o) for o in soft)
-                # rank: free of everything < free of hard obstacles < least hard overlap
-                rank = (0 if hard == 0 and soft_hits == 0 else 1 if hard == 0 else 2, hard)
-                if best is None or rank < best[0]:
-                    best = (rank, radius, dx, dy)
-            if best is not None and best[0][0] == 0:
-                break
-        assert best is not None
-        _, radius, dx, dy = best
-        ann = ax.annotate(
-            text, (x, y), xytext=(dx * radius, dy * radius), textcoords="offset points", fontsize=8,
-            fontweight="bold" if bold else "normal",
-            ha="left" if dx > 0 else "right" if dx < 0 else "center",
-            va="bottom" if dy > 0 else "top" if dy < 0 else "center",
-            arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.6, "shrinkA": 0, "shrinkB": 5} if radius > _LABEL_RADII[0] else None,
-            zorder=5,
-        )
-        placed.append(Bbox(ann.get_window_extent(renderer).padded(_LABEL_PAD_PX).get_points()))
-        out.append(ann)
-    return out
-
-
-def accuracy_vs_latency_figure(result: RunResult, batch_size: int | None = None, seq_length: int | None = None) -> Any:
-    """The plot of `plot_accuracy_vs_latency` as a matplotlib Figure (with an Agg canvas), not yet saved.
-
-    Error bars: the accuracy interval (report.json `intervals`) and the p50 interval over iterations.
-    """
-    # The object-oriented API with an explicit Agg canvas renders headless and never touches
-    # pyplot's global backend, so calling this from a notebook or GUI app leaves the host alone.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.transforms import Bbox
-
-    primary = result.primary_metric
-    shape = _default_shape(result, batch_size, seq_length)
-    ref = _float_variant(result)
-
-    fig = Figure(figsize=(8.5, 5.5), dpi=120)
-    canvas = FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    points: list[tuple[VariantResult, LatencyStats, float]] = []
-    if shape is not None:
-        for v in _ok(result):
-            st = v.latency_at(*shape)
-            m = _metric(v, primary)
-            if st is not None and m is not None:
-                points.append((v, st, 100.0 * m))
-
-    shape_text = f"batch {shape[0]}, seq {shape[1]}" if shape else "no latency measured"
-    ax.set_title(f"{result.recipe_name}: {_metric_label(primary)} vs p50 latency ({shape_text})", fontsize=11)
-    ax.set_xlabel("p50 latency (ms), lower is better; bars: interval over iterations")
-    ax.set_ylabel(f"{_metric_label(primary)} (%), higher is better; bars: interval")
-    ax.grid(True, alpha=0.3)
-
-    if not points:
-        ax.text(0.5, 0.5, "no variant has both a metric and a latency here", ha="center", va="center", transform=ax.transAxes)
-        fig.tight_layout()
-        return fig
-
-    ref_point = next((p for p in points if p[0] is ref), None)
-    if ref_point is not None:
-        ax.axhline(ref_point[2], color="0.6", linestyle="--", linewidth=1, label=f"float {_metric_label(primary)}")
-    seen: set[str] = set()
-    bars = []
-    for v, st, y in points:
-        marker, color = _MARKERS.get(v.precision, ("^", "C1"))
-        label = None if v.precision in seen else v.precision
-        seen.add(v.precision)
-        ci = _metric_ci(v, primary)
-        yerr = [[y - 100.0 * ci[0]], [100.0 * ci[1] - y]] if ci else None
-        xerr = (
-            [[st.p50_ms - st.p50_low_ms], [st.p50_high_ms - st.p50_ms]]
-            if st.p50_low_ms is not None and st.p50_high_ms is not None else None
-        )
-        bars.append(ax.errorbar([st.p50_ms], [y], xerr=xerr, yerr=yerr, fmt="none", ecolor=color, elinewidth=1, capsize=3, alpha=0.6, zorder=2))
-        ax.scatter([st.p50_ms], [y], marker=marker, color=color, s=_MARKER_AREA, zorder=3, label=label)
-        if v.name == result.best_variant:
-            ax.scatter([st.p50_ms], [y], s=_SELECTED_AREA, facecolors="none", edgecolors="C3", linewidths=2, zorder=4, label="selected")
-    # Limits are fixed before labels are placed: placement works in pixels.
-    highs = [st.p50_high_ms if st.p50_high_ms is not None else st.p50_ms for _, st, _ in points]
-    # Starting the axis at zero keeps distances between points proportional to the speed-up.
-    ax.set_xlim(0, max(highs) * 1.45)
-    ys = [y for *_, y in points] + [100.0 * bound for v, _, _ in points for bound in (_metric_ci(v, primary) or [])]
-    low, high = min(ys), max(ys)
-    pad = max(high - low, 0.5) * 0.35
-    ax.set_ylim(low - pad, high + pad)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, borderaxespad=0.0)
-    fig.tight_layout()
-    renderer = canvas.get_renderer()
-
-    to_px = ax.transData.transform
-    obstacles = []
-    for v, st, y in points:
-        px, py = to_px((st.p50_ms, y))
-        area = _SELECTED_AREA if v.name == result.best_variant else _MARKER_AREA
-        r = (area ** 0.5) / 2.0 * fig.dpi / 72.0 + 1.0
-        obstacles.append(Bbox([[px - r, py - r], [px + r, py + r]]))
-    soft = [Bbox(line.get_window_extent(renderer).get_points()) for bar in bars for line in bar.lines[2]]
-    # Top of the plot first: the most accurate variants, which readers look for, get the nearest spots.
-    order = sorted(points, key=lambda p: (-p[2], p[1].p50_ms, p[0].name))
-    labels = [(f"{v.name}\n{y:.2f} %, {st.p50_ms:.2f} ms", st.p50_ms, y, v.name == result.best_variant) for v, st, y in order]
-    _place_labels(ax, renderer, labels, obstacles, soft)
-    return fig
-
-
-def plot_accuracy_vs_latency(
-    result: RunResult, path: Path, batch_size: int | None = None, seq_length: int | None = None
-) -> Path:
-    """Primary metric (%) against p50 latency (ms) at one (batch, seq), one labelled point per ok variant,
-    error bars on both axes, labels placed so that none overlaps another label or a point."""
-    path = Path(path)
-    fig = accuracy_vs_latency_figure(result, batch_size, seq_length)
-    with atomic_path(path) as tmp:
-        # Without a Software entry the PNG carries no version string or timestamp: same input, same bytes.
-        fig.savefig(tmp, format="png", metadata={"Software": None})
-    return path
-
-
 # ---------------------------------------------------------------------------------------------
 
 
@@ -832,6 +701,6 @@ def write_report(result: RunResult, run_dir: Path) -> dict[str, Path]:
     run_dir = Path(run_dir)
     # JSON first: it is the machine-readable record and must exist even if rendering fails later.
     json_path = write_json(run_dir / "report.json", result.to_dict())
-    plot_path = plot_accuracy_vs_latency(result, run_dir / PLOT_RELPATH)
+    plot_path = plot_delta_vs_speedup(result, run_dir / PLOT_RELPATH)
     md_path = write_text(run_dir / "report.md", render_markdown(result))
     return {"json": json_path, "markdown": md_path, "plot": plot_path}

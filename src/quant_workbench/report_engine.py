@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from .recipe import DEFAULT_ACCURACY_MARGIN, DEFAULT_SPEED_MARGIN
 from .results import LatencyStats, RunResult, VariantResult
+from .stats import DEFAULT_LEVEL, ratio_interval
 
-# A reference must be this much faster (p50 ratio) to count as faster: differences below it are in
-# the noise of an interleaved CPU benchmark on a shared host.
-SPEED_MARGIN = 1.05
 DASH = "—"
 
 
@@ -22,42 +21,91 @@ def _keys(result: RunResult) -> list[str]:
     return [f"b{b}xs{s}" for b, s in shapes]
 
 
-def _ratio(fast: VariantResult, slow: VariantResult, key: str) -> float | None:
-    a, b = _at(fast, key), _at(slow, key)
+def _speed(best: VariantResult, ref: VariantResult, key: str, margin: float, level: float) -> dict[str, Any] | None:
+    """The selected variant's speed-up over the reference row at one shape, with its interval and its place
+    against the speed margin: faster / slower (interval entirely outside [1/(1+m), 1+m]), equivalent
+    (inside it) or undetermined. Without paired samples (an old report): the medians' ratio only."""
+    a, b = _at(best, key), _at(ref, key)
     if a is None or b is None or a.p50_ms <= 0:
         return None
-    return b.p50_ms / a.p50_ms
+    if a.samples_ms and len(a.samples_ms) == len(b.samples_ms):
+        r = ratio_interval(b.samples_ms, a.samples_ms, level)
+        band = r.versus_margin(margin)
+        status = {"above": "faster", "below": "slower"}.get(band, band)
+        return {"speedup": r.ratio, "low": r.low, "high": r.high, "status": status}
+    ratio = b.p50_ms / a.p50_ms
+    status = "equivalent" if 1 / (1 + margin) <= ratio <= 1 + margin else "faster" if ratio > 1 else "slower"
+    return {"speedup": ratio, "low": None, "high": None, "status": status}
+
+
+def _accuracy(ref: VariantResult, margin: float) -> dict[str, Any]:
+    """The selected variant minus the reference row, paired on the examples both were scored on (selection.
+    compare_references): more accurate (interval above 0), non-inferior (lower bound >= -margin), less
+    accurate (interval below 0 and reaching past -margin), or undetermined."""
+    cmp = ref.intervals.get("vs_selected") if isinstance(ref.intervals, dict) else None
+    if not cmp:
+        return {"status": "not compared", "delta": None}
+    lo, hi = cmp["delta_low"], cmp["delta_high"]
+    if lo > 0:
+        status = "more accurate"
+    elif lo >= -margin:
+        status = "non-inferior"
+    elif hi < 0:
+        status = "less accurate"
+    else:
+        status = "undetermined"
+    return {"status": status, "delta": cmp["delta"], "low": lo, "high": hi, "n": cmp["n"]}
+
+
+_SPEED_WORDS = {"faster": "faster than", "slower": "slower than", "equivalent": "as fast as"}
+_ACCURACY_WORDS = {"more accurate": "more accurate than", "non-inferior": "non-inferior to", "less accurate": "less accurate than"}
 
 
 def reference_verdicts(result: RunResult) -> list[dict[str, Any]]:
-    """Per reference row: the selected variant's speed ratio at every shape, accuracy delta and verdict."""
+    """Per reference row: the selected variant's speed-up at every shape and paired accuracy difference, each
+    judged by its interval against the run's margins (selection.speed_margin, the accuracy margin), and a verdict."""
     best = result.variant(result.best_variant) if result.best_variant else None
+    sel = result.selection or {}
+    speed_margin = float(sel.get("speed_margin", DEFAULT_SPEED_MARGIN))
+    margin = float(sel.get("accuracy_margin") or DEFAULT_ACCURACY_MARGIN)
+    level = float(sel.get("level", DEFAULT_LEVEL))
     keys = _keys(result)
+    big = str(sel.get("shape") or (keys[-1] if keys else ""))
     out: list[dict[str, Any]] = []
     for ref in result.variants:
         if not ref.reference or ref.status != "ok" or best is None:
             continue
-        acc_best, acc_ref = best.metrics.get(result.primary_metric), ref.metrics.get(result.primary_metric)
-        delta = None if acc_best is None or acc_ref is None else 100.0 * (acc_best - acc_ref)
-        speed = {k: _ratio(best, ref, k) for k in keys}
-        big = keys[-1] if keys else None
-        ratio_big = speed.get(big) if big else None
-        dominated = bool(ratio_big is not None and ratio_big < 1.0 / SPEED_MARGIN and delta is not None and delta < 0)
-        faster_everywhere = all(r is not None and r >= 1.0 for r in speed.values()) and bool(speed)
-        if dominated:
-            verdict = f"{ref.name} dominates {best.name}: more than {SPEED_MARGIN - 1:.0%} faster at {big} and more accurate"
-        elif faster_everywhere and delta is not None and delta >= 0:
-            verdict = f"{best.name} beats {ref.name}: faster at every shape and at least as accurate"
-        elif faster_everywhere:
-            verdict = f"{best.name} is faster than {ref.name} at every shape but {abs(delta or 0):.2f} pts less accurate"
+        speed = {k: _speed(best, ref, k, speed_margin, level) for k in keys}
+        acc = _accuracy(ref, margin)
+        at_big = (speed.get(big) or {}).get("status", "not measured")
+        good_acc = acc["status"] in ("more accurate", "non-inferior")
+        if (at_big == "faster" and good_acc) or (at_big == "equivalent" and acc["status"] == "more accurate"):
+            head = f"{best.name} beats {ref.name}"
+        elif at_big in ("slower", "equivalent") and acc["status"] == "less accurate":
+            head = f"{ref.name} beats {best.name}"
+        elif at_big == "equivalent" and good_acc:
+            head = f"{best.name} matches {ref.name}"
+        elif (at_big == "slower" and good_acc) or (at_big == "faster" and acc["status"] == "less accurate"):
+            head = f"{best.name} vs {ref.name}: a trade-off"
+        elif at_big in _SPEED_WORDS:
+            head = f"{best.name} is {_SPEED_WORDS[at_big]} {ref.name} at {big}; accuracy undetermined at this evaluation size"
+        elif acc["status"] in _ACCURACY_WORDS:
+            head = f"{best.name} is {_ACCURACY_WORDS[acc['status']]} {ref.name}; speed at {big} undetermined at this benchmark length"
         else:
-            verdict = f"trade-off: {best.name} is not faster than {ref.name} at every shape"
-        out.append({"reference": ref.name, "selected": best.name, "speedup": speed, "accuracy_delta_pts": delta, "dominated": dominated, "verdict": verdict})
+            head = f"{best.name} vs {ref.name}: undetermined at this evaluation size and benchmark length"
+        speed_text = ", ".join(
+            f"{s['status']} at {k} ({s['speedup']:.2f}×" + (f", {s['low']:.2f}–{s['high']:.2f})" if s["low"] is not None else ")")
+            for k, s in speed.items() if s is not None
+        )
+        acc_text = acc["status"] if acc["delta"] is None else (
+            f"{acc['status']} (Δ {100 * acc['delta']:+.2f} pt, {100 * acc['low']:+.2f} to {100 * acc['high']:+.2f}, {acc['n']:,} paired examples)"
+        )
+        verdict = f"{head}: {speed_text or 'speed not measured'}; accuracy {acc_text} (margins ±{100 * speed_margin:g} % speed, {100 * margin:.2f} pt accuracy)"
+        out.append({
+            "reference": ref.name, "selected": best.name, "speedup": {k: (s["speedup"] if s else None) for k, s in speed.items()},
+            "speed": speed, "accuracy": acc, "accuracy_delta_pts": None if acc["delta"] is None else 100 * acc["delta"], "verdict": verdict,
+        })
     return out
-
-
-def _fmt_ratio(x: float | None) -> str:
-    return DASH if x is None else f"{x:.2f}×"
 
 
 def reference_section(result: RunResult) -> list[str]:
@@ -86,9 +134,7 @@ def reference_section(result: RunResult) -> list[str]:
         ])
     lines += _table(header, rows) + [""]
     for item in reference_verdicts(result):
-        speed = ", ".join(f"{_fmt_ratio(r)} at {k}" for k, r in item["speedup"].items())
-        delta = item["accuracy_delta_pts"]
-        lines.append(f"- **{item['verdict']}** ({speed}; accuracy {DASH if delta is None else f'{delta:+.2f}'} pts).")
+        lines.append(f"- **{item['verdict']}**.")
     failed = [v for v in refs if v.status != "ok"]
     lines += [f"- {v.name} could not be built here: {v.error}" for v in failed]
     return [*lines, ""]

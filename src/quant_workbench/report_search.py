@@ -31,7 +31,12 @@ def _rel(x: float | None) -> str:
 def search_section(s: dict[str, Any]) -> str:
     lat = s["latency_shape"]
     lines = ["", "## Search", ""]
-    lines.append(f"Criterion: {s['criterion']} → accuracy ≥ {_pct(s['threshold'])} (float {_pct(s['float_accuracy'])}). "
+    split = s.get("split", "evaluation")
+    where = (f"Trials were scored and chosen on the held-out **selection** split ({s.get('split_size', '?')} examples); the final numbers "
+             "and the criterion's check below come from the evaluation split, which the search never saw. ") if split == "selection" else (
+             "Trials were scored and chosen on the **evaluation** split itself (no selection split held out): the final numbers are "
+             "from the split the search chose on. ")
+    lines.append(where + f"Criterion: {s['criterion']} → accuracy ≥ {_pct(s['threshold'])} (float {_pct(s['float_accuracy'])} on the {split} split). "
                  f"Latency objective: p50 relative to float (timed interleaved in one loop, so machine-load drift cancels) "
                  f"at batch {lat['batch_size']} × seq {lat['seq_length']} on {s['engine']}.")
     lines.append(f"Calibration passes during the search: {s['calibration_passes']} (statistics from {s['calibration_source']}); "

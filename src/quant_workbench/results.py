@@ -14,7 +14,11 @@ from .vocabulary import Precision
 # gains reference, intervals and speedup_interval_vs_float. v1 files still load (the new fields default).
 # v3 (issue 11): RunResult gains `search` (the search stage's summary, search.json), so a report rendered
 # again from report.json alone (quantize deploy) keeps its Search section.
-SCHEMA_VERSION = 3
+# v4 (issue 16): RunResult gains `benchmark` (seed, per-round orders, stops, the A/A control, session settings)
+# and `evaluation` (blocks, looks, early stops, which split made which decision); LatencyStats gains the
+# end-to-end samples of engines timed without their copies (TensorRT). `selection` is the margin rule's
+# record and variants' `intervals` carry Tango intervals. v1-v3 files still load (the new fields default).
+SCHEMA_VERSION = 4
 
 
 @dataclass
@@ -32,7 +36,12 @@ class LatencyStats:
     # per-iteration wall times in round order; runners timed in one benchmark share the index, which
     # is what pairs them for a speed-up interval (stats.ratio_interval)
     samples_ms: list[float] = field(default_factory=list)
-    stop: str | None = None  # why iterating stopped: "fixed" | "tolerance" | "time cap" | "iteration cap"
+    # why iterating stopped: "fixed" | "resolved" (every speed comparison that could change the selection is
+    # resolved against the margin) | "tolerance" | "time cap" | "iteration cap"
+    stop: str | None = None
+    # engines timed without host<->device copies (TensorRT, CUDA events) keep the wall time with them here
+    end_to_end_samples_ms: list[float] = field(default_factory=list)
+    end_to_end_p50_ms: float | None = None
 
     @property
     def key(self) -> str:
@@ -89,6 +98,11 @@ class RunResult:
     # what the run could do but the reader must know: an accepted untrained head, an evaluation split too
     # small to decide at the margin, a requested engine graph that did not run (issue 20)
     warnings: list[str] = field(default_factory=list)
+    # benchmark.benchmark_variants' record: seed, per-round orders, stops and pending comparisons per shape,
+    # the A/A control and the sessions' settings (empty before v4 and without a benchmark)
+    benchmark: dict[str, Any] = field(default_factory=dict)
+    # evaluate.evaluate_variants' record: blocks, looks and boundaries, early stops, splits and the decisions each made
+    evaluation: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     def variant(self, name: str) -> VariantResult | None:

@@ -21,7 +21,7 @@ import os
 import platform
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,15 +31,15 @@ import numpy as np
 import torch
 
 from . import __version__
-from .benchmark import benchmark_variants
+from .benchmark import Resolution, benchmark_variants
 from .calibration import calibration_statistics
 from .data import Splits, load_splits
 from .engine_graphs import EngineGraphs
-from .engines import preflight_runtime
+from .engines import float_precision, preflight_runtime
 from .engines.onnxruntime import OrtEngine, optimized_op_counts
-from .errors import WorkbenchError
+from .errors import ExportError, WorkbenchError
 from .evaluate import evaluate_variants
-from .export import EXPORT_LAYOUT, export_onnx, plan_names
+from .export import EXPORT_LAYOUT, cosine_rows, export_onnx, plan_names
 from .families import family_variants
 from .fidelity import qdq_fidelity
 from .io import artifact_is_current, atomic_path, hash_json, mark_artifact, onnx_size, write_json, write_text
@@ -47,11 +47,20 @@ from .machine import cpu_has_vnni
 from .models import load_model, to_torch, tokenize
 from .quantize.apply import activation_quantizers, prepare, set_scales
 from .quantize.select import QuantPlan, build_plan
-from .recipe import ModelSpec, Recipe
+from .recipe import Recipe, drop_hash_neutral
 from .report import results_table, write_report
 from .results import RunResult, VariantResult
 from .sanity import check_evaluation_size, check_head, check_tokenizer, check_vocabulary
-from .selection import select_meeting_criterion, select_variant
+from .selection import (
+    accuracy_decisions,
+    accuracy_margin_for,
+    accuracy_reference,
+    candidates,
+    compare_references,
+    select_variant,
+    speed_baseline,
+    speed_resolution,
+)
 from .state import RunState
 
 log = logging.getLogger(__name__)
@@ -59,10 +68,7 @@ log = logging.getLogger(__name__)
 
 def recipe_hash(recipe: Recipe) -> str:
     # The deploy section only packages finished artifacts: changing it must not start a new run.
-    data = recipe.model_dump(mode="json", exclude={"deploy"})
-    for key in ("max_unknown_token_rate", "allow_untrained_head"):
-        if data["model"].get(key) == ModelSpec.model_fields[key].default:
-            data["model"].pop(key)  # the sanity gates' defaults keep the run ids of recipes written before them
+    data = drop_hash_neutral(recipe.model_dump(mode="json", exclude={"deploy"}))
     if data.get("search") is None:
         data.pop("search", None)  # recipes without a search keep their run ids
     else:
@@ -225,7 +231,7 @@ def export_float_stage(state: RunState) -> None:
         tolerance = recipe.export.float_tolerance
         state.fidelity_float = {"onnx_vs_pytorch_max_abs_diff": diff, "tolerance": tolerance, "passed": diff <= tolerance, "samples": len(ref)}
         if diff > tolerance:
-            raise WorkbenchError(
+            raise ExportError(
                 f"float ONNX disagrees with PyTorch: max abs diff {diff:.3g} > {tolerance}.",
                 "the exporter mis-translated the model; try another export.opset or run with --debug",
             )
@@ -237,7 +243,9 @@ def export_float_stage(state: RunState) -> None:
     artifacts = {"onnx": "models/float.onnx"}
     if state.float_engine_path != float_path:
         artifacts["engine_onnx"] = f"models/{state.float_engine_path.name}"
-    float_variant = VariantResult(name="float", precision="float32", artifacts=artifacts, fidelity=state.fidelity_float, size_bytes=onnx_size(float_path))
+    float_variant = VariantResult(
+        name="float", precision=float_precision(recipe), artifacts=artifacts, fidelity=state.fidelity_float, size_bytes=onnx_size(float_path)  # type: ignore[arg-type]
+    )
     state.add_variant(float_variant, state.float_engine_path)
 
 
@@ -320,7 +328,13 @@ def dynamic_stage(state: RunState) -> None:
     dynamic = VariantResult(name="int8-dynamic", precision="int8", calibration_method="dynamic (run time)")
     state.add_variant(dynamic)
     with state.stage("quantize int8-dynamic"), _recorded_failure(dynamic, state.say):
-        path = state.need_graphs().dynamic_variant(state.need_loaded(), state.example, state.float_reference, dynamic)
+        loaded = state.need_loaded()
+        # the gate's yardstick: how far the static max-calibrated fake-quant model of the same Linears is from float
+        set_scales(loaded.model, state.calibrators, "max", percentile=state.recipe.quantization.calibration.percentile)
+        with torch.no_grad():
+            fake = loaded.model(**state.example).numpy()
+        noise = float(1.0 - cosine_rows(fake, state.float_reference).mean())
+        path = state.need_graphs().dynamic_variant(loaded, state.example, state.float_reference, dynamic, quantization_noise=noise)
         dynamic.artifacts = {"onnx": f"models/{path.name}"}
         dynamic.size_bytes = onnx_size(path)
         dynamic.engine = optimized_op_counts(path, state.recipe.engine)
@@ -367,29 +381,70 @@ def evaluate_stage(state: RunState) -> None:
     # the standard tools' rows come last in every table, whenever they were built
     state.variants.sort(key=lambda v: v.reference)
     with state.stage("evaluate"):
-        state.correct = evaluate_variants(state.recipe, state.need_loaded(), state.need_splits(), state.variants, state.engine_paths, progress=state.progress)
+        ev = evaluate_variants(
+            state.recipe, state.need_loaded(), state.need_splits(), state.variants, state.engine_paths, progress=state.progress, say=state.say,
+        )
+    state.correct, state.stopped, state.evaluation = ev.correct, ev.stopped, ev.record
+    splits = state.need_splits()
+    final = "final accuracies, intervals, the selection rule and the reference verdicts"
+    if state.recipe.search is not None:
+        final += " and the search criterion's final check"
+    decisions: list[dict[str, Any]] = [{"decision": final, "split": "evaluation", "n": len(splits.evaluation)}]
+    if state.recipe.search is not None:
+        held_out = len(splits.selection)
+        decisions.insert(0, {
+            "decision": "search trials scored, compared with the criterion and chosen (sensitivity, fallback, study, its pick)",
+            "split": "selection" if held_out else "evaluation", "n": held_out or len(splits.evaluation),
+        })
+    state.evaluation["decisions"] = decisions
+
+
+def _margins(state: RunState) -> tuple[float, str]:
+    reference = accuracy_reference(state.variants)
+    return accuracy_margin_for(state.recipe, reference.metrics.get("accuracy") if reference is not None else None)
 
 
 def benchmark_stage(state: RunState) -> None:
+    """The interleaved benchmark; its selection shape runs until the speed comparisons among the variants
+    acceptable on accuracy are resolved against the speed margin (or its cap)."""
+    recipe = state.recipe
+    margin, _ = _margins(state)
+    reference = accuracy_reference(state.variants)
+    contenders: list[str] = []
+    if reference is not None and reference.name in state.correct:
+        scored = [v for v in candidates(state.variants) if v.name in state.correct]
+        decisions = accuracy_decisions(scored, state.correct, reference.name, margin, recipe.selection.level, state.stopped)
+        contenders = [d.name for d in decisions if d.status == "acceptable"]
+    base = speed_baseline(state.variants)
+    baseline = base.name if base is not None else "float"
+
+    def decide(samples: Mapping[str, Sequence[float]]) -> Resolution:
+        return speed_resolution(contenders, baseline, samples, recipe.selection.speed_margin, recipe.selection.level)
+
     with state.stage("benchmark"):
-        benchmark_variants(state.recipe, state.need_loaded(), state.variants, state.engine_paths, progress=state.progress, say=state.say)
+        state.benchmark = benchmark_variants(
+            recipe, state.need_loaded(), state.variants, state.engine_paths, baseline=baseline, decide=decide, progress=state.progress, say=state.say,
+        )
+    state.benchmark["contenders"] = contenders
 
 
 def select_stage(state: RunState) -> None:
-    """The noise-aware rule (selection.py); with a search, its criterion decides among every candidate."""
-    level = state.recipe.selection.level
-    spec = state.recipe.search
-    float_variant = state.variant("float")
-    if spec is None or float_variant is None or "accuracy" not in float_variant.metrics:
-        state.selection = select_variant(state.variants, state.correct, level)
-        return
-    threshold = spec.criterion.threshold(float_variant.metrics["accuracy"])
-    state.selection = select_meeting_criterion(
-        state.variants, state.correct, threshold, spec.criterion.describe(), level, prefer=state.search_choice
+    """The margin rule (selection.py); with a search, its criterion is the accuracy margin."""
+    recipe = state.recipe
+    spec = recipe.search
+    margin, source = _margins(state)
+    state.selection = select_variant(
+        state.variants, state.correct, recipe.selection.level, accuracy_margin=margin, speed_margin=recipe.selection.speed_margin,
+        margin_source=source, prefer=state.search_choice, stopped=state.stopped, criterion=spec.criterion.describe() if spec is not None else None,
     )
-    if state.search is not None:
+    compare_references(state.variants, state.correct, state.selection.winner, recipe.selection.level)
+    if state.selection.warning:
+        state.say(f"warning: {state.selection.warning}")
+    float_variant = accuracy_reference(state.variants)
+    if spec is not None and state.search is not None and float_variant is not None and "accuracy" in float_variant.metrics:
         from .search.study import criterion_at_lower_bound
 
+        threshold = spec.criterion.threshold(float_variant.metrics["accuracy"])
         choice = state.variant(state.search_choice) if state.search_choice else None
         state.search.update(criterion_at_lower_bound(choice, float_variant.metrics["accuracy"], threshold))
         state.search["final_threshold"] = threshold
@@ -409,6 +464,8 @@ def report_stage(state: RunState) -> None:
         training=state.training,
         search=state.search,
         warnings=[*state.warnings, *(w for w in (state.graphs.warnings if state.graphs else []) if w not in state.warnings)],
+        benchmark=state.benchmark,
+        evaluation=state.evaluation,
     )
     with state.stage("report"):
         if state.search is not None:

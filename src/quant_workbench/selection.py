@@ -1,79 +1,213 @@
-"""Noise-aware choice of the variant a run recommends.
+"""The variant a run recommends: decided by practical margins, not by significance (docs/decisions.md).
 
-The rule: among the quantized variants whose accuracy is statistically indistinguishable from the
-most accurate one (exact McNemar on the same evaluation examples, at the recipe's level), take the
-fastest; among those also indistinguishable from the fastest on speed (the interval of their p50
-ratio, from interleaved samples, contains 1), take the one that agrees most with float.
+One rule, with or without a search (a search's criterion is where the accuracy margin comes from):
 
-Picking the highest point estimate instead lets a three-example difference decide; picking by speed
-alone ignores accuracy. Float and reference rows (standard tools shown for comparison) are never
-candidates but can still be compared against.
+1. Candidates (`candidates`): quantized variants that passed every gate (status ok) and were scored;
+   float rows and the standard tools' reference rows are never candidates.
+2. Acceptable: the paired Δ accuracy vs the float reference (`accuracy_reference`) is non-inferior at
+   the accuracy margin m: Tango's score test of H0 Δ <= -m rejects at one-sided level/2 after Holm's
+   adjustment over all candidates (with one candidate: the (1 - level) interval's lower bound >= -m).
+3. Eligible (with a benchmark): not slower than the speed baseline (`speed_baseline`) beyond the speed
+   margin s (its latency-ratio interval lies above 1 + s). Without a benchmark: not emulated.
+4. Among eligible acceptable candidates the fastest at the selection shape; every one whose latency ratio
+   to it is not above 1 + s with confidence (equivalent within the margin, or unresolved) is as fast:
+   among those, the most accurate, then the one agreeing most with float, then the search's own choice,
+   then the first name.
+5. Nothing acceptable: "undetermined" when some candidate could still be within the margin (the most
+   accurate of those is recommended and the evaluation size that would decide is named), "none within the
+   margin" when every candidate is inferior (the most accurate is recommended); both are warnings.
+
+Accuracy orderings are reproducible (same data, same engines); only speed is noisy, so timing noise can
+move a variant in or out of the speed group only when its ratio to the fastest hovers at the margin.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .recipe import DEFAULT_ACCURACY_MARGIN, DEFAULT_SPEED_MARGIN
 from .results import LatencyStats, VariantResult
-from .stats import DEFAULT_LEVEL, paired_comparison, ratio_interval
+from .stats import DEFAULT_LEVEL, INTERVAL_METHOD, holm, paired_comparison, ratio_interval, required_size
+from .vocabulary import FLOAT_PRECISIONS
+
+if TYPE_CHECKING:
+    from .benchmark import Resolution
+    from .recipe import Recipe
+
+BASELINE = "float"
 
 RULE = (
-    "among quantized variants that passed the fidelity checks and whose accuracy is statistically "
-    "indistinguishable from the most accurate one (exact McNemar test on the paired evaluation examples, "
-    "level {level:g}), the fastest (p50 at the largest benchmarked shape); among those also tied with it on "
-    "speed (the {conf:g} % interval of their p50 ratio, from interleaved iterations, contains 1), the one that "
-    "agrees most with float"
+    "candidates: quantized variants that passed every gate (float and reference rows never are). Acceptable: "
+    "paired Δ accuracy vs {baseline} non-inferior at the accuracy margin {margin_pts} ({margin_source}): Tango's score "
+    "test of Δ <= -{margin_pts} rejected at one-sided {half:g} after Holm's adjustment over the {k} candidate(s) "
+    "(for one candidate: the {conf:g} % interval's lower bound >= -{margin_pts}). Among acceptable candidates not "
+    "slower than {baseline} beyond the speed margin {speed:g} %, the fastest (median per-round latency ratio at the "
+    "largest benchmarked shape); those whose latency ratio to it is not above {top:.2f} with {conf:g} % confidence "
+    "(equivalent within the margin, or unresolved) count as equally fast and are decided by accuracy, then agreement "
+    "with {baseline}, then the search's own choice, then the name. Without a benchmark, the most accurate acceptable "
+    "candidate that is not emulated. Nothing acceptable: 'undetermined' (the most accurate candidate that could still "
+    "be within the margin is recommended and the evaluation size that would decide is named) or 'none within the "
+    "margin' (the most accurate is recommended)"
 )
-# With a search section the recipe states what accuracy is enough, so speed decides among what is enough.
-CRITERION_RULE = (
-    "search criterion {criterion}: among quantized variants (PTQ, search, QAT) that passed the fidelity checks "
-    "and meet it on the evaluation split (accuracy >= {threshold}), the fastest (p50 at the largest benchmarked "
-    "shape); among those tied with it on speed (the {conf:g} % interval of their p50 ratio contains 1), the most "
-    "accurate, then the search's own choice, then the one that agrees most with float; if none meets it, "
-    "the noise-aware rule: {fallback}"
-)
+
+
+# ---------------------------------------------------------------------------------------------
+# which rows play which part (one function each, so another float baseline, e.g. bf16, can plug in)
+
+
+def _named(variants: Sequence[VariantResult], name: str) -> VariantResult | None:
+    return next((v for v in variants if v.name == name), None)
+
+
+def accuracy_reference(variants: Sequence[VariantResult], baseline: str = BASELINE) -> VariantResult | None:
+    """The row every paired Δ accuracy is measured against (its examples, its predictions)."""
+    return _named(variants, baseline)
+
+
+def speed_baseline(variants: Sequence[VariantResult], baseline: str = BASELINE) -> VariantResult | None:
+    """The row every speed-up is measured against (and timed twice as the benchmark's A/A control)."""
+    return _named(variants, baseline)
+
+
+def candidates(variants: Sequence[VariantResult], baseline: str = BASELINE) -> list[VariantResult]:
+    """The rows the rule may select: quantized, ok (every gate passed), scored, not a standard tool's row."""
+    return [
+        v for v in variants
+        if v.name != baseline and v.precision not in FLOAT_PRECISIONS and v.status == "ok" and not v.reference and "accuracy" in v.metrics
+    ]
+
+
+def emulated(v: VariantResult) -> bool:
+    """A quantized variant the engine runs without low-precision kernels (FP8 on ONNX Runtime CPU)."""
+    graph = v.fidelity.get("engine_graph") if isinstance(v.fidelity, dict) else None
+    if isinstance(graph, dict) and "emulated" in str(graph.get("why", "")):
+        return True
+    return v.engine.get("backend", "onnxruntime") == "onnxruntime" and v.engine.get("integer_matmuls") == 0 and v.precision == "int8"
+
+
+def accuracy_margin_for(recipe: Recipe, float_accuracy: float | None) -> tuple[float, str]:
+    """The accuracy margin and where it came from: selection.accuracy_margin (default 0.5 pt), or with a
+    search section its criterion (relative r: r x float accuracy; absolute a: a). One rule either way."""
+    if recipe.search is None:
+        m = recipe.selection.accuracy_margin
+        if m is None:
+            return DEFAULT_ACCURACY_MARGIN, "selection.accuracy_margin (default)"
+        return m, "selection.accuracy_margin"
+    crit = recipe.search.criterion
+    if crit.absolute is not None:
+        return crit.absolute, f"search criterion: {crit.describe()}"
+    assert crit.relative is not None
+    acc = float_accuracy if float_accuracy is not None else 1.0
+    return crit.relative * acc, f"search criterion: {crit.describe()}, on float accuracy {100 * acc:.2f} %"
+
+
+# ---------------------------------------------------------------------------------------------
+# accuracy: non-inferiority at the margin, Holm over the candidates
 
 
 @dataclass
-class Selection:
-    winner: str | None
-    accuracy_tie_group: list[str] = field(default_factory=list)  # indistinguishable from the most accurate
-    speed_tie_group: list[str] = field(default_factory=list)  # of those, tied with the fastest on speed
-    most_accurate: str | None = None
-    fastest: str | None = None
-    shape: str | None = None  # latency key the speed was compared at
-    level: float = DEFAULT_LEVEL
-    reason: str = ""
-    criterion: str | None = None  # the search criterion that decided, e.g. "relative drop <= 1 %"
-    threshold: float | None = None  # the accuracy it asks for on this run's float model
-    meeting: list[str] = field(default_factory=list)  # candidates that meet the criterion
-
-    @property
-    def rule(self) -> str:
-        plain = RULE.format(level=self.level, conf=100 * (1 - self.level))
-        if self.criterion is None:
-            return plain
-        return CRITERION_RULE.format(criterion=self.criterion, threshold=_pct(self.threshold), conf=100 * (1 - self.level), fallback=plain)
+class AccuracyDecision:
+    name: str
+    n: int  # examples both it and the reference were scored on
+    delta: float
+    low: float
+    high: float
+    discordant: int
+    p_noninferiority: float  # one-sided, Tango's score test of Δ <= -margin
+    p_holm: float
+    status: str  # acceptable | undetermined | inferior
+    stopped: dict[str, Any] | None = None  # the evaluation's early stop, when it had one
 
     def to_dict(self) -> dict[str, Any]:
-        extra = {"criterion": self.criterion, "threshold": self.threshold, "meeting": self.meeting} if self.criterion is not None else {}
-        return {
-            **extra,
-            "rule": self.rule, "level": self.level, "winner": self.winner,
-            "most_accurate": self.most_accurate, "fastest": self.fastest, "shape": self.shape,
-            "tie_groups": {"accuracy": self.accuracy_tie_group, "speed": self.speed_tie_group},
-            "reason": self.reason,
-        }
+        return asdict(self)
 
 
-def _selection_shape(candidates: Sequence[VariantResult]) -> str | None:
-    """The largest (batch, seq) every candidate was timed at: the throughput a deployment cares about."""
+def paired_on_common(correct: Mapping[str, np.ndarray], a: str, b: str, level: float) -> Any:
+    """paired_comparison of a vs b on the examples both were scored on (a prefix: evaluation order is fixed)."""
+    ca, cb = np.asarray(correct[a], dtype=bool), np.asarray(correct[b], dtype=bool)
+    n = min(ca.size, cb.size)
+    return paired_comparison(ca[:n], cb[:n], level)
+
+
+def accuracy_decisions(
+    cands: Sequence[VariantResult],
+    correct: Mapping[str, np.ndarray],
+    reference: str,
+    margin: float,
+    level: float = DEFAULT_LEVEL,
+    stopped: Mapping[str, dict[str, Any]] | None = None,
+) -> list[AccuracyDecision]:
+    """Each candidate's non-inferiority decision vs `reference` at `margin`, Holm-adjusted over all of them.
+
+    acceptable: Holm-adjusted p <= level / 2; inferior: the interval lies below -margin, or the evaluation
+    stopped it early for that (a sequential boundary, evaluate.py); undetermined: neither.
+    """
+    stopped = stopped or {}
+    rows = []
+    for v in cands:
+        cmp = paired_on_common(correct, v.name, reference, level)
+        rows.append((v.name, cmp, cmp.noninferiority_p(margin)))
+    adjusted = holm([p for _, _, p in rows])
+    out = []
+    for (name, cmp, p), p_adj in zip(rows, adjusted, strict=True):
+        if p_adj <= level / 2.0:
+            status = "acceptable"
+        elif cmp.delta_high < -margin or name in stopped:
+            status = "inferior"
+        else:
+            status = "undetermined"
+        out.append(AccuracyDecision(
+            name=name, n=cmp.n, delta=cmp.delta, low=cmp.delta_low, high=cmp.delta_high, discordant=cmp.discordant,
+            p_noninferiority=p, p_holm=p_adj, status=status, stopped=dict(stopped[name]) if name in stopped else None,
+        ))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# speed: latency ratios against the speed margin
+
+
+@dataclass
+class SpeedComparison:
+    name: str
+    versus: str
+    ratio: float  # latency of `name` / latency of `versus` (median per-round ratio; > 1: slower)
+    low: float | None
+    high: float | None
+    status: str  # equivalent | slower | faster | undetermined (against the band [1/(1+s), 1+s])
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_BAND_STATUS = {"equivalent": "equivalent", "above": "slower", "below": "faster", "undetermined": "undetermined"}
+
+
+def compare_speed(name: str, a: Sequence[float], versus: str, b: Sequence[float], margin: float, level: float = DEFAULT_LEVEL) -> SpeedComparison:
+    """Latency of `a` relative to `b`, both timed in the same rounds, against the speed margin."""
+    r = ratio_interval(a, b, level)
+    return SpeedComparison(name, versus, r.ratio, r.low, r.high, _BAND_STATUS[r.versus_margin(margin)])
+
+
+def _compare_stats(a: VariantResult, b: VariantResult, shape: str, margin: float, level: float) -> SpeedComparison:
+    sa, sb = _at(a, shape), _at(b, shape)
+    if sa.samples_ms and len(sa.samples_ms) == len(sb.samples_ms):
+        return compare_speed(a.name, sa.samples_ms, b.name, sb.samples_ms, margin, level)
+    # no paired samples (a report from before v2): only the medians, no interval
+    ratio = sa.p50_ms / sb.p50_ms if sb.p50_ms > 0 else math.inf
+    status = "equivalent" if 1 / (1 + margin) <= ratio <= 1 + margin else "slower" if ratio > 1 else "faster"
+    return SpeedComparison(a.name, b.name, ratio, None, None, status)
+
+
+def _selection_shape(group: Sequence[VariantResult]) -> str | None:
+    """The largest (batch, seq) every member was timed at: the throughput a deployment cares about."""
     common: set[tuple[int, int]] | None = None
-    for v in candidates:
+    for v in group:
         shapes = {(s.batch_size, s.seq_length) for s in v.latency}
         common = shapes if common is None else common & shapes
     if not common:
@@ -86,105 +220,249 @@ def _at(v: VariantResult, key: str) -> LatencyStats:
     return next(s for s in v.latency if s.key == key)
 
 
-def _same_speed(a: LatencyStats, b: LatencyStats, level: float) -> bool:
-    if a.samples_ms and len(a.samples_ms) == len(b.samples_ms):
-        return ratio_interval(a.samples_ms, b.samples_ms, level).contains(1.0)
-    return a.p50_ms == b.p50_ms  # no paired samples (e.g. an old report): only equal medians tie
+def speed_resolution(
+    contenders: Sequence[str], baseline: str, samples: Mapping[str, Sequence[float]], margin: float, level: float = DEFAULT_LEVEL
+) -> Resolution:
+    """Whether more rounds at the selection shape could still change the selection among `contenders`
+    (the acceptable candidates): every comparison that decides it, each contender vs the baseline
+    (eligibility) and the fastest eligible vs every other, lies inside the band [1/(1+s), 1+s] or outside it."""
+    from .benchmark import Resolution
+
+    names = [c for c in contenders if c in samples and len(samples[c]) == len(samples.get(baseline, []))]
+    if not names:
+        return Resolution(True, [], "no decision depends on speed: no candidate is acceptable on accuracy")
+    pending: list[str] = []
+    versus_base = {c: compare_speed(c, samples[c], baseline, samples[baseline], margin, level) for c in names}
+    pending += [f"{c} vs {baseline}" for c, cmp in versus_base.items() if cmp.status == "undetermined"]
+    eligible = [c for c in names if versus_base[c].status != "slower"]
+    if eligible:
+        fastest = min(eligible, key=lambda c: (versus_base[c].ratio, c))
+        for c in eligible:
+            if c != fastest and compare_speed(c, samples[c], fastest, samples[fastest], margin, level).status == "undetermined":
+                pending.append(f"{c} vs {fastest}")
+    if pending:
+        return Resolution(False, pending, f"unresolved against the ±{100 * margin:g} % speed margin: {', '.join(pending)}")
+    return Resolution(True, [], f"every speed comparison that decides the selection is resolved against the ±{100 * margin:g} % margin")
 
 
-def _same_accuracy(a: VariantResult, b: VariantResult, correct: Mapping[str, np.ndarray], level: float) -> bool:
-    if a.name in correct and b.name in correct:
-        return not paired_comparison(correct[a.name], correct[b.name], level).significant
-    return a.metrics.get("accuracy") == b.metrics.get("accuracy")
+# ---------------------------------------------------------------------------------------------
+# the rule
 
 
-def _speed_tie_group(group: Sequence[VariantResult], level: float) -> tuple[str | None, VariantResult | None, list[VariantResult]]:
-    """The shape speed is compared at, the fastest of `group` there, and those tied with it on speed
-    (the whole group, and no fastest, when some member was not timed at a common shape)."""
-    shape = _selection_shape(group)
-    if shape is None:
-        return None, None, list(group)
-    fastest = min(group, key=lambda v: (_at(v, shape).p50_ms, v.name))
-    return shape, fastest, [v for v in group if v is fastest or _same_speed(_at(v, shape), _at(fastest, shape), level)]
+@dataclass
+class Selection:
+    winner: str | None
+    outcome: str = "decided"  # decided | undetermined | none within the margin | no speed-up | no candidates
+    accuracy_margin: float = DEFAULT_ACCURACY_MARGIN
+    speed_margin: float = DEFAULT_SPEED_MARGIN
+    margin_source: str = "selection.accuracy_margin (default)"
+    baseline: str = BASELINE
+    level: float = DEFAULT_LEVEL
+    acceptable: list[str] = field(default_factory=list)
+    undetermined: list[str] = field(default_factory=list)
+    inferior: list[str] = field(default_factory=list)
+    speed_group: list[str] = field(default_factory=list)  # acceptable, eligible and as fast as the fastest
+    most_accurate: str | None = None
+    fastest: str | None = None
+    shape: str | None = None  # latency key the speed was compared at
+    accuracy: list[AccuracyDecision] = field(default_factory=list)
+    speed: list[SpeedComparison] = field(default_factory=list)
+    needed_evaluation_size: int | None = None
+    warning: str | None = None
+    reason: str = ""
+    split: str = "evaluation"
+    criterion: str | None = None  # the search criterion the margin came from, e.g. "accuracy drop <= 1 % of float (relative)"
+    threshold: float | None = None  # float accuracy - margin
+
+    @property
+    def rule(self) -> str:
+        return RULE.format(
+            baseline=self.baseline, margin_pts=_pts(self.accuracy_margin), margin_source=self.margin_source, half=self.level / 2,
+            k=len(self.accuracy), conf=100 * (1 - self.level), speed=100 * self.speed_margin, top=1 + self.speed_margin,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        extra = {"criterion": self.criterion, "threshold": self.threshold, "meeting": list(self.acceptable)} if self.criterion is not None else {}
+        return {
+            **extra,
+            "rule": self.rule, "outcome": self.outcome, "level": self.level, "winner": self.winner,
+            "accuracy_margin": self.accuracy_margin, "speed_margin": self.speed_margin, "margin_source": self.margin_source,
+            "baseline": self.baseline, "split": self.split,
+            "acceptable": self.acceptable, "undetermined": self.undetermined, "inferior": self.inferior, "speed_group": self.speed_group,
+            "most_accurate": self.most_accurate, "fastest": self.fastest, "shape": self.shape,
+            "comparisons": {
+                "accuracy": [d.to_dict() for d in self.accuracy],
+                "speed": [s.to_dict() for s in self.speed],
+                "accuracy_family": len(self.accuracy),
+                "adjustment": "Holm over the candidates' non-inferiority tests",
+                "interval": INTERVAL_METHOD,
+            },
+            "needed_evaluation_size": self.needed_evaluation_size,
+            "warning": self.warning,
+            # v2/v3 readers: the acceptable set and the speed group in the old places
+            "tie_groups": {"accuracy": self.acceptable, "speed": self.speed_group},
+            "reason": self.reason,
+        }
+
+
+def _pts(x: float | None) -> str:
+    return "?" if x is None else f"{100 * x:.2f} pt"
 
 
 def _pct(x: float | None) -> str:
     return "?" if x is None else f"{100 * x:.2f} %"
 
 
-def _candidates(variants: Sequence[VariantResult]) -> list[VariantResult]:
-    return [v for v in variants if v.precision != "float32" and v.status == "ok" and not v.reference and "accuracy" in v.metrics]
-
-
-def select_meeting_criterion(
-    variants: Sequence[VariantResult],
-    correct: Mapping[str, np.ndarray],
-    threshold: float,
-    criterion: str,
-    level: float = DEFAULT_LEVEL,
-    prefer: str | None = None,
-) -> Selection:
-    """CRITERION_RULE: the fastest candidate whose accuracy meets `threshold`; the noise-aware rule if none does.
-
-    `prefer` (the search's own choice) wins exact ties on speed and accuracy, so that when the search's
-    selection and another variant are the same configuration, the search's name is the one reported.
-    """
-    candidates = _candidates(variants)
-    meeting = [v for v in candidates if v.metrics["accuracy"] >= threshold - 1e-12]
-    if not meeting:
-        fallback = select_variant(variants, correct, level)
-        fallback.criterion, fallback.threshold = criterion, threshold
-        fallback.reason = f"no candidate meets {criterion} (accuracy >= {_pct(threshold)}); " + fallback.reason
-        return fallback
-    names = lambda vs: [v.name for v in vs]  # noqa: E731
-    tie_break = lambda v: (v.metrics["accuracy"], v.name == prefer, v.metrics.get("agreement", 0.0), _neg_name(v.name))  # noqa: E731
-    shape, fastest, speed_group = _speed_tie_group(meeting, level)
-    if shape is None or fastest is None:
-        speed_text = "latency was not measured for all of them, so accuracy decides"
-    else:
-        speed_text = f"fastest at {shape}: {fastest.name} ({_at(fastest, shape).p50_ms:.2f} ms p50); tied with it on speed: {', '.join(names(speed_group))}"
-    winner = max(speed_group, key=tie_break)
-    reason = f"meet {criterion} (accuracy >= {_pct(threshold)}): {', '.join(names(meeting))}; {speed_text} -> {winner.name}, the most accurate of those."
-    return Selection(
-        winner=winner.name, accuracy_tie_group=names(meeting), speed_tie_group=names(speed_group),
-        most_accurate=max(meeting, key=tie_break).name, fastest=fastest.name if fastest else None, shape=shape, level=level,
-        reason=reason, criterion=criterion, threshold=threshold, meeting=names(meeting),
-    )
-
-
-def select_variant(
-    variants: Sequence[VariantResult], correct: Mapping[str, np.ndarray], level: float = DEFAULT_LEVEL
-) -> Selection:
-    """Apply the rule above. `correct` maps a variant name to its per-example correctness (bool vector)."""
-    candidates = _candidates(variants)
-    if not candidates:
-        return Selection(None, level=level, reason="no quantized variant was scored")
-    # Name breaks exact ties so the choice never depends on the order variants were built in.
-    top = max(candidates, key=lambda v: (v.metrics["accuracy"], v.metrics.get("agreement", 0.0), _neg_name(v.name)))
-    acc_group = [v for v in candidates if v is top or _same_accuracy(v, top, correct, level)]
-    shape, fastest, speed_group = _speed_tie_group(acc_group, level)
-    if shape is None or fastest is None:
-        speed_text = "latency was not measured for all of them, so speed could not break the tie"
-    else:
-        speed_text = f"fastest of those at {shape}: {fastest.name} ({_at(fastest, shape).p50_ms:.2f} ms p50)"
-    winner = max(speed_group, key=lambda v: (v.metrics.get("agreement", 0.0), v.metrics["accuracy"], _neg_name(v.name)))
-    names = lambda vs: [v.name for v in vs]  # noqa: E731
-    reason = (
-        f"most accurate: {top.name} ({_pct(top.metrics['accuracy'])}); statistically tied with it on accuracy "
-        f"(level {level:g}): {', '.join(names(acc_group))}; {speed_text}"
-    )
-    if len(speed_group) > 1:
-        reason += (
-            f"; tied on speed with it: {', '.join(names(speed_group))}; {winner.name} agrees most with float "
-            f"({_pct(winner.metrics.get('agreement'))})"
-        )
-    reason += f" -> {winner.name}."
-    return Selection(
-        winner=winner.name, accuracy_tie_group=names(acc_group), speed_tie_group=names(speed_group),
-        most_accurate=top.name, fastest=fastest.name if fastest else None, shape=shape, level=level, reason=reason,
-    )
-
-
 def _neg_name(name: str) -> tuple[int, ...]:
     # max() with this key prefers the alphabetically first name among exact ties
     return tuple(-ord(c) for c in name)
+
+
+def _accuracy_key(prefer: str | None) -> Any:
+    return lambda v: (v.metrics["accuracy"], v.metrics.get("agreement", 0.0), v.name == prefer, _neg_name(v.name))
+
+
+def select_variant(
+    variants: Sequence[VariantResult],
+    correct: Mapping[str, np.ndarray],
+    level: float = DEFAULT_LEVEL,
+    *,
+    accuracy_margin: float = DEFAULT_ACCURACY_MARGIN,
+    speed_margin: float = DEFAULT_SPEED_MARGIN,
+    margin_source: str = "selection.accuracy_margin (default)",
+    baseline: str = BASELINE,
+    prefer: str | None = None,
+    stopped: Mapping[str, dict[str, Any]] | None = None,
+    criterion: str | None = None,
+) -> Selection:
+    """Apply the rule (module docstring). `correct` maps a variant name to its per-example correctness on
+    the evaluation split (a variant whose evaluation stopped early has a shorter prefix); `stopped` the
+    evaluation's early stops; `prefer` the search's own choice (a late tie-break)."""
+    sel = Selection(
+        None, accuracy_margin=accuracy_margin, speed_margin=speed_margin, margin_source=margin_source, baseline=baseline, level=level,
+        criterion=criterion,
+    )
+    cands = candidates(variants, baseline)
+    ref = accuracy_reference(variants, baseline)
+    if ref is not None and "accuracy" in ref.metrics:
+        sel.threshold = ref.metrics["accuracy"] - accuracy_margin
+    if not cands:
+        sel.outcome, sel.reason = "no candidates", "no quantized variant was scored"
+        return sel
+    by_name = {v.name: v for v in cands}
+    key = _accuracy_key(prefer)
+    sel.most_accurate = max(cands, key=key).name
+    if ref is None or ref.name not in correct or any(v.name not in correct for v in cands):
+        sel.outcome, sel.undetermined, sel.winner = "undetermined", [v.name for v in cands], sel.most_accurate
+        sel.reason = f"no paired correctness against {baseline}: accuracy cannot be compared at the margin; the most accurate is recommended"
+        sel.warning = f"undetermined: {sel.reason}"
+        return sel
+    sel.accuracy = accuracy_decisions(cands, correct, ref.name, accuracy_margin, level, stopped)
+    status = {d.name: d.status for d in sel.accuracy}
+    sel.acceptable = [n for n, s in status.items() if s == "acceptable"]
+    sel.undetermined = [n for n, s in status.items() if s == "undetermined"]
+    sel.inferior = [n for n, s in status.items() if s == "inferior"]
+    k = len(cands)
+    acc_text = (
+        f"non-inferior at {_pts(accuracy_margin)} vs {baseline} (Holm over {k} candidate(s)): {', '.join(sel.acceptable) or 'none'}"
+        + (f"; undetermined: {', '.join(sel.undetermined)}" if sel.undetermined else "")
+        + (f"; inferior: {', '.join(sel.inferior)}" if sel.inferior else "")
+    )
+    if not sel.acceptable:
+        return _nothing_acceptable(sel, by_name, key, acc_text, level)
+    acceptable = [by_name[n] for n in sel.acceptable]
+    base = speed_baseline(variants, baseline)
+    shape = _selection_shape([*acceptable, base]) if base is not None else None
+    sel.shape = shape
+    if shape is None or base is None:
+        pool = [v for v in acceptable if not emulated(v)]
+        emulated_out = [v.name for v in acceptable if emulated(v)]
+        if not pool:
+            sel.outcome, pool = "no speed-up", acceptable
+            sel.warning = f"every acceptable candidate is emulated on this engine ({', '.join(emulated_out)}) and speed was not measured"
+        sel.winner = max(pool, key=key).name
+        sel.speed_group = [v.name for v in pool]
+        sel.reason = (
+            f"{acc_text}; speed was not measured (benchmark disabled), so accuracy decides"
+            + (f" among those not emulated (left out: {', '.join(emulated_out)})" if emulated_out and sel.outcome == "decided" else "")
+            + f" -> {sel.winner}."
+        )
+        return sel
+    versus_base = {v.name: _compare_stats(v, base, shape, speed_margin, level) for v in acceptable}
+    sel.speed = list(versus_base.values())
+    eligible = [v for v in acceptable if versus_base[v.name].status != "slower"]
+    slower = [v.name for v in acceptable if v not in eligible]
+    if not eligible:
+        sel.outcome = "no speed-up"
+        sel.winner = max(acceptable, key=key).name
+        sel.speed_group = [v.name for v in acceptable]
+        sel.warning = f"every acceptable candidate is slower than {baseline} beyond the {100 * speed_margin:g} % speed margin at {shape}: quantization does not pay on this engine"
+        sel.reason = f"{acc_text}; all slower than {baseline} at {shape}: {', '.join(slower)}; the most accurate is recommended -> {sel.winner}."
+        return sel
+    fastest = min(eligible, key=lambda v: (versus_base[v.name].ratio, v.name))
+    sel.fastest = fastest.name
+    group = [fastest]
+    for v in eligible:
+        if v is fastest:
+            continue
+        cmp = _compare_stats(v, fastest, shape, speed_margin, level)
+        sel.speed.append(cmp)
+        if cmp.status != "slower":
+            group.append(v)
+    sel.speed_group = [v.name for v in group]
+    sel.winner = max(group, key=key).name
+    unresolved = [f"{c.name} vs {c.versus}" for c in sel.speed if c.status == "undetermined"]
+    reason = (
+        f"{acc_text}"
+        + (f"; slower than {baseline} beyond the speed margin: {', '.join(slower)}" if slower else "")
+        + f"; fastest at {shape}: {fastest.name} ({_at(fastest, shape).p50_ms:.2f} ms p50); within ±{100 * speed_margin:g} % of it "
+        f"(or unresolved): {', '.join(sel.speed_group)}"
+    )
+    if len(group) > 1:
+        reason += f"; the most accurate of those: {sel.winner} ({_pct(by_name[sel.winner].metrics['accuracy'])})"
+    if unresolved:
+        reason += f"; speed comparisons left unresolved by the benchmark (counted as equally fast): {', '.join(unresolved)}"
+    sel.reason = reason + f" -> {sel.winner}."
+    return sel
+
+
+def _nothing_acceptable(sel: Selection, by_name: Mapping[str, VariantResult], key: Any, acc_text: str, level: float) -> Selection:
+    decisions = {d.name: d for d in sel.accuracy}
+    if sel.undetermined:
+        best = max((by_name[n] for n in sel.undetermined), key=key)
+        sel.outcome, sel.winner = "undetermined", best.name
+        d = decisions[best.name]
+        q = d.discordant / d.n if d.n else 0.0
+        distance = abs(d.delta + sel.accuracy_margin)
+        # Holm's first step is the strictest any candidate may face: one-sided level / (2k)
+        if distance > 1e-12:
+            sel.needed_evaluation_size = required_size(max(q, 1.0 / max(d.n, 1)), distance, level / max(len(sel.accuracy), 1))
+        size = f"about {sel.needed_evaluation_size:,} evaluation examples would decide for {best.name} (if its Δ {100 * d.delta:+.2f} pt and discordance {100 * q:.1f} % hold)" if sel.needed_evaluation_size else "its Δ sits on the margin"
+        sel.warning = (
+            f"undetermined: no candidate is shown non-inferior at the {_pts(sel.accuracy_margin)} margin with {d.n:,} evaluation examples; "
+            f"{size}; recommended: {best.name}, the most accurate that could still be within the margin"
+        )
+        sel.reason = f"{acc_text}; nothing is acceptable yet -> {best.name} ({sel.warning})."
+        return sel
+    best = max(by_name.values(), key=key)
+    sel.outcome, sel.winner = "none within the margin", best.name
+    sel.warning = f"every candidate is less accurate than {sel.baseline} by more than the {_pts(sel.accuracy_margin)} margin; the most accurate, {best.name}, is recommended"
+    sel.reason = f"{acc_text} -> {best.name} ({sel.warning})."
+    return sel
+
+
+# ---------------------------------------------------------------------------------------------
+# the selected variant against the standard tools' reference rows (report_engine.py renders the verdicts)
+
+
+def compare_references(
+    variants: Sequence[VariantResult], correct: Mapping[str, np.ndarray], winner: str | None, level: float = DEFAULT_LEVEL
+) -> None:
+    """Store in each scored reference row `intervals["vs_selected"]`: the paired Δ of the selected variant
+    minus the row, on the examples both were scored on (Tango interval, exact McNemar)."""
+    if winner is None or winner not in correct:
+        return
+    for v in variants:
+        if v.reference and v.status == "ok" and v.name in correct:
+            cmp = paired_on_common(correct, winner, v.name, level)
+            v.intervals["vs_selected"] = {**cmp.to_dict(), "selected": winner}

@@ -78,8 +78,11 @@ class RunState:
     search_choice: str | None = None  # the variant the search selected (preferred in exact ties)
     search_threshold: float | None = None  # the search criterion's accuracy bound on the float model
     quant_plan_rows: list[dict[str, Any]] | None = None  # quant_plan.json (the selected plan)
-    # evaluate, select
-    correct: dict[str, np.ndarray] = field(default_factory=dict)  # per-example correctness by variant
+    # evaluate, benchmark, select
+    correct: dict[str, np.ndarray] = field(default_factory=dict)  # per-example correctness by variant (a prefix when stopped early)
+    stopped: dict[str, dict[str, Any]] = field(default_factory=dict)  # variants the evaluation stopped early, and why
+    evaluation: dict[str, Any] = field(default_factory=dict)  # RunResult.evaluation
+    benchmark: dict[str, Any] = field(default_factory=dict)  # RunResult.benchmark
     selection: Selection | None = None
     result: RunResult | None = None  # what the report stage wrote; deploy packages it
     warnings: list[str] = field(default_factory=list)  # RunResult.warnings: the log's warnings, kept in the report

@@ -47,7 +47,7 @@ from .compare import (
 from .errors import RecipeError, WorkbenchError
 from .io import write_json, write_text
 from .recipe import Recipe, recipe_from_dict
-from .report import DASH, _table
+from .report import DASH, markdown_table
 from .report_schema import ReportError, load_report
 from .run import recipe_hash, run_dir_for
 from .vocabulary import Strict
@@ -514,7 +514,7 @@ def render_sweep_markdown(sweep: Sweep, outcomes: Sequence[RunOutcome], entries:
                   "and are not comparable (below).", ""]
     rows = [[o.label, o.settings, o.status + (" (reused)" if o.reused else ""), o.best_variant or DASH, f"{o.seconds:.0f}" if not o.reused else DASH, f"`{o.run_dir}`"]
             for o in outcomes]
-    lines += ["## Sweep runs", "", *_table(["Run", "Overrides (--set)", "Status", "Selected", "Time (s)", "Run folder"], rows), ""]
+    lines += ["## Sweep runs", "", *markdown_table(["Run", "Overrides (--set)", "Status", "Selected", "Time (s)", "Run folder"], rows), ""]
     lines += render_comparison(entries, comparison, plot_relpath=CROSS_PLOT_RELPATH)
     lines += ["## Failed runs", ""]
     lines += failure_lines([(o.label, o.error or "") for o in failed]) if failed else ["None.", ""]

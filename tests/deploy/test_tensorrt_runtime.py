@@ -81,11 +81,14 @@ def test_every_variant_runs_on_an_engine_built_with_its_precision(make_recipe: A
     assert all(v.status == "ok" for v in result.variants), [v.error for v in result.variants]
     built = {name: s for name, s in fake.builds}
     assert {n: s.precision for n, s in built.items()} == {"float": "float32", "int8-max": "int8", "fp8-max": "fp8"}
+    # the float baseline is the float32 build with FP16 kernels allowed (engine.tensorrt.fp16): labelled fp16
+    assert result.variant("float").precision == "fp16"  # type: ignore[union-attr]
     for s in built.values():
         # one profile covers evaluation batches (calibration.batch_size 16), benchmark batches and the model length
         assert s.shapes.max == (16, TINY_SEQ) and s.shapes.min == (1, 1)
     # evaluation and benchmark both ran on the engines, not on ONNX Runtime sessions of the ONNX files
-    assert fake.opened.count("float") == 2 and fake.opened.count("int8-max") == 2
+    # evaluate opens each once; the benchmark once more, float twice (its A/A control reuses the same plan)
+    assert fake.opened.count("float") == 3 and fake.opened.count("int8-max") == 2
     for v in result.variants:
         assert v.engine["backend"] == "tensorrt" and v.engine["tensorrt_layers"]["layers"] == 10
         assert v.latency and v.metrics["accuracy"] > 0

@@ -104,6 +104,29 @@ def test_select_puts_an_untimed_configuration_after_timed_ones() -> None:
     assert best is not None and best.key == "timed" and meets
 
 
+def test_select_lets_accuracy_decide_within_the_speed_margin() -> None:
+    # "close" is 2 % slower than "fast" (point estimates, no intervals): within ±3 % they are equally fast
+    recs = [_rec("fast", 0.86, 10.0), _rec("close", 0.88, 10.2), _rec("slow", 0.95, 12.0)]
+    best, _ = select(recs, threshold=0.85)
+    assert best is not None and best.key == "close"
+    best, _ = select(recs, threshold=0.85, speed_margin=0.01)
+    assert best is not None and best.key == "fast"
+
+
+def test_select_counts_a_speed_difference_only_beyond_its_intervals() -> None:
+    # 12 % slower by the point estimates, but each trial's 8-round speed-up is known to ±10 %: not clearly slower
+    fast, wide = _rec("fast", 0.86, 10.0), _rec("wide", 0.90, 11.2)
+    for r in (fast, wide):
+        r.speedup = FLOAT_MS / (r.p50_ms or 1.0)
+        r.speedup_low, r.speedup_high = r.speedup / 1.1, r.speedup * 1.1
+    best, _ = select([fast, wide], threshold=0.85)
+    assert best is not None and best.key == "wide"
+    for r in (fast, wide):  # the same point estimates known to ±1 %: 12 % slower is clearly slower
+        r.speedup_low, r.speedup_high = (r.speedup or 1.0) / 1.01, (r.speedup or 1.0) * 1.01
+    best, _ = select([fast, wide], threshold=0.85)
+    assert best is not None and best.key == "fast"
+
+
 def test_select_falls_back_to_the_most_accurate_when_none_meets() -> None:
     recs = [_rec("fast", 0.70, 5.0), _rec("best", 0.80, 15.0), _rec("mid", 0.75, 10.0)]
     best, meets = select(recs, threshold=0.85)

@@ -125,3 +125,38 @@ def test_fp8_survives_the_outlier_that_breaks_int8_and_is_selected(tmp_path: Pat
     md = (run_dir / "report.md").read_text()
     assert "| FP8 E4M3 |" in md and "| INT8 + SmoothQuant 0.5 |" in md and "Best configuration of each format" in md
     assert "formats int8, fp8; SmoothQuant alphas 0.5" in md
+
+
+def test_the_same_gates_for_the_search_smoothquant_trials_and_its_variants(tmp_path: Path, tiny_bert_dir: Path, tiny_csv: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SmoothQuant trial whose rewrite is not exact in float fails (the families' check, not skipped), and a
+    configuration the search hands to the run that fails the full Q/DQ check is removed, saying why."""
+    import quant_workbench.search.sensitivity as sens_mod
+    from quant_workbench.errors import ExportError
+
+    real = sens_mod.checked_smoothquant
+
+    def inexact(*a: Any, **kw: Any) -> Any:
+        state, check = real(*a, **kw)
+        return state, {**check, "float_max_abs_diff": 0.25, "passed": False}
+
+    def failing_check(self: Any, config: Any, rec: Any) -> Any:
+        raise ExportError(f"Q/DQ ONNX {rec.key}.qdq.onnx disagrees with the fake-quant model (simulated)")
+
+    monkeypatch.setattr(sens_mod, "checked_smoothquant", inexact)
+    monkeypatch.setattr(sens_mod.TrialRunner, "check", failing_check)
+    data = recipe_dict(tmp_path, tiny_bert_dir, tiny_csv)
+    data["benchmark"] = {"batch_sizes": [1], "seq_lengths": [16], "warmup": 1, "iterations": 2, "threads": 1}
+    data["search"] = {
+        "methods": ["max"], "smoothquant_alphas": [0.5], "groups": ["kind"], "sensitivity": False, "fallback": False,
+        "criterion": {"absolute": 0.5}, "latency": {"batch_size": 1, "seq_length": 16, "warmup": 1, "iterations": 2}, "max_trials": 2,
+    }
+    recipe = recipe_from_dict(data)
+    result = execute(recipe, **QUIET)
+    s = json.loads((run_dir_for(recipe) / "search.json").read_text())
+    smooth = [r for r in s["records"] if r["config"]["alpha"] == 0.5]
+    assert smooth and all(r["status"] == "failed" for r in smooth)
+    assert "SmoothQuant (alpha 0.5) changed the float model's outputs by 0.25" in smooth[0]["error"]
+    for name in ("int8-max", "int8-search"):
+        v = result.variant(name)
+        assert v is not None and v.status == "failed" and "failed its fidelity gate" in (v.error or "") and "simulated" in (v.error or "")
+    assert result.best_variant is None  # no candidate passed its gates

@@ -47,6 +47,7 @@ def test_broken_group_is_most_sensitive_and_falls_back_first(
 
     monkeypatch.setattr(calibration_mod, "calibrate", counting)
     data = _search_recipe(tmp_path, broken_bert_dir, tiny_csv, groups=["kind"], criterion={"absolute": 0.02}, max_trials=2)
+    data["data"]["selection_samples"] = 50  # a held-out split of its own size: trials must be scored on it
     recipe = recipe_from_dict(data)
     result = execute(recipe, **QUIET)
     run_dir = run_dir_for(recipe)
@@ -88,7 +89,17 @@ def test_broken_group_is_most_sensitive_and_falls_back_first(
     assert "At the lower bound of the paired 95 % interval" in md
     fresh = [r for r in s["records"] if r["status"] == "ok" and not r["reused"]]
     assert fresh and all(r["metrics"]["delta_low"] <= r["metrics"]["delta_vs_float"] <= r["metrics"]["delta_high"] for r in fresh)
+    assert {v.name: v.error for v in result.variants if v.status != "ok"} == {}
     assert all(v.intervals["accuracy"] for v in result.variants)
+    # issue 16: the search chose on its held-out selection split; the evaluation split reports (and re-checks) it
+    assert s["split"] == "selection" and s["split_size"] == 50 and all(r["split"] == "selection" for r in s["records"])
+    assert all(r["metrics"]["examples"] == 50 for r in fresh)  # scored on the 50 held-out examples ...
+    assert all(v.intervals["n"] == 60 for v in result.variants if v.name in ("float", "int8-search"))  # ... reported on the 60 others
+    assert [d["split"] for d in result.evaluation["decisions"]] == ["selection", "evaluation"]
+    assert "**selection** split (50 examples): search trials scored" in md
+    # the search's variants passed the full Q/DQ gate before they joined the run
+    assert all(result.variant(n).fidelity["per_layer"]["passed"] for n in ("int8-max", "int8-search"))  # type: ignore[union-attr]
+    assert result.selection["accuracy_margin"] == 0.02 and "search criterion" in result.selection["margin_source"]
 
     # the same command again: statistics from the cache, every configuration reused, nothing re-exported
     again = execute(recipe, **QUIET)

@@ -18,7 +18,7 @@ from .base import Engine
 if TYPE_CHECKING:
     from ..recipe import Recipe
 
-__all__ = ["Engine", "EngineFromOnnx", "preflight_runtime"]
+__all__ = ["Engine", "EngineFromOnnx", "float_precision", "preflight_runtime"]
 
 
 def EngineFromOnnx(onnx_path: Path, recipe: Recipe, name: str, precision: str, *, threads: int | None = None) -> Engine:  # noqa: N802
@@ -28,3 +28,8 @@ def EngineFromOnnx(onnx_path: Path, recipe: Recipe, name: str, precision: str, *
 def preflight_runtime(recipe: Recipe) -> None:
     """Fail before any work when the recipe's runtime cannot run here (a missing extra, no GPU)."""
     ENGINES.get(recipe.engine.runtime).preflight(recipe)
+
+
+def float_precision(recipe: Recipe) -> str:
+    """The precision the float baseline computes in on the recipe's engine (float32, or fp16 for a TensorRT FP16 engine)."""
+    return ENGINES.get(recipe.engine.runtime).float_precision(recipe)

@@ -40,6 +40,16 @@ def disabled_optimizers(spec: EngineSpec) -> list[str]:
     return CPU_DISABLED_OPTIMIZERS if spec.provider == "cpu" else DISABLED_OPTIMIZERS
 
 
+# After a run, ONNX Runtime's intra-op (and inter-op) pool threads spin on their cores waiting for the next
+# one; with several sessions timed in turn on a few shared cores, the previous session's spinning threads
+# steal the next session's time (measured: float 3-4x its real time at b1x128 with 9 sessions on 2 cores).
+# Every session the workbench opens sleeps instead; its evaluation alternates sessions block by block too.
+SESSION_CONFIG = {
+    "session.intra_op.allow_spinning": "0",
+    "session.inter_op.allow_spinning": "0",
+}
+
+
 def session_options(spec: EngineSpec, threads: int | None = None) -> Any:
     import onnxruntime as ort
 
@@ -56,6 +66,8 @@ def session_options(spec: EngineSpec, threads: int | None = None) -> Any:
         so.intra_op_num_threads = n
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
+    for key, value in SESSION_CONFIG.items():
+        so.add_session_config_entry(key, value)
     return so
 
 
@@ -101,7 +113,10 @@ class OrtEngine:
         return np.asarray(out[0])
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": "onnxruntime", "providers": self.session.get_providers(), "graph_optimization": self.spec.graph_optimization}
+        return {
+            "backend": "onnxruntime", "providers": self.session.get_providers(), "graph_optimization": self.spec.graph_optimization,
+            "session_config": dict(SESSION_CONFIG),
+        }
 
     def __enter__(self) -> OrtEngine:
         return self

@@ -205,6 +205,28 @@ def apply_smoothquant(model: nn.Module, channel_amax: dict[str, torch.Tensor], a
     return state
 
 
+def _float_outputs(model: nn.Module, example: dict[str, torch.Tensor]) -> torch.Tensor:
+    with float_mode(model), torch.no_grad():
+        out: torch.Tensor = model(**example)
+    return out
+
+
+def checked_smoothquant(
+    model: nn.Module, example: dict[str, torch.Tensor], channel_amax: dict[str, torch.Tensor], alpha: float, tolerance: float
+) -> tuple[SmoothState, dict[str, Any]]:
+    """apply_smoothquant plus the check every SmoothQuant model passes before it is used (the PTQ families and
+    the search's trials alike): in float, the rewrite must leave the outputs unchanged (max abs diff on
+    `example` <= tolerance, export.float_tolerance). Returns the state (restore() undoes it) and the check."""
+    before = _float_outputs(model, example)
+    state = apply_smoothquant(model, channel_amax, alpha)
+    try:
+        diff = float((_float_outputs(model, example) - before).abs().max())
+    except BaseException:
+        state.restore()
+        raise
+    return state, {"float_max_abs_diff": diff, "tolerance": tolerance, "passed": diff <= tolerance}
+
+
 def _save(state: SmoothState, model: nn.Module, pname: str) -> None:
     if pname not in state._saved:
         state._saved[pname] = model.get_parameter(pname).detach().clone()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -21,12 +22,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..benchmark import benchmark_interleaved
+from ..benchmark import aa_name, benchmark_interleaved, speedup
 from ..data import Splits
 from ..engine_graphs import EngineGraphs
 from ..engines import EngineFromOnnx
 from ..errors import WorkbenchError
-from ..evaluate import LinearProbe, run_outputs, score_classification, score_embedding
+from ..evaluate import LinearProbe, length_buckets, score_classification, score_embedding
 from ..export import export_onnx, plan_names
 from ..families import Recalibrate
 from ..fidelity import qdq_fidelity
@@ -35,10 +36,10 @@ from ..models import LoadedModel
 from ..quantize.apply import set_format, set_scales
 from ..quantize.calibrate import HistogramCalibrator
 from ..quantize.select import QuantPlan
-from ..quantize.smoothquant import smoothquant_applied
+from ..quantize.smoothquant import checked_smoothquant
 from ..recipe import BenchmarkSpec, Recipe
 from ..results import VariantResult
-from ..stats import interval_metrics, prediction_statistics
+from ..stats import interval_metrics, prediction_statistics, ratio_interval
 from .groups import LayerGroup, apply_flags, build_groups, only_groups, with_fallback
 from .spec import SearchSpec
 
@@ -95,17 +96,32 @@ class TrialRecord:
     meets: bool | None = None
     trial_number: int | None = None
     reused: bool = False
+    # the speed-up's interval (median per-round ratio float / trial, block bootstrap over rounds) and the
+    # A/A control timed in the same loop (a second float session: should read 1.00)
+    speedup_low: float | None = None
+    speedup_high: float | None = None
+    aa_ratio: float | None = None
+    split: str = "evaluation"  # the split the trial was scored on (selection when the recipe holds one out)
 
     @property
     def relative_latency(self) -> float | None:
-        """p50 / float p50, both timed interleaved in the same loop: the latency objective.
+        """Latency relative to float, both timed interleaved in the same loop: the latency objective.
 
         Absolute milliseconds of configurations timed minutes apart drift with machine load (and differ
-        between the machines of several workers); the ratio to float measured alongside does not.
+        between the machines of several workers); the ratio to float measured alongside does not. It is
+        1 / the median per-round speed-up when that was measured, else p50 / float p50 (older records).
         """
+        if self.speedup:
+            return 1.0 / self.speedup
         if self.p50_ms is None or not self.float_p50_ms:
             return None
         return self.p50_ms / self.float_p50_ms
+
+    def log_half_width(self) -> float:
+        """Half the width of the speed-up interval on the log scale (0 when none was measured)."""
+        if self.speedup_low and self.speedup_high and self.speedup_low > 0:
+            return 0.5 * (math.log(self.speedup_high) - math.log(self.speedup_low))
+        return 0.0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -165,13 +181,18 @@ class TrialRunner:
         t0 = time.perf_counter()
         bs = recipe.quantization.calibration.batch_size
         maxlen = recipe.model.max_seq_length
+        # Trials are scored and chosen on the held-out selection split when the recipe has one, so the
+        # evaluation split that reports the winner (and checks the criterion) is one the search never saw.
+        self.split_name = "selection" if len(splits.selection) else "evaluation"
+        self.split = splits.selection if len(splits.selection) else splits.evaluation
+        self.buckets = length_buckets(loaded.tokenizer, self.split, loaded.input_names, maxlen, bs)  # tokenized once for every trial
         # the float baseline every trial is scored and timed against is the graph the run's float variant runs
         # as (the fused one on ONNX Runtime CPU), so the criterion's threshold is the final evaluation's
         with EngineFromOnnx(self.float_engine_path, recipe, "float", "float32") as eng:
-            self.float_out = run_outputs(eng, splits.evaluation, loaded.tokenizer, loaded.input_names, maxlen, bs, "evaluate float", progress)
+            self.float_out = self.buckets.run(eng, "evaluate float", progress)
             self.probe: LinearProbe | None = None
             if recipe.model.task == "embedding":
-                probe_x = run_outputs(eng, splits.probe, loaded.tokenizer, loaded.input_names, maxlen, bs, "embed probe split", progress)
+                probe_x = length_buckets(loaded.tokenizer, splits.probe, loaded.input_names, maxlen, bs).run(eng, "embed probe split", progress)
                 self.probe = LinearProbe(seed=recipe.seed).fit(probe_x, splits.probe.labels)
         self.float_metrics = self._score(self.float_out)
         self.float_accuracy = self.float_metrics["accuracy"]
@@ -183,7 +204,7 @@ class TrialRunner:
         return self.spec
 
     def _score(self, out: np.ndarray) -> dict[str, float]:
-        labels = self.splits.evaluation.labels
+        labels = self.split.labels
         if self.probe is not None:
             metrics = score_embedding(self.probe, out, labels, self.float_out)
             pred, float_pred = self.probe.predict(out), self.probe.predict(self.float_out)
@@ -199,7 +220,7 @@ class TrialRunner:
 
     def evaluate(self, config: Config, source: str, *, trial_number: int | None = None) -> TrialRecord:
         """Export, score and time one configuration. Errors are recorded (status failed), not raised."""
-        rec = TrialRecord(source=source, config=config, trial_number=trial_number)
+        rec = TrialRecord(source=source, config=config, trial_number=trial_number, split=self.split_name)
         t0 = time.perf_counter()
         try:
             self._evaluate(config, rec)
@@ -228,7 +249,13 @@ class TrialRunner:
         # SmoothQuant groups are chosen on the recipe's whole plan, so a trial's float fallback does
         # not change the rewrite (it is exact in float either way) nor the statistics collected for it.
         apply_flags(model.hf, self.plan)
-        with smoothquant_applied(model, self.channel_amax, config.alpha) as state:
+        state, check = checked_smoothquant(model, self.example, self.channel_amax, config.alpha, self.recipe.export.float_tolerance)
+        try:
+            if not check["passed"]:  # the same gate as the PTQ SmoothQuant family (families.py)
+                raise WorkbenchError(
+                    f"SmoothQuant (alpha {config.alpha:g}) changed the float model's outputs by {check['float_max_abs_diff']:.3g} > "
+                    f"{check['tolerance']:g}: the rewrite is not exact, so the trial is removed"
+                )
             if config.alpha not in self.smooth_calibrators:
                 if self.recalibrate is None or not self.channel_amax:
                     raise WorkbenchError("SmoothQuant trials need per-channel statistics and a calibration pass; none were given.")
@@ -237,6 +264,8 @@ class TrialRunner:
                 self.calibration_passes += 0 if info.get("cache_hit") else 1
                 self.smooth_calibrators[config.alpha] = calibrators
             yield self.smooth_calibrators[config.alpha]
+        finally:
+            state.restore()
 
     def _evaluate(self, config: Config, rec: TrialRecord) -> None:
         with self._format_state(config) as calibrators:
@@ -260,6 +289,9 @@ class TrialRunner:
                 **({"format": config.format} if config.format != "int8" else {}),
                 **({"smoothquant": config.alpha} if config.alpha is not None else {}),
                 **({"engine_graph": self.trial_graphs.identity()} if self.trial_graphs is not None else {}),
+                # scored on the held-out selection split (trials scored on the evaluation split keep their old keys)
+                **({"scored_on": f"selection:{self.splits.fingerprint}"} if self.split_name == "selection" else {}),
+                "timing": "random order, A/A",
             }
         )[:16]
         path = self.trials_dir / f"{key}.qdq.onnx"
@@ -270,6 +302,8 @@ class TrialRunner:
         if stored is not None:  # evaluated before (this run or a killed one), and the ONNX verifies
             for name in ("accuracy", "metrics", "p50_ms", "float_p50_ms", "speedup", "size_bytes"):
                 setattr(rec, name, stored[name])
+            for name in ("speedup_low", "speedup_high", "aa_ratio"):
+                setattr(rec, name, stored.get(name))
             if stored.get("engine_onnx"):
                 rec.artifacts["engine_onnx"] = stored["engine_onnx"]
             rec.seconds["first_evaluation"] = stored["seconds"].get("total", 0.0)
@@ -290,33 +324,58 @@ class TrialRunner:
             fidelity = qdq_fidelity(recipe, loaded, path, self.example)
             rec.seconds["fidelity"] = round(time.perf_counter() - t, 3)
         engine_path = path
+        trial = VariantResult(name=key, precision="fp8" if config.format == "fp8" else "int8", fidelity=fidelity)
         if self.trial_graphs is not None:
             t = time.perf_counter()
-            trial = VariantResult(name=key, precision="fp8" if config.format == "fp8" else "int8", fidelity=fidelity)
             engine_path = self.trial_graphs.for_variant(loaded, key, path, self.example, trial, alpha=config.alpha, fp8=config.format == "fp8")
             rec.artifacts["engine_onnx"] = rel(engine_path)
             rec.seconds["engine_graph"] = round(time.perf_counter() - t, 3)
-        bs, maxlen = recipe.quantization.calibration.batch_size, recipe.model.max_seq_length
+        if engine_path == path and not fidelity:
+            # Gate: what this trial runs is its Q/DQ export itself (engine.int8_graph qdq, FP8, or no faster graph
+            # passed its check), and nothing has checked it yet: check it now, as every PTQ variant's is.
+            t = time.perf_counter()
+            qdq_fidelity(recipe, loaded, path, self.example)  # ExportError: the trial is recorded failed, with why
+            rec.seconds["fidelity"] = round(time.perf_counter() - t, 3)
         with EngineFromOnnx(engine_path, recipe, key, config.format) as eng:
             t = time.perf_counter()
-            out = run_outputs(eng, self.splits.evaluation, loaded.tokenizer, loaded.input_names, maxlen, bs, f"evaluate {config.label()}", self.progress)
+            out = self.buckets.run(eng, f"evaluate {config.label()}", self.progress)
             rec.metrics = self._score(out)
             rec.accuracy = rec.metrics["accuracy"]
             rec.seconds["evaluate"] = round(time.perf_counter() - t, 3)
             if "latency" in self.spec.objectives:
                 t = time.perf_counter()
                 threads = self.spec.latency.threads or None
+                # the run's benchmark design at trial scale: a fresh random order per round, sessions that do not
+                # spin, and an A/A control (a second float session) in the same loop
                 with (
                     EngineFromOnnx(self.float_engine_path, recipe, "float", "float32", threads=threads) as f_eng,
+                    EngineFromOnnx(self.float_engine_path, recipe, "float", "float32", threads=threads) as aa_eng,
                     EngineFromOnnx(engine_path, recipe, key, config.format, threads=threads) as t_eng,
                 ):
-                    lat = benchmark_interleaved({"float": f_eng, "trial": t_eng}, self.bench_spec, loaded.input_names, loaded.vocab_size, progress=False)
-                rec.p50_ms = lat["trial"][0].p50_ms
-                rec.float_p50_ms = lat["float"][0].p50_ms
-                rec.speedup = rec.float_p50_ms / rec.p50_ms if rec.p50_ms > 0 else None
+                    lat = benchmark_interleaved(
+                        {"float": f_eng, aa_name("float"): aa_eng, "trial": t_eng}, self.bench_spec, loaded.input_names, loaded.vocab_size,
+                        progress=False, seed=recipe.seed,
+                    )
+                f_st, t_st, aa_st = lat["float"][0], lat["trial"][0], lat[aa_name("float")][0]
+                rec.p50_ms, rec.float_p50_ms = t_st.p50_ms, f_st.p50_ms
+                rec.speedup = speedup(f_st, t_st)
+                r = ratio_interval(f_st.samples_ms, t_st.samples_ms, recipe.selection.level)
+                rec.speedup_low, rec.speedup_high = r.low, r.high
+                rec.aa_ratio = speedup(f_st, aa_st)
                 rec.seconds["benchmark"] = round(time.perf_counter() - t, 3)
         rec.seconds["total"] = round(time.perf_counter() - t_start, 3)
-        write_json(result_file, {**{n: getattr(rec, n) for n in ("accuracy", "metrics", "p50_ms", "float_p50_ms", "speedup", "size_bytes", "seconds")}, "engine_onnx": rec.artifacts.get("engine_onnx")})
+        names = ("accuracy", "metrics", "p50_ms", "float_p50_ms", "speedup", "size_bytes", "seconds", "speedup_low", "speedup_high", "aa_ratio")
+        write_json(result_file, {**{n: getattr(rec, n) for n in names}, "engine_onnx": rec.artifacts.get("engine_onnx")})
+
+    def check(self, config: Config, rec: TrialRecord) -> dict[str, Any]:
+        """The full Q/DQ fidelity check (per layer and end to end) of a configuration the search hands to the
+        run, with the model put back in that configuration's state; raises ExportError when it fails."""
+        with self._format_state(config) as calibrators:
+            plan = self.plan_for(config)
+            apply_flags(self.loaded.model.hf, plan)
+            pct = config.percentile if config.percentile is not None else self.recipe.quantization.calibration.percentile
+            set_scales(self.loaded.model, calibrators, config.method, percentile=pct)
+            return qdq_fidelity(self.recipe, self.loaded, self.run_dir / rec.artifacts["onnx"], self.example)
 
 
 def _stored_result(result_file: Path) -> dict[str, Any] | None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import math
 import os
 import shutil
 import socket
@@ -32,7 +33,7 @@ import numpy as np
 from ..errors import WorkbenchError
 from ..families import Recalibrate
 from ..io import hash_json, pid_alive, write_json
-from ..recipe import Recipe
+from ..recipe import DEFAULT_SPEED_MARGIN, Recipe
 from ..report_search import family_label
 from ..results import VariantResult
 from ..state import RunState
@@ -267,6 +268,7 @@ def resolved_recipe(recipe: Recipe, config: Config, rec: TrialRecord) -> dict[st
     """The plain recipe (no search) that reproduces this configuration as a normal run."""
     data = recipe.model_dump(mode="json")
     data.pop("search", None)
+    data["data"]["selection_samples"] = None  # held out for the search's choices: a plain recipe has none
     cal = data["quantization"]["calibration"]
     cal["methods"] = [config.method]
     if config.percentile is not None:
@@ -441,12 +443,32 @@ def _dedupe(records: Sequence[TrialRecord]) -> list[TrialRecord]:
     return list(seen.values())
 
 
-def select(records: Sequence[TrialRecord], threshold: float) -> tuple[TrialRecord | None, bool]:
-    """Fastest configuration meeting the criterion; else the most accurate one found (meets=False)."""
+def clearly_slower(r: TrialRecord, fastest: TrialRecord, speed_margin: float) -> bool:
+    """Is `r` slower than `fastest` beyond the speed margin with confidence? Each was timed against float in
+    its own loop, so their ratio's log-scale half-width combines the two speed-up intervals' (sqrt of the
+    sum of squares); records without an interval compare by their point estimates."""
+    if r.relative_latency is None or fastest.relative_latency is None:
+        return r.relative_latency is None and fastest.relative_latency is not None
+    ratio = r.relative_latency / fastest.relative_latency
+    half = math.hypot(r.log_half_width(), fastest.log_half_width())
+    return ratio * math.exp(-half) > 1.0 + speed_margin
+
+
+def select(records: Sequence[TrialRecord], threshold: float, speed_margin: float = DEFAULT_SPEED_MARGIN) -> tuple[TrialRecord | None, bool]:
+    """The search's own pick, with the run's rule on the split it scored (the selection split): among the
+    configurations meeting the criterion there, the fastest and every one not slower than it beyond the speed
+    margin (`clearly_slower`) count as equally fast, and the most accurate of those wins (then the faster).
+    If none meets it, the most accurate one found (meets=False). The run's final rule re-checks the pick on
+    the evaluation split."""
     ok = _dedupe(records)
     meeting = [r for r in ok if r.accuracy is not None and r.accuracy >= threshold - 1e-12]
     if meeting:
-        return min(meeting, key=lambda r: (r.relative_latency if r.relative_latency is not None else float("inf"), -(r.accuracy or 0.0))), True
+        timed = [r for r in meeting if r.relative_latency is not None]
+        if not timed:
+            return max(meeting, key=lambda r: (r.accuracy or 0.0)), True
+        fastest = min(timed, key=lambda r: (r.relative_latency or 0.0, -(r.accuracy or 0.0)))
+        group = [r for r in timed if not clearly_slower(r, fastest, speed_margin)]
+        return max(group, key=lambda r: (r.accuracy or 0.0, -(r.relative_latency or 0.0))), True
     if not ok:
         return None, False
     return max(ok, key=lambda r: (r.accuracy or 0.0, -(r.relative_latency or 0.0))), False
@@ -595,12 +617,20 @@ def search_stage(state: RunState, recalibrate: Recalibrate) -> None:
                 rec = t.get("record")
                 if rec and rec.get("status") == "ok" and not any(r.key == rec["key"] for r in records):
                     records.append(_record_from_dict(rec))
-        selected, meets = select(records, runner.threshold)
+        selected, meets = select(records, runner.threshold, recipe.selection.speed_margin)
         if selected is not None and not (run_dir / selected.artifacts.get("onnx", "-")).exists():
             # found by another worker (another run folder or machine): rebuild its artifacts here from the same statistics
             local = runner.evaluate(selected.config, "selected (from another worker)")
             if local.status == "ok":
                 selected = local
+        # the same gate as every PTQ variant before the search's configurations join the run: the full Q/DQ check
+        gates: dict[str, dict[str, Any] | str] = {}
+        for rec in {id(r): r for r in (max_full, selected) if r is not None and r.status == "ok"}.values():
+            try:
+                gates[rec.key] = runner.check(rec.config, rec)
+            except Exception as exc:  # a failed check removes the candidate, with why
+                gates[rec.key] = f"failed its fidelity gate: {type(exc).__name__}: {exc}"
+                say(f"  {rec.config.label()} {gates[rec.key]}")
     finally:
         # trials leave the model in their own layer selection; later stages (QAT) start from the recipe's plan
         apply_flags(loaded.model.hf, plan)
@@ -614,6 +644,12 @@ def search_stage(state: RunState, recalibrate: Recalibrate) -> None:
         v = VariantResult(name=name, precision="fp8" if rec.config.format == "fp8" else "int8", calibration_method=rec.config.method, artifacts=dict(rec.artifacts), size_bytes=rec.size_bytes)
         if name == search_name:
             v.artifacts = {**v.artifacts, **{f"best_{k}": p for k, p in best_artifacts.items()}}
+        gate = gates.get(rec.key)
+        if isinstance(gate, str):
+            v.status, v.error = "failed", gate
+            state.add_variant(v)
+            continue
+        v.fidelity = dict(gate or {})
         state.add_variant(v, run_dir / rec.artifacts.get("engine_onnx", rec.artifacts["onnx"]))
     state.search_choice = search_name if state.variant(search_name) is not None else None
     state.search_threshold = runner.threshold
@@ -626,6 +662,8 @@ def search_stage(state: RunState, recalibrate: Recalibrate) -> None:
     cal_info = state.calibration
     state.search = {
         "criterion": spec.criterion.describe(),
+        "split": runner.split_name,
+        "split_size": len(runner.split),
         "threshold": runner.threshold,
         "float_accuracy": runner.float_accuracy,
         "float_p50_ms": float_ms,
@@ -680,4 +718,7 @@ def _record_from_dict(d: dict[str, Any]) -> TrialRecord:
     rec = TrialRecord(source=d["source"], config=Config.from_dict(c))
     for k in ("status", "error", "key", "accuracy", "metrics", "p50_ms", "float_p50_ms", "speedup", "size_bytes", "quantized_ops", "float_modules", "artifacts", "seconds", "meets", "trial_number"):
         setattr(rec, k, d.get(k))
+    for k in ("speedup_low", "speedup_high", "aa_ratio"):
+        setattr(rec, k, d.get(k))
+    rec.split = d.get("split", "evaluation")
     return rec
