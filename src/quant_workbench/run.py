@@ -438,8 +438,6 @@ def select_stage(state: RunState) -> None:
         margin_source=source, prefer=state.search_choice, stopped=state.stopped, criterion=spec.criterion.describe() if spec is not None else None,
     )
     compare_references(state.variants, state.correct, state.selection.winner, recipe.selection.level)
-    if state.selection.warning:
-        state.say(f"warning: {state.selection.warning}")
     float_variant = accuracy_reference(state.variants)
     if spec is not None and state.search is not None and float_variant is not None and "accuracy" in float_variant.metrics:
         from .search.study import criterion_at_lower_bound
