@@ -16,6 +16,7 @@ import quant_workbench.run as run_module
 from quant_workbench.cli import main
 from quant_workbench.errors import WorkbenchError
 from quant_workbench.recipe import recipe_from_dict
+from quant_workbench.report import PLOT_RELPATH
 from quant_workbench.sweep import SweepError, SweepSpec, expand, load_sweep
 
 
@@ -372,10 +373,10 @@ def test_report_rerenders_markdown_and_plot_from_report_json(swept: dict[str, An
     shutil.copytree(_good_dirs(swept)[0], copy)
     original = (copy / "report.md").read_text()
     (copy / "report.md").unlink()
-    (copy / "plots" / "accuracy_vs_latency.png").unlink()
+    (copy / PLOT_RELPATH).unlink()
     assert main(["report", str(copy)]) == 0
     assert (copy / "report.md").read_text() == original
-    assert (copy / "plots" / "accuracy_vs_latency.png").is_file()
+    assert (copy / PLOT_RELPATH).is_file()
     assert not (copy / "report.html").exists()
 
 
@@ -394,7 +395,7 @@ def test_report_html_is_one_standalone_page(swept: dict[str, Any], tmp_path: Pat
     assert accuracy in page
     images = re.findall(r'<img src="([^"]+)"', page)
     assert images and all(src.startswith("data:image/png;base64,") for src in images)
-    plot = (copy / "plots" / "accuracy_vs_latency.png").read_bytes()
+    plot = (copy / PLOT_RELPATH).read_bytes()
     assert base64.b64decode(images[0].split(",", 1)[1]) == plot
     assert not re.search(r'(src|href)="(https?:)?//', page) and "<script" not in page and "<link" not in page
 
