@@ -645,7 +645,7 @@ class TrtEngine:
 # engine.runtime: tensorrt
 
 
-def _open(onnx_path: Path, recipe: Recipe, name: str, precision: str, *, threads: int | None = None) -> Engine:
+def _open(onnx_path: Path, recipe: Recipe, name: str, precision: str, *, threads: int | None = None, inference_precision: str | None = None) -> Engine:
     # engines/ beside models/: plans are per-GPU artifacts of the run, rebuilt when their key changes
     plan = Path(onnx_path).parent.parent / "engines" / f"{name}.plan"
     plan_from_onnx(Path(onnx_path), plan, settings_for_runtime(recipe, engine_precision(precision)))
@@ -664,4 +664,4 @@ def _preflight(recipe: Recipe) -> None:
         require_fp8_gpu()
 
 
-ENGINES.register("tensorrt", EngineBackend(open=_open, preflight=_preflight))
+ENGINES.register("tensorrt", EngineBackend(open=_open, preflight=_preflight, label="TensorRT"))
