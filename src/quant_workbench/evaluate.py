@@ -109,7 +109,7 @@ def evaluate_variants(
         if v.status != "ok":
             continue
         try:
-            with EngineFromOnnx(paths[v.name], recipe, v.name, v.precision) as eng:
+            with EngineFromOnnx(paths[v.name], recipe, v.name, v.precision, runtime=v.runtime, inference_precision=v.inference_precision) as eng:
                 outputs[v.name] = run_outputs(eng, splits.evaluation, loaded.tokenizer, loaded.input_names, maxlen, bs, f"evaluate {v.name}", progress)
                 if v.name == "float" and recipe.model.task == "embedding":
                     probe_x = run_outputs(eng, splits.probe, loaded.tokenizer, loaded.input_names, maxlen, bs, "embed probe split", progress)

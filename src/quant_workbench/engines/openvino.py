@@ -76,11 +76,18 @@ def resolved_threads(spec: EngineSpec, threads: int | None = None) -> int:
     return available_cores()
 
 
+DEFAULT_PRECISION = "default"  # a row that leaves INFERENCE_PRECISION_HINT to OpenVINO (the standard path's reference rows)
+
+
 def properties(spec: EngineSpec, threads: int | None = None, inference_precision: str | None = None) -> dict[str, Any]:
+    """Compile properties of a row: `inference_precision` None = the first of engine.openvino.precisions
+    (what a plain row on OpenVINO computes in), "default" = OpenVINO's own choice for this CPU."""
     ov_spec = spec.openvino
+    if inference_precision is None:
+        inference_precision = row_precisions_of(spec)[0]
     return compile_properties(
         threads=resolved_threads(spec, threads), streams=ov_spec.streams, hint=ov_spec.hint,
-        inference_precision=inference_precision, pinning=ov_spec.pinning,
+        inference_precision=None if inference_precision == DEFAULT_PRECISION else inference_precision, pinning=ov_spec.pinning,
     )
 
 
@@ -225,12 +232,16 @@ class OvEngine:
 # registry entry
 
 
-def row_precisions(recipe: Recipe) -> list[str | None]:
+def row_precisions_of(spec: EngineSpec) -> list[str | None]:
     """One row per precision: f32, plus bf16 where OpenVINO and this CPU support it (engine.openvino.precisions: auto)."""
-    wanted = recipe.engine.openvino.precisions
+    wanted = spec.openvino.precisions
     if wanted == "auto":
         return ["f32", "bf16"] if openvino_supports("bf16") else ["f32"]
     return list(wanted)
+
+
+def row_precisions(recipe: Recipe) -> list[str | None]:
+    return row_precisions_of(recipe.engine)
 
 
 def _preflight(recipe: Recipe) -> None:
