@@ -12,7 +12,8 @@ A layout is a set of quant points on top of the recipe's Linears (targets / igno
 - `attention+residual`: + the residual adds' inputs;
 - `attention-no-<role>` / `linears-no-<role>`: that layout with one Linear role kept float (roles:
   attention-qkv, attention-output, ffn-in, ffn-out), e.g. `attention-no-ffn-out`;
-- `attention-no-layer<N>`: encoder layer N kept float.
+- `attention-no-layer<N>`: encoder layer N kept float; `attention-no-ffn-out@<N>`: one role of one layer;
+  `attention-no-ffn-out@0+ffn-out@5`: several.
 Every (layout, method) is exported once (cached under RUN_DIR/bench_openvino_layouts/), compiled on
 OpenVINO at each precision, scored on the first --eval evaluation texts (probe trained on the float
 model's embeddings of the probe split, as the run does) and timed with ONNX Runtime's fused float (the
@@ -39,6 +40,7 @@ from quant_workbench.evaluate import LinearProbe, run_outputs
 from quant_workbench.export import cosine_rows, export_onnx
 from quant_workbench.io import artifact_is_current, hash_json, mark_artifact
 from quant_workbench.models import load_model, to_torch, tokenize
+from quant_workbench.openvino_graphs import nncf_quantize
 from quant_workbench.quantize.apply import prepare, set_scales
 from quant_workbench.quantize.select import QuantPlan, build_plan
 from quant_workbench.recipe import load_recipe
@@ -56,12 +58,18 @@ def layout_plan(full: QuantPlan, base: QuantPlan, layout: str) -> QuantPlan:
     if head not in ("linears", "attention", "attention+residual"):
         raise SystemExit(f"unknown layout {layout!r}")
 
+    dropped = [d for d in drop.split("+") if d]
+
+    def dropped_by(p: Any, d: str) -> bool:
+        if d.startswith("layer"):
+            return layer_index(p.module) == int(d[5:])
+        role, _, layer = d.partition("@")  # ffn-out@3: that role in layer 3 only
+        return op_kind(p) == role and (not layer or layer_index(p.module) == int(layer))
+
     def keep(p: Any) -> bool:
         if p.kind not in kinds or (p.kind == "linear" and p.module not in linears):
             return False
-        if drop.startswith("layer"):
-            return layer_index(p.module) != int(drop[5:])
-        return not drop or op_kind(p) != drop
+        return not any(dropped_by(p, d) for d in dropped)
 
     return QuantPlan(tuple(replace(p, enabled=keep(p)) for p in full.points))
 
@@ -77,7 +85,10 @@ def main() -> None:
     ap.add_argument("--shapes", nargs="+", default=["32x128", "1x128"])
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--no-timing", action="store_true")
+    ap.add_argument("--nncf", action="store_true", help="also nncf.quantize of the float model (the ref:openvino-nncf row)")
+    ap.add_argument("--no-floats", action="store_true", help="skip the OpenVINO float candidates")
     ap.add_argument("--sensitivity", default=None, help="LAYOUT:METHOD: score it with each layer / Linear role kept float in turn")
+    ap.add_argument("--per-layer", nargs="*", default=[], help="with --sensitivity: also these roles one layer at a time (e.g. ffn-out)")
     ap.add_argument("--set", nargs="*", default=[], help="recipe overrides, e.g. data.eval_samples=3000")
     args = ap.parse_args()
     say = lambda s: print(s, flush=True)  # noqa: E731
@@ -143,8 +154,8 @@ def main() -> None:
     result: dict[str, Any] = {"machine": machine(), "run_dir": str(args.run_dir), "eval_texts": len(labels), "args": vars(args) | {"run_dir": str(args.run_dir)}}
     if args.sensitivity:
         layout, _, method = args.sensitivity.partition(":")
-        layers = sorted({layer_index(p.module) for p in base.enabled} - {None})
-        groups = [f"{layout}-no-{r}" for r in ROLES] + [f"{layout}-no-layer{i}" for i in layers]
+        layers = sorted({i for p in base.enabled if (i := layer_index(p.module)) is not None})
+        groups = [f"{layout}-no-{r}" for r in ROLES] + [f"{layout}-no-layer{i}" for i in layers] + [f"{layout}-no-{r}@{i}" for r in args.per_layer for i in layers]
         rows = {}
         for cand in [layout, *groups]:
             rows[cand] = score(f"{cand}-{method}@bf16", export(cand, method), "bf16")
@@ -158,11 +169,19 @@ def main() -> None:
         return
 
     candidates: dict[str, tuple[Path, str]] = {"ov float": (models / "float.onnx", "f32"), "ov float-bf16": (models / "float.onnx", "bf16")}
+    if args.nncf:  # the standard OpenVINO path (ref:openvino-nncf), at OpenVINO's default precision
+        nncf_path = out_dir / "nncf.xml"
+        if not nncf_path.is_file():
+            nncf_quantize(models / "float.onnx", loaded, splits.calibration.texts, nncf_path)
+        candidates["nncf (OpenVINO default precision)"] = (nncf_path, "default")
     for layout in args.layouts:
         for method in args.methods:
             path = export(layout, method)
             for precision in args.precisions:
                 candidates[f"{layout}-{method}" + ("" if precision == "f32" else "-bf16")] = (path, precision)
+    if args.no_floats:
+        for name in ("ov float", "ov float-bf16"):
+            candidates.pop(name)
     for name, (path, precision) in candidates.items():
         scores[name] = score(name, path, precision)
     result["accuracy"] = scores

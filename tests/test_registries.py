@@ -82,9 +82,9 @@ def test_registry_keeps_declaration_order_and_names_the_known_entries() -> None:
 def test_builtin_entries_in_their_documented_order() -> None:
     assert CALIBRATORS.names() == ("max", "percentile", "entropy", "mse")
     assert FAMILIES.names() == ("int8", "int8-smoothquant", "fp8", "int8-dynamic")
-    assert ENGINES.names() == ("onnxruntime", "tensorrt")
+    assert ENGINES.names() == ("onnxruntime", "openvino", "tensorrt")
     assert DEPLOY_TARGETS.names() == ("python-onnxruntime", "onnxruntime", "tensorrt")
-    assert REFERENCES.names() == ("ort-float", "ort-dynamic", "ort-static")
+    assert REFERENCES.names() == ("ort-float", "ort-dynamic", "ort-static", "openvino-float", "openvino-nncf")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,7 +228,7 @@ def test_json_schema_lists_registered_names() -> None:
     with CALIBRATORS.registered("half-max", _half_max), ENGINES.registered("test-runtime", EngineBackend(open=_never_opened)):
         schema = json.dumps(Recipe.model_json_schema())
     assert '"enum": ["max", "percentile", "entropy", "mse", "half-max"]' in schema
-    assert '"enum": ["onnxruntime", "tensorrt", "test-runtime"]' in schema
+    assert '"enum": ["onnxruntime", "openvino", "tensorrt", "test-runtime"]' in schema
     defs = Recipe.model_json_schema()["$defs"]
     assert defs["DeploySpec"]["properties"]["targets"]["items"]["enum"] == ["python-onnxruntime", "onnxruntime", "tensorrt"]
     assert defs["QuantSpec"]["properties"]["compare"]["items"]["enum"] == ["int8", "int8-smoothquant", "fp8", "int8-dynamic"]

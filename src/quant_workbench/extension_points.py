@@ -65,9 +65,8 @@ FAMILIES: Registry[VariantFamily] = Registry("variant family", ["quant_workbench
 
 
 class OpenEngine(Protocol):
-    def __call__(
-        self, onnx_path: Path, recipe: Recipe, name: str, precision: str, *, threads: int | None = None, inference_precision: str | None = None
-    ) -> Engine: ...
+    # `inference_precision` is passed only to engines that have a choice (EngineBackend.precisions)
+    def __call__(self, onnx_path: Path, recipe: Recipe, name: str, precision: str, *, threads: int | None = None) -> Engine: ...
 
 
 class SummarizeEngine(Protocol):
@@ -123,6 +122,10 @@ class TargetInputs:
     precision: str
     engine: Path | None = None
     engine_note: str = ""
+    # the row's engine and inference precision in the run (issue 17: rows of several engines); a target for
+    # another engine than the row's runs `onnx`, the portable export
+    runtime: str | None = None
+    inference_precision: str | None = None
 
 
 class BuildEngine(Protocol):

@@ -22,7 +22,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -219,14 +219,22 @@ def _build_openvino_nncf(graphs: EngineGraphs, inputs: ReferenceInputs, path: Pa
     key = graphs._key(graph="ref-openvino-nncf", data=inputs.fingerprint, samples=len(inputs.splits.calibration))
     if artifact_is_current(path, key) and artifact_is_current(bin_path, key):
         return
+    nncf_quantize(inputs.float_path, inputs.loaded, inputs.splits.calibration.texts, path)
+    mark_artifact(bin_path, key)
+    mark_artifact(path, key)
+
+
+def nncf_quantize(float_path: Path, loaded: LoadedModel, texts: Sequence[str] | Sequence[tuple[str, str]], path: Path) -> None:
+    """nncf.quantize (ModelType.TRANSFORMER, its defaults) of `float_path` on `texts`, one per item, every one
+    used; OpenVINO IR written to `path` (.xml) and its .bin, each renamed into place."""
     nncf = require_nncf()
     import openvino as ov
 
-    loaded = inputs.loaded
-    model = ov.Core().read_model(str(inputs.float_path))
-    items = list(batches(loaded.tokenizer, inputs.splits.calibration.texts, 1, loaded.spec.max_seq_length, loaded.input_names))
+    model = ov.Core().read_model(str(float_path))
+    items = list(batches(loaded.tokenizer, texts, 1, loaded.spec.max_seq_length, loaded.input_names))
     logging.getLogger("nncf").setLevel(logging.WARNING)
     quantized = nncf.quantize(model, nncf.Dataset(items), model_type=nncf.ModelType.TRANSFORMER, subset_size=len(items))
+    bin_path = path.with_suffix(".bin")
     # OpenVINO writes <name>.xml + <name>.bin itself: into a private folder first, then each file is renamed
     # into place (the weights before the graph that reads them), so no half-written IR is ever reused
     staging = Path(tempfile.mkdtemp(prefix=temp_prefix(path), dir=path.parent))
@@ -237,8 +245,6 @@ def _build_openvino_nncf(graphs: EngineGraphs, inputs: ReferenceInputs, path: Pa
             os.replace(src, dst)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    mark_artifact(bin_path, key)
-    mark_artifact(path, key)
 
 
 # Declared after the ONNX Runtime rows (engine_graphs.py): the default `references` order.

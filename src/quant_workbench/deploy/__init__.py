@@ -64,6 +64,7 @@ def deploy_run(
             if engine_rel and (run_dir / str(engine_rel)).is_file():
                 cpu_files[v.name] = run_dir / str(engine_rel)
     precision = {v.name: v.precision for v in result.variants}
+    rows = {v.name: (v.runtime, v.inference_precision) for v in result.variants}  # issue 17: each row's engine
     engines: dict[tuple[str, str], Path] = {}
     notes: dict[tuple[str, str], str] = {}
     compiling = [(t, DEPLOY_TARGETS.get(t)) for t in spec.targets if build_engines and DEPLOY_TARGETS.get(t).build_engine is not None]
@@ -95,6 +96,7 @@ def deploy_run(
         engines=engines,
         notes=notes,
         cpu_files=cpu_files,
+        rows=rows,
     )
     validate_repository(repo.path)
     say(f"  Triton model repository: {repo.path}")

@@ -38,7 +38,9 @@ def EngineFromOnnx(  # noqa: N802
     """An engine over the artifact: `runtime` (default: the recipe's reference engine) with the row's
     `inference_precision` (f32 | bf16; None = the engine's default)."""
     backend = ENGINES.get(runtime or recipe.engine.runtime)
-    return backend.open(onnx_path, recipe, name, precision, threads=threads, inference_precision=inference_precision)
+    # passed only when set: an engine without a choice of precision may leave the keyword out of its `open`
+    extra = {} if inference_precision is None else {"inference_precision": inference_precision}
+    return backend.open(onnx_path, recipe, name, precision, threads=threads, **extra)
 
 
 def preflight_runtime(recipe: Recipe) -> None:
