@@ -53,8 +53,10 @@ def timed_rounds(
     warmup: int = 3,
     seed: int = 0,
     progress: Callable[[str], None] = print,
+    predecessors: dict[str, dict[str, list[str]]] | None = None,
 ) -> dict[str, dict[str, list[float]]]:
-    """Per runner, per shape key (b32xs128): milliseconds of each round, rounds in the same order for all."""
+    """Per runner, per shape key (b32xs128): milliseconds of each round, rounds in the same order for all.
+    `predecessors`, when given, is filled with the runner timed just before each call (None first in a round)."""
     rng = random.Random(seed)
     out: dict[str, dict[str, list[float]]] = {name: {} for name in runners}
     for b, s in shapes:
@@ -64,6 +66,7 @@ def timed_rounds(
             for run in runners.values():
                 run(feed)
         times: dict[str, list[float]] = {name: [] for name in runners}
+        before: dict[str, list[str]] = {name: [] for name in runners}
         gc.collect()
         gc.disable()
         t0 = time.perf_counter()
@@ -71,17 +74,30 @@ def timed_rounds(
             for r in range(rounds):
                 order = list(runners)
                 rng.shuffle(order)
-                for name in order:
+                for i, name in enumerate(order):
                     start = time.perf_counter()
                     runners[name](feed)
                     times[name].append((time.perf_counter() - start) * 1000.0)
+                    before[name].append(order[i - 1] if i else "")
                 if r in (0, rounds - 1) or (r + 1) % 10 == 0:
                     progress(f"  {key}: round {r + 1}/{rounds} ({time.perf_counter() - t0:.0f} s)")
         finally:
             gc.enable()
         for name, ms in times.items():
             out[name][key] = ms
+            if predecessors is not None:
+                predecessors.setdefault(name, {})[key] = before[name]
     return out
+
+
+def after_effect(times: Mapping[str, Mapping[str, list[float]]], predecessors: Mapping[str, Mapping[str, list[str]]], victim: str, key: str, group: Callable[[str], str]) -> dict[str, Any]:
+    """Median time of `victim` at `key` by the group of the runner timed just before it (e.g. 'openvino' /
+    'onnxruntime'): whether one engine's idle threads slow the next engine's call (spinning)."""
+    by: dict[str, list[float]] = {}
+    for ms, prev in zip(times[victim][key], predecessors[victim][key], strict=True):
+        if prev:
+            by.setdefault(group(prev), []).append(ms)
+    return {g: {"calls": len(v), "p50_ms": float(np.median(v)), "p50_interval_ms": list(median_interval(np.asarray(v)))} for g, v in sorted(by.items())}
 
 
 def summarize(times: Mapping[str, Mapping[str, list[float]]], baselines: Sequence[str], level: float = 0.05) -> dict[str, Any]:

@@ -18,7 +18,7 @@ Every (layout, method) is exported once (cached under RUN_DIR/bench_openvino_lay
 OpenVINO at each precision, scored on the first --eval evaluation texts (probe trained on the float
 model's embeddings of the probe split, as the run does) and timed with ONNX Runtime's fused float (the
 run's float baseline) and OpenVINO's float rows in one loop, random order each round, A/A pair included.
-`--sensitivity LAYOUT:METHOD` scores LAYOUT with each encoder layer and each Linear role kept float in
+`--alpha A` applies SmoothQuant (the int8-smoothquant family's rewrite) first. `--sensitivity LAYOUT:METHOD` scores LAYOUT with each encoder layer and each Linear role kept float in
 turn (accuracy, disagreement with float, cosine), untimed. Writes RUN_DIR/bench_openvino_layouts.json.
 """
 
@@ -86,6 +86,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--no-timing", action="store_true")
     ap.add_argument("--nncf", action="store_true", help="also nncf.quantize of the float model (the ref:openvino-nncf row)")
+    ap.add_argument("--alpha", type=float, default=None, help="SmoothQuant alpha applied before every layout (the int8-smoothquant family's rewrite)")
+    ap.add_argument("--extra", nargs="*", default=[], help="NAME=PATH:PRECISION: more OpenVINO models to score and time (e.g. another run's layout)")
     ap.add_argument("--no-floats", action="store_true", help="skip the OpenVINO float candidates")
     ap.add_argument("--sensitivity", default=None, help="LAYOUT:METHOD: score it with each layer / Linear role kept float in turn")
     ap.add_argument("--per-layer", nargs="*", default=[], help="with --sensitivity: also these roles one layer at a time (e.g. ffn-out)")
@@ -103,7 +105,16 @@ def main() -> None:
     prepare(hf, full, per_channel_weights=recipe.quantization.per_channel_weights)
     from quant_workbench.calibration import calibration_statistics
 
-    calibrators, _ = calibration_statistics(recipe, loaded, splits, full, progress=False, say=say)
+    channel_amax: dict[str, Any] = {}
+    calibrators, _ = calibration_statistics(recipe, loaded, splits, full, progress=False, say=say, channel_amax=channel_amax)
+    suffix = ""
+    if args.alpha is not None:  # SmoothQuant (the int8-smoothquant family's rewrite), statistics collected again after it
+        from quant_workbench.quantize.smoothquant import apply_smoothquant
+
+        state = apply_smoothquant(loaded.model, channel_amax, args.alpha)
+        groups = [g.describe() for g in state.groups]
+        calibrators, _ = calibration_statistics(recipe, loaded, splits, full, progress=False, say=say, extra_key={"smoothquant": {"alpha": args.alpha, "groups": groups}})
+        suffix = f"-sq{args.alpha:g}"
     example = to_torch(tokenize(loaded.tokenizer, splits.evaluation.texts[: recipe.export.fidelity_samples], loaded.spec.max_seq_length, loaded.input_names))
     out_dir = args.run_dir / "bench_openvino_layouts"
     models = args.run_dir / "models"
@@ -113,8 +124,8 @@ def main() -> None:
         plan = layout_plan(full, base, layout)
         apply_flags(hf, plan)
         amax = set_scales(loaded.model, calibrators, method, percentile=recipe.quantization.calibration.percentile)
-        path = out_dir / f"{layout}-{method}.qdq.onnx"
-        key = hash_json({"plan": plan.to_rows(), "amax": amax, "model": loaded.fingerprint, "opset": recipe.export.opset})
+        path = out_dir / f"{layout}{suffix}-{method}.qdq.onnx"
+        key = hash_json({"plan": plan.to_rows(), "amax": amax, "model": loaded.fingerprint, "opset": recipe.export.opset, "alpha": args.alpha})
         if not artifact_is_current(path, key):
             t = time.perf_counter()
             export_onnx(loaded.model, path, example, loaded.input_names, loaded.output_name, recipe.export.opset)
@@ -178,7 +189,11 @@ def main() -> None:
         for method in args.methods:
             path = export(layout, method)
             for precision in args.precisions:
-                candidates[f"{layout}-{method}" + ("" if precision == "f32" else "-bf16")] = (path, precision)
+                candidates[f"{layout}{suffix}-{method}" + ("" if precision == "f32" else "-bf16")] = (path, precision)
+    for item in args.extra:
+        name, _, rest = item.partition("=")
+        file, _, precision = rest.rpartition(":")
+        candidates[name] = (Path(file), precision)
     if args.no_floats:
         for name in ("ov float", "ov float-bf16"):
             candidates.pop(name)
