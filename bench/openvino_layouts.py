@@ -77,7 +77,7 @@ def layout_plan(full: QuantPlan, base: QuantPlan, layout: str) -> QuantPlan:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir", type=Path)
-    ap.add_argument("--layouts", nargs="+", default=["linears", "attention", "attention+residual"])
+    ap.add_argument("--layouts", nargs="*", default=["linears", "attention", "attention+residual"])
     ap.add_argument("--methods", nargs="+", default=["max", "mse"])
     ap.add_argument("--precisions", nargs="+", default=["f32", "bf16"])
     ap.add_argument("--eval", type=int, default=3000, help="evaluation texts scored per candidate")

@@ -83,7 +83,7 @@ def test_builtin_entries_in_their_documented_order() -> None:
     assert CALIBRATORS.names() == ("max", "percentile", "entropy", "mse")
     assert FAMILIES.names() == ("int8", "int8-smoothquant", "fp8", "int8-dynamic")
     assert ENGINES.names() == ("onnxruntime", "openvino", "tensorrt")
-    assert DEPLOY_TARGETS.names() == ("python-onnxruntime", "onnxruntime", "tensorrt")
+    assert DEPLOY_TARGETS.names() == ("python-onnxruntime", "onnxruntime", "tensorrt", "python-openvino", "openvino")
     assert REFERENCES.names() == ("ort-float", "ort-dynamic", "ort-static", "openvino-float", "openvino-nncf")
 
 
@@ -171,11 +171,11 @@ def test_a_declared_engine_is_accepted_and_opened(base: dict[str, Any], tmp_path
         calls.append(("preflight", recipe.engine.runtime))
 
     with ENGINES.registered("test-runtime", EngineBackend(open=open_engine, preflight=preflight)):
-        recipe = recipe_from_dict(base, ["engine.runtime=test-runtime", "references=[]", "quantization.compare=[int8]"])
+        recipe = recipe_from_dict(base, ["engine.runtime=test-runtime", "engine.runtimes=null", "references=[]", "quantization.compare=[int8]"])
         preflight_runtime(recipe)
         assert EngineFromOnnx(tmp_path / "m.onnx", recipe, "int8-max", "int8", threads=2) == "engine"
         assert calls == [("preflight", "test-runtime"), (tmp_path / "m.onnx", "int8-max", "int8", 2)]
-    text = _error(base, ["engine.runtime=test-runtime"])
+    text = _error(base, ["engine.runtime=test-runtime", "engine.runtimes=null"])
     _assert_lists(text, "engine.runtime", "test-runtime", ENGINES.names())
 
 
@@ -211,7 +211,7 @@ def test_a_declared_reference_is_accepted(base: dict[str, Any]) -> None:
     row = ReferenceRow(precision="float32", calibration_method=None, build=lambda graphs, inputs, path: None)
     with REFERENCES.registered("ort-test", row):
         assert recipe_from_dict(base, ["references=[ort-test]"]).reference_kinds == ["ort-test"]
-        assert recipe_from_dict(base).reference_kinds == ["ort-float", "ort-dynamic", "ort-static", "ort-test"]
+        assert recipe_from_dict(base).reference_kinds == ["ort-float", "ort-dynamic", "ort-static", "openvino-float", "openvino-nncf", "ort-test"]
     text = _error(base, ["references=[ort-test]"])
     _assert_lists(text, "references.0", "ort-test", REFERENCES.names())
 
@@ -230,7 +230,7 @@ def test_json_schema_lists_registered_names() -> None:
     assert '"enum": ["max", "percentile", "entropy", "mse", "half-max"]' in schema
     assert '"enum": ["onnxruntime", "openvino", "tensorrt", "test-runtime"]' in schema
     defs = Recipe.model_json_schema()["$defs"]
-    assert defs["DeploySpec"]["properties"]["targets"]["items"]["enum"] == ["python-onnxruntime", "onnxruntime", "tensorrt"]
+    assert defs["DeploySpec"]["properties"]["targets"]["items"]["enum"] == ["python-onnxruntime", "onnxruntime", "tensorrt", "python-openvino", "openvino"]
     assert defs["QuantSpec"]["properties"]["compare"]["items"]["enum"] == ["int8", "int8-smoothquant", "fp8", "int8-dynamic"]
     assert defs["QatSpec"]["properties"]["init_method"]["enum"] == ["auto", "max", "percentile", "entropy", "mse"]
 

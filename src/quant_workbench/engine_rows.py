@@ -130,9 +130,10 @@ class EngineRows:
             if runtime not in graphs:
                 try:
                     graphs[runtime] = self._graph(runtime, base, loaded, qdq_path, example, plan, scales, ort_graph, base_key)
-                except WorkbenchError as exc:
-                    graphs[runtime] = exc
-                    self.say(f"  {base.name} on {runtime}: {exc}")
+                except Exception as exc:  # this engine's rows of the variant fail; the variant and other engines go on
+                    log.debug("%s on %s failed", base.name, runtime, exc_info=True)
+                    graphs[runtime] = exc if isinstance(exc, WorkbenchError) else WorkbenchError(f"{type(exc).__name__}: {exc}")
+                    self.say(f"  {base.name} on {runtime}: {graphs[runtime]}")
             built = graphs[runtime]
             if isinstance(built, WorkbenchError):
                 row.status, row.error = "failed", str(built)
@@ -171,9 +172,9 @@ class EngineRows:
         try:
             assert row.runtime is not None
             row.engine = engine_summary(path, self.recipe, row.runtime, row.inference_precision)
-        except WorkbenchError as exc:  # a compile crash found by the engine's check: this row fails
-            row.status, row.error = "failed", str(exc)
-            self.say(f"  {row.name} failed: {exc}")
+        except Exception as exc:  # e.g. a compile crash found by the engine's check: this row fails
+            row.status, row.error = "failed", str(exc) if isinstance(exc, WorkbenchError) else f"{type(exc).__name__}: {exc}"
+            self.say(f"  {row.name} failed: {row.error}")
             return row, None
         return row, path
 

@@ -108,8 +108,8 @@ def _check_graph(graph: str, path: Path, recipe: Recipe, example: dict[str, torc
     info: dict[str, Any] = {"graph": graph, "path": f"models/{path.name}", "threshold": 1.0 - allowed}
     try:
         got = run_openvino(path, recipe, example)
-    except WorkbenchError as exc:  # a compile error or crash (found in the child process) fails this graph only
-        return {**info, "passed": False, "error": str(exc)}
+    except Exception as exc:  # a compile error, a crash (found in the child process) or a failed inference: this graph only
+        return {**info, "passed": False, "error": str(exc) if isinstance(exc, WorkbenchError) else f"{type(exc).__name__}: {exc}"}
     cos = float(cosine_rows(got, fake).mean())
     return {**info, "mean_cosine_vs_fake_quant": cos, "passed": 1.0 - cos <= allowed}
 
@@ -185,8 +185,8 @@ def float_check(path: Path, recipe: Recipe, example: dict[str, torch.Tensor], re
     info: dict[str, Any] = {"graph": "float.onnx", "path": f"models/{path.name}"}
     try:
         got = run_openvino(path, recipe, example)
-    except WorkbenchError as exc:
-        return {**info, "passed": False, "error": str(exc)}
+    except Exception as exc:  # the rows that would run it fail, not the run
+        return {**info, "passed": False, "error": str(exc) if isinstance(exc, WorkbenchError) else f"{type(exc).__name__}: {exc}"}
     cos = float(cosine_rows(got, reference).mean())
     # OpenVINO's f32 kernels sum in another order than PyTorch's: outputs agree to ~1e-5, so the check is
     # the float tolerance on the cosine distance rather than on the largest element difference

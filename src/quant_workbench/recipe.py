@@ -307,7 +307,8 @@ class EngineSpec(Strict):
         if "runtime" in data and data["runtime"] != first:
             raise ValueError(
                 f"engine.runtime '{data['runtime']}' differs from the first of engine.runtimes {data['runtimes']}, which is the "
-                "reference engine; remove engine.runtime (or list it first in runtimes)"
+                "reference engine; remove engine.runtime, list it first in engine.runtimes, or set engine.runtimes: null for a "
+                "run on engine.runtime alone (--set engine.runtimes=null)"
             )
         return {**data, "runtime": first}
 
