@@ -8,7 +8,7 @@ Usage: python bench/openvino_layouts.py RUN_DIR [--layouts linears attention att
 A layout is a set of quant points on top of the recipe's Linears (targets / ignore as the recipe says):
 - `linears`: every Linear of the plan (the Q/DQ export as the run wrote it, the TensorRT layout);
 - `attention`: + the two attention matmuls (QK^T and PV inputs): OpenVINO fuses QK^T-softmax-PV into one
-  INT8 block;
+  INT8 block; `attention-qk`: + QK^T only (NNCF's choice: the softmax output stays float);
 - `attention+residual`: + the residual adds' inputs;
 - `attention-no-<role>` / `linears-no-<role>`: that layout with one Linear role kept float (roles:
   attention-qkv, attention-output, ffn-in, ffn-out), e.g. `attention-no-ffn-out`;
@@ -55,8 +55,9 @@ def layout_plan(full: QuantPlan, base: QuantPlan, layout: str) -> QuantPlan:
     linears = {p.module for p in base.points if p.enabled and p.kind == "linear"}
     head, _, drop = layout.partition("-no-")
     kinds = {"linear"} | ({"attention_matmul"} if head.startswith("attention") else set()) | ({"residual_add"} if "residual" in head else set())
-    if head not in ("linears", "attention", "attention+residual"):
+    if head not in ("linears", "attention", "attention-qk", "attention+residual"):
         raise SystemExit(f"unknown layout {layout!r}")
+    qk_only = head == "attention-qk"
 
     dropped = [d for d in drop.split("+") if d]
 
@@ -68,6 +69,8 @@ def layout_plan(full: QuantPlan, base: QuantPlan, layout: str) -> QuantPlan:
 
     def keep(p: Any) -> bool:
         if p.kind not in kinds or (p.kind == "linear" and p.module not in linears):
+            return False
+        if qk_only and p.kind == "attention_matmul" and not p.module.endswith("qk_matmul"):
             return False
         return not any(dropped_by(p, d) for d in dropped)
 
@@ -87,6 +90,7 @@ def main() -> None:
     ap.add_argument("--no-timing", action="store_true")
     ap.add_argument("--nncf", action="store_true", help="also nncf.quantize of the float model (the ref:openvino-nncf row)")
     ap.add_argument("--alpha", type=float, default=None, help="SmoothQuant alpha applied before every layout (the int8-smoothquant family's rewrite)")
+    ap.add_argument("--ffn-out", action="store_true", help="with --alpha: smooth FFN-out's input too (smoothquant.ffn_out)")
     ap.add_argument("--extra", nargs="*", default=[], help="NAME=PATH:PRECISION: more OpenVINO models to score and time (e.g. another run's layout)")
     ap.add_argument("--no-floats", action="store_true", help="skip the OpenVINO float candidates")
     ap.add_argument("--sensitivity", default=None, help="LAYOUT:METHOD: score it with each layer / Linear role kept float in turn")
@@ -111,10 +115,10 @@ def main() -> None:
     if args.alpha is not None:  # SmoothQuant (the int8-smoothquant family's rewrite), statistics collected again after it
         from quant_workbench.quantize.smoothquant import apply_smoothquant
 
-        state = apply_smoothquant(loaded.model, channel_amax, args.alpha)
+        state = apply_smoothquant(loaded.model, channel_amax, args.alpha, ffn_out=args.ffn_out)
         groups = [g.describe() for g in state.groups]
         calibrators, _ = calibration_statistics(recipe, loaded, splits, full, progress=False, say=say, extra_key={"smoothquant": {"alpha": args.alpha, "groups": groups}})
-        suffix = f"-sq{args.alpha:g}"
+        suffix = f"-sq{args.alpha:g}" + ("f" if args.ffn_out else "")
     example = to_torch(tokenize(loaded.tokenizer, splits.evaluation.texts[: recipe.export.fidelity_samples], loaded.spec.max_seq_length, loaded.input_names))
     out_dir = args.run_dir / "bench_openvino_layouts"
     models = args.run_dir / "models"
@@ -125,7 +129,7 @@ def main() -> None:
         apply_flags(hf, plan)
         amax = set_scales(loaded.model, calibrators, method, percentile=recipe.quantization.calibration.percentile)
         path = out_dir / f"{layout}{suffix}-{method}.qdq.onnx"
-        key = hash_json({"plan": plan.to_rows(), "amax": amax, "model": loaded.fingerprint, "opset": recipe.export.opset, "alpha": args.alpha})
+        key = hash_json({"plan": plan.to_rows(), "amax": amax, "model": loaded.fingerprint, "opset": recipe.export.opset, "alpha": args.alpha, "ffn_out": args.ffn_out})
         if not artifact_is_current(path, key):
             t = time.perf_counter()
             export_onnx(loaded.model, path, example, loaded.input_names, loaded.output_name, recipe.export.opset)

@@ -10,7 +10,7 @@ Rows (those whose files the run folder has):
   where detected);
 - `int8-<m> ORT fused`: the run's ONNX Runtime INT8 graph; `ref:ort-dynamic`: the standard dynamic path;
 - `int8-<m>.qdq.onnx OV f32 / bf16`: the Q/DQ export as it is (the TensorRT layout) on OpenVINO;
-- `int8-<m> OV layout f32 / bf16`: the OpenVINO layout the run built (`int8-<m>.attention.qdq.onnx`);
+- `int8-<m> OV layout f32 / bf16`: the OpenVINO layout the run built (`int8-<m>.qk.qdq.onnx`);
 - `ref:openvino-nncf`: NNCF's model, OpenVINO defaults.
 Timing: every row in one loop, a fresh random order each round, ONNX Runtime with allow_spinning = 0, OpenVINO
 with the run's explicit threads / streams / hint, a second ONNX Runtime session of the float graph as an A/A
@@ -64,8 +64,8 @@ def candidates(models: Path, methods: list[str], bf16: bool) -> dict[str, tuple[
         for p in precisions:
             if (models / f"int8-{m}.qdq.onnx").is_file():
                 out[f"int8-{m}.qdq.onnx OV {p}"] = ("openvino", models / f"int8-{m}.qdq.onnx", p)
-            if (models / f"int8-{m}.attention.qdq.onnx").is_file():
-                out[f"int8-{m} OV layout {p}"] = ("openvino", models / f"int8-{m}.attention.qdq.onnx", p)
+            if (models / f"int8-{m}.qk.qdq.onnx").is_file():
+                out[f"int8-{m} OV layout {p}"] = ("openvino", models / f"int8-{m}.qk.qdq.onnx", p)
     if (models / "ref-openvino-nncf.xml").is_file():
         out["ref:openvino-nncf"] = ("openvino", models / "ref-openvino-nncf.xml", "default")
     return out

@@ -165,8 +165,8 @@ def test_openvino_layout_adds_attention_qdq_and_runs_int8_attention(prepared: Pr
     recipe = _recipe(tmp_path, tiny_bert_dir, tiny_csv, runtimes=["onnxruntime", "openvino"])
     scales = ScaleSource(prepared.calibrators, "max", 99.99)
     path, check = openvino_graph(recipe, prepared.out, prepared.loaded, "int8-max", prepared.qdq, prepared.example, _variant(), plan=prepared.plan, scales=scales)
-    assert path.name == "int8-max.attention.qdq.onnx" and check["graph"] == "qdq-attention" and check["passed"]
-    assert "4 attention matmuls" in check["notes"][0]
+    assert path.name == "int8-max.qk.qdq.onnx" and check["graph"] == "qdq-qk" and check["passed"]
+    assert "2 attention score matmuls" in check["notes"][0]
     with OvEngine(path, SPEC, "q", inference_precision="f32") as eng:
         summary = eng.summary()
     assert summary["attention_blocks"] == {"i8": 2} and summary["int8_matmuls"] == 12
@@ -177,6 +177,9 @@ def test_openvino_layout_adds_attention_qdq_and_runs_int8_attention(prepared: Pr
     layout_qdq = recipe_from_dict({**recipe.model_dump(mode="json"), "engine": {**recipe.engine.model_dump(mode="json"), "openvino": {"int8_graph": "qdq"}}})
     path, check = openvino_graph(layout_qdq, prepared.out, prepared.loaded, "int8-max", prepared.qdq, prepared.example, _variant(), plan=prepared.plan, scales=scales)
     assert path == prepared.qdq and check["graph"] == "qdq"
+    both = recipe_from_dict({**recipe.model_dump(mode="json"), "engine": {**recipe.engine.model_dump(mode="json"), "openvino": {"int8_graph": "qdq-attention"}}})
+    path, check = openvino_graph(both, prepared.out, prepared.loaded, "int8-max", prepared.qdq, prepared.example, _variant(), plan=prepared.plan, scales=scales)
+    assert path.name == "int8-max.attention.qdq.onnx" and check["passed"] and "4 attention matmuls (QK^T, PV)" in check["notes"][0]
 
 
 def test_an_openvino_graph_that_disagrees_falls_back_then_fails(prepared: Prepared, tmp_path: Path, tiny_bert_dir: Path, tiny_csv: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -186,12 +189,12 @@ def test_an_openvino_graph_that_disagrees_falls_back_then_fails(prepared: Prepar
 
     def wrong_attention(path: Path, recipe: Recipe, example: dict[str, torch.Tensor], inference_precision: str | None = "f32") -> np.ndarray:
         out = real(path, recipe, example, inference_precision)
-        return -out if ".attention." in path.name else out
+        return -out if ".qk." in path.name else out
 
     monkeypatch.setattr(openvino_graphs, "run_openvino", wrong_attention)
     path, check = openvino_graph(recipe, prepared.out, prepared.loaded, "int8-max", prepared.qdq, prepared.example, _variant(), plan=prepared.plan, scales=scales)
     assert path == prepared.qdq and check["graph"] == "qdq"
-    assert any("qdq-attention graph not used on OpenVINO: mean cosine" in n for n in check["notes"])
+    assert any("qdq-qk graph not used on OpenVINO: mean cosine" in n for n in check["notes"])
     monkeypatch.setattr(openvino_graphs, "run_openvino", lambda path, recipe, example, inference_precision="f32": -real(path, recipe, example, inference_precision))
     with pytest.raises(ExportError, match="no OpenVINO graph of int8-max passed"):
         openvino_graph(recipe, prepared.out, prepared.loaded, "int8-max", prepared.qdq, prepared.example, _variant(), plan=prepared.plan, scales=scales)
@@ -237,7 +240,7 @@ def test_rows_whose_graph_crashes_openvino_fail_and_the_others_are_built(prepare
     models.mkdir()
     qdq = models / "int8-max.qdq.onnx"
     qdq.write_bytes(prepared.qdq.read_bytes())
-    monkeypatch.setattr(ov_engine, "CHILD", _crashing_child(tmp_path, ".attention."))
+    monkeypatch.setattr(ov_engine, "CHILD", _crashing_child(tmp_path, ".qk."))
     rows = EngineRows(recipe, models, say=lambda s: None)
     built = rows.variant_rows(_variant(), prepared.loaded, qdq, prepared.example, plan=prepared.plan, scales=ScaleSource(prepared.calibrators, "max", 99.99))
     ((row, path),) = built
@@ -303,6 +306,8 @@ def ov_run(tiny_bert_dir: Path, tiny_csv: Path, tmp_path_factory: pytest.TempPat
     data["engine"]["runtimes"] = ["onnxruntime", "openvino"]
     data["engine"]["openvino"] = {"precisions": ["f32", "bf16"] if machine.openvino_supports("bf16") else ["f32"]}
     data["references"] = ["ort-dynamic", "openvino-float", "openvino-nncf"]
+    # the default recipe's SmoothQuant family (alpha 0.95, FFN-out too) gets its OpenVINO rows from its own statistics
+    data["quantization"].update(compare=["int8", "int8-smoothquant"], smoothquant={"alpha": 0.95, "ffn_out": True})
     data["benchmark"].update(batch_sizes=[2], iterations=2, warmup=1)
     recipe = recipe_from_dict(data)
     return execute(recipe, progress=False, say=lambda s: None), run_dir_for(recipe)
@@ -311,8 +316,9 @@ def ov_run(tiny_bert_dir: Path, tiny_csv: Path, tmp_path_factory: pytest.TempPat
 def test_every_variant_is_scored_and_timed_on_each_engine(ov_run: tuple[RunResult, Path]) -> None:
     result, run_dir = ov_run
     bf16 = machine.openvino_supports("bf16")
-    expected = ["float", "int8-max", "float@openvino", *(["float-bf16@openvino"] if bf16 else []), "int8-max@openvino",
-                *(["int8-max-bf16@openvino"] if bf16 else []), "ref:ort-dynamic", "ref:openvino-float", "ref:openvino-nncf"]
+    b = ["-bf16"] if bf16 else []
+    expected = ["float", "int8-max", "int8-sq0.95-max", *[f"{v}{p}@openvino" for v in ("float", "int8-max", "int8-sq0.95-max") for p in ["", *b]],
+                "ref:ort-dynamic", "ref:openvino-float", "ref:openvino-nncf"]
     assert [v.name for v in result.variants] == expected
     by = {v.name: v for v in result.variants}
     assert all(v.status == "ok" for v in result.variants), [(v.name, v.error) for v in result.variants if v.status != "ok"]
@@ -323,9 +329,13 @@ def test_every_variant_is_scored_and_timed_on_each_engine(ov_run: tuple[RunResul
     # every row scored against the same float predictions (paired)
     assert all(v.intervals["vs_float"]["n"] == by["float"].intervals["n"] for v in result.variants if v.name != "float")
     layout = by["int8-max@openvino"].fidelity["engine_graph"]
-    assert layout["graph"] == "qdq-attention" and layout["passed"] and by["int8-max@openvino"].engine["attention_blocks"] == {"i8": 2}
-    assert by["int8-max@openvino"].artifacts["engine_onnx"] == "models/int8-max.attention.qdq.onnx"
+    assert layout["graph"] == "qdq-qk" and layout["passed"] and by["int8-max@openvino"].engine["attention_blocks"] == {"i8": 2}
+    assert by["int8-max@openvino"].artifacts["engine_onnx"] == "models/int8-max.qk.qdq.onnx"
     assert by["float@openvino"].fidelity["engine_graph"]["passed"]
+    sq = by["int8-sq0.95-max@openvino"]
+    assert sq.fidelity["engine_graph"]["graph"] == "qdq-qk" and sq.fidelity["engine_graph"]["passed"]
+    assert sq.fidelity["smoothquant"]["explicit_input_scales"] == 6  # q/k/v, ffn-in, ffn-out of both layers
+    assert sq.engine["int8_matmuls"] == 12 and sq.engine["float_matmuls"] == {}  # the explicit scales cost no INT8 kernel
     assert by["ref:openvino-nncf"].reference and by["ref:openvino-nncf"].engine["int8_matmuls"] == 12
     assert (run_dir / "models" / "ref-openvino-nncf.xml").is_file() and (run_dir / "models" / "ref-openvino-nncf.bin").is_file()
     assert result.best_variant is not None and not result.best_variant.startswith("ref:")
@@ -337,8 +347,8 @@ def test_the_report_has_each_engines_graph_and_the_engines_table(ov_run: tuple[R
     md = (run_dir / "report.md").read_text()
     for heading in ("## Engines and precisions", "### ONNX Runtime", "### OpenVINO", "`ref:openvino-nncf`: `nncf.quantize`"):
         assert heading in md
-    row = next(line for line in md.splitlines() if line.startswith("| int8-max@openvino | qdq-attention"))
-    assert "12 (8 write INT8)" in row and "2 i8" in row and "FakeQuantize" in row
+    row = next(line for line in md.splitlines() if line.startswith("| int8-max@openvino | qdq-qk"))
+    assert "12 (6 write INT8)" in row and "2 i8" in row and "FakeQuantize" in row  # Q, K and FFN-in write INT8
     assert "| float@openvino | openvino f32 | float32 |" in md
     from quant_workbench.report_schema import load_report
 
@@ -348,7 +358,7 @@ def test_the_report_has_each_engines_graph_and_the_engines_table(ov_run: tuple[R
 def test_rerun_reuses_every_openvino_artifact(ov_run: tuple[RunResult, Path], tiny_bert_dir: Path, tiny_csv: Path) -> None:
     result, run_dir = ov_run
     models = run_dir / "models"
-    ours = ("int8-max.attention.qdq.onnx", "int8-max.attention.qdq.onnx.key", "ref-openvino-nncf.xml", "ref-openvino-nncf.bin", "ref-openvino-nncf.xml.key")
+    ours = ("int8-max.qk.qdq.onnx", "int8-max.qk.qdq.onnx.key", "ref-openvino-nncf.xml", "ref-openvino-nncf.bin", "ref-openvino-nncf.xml.key")
     stamps = {p.name: p.stat().st_mtime_ns for p in models.iterdir() if p.name in ours}
     assert len(stamps) == len(ours)
     checks = sorted(p.name for p in (models / ".openvino").iterdir())

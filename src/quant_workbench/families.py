@@ -46,6 +46,7 @@ class Family:
     name: QuantFamily
     kind: Format
     alpha: float | None = None
+    ffn_out: bool = False  # SmoothQuant also on FFN-out's input (smoothquant.ffn_out)
     calibrators: dict[str, HistogramCalibrator] = field(default_factory=dict)
     fidelity: dict[str, Any] = field(default_factory=dict)  # merged into each variant's fidelity
     key: dict[str, Any] = field(default_factory=dict)  # joins each variant's ONNX cache key
@@ -69,7 +70,7 @@ def expand_families(spec: QuantSpec) -> list[Family]:
             continue
         if declared.smoothquant:
             assert spec.smoothquant is not None  # the recipe validator guarantees it
-            out += [Family(name, declared.precision, alpha=a) for a in spec.smoothquant.alphas]
+            out += [Family(name, declared.precision, alpha=a, ffn_out=spec.smoothquant.ffn_out) for a in spec.smoothquant.alphas]
         else:
             out.append(Family(name, declared.precision))
     return out
@@ -92,7 +93,7 @@ def _prepare_smoothquant(
 ) -> SmoothState:
     assert fam.alpha is not None
     before = _float_outputs(model, example)
-    state = apply_smoothquant(model, channel_amax, fam.alpha)
+    state = apply_smoothquant(model, channel_amax, fam.alpha, ffn_out=fam.ffn_out)
     try:
         diff = float((_float_outputs(model, example) - before).abs().max())
         check = {"float_max_abs_diff": diff, "tolerance": tolerance, "passed": diff <= tolerance}

@@ -2,18 +2,19 @@
 the standard OpenVINO path's reference rows (`ref:openvino-float`, `ref:openvino-nncf`).
 
 OpenVINO's CPU plugin reads the workbench's Q/DQ ONNX as it is (S8 symmetric activations, per-channel
-S8 weights) and runs every quantized Linear as an INT8 FullyConnected. Its plugin also fuses
-QK^T-softmax-PV into one INT8 attention block when both attention matmuls carry Q/DQ, which the
-portable Q/DQ export (the TensorRT layout: Linears) does not give it. So for OpenVINO each INT8
-variant is exported once more from the same calibration statistics and method with Q/DQ on the
-attention matmuls added (`qdq-attention`, engine.openvino.int8_graph: auto); residual adds are not
-added: measured on the default recipe, quantizing them cost 3.5 points of probe accuracy.
-`bench/openvino_layouts.py` measures the candidate layouts side by side (accuracy and speed).
+S8 weights) and runs every quantized Linear as an INT8 FullyConnected. Its plugin also runs the fused
+QK^T-softmax-PV block in INT8 when the attention matmuls carry Q/DQ, which the portable Q/DQ export (the
+TensorRT layout: Linears) does not give it. So for OpenVINO each INT8 variant is exported once more from
+the same calibration statistics and method with Q/DQ added on the attention score matmul QK^T
+(`qdq-qk`, engine.openvino.int8_graph: auto; NNCF's choice too). `qdq-attention` also quantizes the
+softmax output x V, which measured less accurate (a per-tensor INT8 grid over probabilities); residual
+adds are not offered: quantizing them cost 2-2.4 points of probe accuracy for no speed.
+`bench/openvino_layouts.py` measures the candidate layouts side by side (docs/openvino.md).
 
 Every graph is checked like the ONNX Runtime engine graphs (engine_graphs.py): OpenVINO at f32 against
 the fake-quant PyTorch model with the same quantizers, the export's end-to-end rule; a graph that fails
 (or crashes OpenVINO's compiler, found in a child process) falls back to the next one
-(qdq-attention -> qdq), and when none passes the OpenVINO rows of that variant fail with the reason.
+(qdq-qk -> qdq), and when none passes the OpenVINO rows of that variant fail with the reason.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class ScaleSource:
 
 def resolved_layout(recipe: Recipe) -> str:
     mode = recipe.engine.openvino.int8_graph
-    return "qdq-attention" if mode == "auto" else mode
+    return "qdq-qk" if mode == "auto" else mode
 
 
 def _feed(example: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
@@ -78,10 +79,11 @@ def run_openvino(path: Path, recipe: Recipe, example: dict[str, torch.Tensor], i
         return eng(_feed(example))
 
 
-def attention_plan(hf: torch.nn.Module, recipe: Recipe, plan: QuantPlan) -> QuantPlan:
-    """`plan` with the attention matmuls the recipe's targets / ignore allow switched on too."""
+def attention_plan(hf: torch.nn.Module, recipe: Recipe, plan: QuantPlan, *, pv: bool = False) -> QuantPlan:
+    """`plan` with the attention score matmuls (QK^T; with `pv` the probabilities x V matmuls too) that the
+    recipe's targets / ignore allow switched on as well."""
     wider = build_plan(hf, recipe.quantization.model_copy(update={"quantize_attention_matmuls": True}))
-    add = {p.module for p in wider.points if p.enabled and p.kind == "attention_matmul"}
+    add = {p.module for p in wider.points if p.enabled and p.kind == "attention_matmul" and (pv or not p.module.endswith("pv_matmul"))}
     return QuantPlan(tuple(replace(p, enabled=True, reason="OpenVINO layout: attention matmul") if p.module in add and not p.enabled else p for p in plan.points))
 
 
@@ -134,8 +136,8 @@ def openvino_graph(
     notes: list[str] = []
     candidates: list[tuple[str, Path, QuantPlan | None]] = []
     layout = resolved_layout(recipe)
-    if layout == "qdq-attention":
-        wider = attention_plan(hf, recipe, plan) if plan is not None else None
+    if layout in ("qdq-qk", "qdq-attention"):
+        wider = attention_plan(hf, recipe, plan, pv=layout == "qdq-attention") if plan is not None else None
         added = [] if wider is None or plan is None else [p.module for p, q in zip(wider.points, plan.points, strict=True) if p.enabled and not q.enabled]
         if variant.precision != "int8":
             notes.append(f"{variant.precision} variant: the Q/DQ export runs as it is")
@@ -144,18 +146,19 @@ def openvino_graph(
         elif not added:
             notes.append("the attention matmuls are already quantized (or outside targets): the Q/DQ export runs as it is")
         else:
-            path = models_dir / f"{name}.attention.qdq.onnx"
+            path = models_dir / f"{name}.{layout.removeprefix('qdq-')}.qdq.onnx"
             with _flags(hf, wider):
                 amax = set_scales(loaded.model, scales.calibrators, scales.method, percentile=scales.percentile)
                 key = hash_json({
-                    "graph": "qdq-attention", "version": OPENVINO_GRAPH_VERSION, "base": base_key, "qdq": _sidecar(qdq_path),
+                    "graph": layout, "version": OPENVINO_GRAPH_VERSION, "base": base_key, "qdq": _sidecar(qdq_path),
                     "plan": wider.to_rows(), "amax": amax, "opset": recipe.export.opset,
                 })
                 if not artifact_is_current(path, key):
                     export_onnx(loaded.model, path, example, loaded.input_names, loaded.output_name, recipe.export.opset)
                     mark_artifact(path, key)
-            candidates.append(("qdq-attention", path, wider))
-            notes.append(f"Q/DQ added on {len(added)} attention matmuls (QK^T, PV) from the same statistics ({scales.method})")
+            candidates.append((layout, path, wider))
+            what = "attention matmuls (QK^T, PV)" if layout == "qdq-attention" else "attention score matmuls (QK^T)"
+            notes.append(f"Q/DQ added on {len(added)} {what} from the same statistics ({scales.method})")
     candidates.append(("qdq", qdq_path, plan))
     for graph, path, graph_plan in candidates:
         with _flags(hf, graph_plan) if graph_plan is not None else _unchanged(), torch.no_grad():

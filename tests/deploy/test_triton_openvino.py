@@ -56,7 +56,7 @@ def test_openvino_targets_write_valid_configs_with_the_rows_graph(ov_repo: tuple
     assert {k: v.string_value for k, v in py.parameters.items()}["inference_precision"] == "f32"
     # the OpenVINO row serves its own graph: the Q/DQ export with the attention matmuls quantized too
     served = (repo.path / "int8-max.openvino-ov-cpu" / "1" / "model.onnx").read_bytes()
-    assert served == (run_dir / "models" / "int8-max.attention.qdq.onnx").read_bytes()
+    assert served == (run_dir / "models" / "int8-max.qk.qdq.onnx").read_bytes()
     # an ONNX Runtime row deployed on OpenVINO: its portable Q/DQ export, said so
     best = next(m for m in repo.models if m.variant == "int8-max" and m.target == "python-openvino")
     assert "portable ONNX" in best.note
@@ -117,7 +117,7 @@ def test_the_python_openvino_model_serves_the_runs_answers(ov_repo: tuple[Path, 
         finally:
             client.close()
 
-    expected = _reference(run_dir, "models/int8-max.attention.qdq.onnx", TEXTS)
+    expected = _reference(run_dir, "models/int8-max.qk.qdq.onnx", TEXTS)
     model = repo.ensemble("int8-max@openvino", "python-openvino")
     for i, text in enumerate(TEXTS):
         np.testing.assert_allclose(infer(model, [text])[0], expected[i], atol=ATOL, err_msg=text)
