@@ -107,6 +107,14 @@ def test_openvino_f32_matches_onnxruntime_at_any_shape_with_explicit_properties(
         np.testing.assert_allclose(first, ort(shapes[0]), atol=1e-4)
 
 
+def test_onnx_runtime_sessions_do_not_spin_into_the_next_engine() -> None:
+    """Rows of two engines share one timing loop: idle ONNX Runtime threads must not spin on the cores the
+    next call (often OpenVINO's) needs."""
+    from quant_workbench.engines.onnxruntime import session_options
+
+    assert session_options(SPEC).get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
 def test_properties_are_explicit_and_follow_the_recipe() -> None:
     spec = EngineSpec(threads=3, openvino={"streams": 2, "hint": "throughput", "pinning": True, "precisions": ["f32"]})
     assert properties(spec) == {"INFERENCE_NUM_THREADS": 3, "NUM_STREAMS": 2, "PERFORMANCE_HINT": "THROUGHPUT", "ENABLE_CPU_PINNING": True, "INFERENCE_PRECISION_HINT": "f32"}
