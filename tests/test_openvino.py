@@ -208,6 +208,16 @@ def test_an_openvino_graph_that_disagrees_falls_back_then_fails(prepared: Prepar
         openvino_graph(recipe, prepared.out, prepared.loaded, "int8-max", prepared.qdq, prepared.example, _variant(), plan=prepared.plan, scales=scales)
 
 
+def test_openvino_gets_the_whole_quantization_noise_as_allowance() -> None:
+    """OpenVINO's kernels round differently from QuantizeLinear (measured: docs/openvino.md): its graph may be as
+    far from the fake-quant model as that model is from float, where ONNX Runtime's may be half as far."""
+    from quant_workbench.export import end_to_end_allowance
+
+    assert openvino_graphs.openvino_allowance(0.0224, 0.99) == pytest.approx(0.0224)
+    assert end_to_end_allowance(0.0224, 0.99) == pytest.approx(0.0112)
+    assert openvino_graphs.openvino_allowance(0.004, 0.99) == pytest.approx(0.01)  # the floor: 1 - export.min_cosine
+
+
 # ---------------------------------------------------------------------------------------------
 # a compile crash is that row's failure, never the run's
 
