@@ -35,6 +35,9 @@ RECIPES = ROOT / "recipes"
 @pytest.fixture
 def base() -> dict[str, Any]:
     data: dict[str, Any] = yaml.safe_load((RECIPES / "bert_int8.yaml").read_text(encoding="utf-8"))
+    # the tests below swap `compare` lists: without the SmoothQuant family its `smoothquant` section would be unused
+    data["quantization"].pop("smoothquant", None)
+    data["quantization"]["compare"] = ["int8", "int8-dynamic"]
     return data
 
 
@@ -82,9 +85,9 @@ def test_registry_keeps_declaration_order_and_names_the_known_entries() -> None:
 def test_builtin_entries_in_their_documented_order() -> None:
     assert CALIBRATORS.names() == ("max", "percentile", "entropy", "mse")
     assert FAMILIES.names() == ("int8", "int8-smoothquant", "fp8", "int8-dynamic")
-    assert ENGINES.names() == ("onnxruntime", "tensorrt")
-    assert DEPLOY_TARGETS.names() == ("python-onnxruntime", "onnxruntime", "tensorrt")
-    assert REFERENCES.names() == ("ort-float", "ort-dynamic", "ort-static")
+    assert ENGINES.names() == ("onnxruntime", "openvino", "tensorrt")
+    assert DEPLOY_TARGETS.names() == ("python-onnxruntime", "onnxruntime", "tensorrt", "python-openvino", "openvino")
+    assert REFERENCES.names() == ("ort-float", "ort-dynamic", "ort-static", "openvino-float", "openvino-nncf")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,11 +174,11 @@ def test_a_declared_engine_is_accepted_and_opened(base: dict[str, Any], tmp_path
         calls.append(("preflight", recipe.engine.runtime))
 
     with ENGINES.registered("test-runtime", EngineBackend(open=open_engine, preflight=preflight)):
-        recipe = recipe_from_dict(base, ["engine.runtime=test-runtime", "references=[]", "quantization.compare=[int8]"])
+        recipe = recipe_from_dict(base, ["engine.runtime=test-runtime", "engine.runtimes=null", "references=[]", "quantization.compare=[int8]"])
         preflight_runtime(recipe)
         assert EngineFromOnnx(tmp_path / "m.onnx", recipe, "int8-max", "int8", threads=2) == "engine"
         assert calls == [("preflight", "test-runtime"), (tmp_path / "m.onnx", "int8-max", "int8", 2)]
-    text = _error(base, ["engine.runtime=test-runtime"])
+    text = _error(base, ["engine.runtime=test-runtime", "engine.runtimes=null"])
     _assert_lists(text, "engine.runtime", "test-runtime", ENGINES.names())
 
 
@@ -211,7 +214,7 @@ def test_a_declared_reference_is_accepted(base: dict[str, Any]) -> None:
     row = ReferenceRow(precision="float32", calibration_method=None, build=lambda graphs, inputs, path: None)
     with REFERENCES.registered("ort-test", row):
         assert recipe_from_dict(base, ["references=[ort-test]"]).reference_kinds == ["ort-test"]
-        assert recipe_from_dict(base).reference_kinds == ["ort-float", "ort-dynamic", "ort-static", "ort-test"]
+        assert recipe_from_dict(base).reference_kinds == ["ort-float", "ort-dynamic", "ort-static", "openvino-float", "openvino-nncf", "ort-test"]
     text = _error(base, ["references=[ort-test]"])
     _assert_lists(text, "references.0", "ort-test", REFERENCES.names())
 
@@ -228,9 +231,9 @@ def test_json_schema_lists_registered_names() -> None:
     with CALIBRATORS.registered("half-max", _half_max), ENGINES.registered("test-runtime", EngineBackend(open=_never_opened)):
         schema = json.dumps(Recipe.model_json_schema())
     assert '"enum": ["max", "percentile", "entropy", "mse", "half-max"]' in schema
-    assert '"enum": ["onnxruntime", "tensorrt", "test-runtime"]' in schema
+    assert '"enum": ["onnxruntime", "openvino", "tensorrt", "test-runtime"]' in schema
     defs = Recipe.model_json_schema()["$defs"]
-    assert defs["DeploySpec"]["properties"]["targets"]["items"]["enum"] == ["python-onnxruntime", "onnxruntime", "tensorrt"]
+    assert defs["DeploySpec"]["properties"]["targets"]["items"]["enum"] == ["python-onnxruntime", "onnxruntime", "tensorrt", "python-openvino", "openvino"]
     assert defs["QuantSpec"]["properties"]["compare"]["items"]["enum"] == ["int8", "int8-smoothquant", "fp8", "int8-dynamic"]
     assert defs["QatSpec"]["properties"]["init_method"]["enum"] == ["auto", "max", "percentile", "entropy", "mse"]
 
@@ -258,7 +261,9 @@ def test_disabled_optimizers_defined_once() -> None:
 PINNED = {
     "bert_base_sst2_int8.yaml": ("3c7a94969704264d5f9c601ca25f493e44b83284ac6788048af0e5973e239619", "f295605283df848a88d8a632f1c9066f904ce4a8a3614f091c7f1b99602cc44f"),
     "bert_fp8_vs_int8.yaml": ("73bf3047254992bd7e7baecfb4ced0e44810ea84d0ba94908889ffd73adb438a", "5921b8491ff3c5d6fc4571f0f6dbd3b6d76c8a9939ccbb4100959b1e6507d2b4"),
-    "bert_int8.yaml": ("972de77a3227bb974b2c3519d30c33401667aad8c8562120c3e52fce21eba134", "cab80522fcbd784c4710152122d30b3a8fdc0b16df78dddfb7a1b89cce295d9d"),
+    # issue 17 changed the default recipe: engine.runtimes [onnxruntime, openvino], int8-smoothquant (alpha 0.95, FFN-out
+    # too), methods [max, mse]
+    "bert_int8.yaml": ("65e2c0c49991f6a219ed204d9463a3c0a044932a6acc897efdb3d5eeb154bfec", "3dce5baf7f3e3e0c599a717ec53cedf9d85e8281ac0ed4eb11c831a7f9ffb69a"),
     "bert_int8_qat.yaml": ("b0b115b10106e3f3f275615dfbe3364ed07ad3ef003c07050ad8201eeded377e", "420522178d8e354b84c705a5e9edcca1d861354b1ec96da10753054245f8e89d"),
     "bert_int8_search.yaml": ("fcaf00bc7c62a6afbdcfd1579f9f7a6db5e949df0441ceac6a227935f634ca27", "9f6d88c365511c89f3a39df304be8d4ee3d594fefb45b57f385d935fae86b6d2"),
 }

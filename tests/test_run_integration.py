@@ -259,6 +259,9 @@ def test_default_recipe_on_the_bundled_model(tmp_path: Path) -> None:
         "benchmark.batch_sizes=[1,4]",
         "benchmark.max_seconds=6",  # the adaptive length runs, capped
         "quantization.calibration.methods=[max,mse]",
+        # the SmoothQuant family is the tiny-model run's business (tests/test_openvino.py); here the plain rows
+        "quantization.compare=[int8,int8-dynamic]",
+        "quantization.smoothquant=null",
         "export.fidelity_samples=16",
         f"output_dir={tmp_path / 'reports'}",
         f"quantization.calibration.cache_dir={tmp_path / 'calibration'}",
@@ -267,8 +270,22 @@ def test_default_recipe_on_the_bundled_model(tmp_path: Path) -> None:
     result = execute(recipe, **QUIET)
     run_dir = run_dir_for(recipe)
     assert (run_dir / "report.json").is_file() and (run_dir / "report.md").is_file()
-    refs = ["ref:ort-float", "ref:ort-dynamic", "ref:ort-static"]
-    assert [v.name for v in result.variants] == ["float", "int8-max", "int8-mse", "int8-dynamic", *refs]
+    refs = ["ref:ort-float", "ref:ort-dynamic", "ref:ort-static", "ref:openvino-float", "ref:openvino-nncf"]
+    # the default recipe compares ONNX Runtime and OpenVINO (issue 17): f32 rows, and bf16 where this CPU has it
+    from quant_workbench.machine import openvino_supports
+
+    bf16 = ["-bf16"] if openvino_supports("bf16") else []
+    ov_rows = [f"{v}{p}@openvino" for v in ("float", "int8-max", "int8-mse") for p in ["", *bf16]]
+    assert [v.name for v in result.variants] == ["float", "int8-max", "int8-mse", "int8-dynamic", *ov_rows, *refs]
+    for name in ov_rows:
+        v = next(x for x in result.variants if x.name == name)
+        assert v.status == "ok" and v.runtime == "openvino" and v.speedup_interval_vs_float, (name, v.error)
+        if name.startswith("int8"):
+            assert v.fidelity["engine_graph"]["graph"] == "qdq-qk" and v.fidelity["engine_graph"]["passed"]
+            # every Linear an INT8 FullyConnected, QK^T-softmax-PV one INT8 block per layer (QK^T in INT8)
+            assert v.engine["int8_matmuls"] == 36 and v.engine["attention_blocks"] == {"i8": 6} and v.engine["float_matmuls"] == {}
+    result.variants = [v for v in result.variants if v.runtime != "openvino"]  # the ONNX Runtime rows, checked as before
+    refs = refs[:3]
     float_v = result.variants[0]
     assert float_v.status == "ok"
     assert float_v.metrics["accuracy"] > 0.45  # 3 classes: chance is ~0.33
@@ -285,13 +302,13 @@ def test_default_recipe_on_the_bundled_model(tmp_path: Path) -> None:
         assert v.fidelity["engine_graph"]["graph"] == "fused-int8" and v.fidelity["engine_graph"]["passed"]
         assert v.engine["integer_ops"] == {"MatMulIntegerToFloat": 18, "QAttention": 6} and v.engine["float_matmuls"] == 0
     assert result.variants[3].engine["integer_ops"] == {"DynamicQuantizeMatMul": 18, "QAttention": 6}
-    assert result.best_variant in {"int8-max", "int8-mse", "int8-dynamic"}
+    assert result.best_variant in {"int8-max", "int8-mse", "int8-dynamic", *[n for n in ov_rows if n.startswith("int8")]}
     assert all(x.stop in {"resolved", "tolerance", "time cap", "iteration cap"} for v in result.variants for x in v.latency)
     assert all(v.speedup_interval_vs_float for v in result.variants[1:])
     md = (run_dir / "report.md").read_text()
     section = md.split("## Against the standard tools", 1)[1].split("\n## ", 1)[0]
     assert all(f"| {name} |" in section for name in refs)
-    assert section.count("- **") == len(refs)  # one verdict line per reference row (its wording depends on timing)
+    assert section.count("- **") == len(refs) + 2  # one verdict line per reference row (its wording depends on timing)
     assert result.data["sizes"] == {"calibration": 64, "probe": 300, "evaluation": 200}
     assert sorted(result.data["label_names"]) == ["negative", "neutral", "positive"]
     amax = json.loads((run_dir / "models" / "int8-mse.scales.json").read_text())["amax"]

@@ -188,12 +188,44 @@ def test_the_baseline_is_a_parameter_so_another_float_row_can_plug_in() -> None:
     f32 = _variant("float", base, 20.0, precision="float32", seed=0)
     int8 = _variant("int8-max", _paired(base, 100, 100), 6.0)
     variants = [f32, bf16, int8]
-    assert accuracy_reference(variants, "float-bf16") is bf16 and speed_baseline(variants, "float-bf16") is bf16
+    assert accuracy_reference(variants, "float-bf16") is bf16 and speed_baseline(variants, "b32xs128", None, "float-bf16") is bf16
     assert [v.name for v in candidates(variants, "float-bf16")] == ["int8-max"]  # float rows of any precision are not candidates
     assert [v.name for v in candidates(variants)] == ["int8-max"]  # a bf16 float row beside the f32 baseline is not one either
     sel = select_variant(variants, {"float": base, "float-bf16": base, "int8-max": _paired(base, 100, 100)}, baseline="float-bf16")
     assert sel.baseline == "float-bf16" and sel.winner == "int8-max"
     assert next(s for s in sel.speed if s.name == "int8-max").versus == "float-bf16"
+
+
+def _bf16_scenario(bf16_correct: np.ndarray, int8_ms: float) -> Any:
+    base = _float()
+    int8 = _paired(base, 100, 100)
+    variants = [
+        _variant("float", base, 20.0, precision="float32", seed=0),
+        _variant("float-bf16@openvino", bf16_correct, 10.0, precision="float32", seed=0),
+        _variant("int8-max", int8, int8_ms),
+    ]
+    return select_variant(variants, {"float": base, "float-bf16@openvino": bf16_correct, "int8-max": int8})
+
+
+def test_the_speed_baseline_is_the_fastest_float_within_the_accuracy_margin() -> None:
+    base = _float()
+    # bf16 float as accurate as f32 and twice as fast: an INT8 variant 1.7x faster than f32 is slower than it
+    sel = _bf16_scenario(_paired(base, 50, 50, offset=900), int8_ms=12.0)
+    assert sel.float_baselines == ["float", "float-bf16@openvino"] and sel.speed_baseline == "float-bf16@openvino"
+    assert sel.outcome == "no speed-up" and "float-bf16@openvino" in (sel.warning or "")
+    assert next(s for s in sel.speed if s.name == "int8-max").versus == "float-bf16@openvino"
+    # the same INT8 as fast as the bf16 float (within the speed margin) stays eligible
+    assert _bf16_scenario(_paired(base, 50, 50, offset=900), int8_ms=10.0).outcome == "decided"
+
+
+def test_a_float_row_that_loses_accuracy_is_no_speed_baseline() -> None:
+    base = _float()
+    sel = _bf16_scenario(_paired(base, 20, 320, offset=900), int8_ms=12.0)  # bf16 3 pts worse than f32
+    assert sel.float_baselines == ["float"] and sel.speed_baseline == "float"
+    assert [d.status for d in sel.float_accuracy] == ["inferior"]
+    assert sel.outcome == "decided" and sel.winner == "int8-max"
+    d = sel.to_dict()
+    assert d["speed_baseline"] == "float" and d["float_accuracy"][0]["name"] == "float-bf16@openvino"
 
 
 @pytest.mark.parametrize("order", [["int8-b", "int8-a"], ["int8-a", "int8-b"]])

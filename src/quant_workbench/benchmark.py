@@ -371,7 +371,7 @@ def benchmark_variants(
     engines: dict[str, Engine] = {}
     for v in [v for v in variants if v.status == "ok"]:
         try:
-            engines[v.name] = EngineFromOnnx(paths[v.name], recipe, v.name, v.precision, threads=spec.threads)
+            engines[v.name] = EngineFromOnnx(paths[v.name], recipe, v.name, v.precision, threads=spec.threads, runtime=v.runtime, inference_precision=v.inference_precision)
         except Exception as exc:
             v.status, v.error = "failed", f"benchmark engine failed: {exc}"
             say(f"  {v.name} failed: {v.error}")

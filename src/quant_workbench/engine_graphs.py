@@ -21,7 +21,8 @@ import onnxruntime
 import torch
 
 from .data import Splits
-from .engines.onnxruntime import OrtEngine, optimized_op_counts
+from .engines import EngineFromOnnx, engine_summary
+from .engines.onnxruntime import OrtEngine
 from .errors import ExportError
 from .export import cosine_rows, end_to_end_allowance
 from .export_ort import (
@@ -37,7 +38,9 @@ from .extension_points import FAMILIES, REFERENCES, ReferenceRow, VariantFamily
 from .io import artifact_is_current, hash_json, mark_artifact
 from .machine import cpu_has_vnni
 from .models import LoadedModel, batches
+from .openvino_graphs import ScaleSource, openvino_graph
 from .quantize.modules import QuantAdd, QuantMatMul
+from .quantize.select import QuantPlan
 from .quantize.smoothquant import float_mode
 from .recipe import Recipe
 from .references import quantize_dynamic_onnx, quantize_static_onnx, reference_name
@@ -100,8 +103,9 @@ class EngineGraphs:
 
     @property
     def wants_fused_float(self) -> bool:
-        """On ONNX Runtime CPU the float baseline is always the fused graph: the fastest float it offers."""
-        return self.recipe.engine.ort_cpu
+        """On ONNX Runtime CPU the float baseline is always the fused graph: the fastest float it offers
+        (built too when ONNX Runtime CPU is one of several engines: its rows run it)."""
+        return self.recipe.engine.ort_cpu_rows
 
     def _key(self, **extra: Any) -> str:
         return hash_json({"base": self.base_key, "engine_graph": ENGINE_GRAPH_VERSION, "onnxruntime": onnxruntime.__version__, **extra})
@@ -155,8 +159,21 @@ class EngineGraphs:
         alpha: float | None = None,
         fp8: bool = False,
         weights_key: str | None = None,
+        runtime: str | None = None,
+        plan: QuantPlan | None = None,
+        scales: ScaleSource | None = None,
     ) -> Path:
-        """The graph this quantized variant runs as; its check lands in `variant.fidelity["engine_graph"]`."""
+        """The graph this quantized variant runs as on `runtime` (default: the reference engine); its check
+        lands in `variant.fidelity["engine_graph"]`. OpenVINO's layout needs the variant's `plan` and
+        `scales` to add quantizers (openvino_graphs.py); without them it runs the Q/DQ export."""
+        runtime = runtime or self.recipe.engine.runtime
+        if runtime == "openvino":
+            path, check = openvino_graph(self.recipe, self.models_dir, loaded, name, qdq_path, example, variant, plan=plan, scales=scales, base_key=self.base_key)
+            variant.fidelity["engine_graph"] = check
+            return path
+        if runtime != "onnxruntime" or not self.recipe.engine.ort_cpu_rows:
+            variant.fidelity["engine_graph"] = {"graph": "qdq", "why": f"{runtime} runs the Q/DQ export (S8, the TensorRT layout)"}
+            return qdq_path
         if fp8 or self.mode == "qdq":
             if fp8:
                 why = "FP8 Q/DQ (ONNX Runtime CPU has no FP8 GEMM: emulated)" if self.recipe.engine.ort_cpu else "FP8 Q/DQ"
@@ -304,16 +321,20 @@ class EngineGraphs:
         for kind in kinds:
             name = reference_name(kind)
             row = REFERENCES.get(kind)
-            v = VariantResult(name=name, precision=row.precision, reference=True)
+            v = VariantResult(name=name, precision=row.precision, reference=True, runtime=row.runtime, inference_precision=row.inference_precision)
             v.calibration_method = row.calibration_method
-            path = self.models_dir / f"ref-{kind}.onnx"
+            path = self.models_dir / row.file.format(kind=kind)
             try:
                 row.build(self, inputs, path)
-                got = _run(path, self.recipe, example)
-                v.fidelity = {"engine_graph": {"graph": kind, "path": f"models/{path.name}", "mean_cosine_vs_float": float(cosine_rows(got, reference).mean()), "max_abs_diff_vs_float": float(np.abs(got - reference).max()), "fused_ops": fused_op_counts(path)}}
-                v.engine = optimized_op_counts(path, self.recipe.engine)
+                with EngineFromOnnx(path, self.recipe, name, row.precision, runtime=row.runtime, inference_precision=row.inference_precision) as eng:
+                    got = eng(_feed(example))
+                check = {"graph": kind, "path": f"models/{path.name}", "mean_cosine_vs_float": float(cosine_rows(got, reference).mean()), "max_abs_diff_vs_float": float(np.abs(got - reference).max())}
+                if row.runtime == "onnxruntime":
+                    check["fused_ops"] = fused_op_counts(path)
+                v.fidelity = {"engine_graph": check}
+                v.engine = engine_summary(path, self.recipe, row.runtime, row.inference_precision)
                 v.artifacts = {"reference_onnx": f"models/{path.name}"}
-                v.size_bytes = path.stat().st_size
+                v.size_bytes = path.stat().st_size + (path.with_suffix(".bin").stat().st_size if path.suffix == ".xml" else 0)
             except Exception as exc:  # a reference the standard tools cannot build here is reported, not fatal
                 log.debug("reference %s failed", name, exc_info=True)
                 v.status, v.error = "failed", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"

@@ -190,7 +190,7 @@ def evaluate_variants(
     engines: dict[str, Engine] = {}
     for v in ok:
         try:
-            engines[v.name] = EngineFromOnnx(paths[v.name], recipe, v.name, v.precision)
+            engines[v.name] = EngineFromOnnx(paths[v.name], recipe, v.name, v.precision, runtime=v.runtime, inference_precision=v.inference_precision)
             v.engine = {**engines[v.name].describe(), **v.engine}
         except Exception as exc:
             v.status, v.error = "failed", f"evaluation failed: {exc}"

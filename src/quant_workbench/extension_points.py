@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from .registry import Registry
 from .signatures import TensorSig
@@ -65,18 +65,30 @@ FAMILIES: Registry[VariantFamily] = Registry("variant family", ["quant_workbench
 
 
 class OpenEngine(Protocol):
+    # `inference_precision` is passed only to engines that have a choice (EngineBackend.precisions)
     def __call__(self, onnx_path: Path, recipe: Recipe, name: str, precision: str, *, threads: int | None = None) -> Engine: ...
+
+
+class SummarizeEngine(Protocol):
+    def __call__(self, onnx_path: Path, recipe: Recipe, *, inference_precision: str | None = None) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
 class EngineBackend:
     """`open` runs an ONNX artifact (building whatever the runtime needs from it); `preflight` fails
     before any work when the runtime cannot run here (a missing extra, no GPU); `float_precision` names
-    the precision the float baseline computes in on this engine (a TensorRT FP16 build: "fp16")."""
+    the precision the float baseline computes in on this engine (a TensorRT FP16 build: "fp16").
+    `inference_precision` (f32 | bf16, None = the engine's default) is what a row computes its float parts
+    in, for an engine that has the choice (`precisions(recipe)` lists the ones this machine runs). `summary`,
+    when set, describes what the engine actually runs from the artifact (kernels, precisions, fusions): the
+    row's `engine` field and the report's "Engine graphs" section."""
 
     open: OpenEngine
     preflight: Callable[[Recipe], None] = lambda recipe: None
     float_precision: Callable[[Recipe], str] = lambda recipe: "float32"
+    summary: SummarizeEngine | None = None
+    precisions: Callable[[Recipe], list[str | None]] = lambda recipe: [None]
+    label: str = ""  # what reports call the engine; default: its runtime name
 
 
 ENGINES: Registry[EngineBackend] = Registry("engine runtime", ["quant_workbench.engines"])
@@ -112,6 +124,10 @@ class TargetInputs:
     precision: str
     engine: Path | None = None
     engine_note: str = ""
+    # the row's engine and inference precision in the run (issue 17: rows of several engines); a target for
+    # another engine than the row's runs `onnx`, the portable export
+    runtime: str | None = None
+    inference_precision: str | None = None
 
 
 class BuildEngine(Protocol):
@@ -147,6 +163,11 @@ class ReferenceRow:
     precision: Literal["float32", "int8"]
     calibration_method: str | None
     build: Callable[[EngineGraphs, ReferenceInputs, Path], None]
+    # the engine that runs the row (a run lists the rows of the engines it runs); `file` is the artifact's
+    # name in models/ ({kind} is the reference's name), for engines that read more than ONNX
+    runtime: str = "onnxruntime"
+    file: str = "ref-{kind}.onnx"
+    inference_precision: str | None = None  # None: the engine's default (what a user who sets nothing gets)
 
 
-REFERENCES: Registry[ReferenceRow] = Registry("reference", ["quant_workbench.engine_graphs"])
+REFERENCES: Registry[ReferenceRow] = Registry("reference", ["quant_workbench.engine_graphs", "quant_workbench.openvino_graphs"])

@@ -46,6 +46,7 @@ class Family:
     name: QuantFamily
     kind: Format
     alpha: float | None = None
+    ffn_out: bool = False  # SmoothQuant also on FFN-out's input (smoothquant.ffn_out)
     calibrators: dict[str, HistogramCalibrator] = field(default_factory=dict)
     fidelity: dict[str, Any] = field(default_factory=dict)  # merged into each variant's fidelity
     key: dict[str, Any] = field(default_factory=dict)  # joins each variant's ONNX cache key
@@ -69,7 +70,7 @@ def expand_families(spec: QuantSpec) -> list[Family]:
             continue
         if declared.smoothquant:
             assert spec.smoothquant is not None  # the recipe validator guarantees it
-            out += [Family(name, declared.precision, alpha=a) for a in spec.smoothquant.alphas]
+            out += [Family(name, declared.precision, alpha=a, ffn_out=spec.smoothquant.ffn_out) for a in spec.smoothquant.alphas]
         else:
             out.append(Family(name, declared.precision))
     return out
@@ -85,7 +86,7 @@ def _prepare_smoothquant(
     tolerance: float,
 ) -> SmoothState:
     assert fam.alpha is not None
-    state, check = checked_smoothquant(model, example, channel_amax, fam.alpha, tolerance)
+    state, check = checked_smoothquant(model, example, channel_amax, fam.alpha, tolerance, ffn_out=fam.ffn_out)
     diff = check["float_max_abs_diff"]
     try:
         if not check["passed"]:

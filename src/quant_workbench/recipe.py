@@ -168,6 +168,20 @@ class SmoothQuantSpec(Strict):
     """SmoothQuant (Xiao et al. 2022) for INT8: s_j = max|X_j|^alpha / max|W_j|^(1-alpha)."""
 
     alpha: float | list[float] = Field(0.5, description="migration strength in [0, 1]; a list sweeps it (one variant family per alpha)")
+    ffn_out: bool = Field(
+        False,
+        description=(
+            "also smooth FFN-out's input (the GELU output) with an explicit per-channel input scale; with a high alpha "
+            "(0.95, as NNCF does) this is what brings the default model's INT8 within noise of float (docs/openvino.md)"
+        ),
+    )
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if not self.ffn_out:  # left out at its default: recipes written before keep their run ids
+            data.pop("ffn_out", None)
+        return data
 
     @field_validator("alpha")
     @classmethod
@@ -269,6 +283,41 @@ class TensorRTSpec(Strict):
 
 
 EngineRuntime = Annotated[str, RegistryName(ENGINES)]
+# What an engine computes a row's float parts in: OpenVINO's INFERENCE_PRECISION_HINT (engines/openvino.py).
+InferencePrecision = Literal["f32", "bf16"]
+
+
+class OpenVinoSpec(Strict):
+    """OpenVINO CPU rows (engines/openvino.py): compile properties set explicitly, never left to defaults
+    (OpenVINO's own defaults depend on the CPU: bf16 where it has bf16 instructions)."""
+
+    precisions: Literal["auto"] | list[InferencePrecision] = Field(
+        "auto",
+        description=(
+            "INFERENCE_PRECISION_HINT of the rows: one row per precision for float and for each INT8 variant (its float "
+            "leftovers); auto = f32, plus bf16 where this CPU and OpenVINO support it (detected)"
+        ),
+    )
+    threads: int = Field(0, ge=0, description="INFERENCE_NUM_THREADS; 0 = engine.threads (0 = every core this process may use)")
+    streams: int = Field(1, ge=1, description="NUM_STREAMS")
+    hint: Literal["latency", "throughput"] = Field("latency", description="PERFORMANCE_HINT")
+    pinning: bool = Field(False, description="ENABLE_CPU_PINNING; off by default: pinned threads collide with other processes on a shared host")
+    int8_graph: Literal["auto", "qdq", "qdq-qk", "qdq-attention"] = Field(
+        "auto",
+        description=(
+            "the graph INT8 rows run: qdq (the Q/DQ export as it is: Linears), qdq-qk (the same scales plus Q/DQ on the "
+            "attention score matmul QK^T: OpenVINO's CPU plugin runs the attention block in INT8), qdq-attention (QK^T and "
+            "probabilities x V); auto = qdq-qk (measured: docs/openvino.md)"
+        ),
+    )
+    compile_check: bool = Field(True, description="compile each graph once in a child process first, so a crash fails that row, not the run")
+
+    @field_validator("precisions")
+    @classmethod
+    def _unique_precisions(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, list) and (not v or len(set(v)) != len(v)):
+            raise ValueError("list each of f32 / bf16 at most once, at least one (or auto)")
+        return v
 
 
 class EngineSpec(Strict):
@@ -277,10 +326,19 @@ class EngineSpec(Strict):
     ONNX Runtime on CPU, the reference for the Q/DQ graph."""
 
     runtime: EngineRuntime = "onnxruntime"
+    runtimes: list[EngineRuntime] | None = Field(
+        None,
+        description=(
+            "several engines in one run, e.g. [onnxruntime, openvino]: every variant is scored and timed on each. The first is "
+            "the reference engine (its rows keep their names; its `float` is the baseline of every delta and speed-up); the "
+            "others' rows are named <variant>@<runtime>"
+        ),
+    )
     provider: Literal["cpu", "cuda", "tensorrt"] = Field("cpu", description="ONNX Runtime execution provider (runtime onnxruntime)")
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     threads: int = Field(0, ge=0, description="intra-op threads; 0 = all cores")
     tensorrt: TensorRTSpec = Field(default_factory=TensorRTSpec, description="engine builds when runtime is tensorrt")
+    openvino: OpenVinoSpec = Field(default_factory=OpenVinoSpec, description="OpenVINO rows (runtime openvino)")
     int8_graph: Literal["auto", "fused", "qdq-u8", "qdq"] = Field(
         "auto",
         description=(
@@ -290,19 +348,66 @@ class EngineSpec(Strict):
         ),
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _primary_runtime(cls, data: Any) -> Any:
+        """With `runtimes`, `runtime` is its first entry (the reference engine); naming another is an error."""
+        if not isinstance(data, dict) or not isinstance(data.get("runtimes"), list) or not data["runtimes"]:
+            return data
+        first = data["runtimes"][0]
+        if "runtime" in data and data["runtime"] != first:
+            raise ValueError(
+                f"engine.runtime '{data['runtime']}' differs from the first of engine.runtimes {data['runtimes']}, which is the "
+                "reference engine; remove engine.runtime, list it first in engine.runtimes, or set engine.runtimes: null for a "
+                "run on engine.runtime alone (--set engine.runtimes=null)"
+            )
+        return {**data, "runtime": first}
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Keys added after recipes were pinned are left out at their defaults, so existing recipes keep
+        # their dumps and run ids (tests/test_registries.py pins them).
+        data: dict[str, Any] = handler(self)
+        if self.runtimes is None:
+            data.pop("runtimes", None)
+        if self.openvino == OpenVinoSpec():
+            data.pop("openvino", None)
+        return data
+
+    @field_validator("runtimes")
+    @classmethod
+    def _unique_runtimes(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and (not v or len(set(v)) != len(v)):
+            raise ValueError("list each engine once, at least one, e.g. [onnxruntime, openvino]")
+        return v
+
+    @property
+    def all_runtimes(self) -> list[str]:
+        """Every engine the run scores and times, the reference engine first."""
+        return list(self.runtimes) if self.runtimes else [self.runtime]
+
+    def runs(self, runtime: str) -> bool:
+        """Whether rows of `runtime` are part of the run (ONNX Runtime's reference rows: on its CPU provider)."""
+        return runtime in self.all_runtimes and (runtime != "onnxruntime" or self.provider == "cpu")
+
     @property
     def ort_cpu(self) -> bool:
         return self.runtime == "onnxruntime" and self.provider == "cpu"
 
     @property
+    def ort_cpu_rows(self) -> bool:
+        """ONNX Runtime CPU rows are part of the run (as the reference engine or beside it)."""
+        return "onnxruntime" in self.all_runtimes and self.provider == "cpu"
+
+    @property
     def resolved_int8_graph(self) -> Literal["fused", "qdq-u8", "qdq"]:
         if self.int8_graph == "auto":
-            return "fused" if self.ort_cpu else "qdq"
+            return "fused" if self.ort_cpu_rows else "qdq"
         return self.int8_graph
 
     @model_validator(mode="after")
     def _graph_fits_engine(self) -> EngineSpec:
-        if self.int8_graph in ("fused", "qdq-u8") and not self.ort_cpu:
+        if self.int8_graph in ("fused", "qdq-u8") and not self.ort_cpu_rows:
             raise ValueError(
                 f"engine.int8_graph '{self.int8_graph}' targets ONNX Runtime's CPU integer kernels, but the engine is "
                 f"runtime '{self.runtime}' with provider '{self.provider}'; TensorRT needs S8 Q/DQ: set engine.int8_graph: auto (or qdq)"
@@ -482,8 +587,8 @@ class Recipe(Strict):
 
     @property
     def reference_kinds(self) -> list[str]:
-        if self.references is None:
-            return list(ALL_REFERENCES) if self.engine.ort_cpu else []
+        if self.references is None:  # every declared row whose engine is part of the run
+            return [name for name in ALL_REFERENCES if self.engine.runs(REFERENCES.get(name).runtime)]
         return list(self.references)
 
     @model_validator(mode="before")
@@ -508,10 +613,13 @@ class Recipe(Strict):
 
     @model_validator(mode="after")
     def _combinations(self) -> Recipe:
-        if self.references and not self.engine.ort_cpu:
+        foreign = [name for name in self.references or [] if not self.engine.runs(REFERENCES.get(name).runtime)]
+        if foreign:
+            runtime = REFERENCES.get(foreign[0]).runtime
+            where = "ONNX Runtime CPU graphs (the standard tools' CPU path)" if runtime == "onnxruntime" else f"{runtime} rows"
             raise ValueError(
-                f"references {self.references} are ONNX Runtime CPU graphs (the standard tools' CPU path), but the engine is "
-                f"runtime '{self.engine.runtime}' with provider '{self.engine.provider}'; set references: [] for this engine"
+                f"references {foreign} are {where}, but the run's engines are {self.engine.all_runtimes} with provider "
+                f"'{self.engine.provider}'; remove them from references (or add {runtime} to engine.runtimes)"
             )
         if len(set(self.references or [])) != len(self.references or []):
             raise ValueError("references entries must not repeat")

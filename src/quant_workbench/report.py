@@ -24,7 +24,14 @@ from .report_decisions import (
     plot_delta_vs_speedup,
     selection_lines,
 )
-from .report_engine import engine_graph_section, reference_section, reference_verdicts
+from .report_engine import (
+    engine_graph_section,
+    engine_label,
+    engines_section,
+    reference_section,
+    reference_verdicts,
+    several_engines,
+)
 from .report_search import search_section
 from .results import LatencyStats, RunResult, VariantResult
 
@@ -337,8 +344,10 @@ def _results_section(result: RunResult, ref: VariantResult | None) -> list[str]:
         m for m in ("macro_f1", "agreement") if m != primary and any(m in v.metrics for v in result.variants)
     ]
     has_cos = any(_cosine_of(v) is not None for v in result.variants)
+    engines = several_engines(result)  # issue 17: rows of several engines / inference precisions
     header = [
         "Variant",
+        *(["Engine"] if engines else []),
         "Precision",
         "Calibration",
         "Status",
@@ -360,6 +369,7 @@ def _results_section(result: RunResult, ref: VariantResult | None) -> list[str]:
             status = f"ok, stopped after {scored:,} examples"
         row = [
             name,
+            *([engine_label(v)] if engines else []),
             v.precision,
             v.calibration_method or DASH,
             status,
@@ -372,7 +382,8 @@ def _results_section(result: RunResult, ref: VariantResult | None) -> list[str]:
         row += [_cosine(_cosine_of(v)) if v.status == "ok" else DASH] if has_cos else []
         row += [mb(v.size_bytes)]
         rows.append(row)
-    right = [False, False, False, False] + [True] * (len(header) - 4)
+    left = 5 if engines else 4
+    right = [False] * left + [True] * (len(header) - left)
     lines = ["## Results", "", *markdown_table(header, rows, right), ""]
     level = next((v.intervals.get("level") for v in result.variants if v.intervals.get("level")), None)
     if level is not None:
@@ -589,6 +600,7 @@ def render_markdown(result: RunResult) -> str:
     lines += formats_section(result)
     lines += ["## Δ accuracy vs speed-up", "", f"![paired Δ accuracy vs speed-up]({PLOT_RELPATH})", ""]
     lines += _latency_section(result, ref)
+    lines += engines_section(result)
     lines += reference_section(result)
     lines += engine_graph_section(result)
     lines += _per_variant_section("Fidelity", result, "fidelity", "No fidelity checks were recorded.")

@@ -65,6 +65,14 @@ def selection_lines(result: RunResult) -> list[str]:
         f"inferior: {', '.join(sel.get('inferior') or []) or DASH}.",
         f"- As fast as the fastest acceptable ({sel.get('fastest') or DASH}): {', '.join(sel.get('speed_group') or []) or DASH}.",
     ]
+    if sel.get("speed_baseline"):
+        floats = sel.get("float_baselines") or []
+        others = [d for d in sel.get("float_accuracy") or []]
+        tested = "; ".join(f"{d['name']} {d['status']} (Δ {100 * d['delta']:+.2f} pt, {100 * d['low']:+.2f} to {100 * d['high']:+.2f})" for d in others)
+        lines.append(
+            f"- Speed baseline: **{sel['speed_baseline']}**, the fastest float row at {sel.get('shape')} among those within the accuracy "
+            f"margin of {sel.get('baseline', 'float')} ({', '.join(floats) or DASH})" + (f"; float rows tested: {tested}" if tested else "") + "."
+        )
     if sel.get("needed_evaluation_size"):
         lines.append(f"- Evaluation size that would decide: about {sel['needed_evaluation_size']:,} examples.")
     lines += [f"- Why: {sel.get('reason') or DASH}", ""]

@@ -67,6 +67,12 @@ class VariantResult:
     # stats.prediction_statistics: {"level", "n", "accuracy": [lo, hi], "macro_f1": [lo, hi], "vs_float": {...}}
     intervals: dict[str, Any] = field(default_factory=dict)
     speedup_interval_vs_float: dict[str, list[float]] = field(default_factory=dict)  # latency key -> [low, high]
+    # issue 17: the engine that scores and times the row (engine.runtime, or one of engine.runtimes; the
+    # name of a row on another than the reference engine ends in @<runtime>) and what that engine computes
+    # the row's float parts in (OpenVINO's INFERENCE_PRECISION_HINT: f32 | bf16; "default" = the engine's
+    # own choice, the reference rows of a standard path; None = the engine has no such choice)
+    runtime: str | None = None
+    inference_precision: str | None = None
 
     def latency_at(self, batch_size: int, seq_length: int) -> LatencyStats | None:
         return next((x for x in self.latency if x.batch_size == batch_size and x.seq_length == seq_length), None)

@@ -15,6 +15,7 @@ written atomically, and an artifact whose `.key` sidecar matches the current inp
 from __future__ import annotations
 
 import datetime as _dt
+import importlib.metadata
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ import platform
 import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,8 @@ from .benchmark import Resolution, benchmark_variants
 from .calibration import calibration_statistics
 from .data import Splits, load_splits
 from .engine_graphs import EngineGraphs
-from .engines import float_precision, preflight_runtime
+from .engine_rows import add_float_rows, add_variant_rows, display_order, mark_reference_row
+from .engines import engine_summary, float_precision, preflight_runtime
 from .engines.onnxruntime import OrtEngine, optimized_op_counts
 from .errors import ExportError, WorkbenchError
 from .evaluate import evaluate_variants
@@ -43,8 +45,9 @@ from .export import EXPORT_LAYOUT, cosine_rows, export_onnx, plan_names
 from .families import family_variants
 from .fidelity import qdq_fidelity
 from .io import artifact_is_current, atomic_path, hash_json, mark_artifact, onnx_size, write_json, write_text
-from .machine import cpu_has_vnni
+from .machine import cpu_has_vnni, precision_facts
 from .models import load_model, to_torch, tokenize
+from .openvino_graphs import ScaleSource
 from .quantize.apply import activation_quantizers, prepare, set_scales
 from .quantize.select import QuantPlan, build_plan
 from .recipe import Recipe, drop_hash_neutral
@@ -57,8 +60,8 @@ from .selection import (
     accuracy_reference,
     candidates,
     compare_references,
+    float_baselines,
     select_variant,
-    speed_baseline,
     speed_resolution,
 )
 from .state import RunState
@@ -91,6 +94,7 @@ def hardware() -> dict[str, Any]:
     vnni = cpu_has_vnni()
     if vnni is not None:
         info["int8_dot_product"] = vnni
+    info.update(precision_facts())  # issue 17: bf16 instructions and OpenVINO's CPU capabilities, detected
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
@@ -101,7 +105,7 @@ def versions() -> dict[str, str]:
     import onnxruntime
     import transformers
 
-    return {
+    out = {
         "quant_workbench": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -109,6 +113,10 @@ def versions() -> dict[str, str]:
         "onnx": onnx.__version__,
         "onnxruntime": onnxruntime.__version__,
     }
+    for optional in ("openvino", "nncf"):  # issue 17: recorded when installed
+        with suppress(importlib.metadata.PackageNotFoundError):
+            out[optional] = importlib.metadata.version(optional)
+    return out
 
 
 def run_identity(recipe: Recipe, run_dir: Path, splits: Splits) -> dict[str, Any]:
@@ -239,7 +247,9 @@ def export_float_stage(state: RunState) -> None:
     state.float_engine_path = float_path
     if graphs.wants_fused_float:
         with state.stage("fuse float"):
-            state.float_engine_path, state.fidelity_float["engine_graph"] = graphs.fused_float(loaded, state.example, ref)
+            fused, fused_info = graphs.fused_float(loaded, state.example, ref)
+        if recipe.engine.ort_cpu:  # else ONNX Runtime is one of several engines: its float row runs the fused graph
+            state.float_engine_path, state.fidelity_float["engine_graph"] = fused, fused_info
     artifacts = {"onnx": "models/float.onnx"}
     if state.float_engine_path != float_path:
         artifacts["engine_onnx"] = f"models/{state.float_engine_path.name}"
@@ -247,6 +257,7 @@ def export_float_stage(state: RunState) -> None:
         name="float", precision=float_precision(recipe), artifacts=artifacts, fidelity=state.fidelity_float, size_bytes=onnx_size(float_path)  # type: ignore[arg-type]
     )
     state.add_variant(float_variant, state.float_engine_path)
+    add_float_rows(state, float_variant)  # issue 17: the float rows of the other engines / precisions
 
 
 def references_stage(state: RunState) -> None:
@@ -317,9 +328,17 @@ def ptq_stage(state: RunState) -> None:
             variant.artifacts = {"onnx": f"models/{path.name}", "scales": f"models/{scales_path.name}"}
             variant.size_bytes = onnx_size(path)
             variant.fidelity = {**qdq_fidelity(recipe, loaded, path, state.example), **family.fidelity}
-            engine_path = state.need_graphs().for_variant(loaded, name, path, state.example, variant, alpha=family.alpha, fp8=family.kind == "fp8")
-            variant.engine = optimized_op_counts(engine_path, recipe.engine)
+            scales = ScaleSource(family.calibrators, method, recipe.quantization.calibration.percentile)
+            graph_args: dict[str, Any] = {"alpha": family.alpha, "fp8": family.kind == "fp8", "plan": plan, "scales": scales}
+            engine_path = state.need_graphs().for_variant(loaded, name, path, state.example, variant, **graph_args)
+            variant.engine = engine_summary(engine_path, recipe)
             state.engine_paths[name] = engine_path
+
+            def ort_graph(row: VariantResult, qdq: Path = path, kw: dict[str, Any] = graph_args) -> Path:
+                return state.need_graphs().for_variant(loaded, row.name, qdq, state.example, row, runtime="onnxruntime", **kw)
+
+            # issue 17: the variant's rows on the other engines / precisions
+            add_variant_rows(state, variant, path, plan=plan, scales=scales, ort_graph=ort_graph)
 
 
 def dynamic_stage(state: RunState) -> None:
@@ -339,6 +358,7 @@ def dynamic_stage(state: RunState) -> None:
         dynamic.size_bytes = onnx_size(path)
         dynamic.engine = optimized_op_counts(path, state.recipe.engine)
         state.engine_paths[dynamic.name] = path
+        mark_reference_row(dynamic, state.recipe)  # ONNX Runtime CPU only: no rows on other engines
 
 
 def search_stage(state: RunState) -> None:
@@ -373,13 +393,14 @@ def qat_stage(state: RunState) -> None:
         variant.fidelity = qdq_fidelity(recipe, qat_loaded, path, state.example)
         # QAT trained the weights: its fused graph is exported from the trained model, keyed by its checkpoint
         engine_path = state.need_graphs().for_variant(qat_loaded, name, path, state.example, variant, weights_key=info["cache_key"])
-        variant.engine = optimized_op_counts(engine_path, recipe.engine)
+        variant.engine = engine_summary(engine_path, recipe)
         state.engine_paths[name] = engine_path
+        add_variant_rows(state, variant, path, plan=plan, scales=None)  # QAT's own scales: its Q/DQ export runs as it is
 
 
 def evaluate_stage(state: RunState) -> None:
-    # the standard tools' rows come last in every table, whenever they were built
-    state.variants.sort(key=lambda v: v.reference)
+    # the standard tools' rows come last in every table, whenever they were built; rows grouped by engine
+    display_order(state.variants, state.recipe)
     with state.stage("evaluate"):
         ev = evaluate_variants(
             state.recipe, state.need_loaded(), state.need_splits(), state.variants, state.engine_paths, progress=state.progress, say=state.say,
@@ -411,15 +432,20 @@ def benchmark_stage(state: RunState) -> None:
     margin, _ = _margins(state)
     reference = accuracy_reference(state.variants)
     contenders: list[str] = []
+    floats: list[str] = []
     if reference is not None and reference.name in state.correct:
         scored = [v for v in candidates(state.variants) if v.name in state.correct]
         decisions = accuracy_decisions(scored, state.correct, reference.name, margin, recipe.selection.level, state.stopped)
         contenders = [d.name for d in decisions if d.status == "acceptable"]
-    base = speed_baseline(state.variants)
-    baseline = base.name if base is not None else "float"
+        floats, _ = float_baselines(state.variants, state.correct, margin, recipe.selection.level, state.stopped, reference.name)
+    baseline = reference.name if reference is not None else "float"
 
     def decide(samples: Mapping[str, Sequence[float]]) -> Resolution:
-        return speed_resolution(contenders, baseline, samples, recipe.selection.speed_margin, recipe.selection.level)
+        # the speed baseline is the fastest float row within the accuracy margin (selection.speed_baseline),
+        # judged on the rounds so far; the A/A control stays on the accuracy reference
+        timed = [f for f in floats if samples.get(f)]
+        base = min(timed, key=lambda f: (float(np.median(samples[f])), f != baseline)) if timed else baseline
+        return speed_resolution(contenders, base, samples, recipe.selection.speed_margin, recipe.selection.level)
 
     with state.stage("benchmark"):
         state.benchmark = benchmark_variants(

@@ -8,7 +8,10 @@ One rule, with or without a search (a search's criterion is where the accuracy m
    the accuracy margin m: Tango's score test of H0 Δ <= -m rejects at one-sided level/2 after Holm's
    adjustment over all candidates (with one candidate: the (1 - level) interval's lower bound >= -m).
 3. Eligible (with a benchmark): not slower than the speed baseline (`speed_baseline`) beyond the speed
-   margin s (its latency-ratio interval lies above 1 + s). Without a benchmark: not emulated.
+   margin s (its latency-ratio interval lies above 1 + s). The speed baseline is the fastest float row at
+   the selection shape among the accuracy reference and the other float rows (bf16, another engine's
+   float) that are non-inferior to it at the accuracy margin (`float_baselines`): a user would ship such a
+   float instead of a quantized model that is not faster. Without a benchmark: not emulated.
 4. Among eligible acceptable candidates the fastest at the selection shape; every one whose latency ratio
    to it is not above 1 + s with confidence (equivalent within the margin, or unresolved) is as fast:
    among those, the most accurate, then the one agreeing most with float, then the search's own choice,
@@ -46,7 +49,8 @@ RULE = (
     "paired Δ accuracy vs {baseline} non-inferior at the accuracy margin {margin_pts} ({margin_source}): Tango's score "
     "test of Δ <= -{margin_pts} rejected at one-sided {half:g} after Holm's adjustment over the {k} candidate(s) "
     "(for one candidate: the {conf:g} % interval's lower bound >= -{margin_pts}). Among acceptable candidates not "
-    "slower than {baseline} beyond the speed margin {speed:g} %, the fastest (median per-round latency ratio at the "
+    "slower than the speed baseline beyond the speed margin {speed:g} % (the fastest float row at that shape among {baseline} "
+    "and the float rows, e.g. bf16 or another engine's, non-inferior to it at the accuracy margin), the fastest (median per-round latency ratio at the "
     "largest benchmarked shape); those whose latency ratio to it is not above {top:.2f} with {conf:g} % confidence "
     "(equivalent within the margin, or unresolved) count as equally fast and are decided by accuracy, then agreement "
     "with {baseline}, then the search's own choice, then the name. Without a benchmark, the most accurate acceptable "
@@ -57,7 +61,7 @@ RULE = (
 
 
 # ---------------------------------------------------------------------------------------------
-# which rows play which part (one function each, so another float baseline, e.g. bf16, can plug in)
+# which rows play which part
 
 
 def _named(variants: Sequence[VariantResult], name: str) -> VariantResult | None:
@@ -69,9 +73,48 @@ def accuracy_reference(variants: Sequence[VariantResult], baseline: str = BASELI
     return _named(variants, baseline)
 
 
-def speed_baseline(variants: Sequence[VariantResult], baseline: str = BASELINE) -> VariantResult | None:
-    """The row every speed-up is measured against (and timed twice as the benchmark's A/A control)."""
-    return _named(variants, baseline)
+def float_rows(variants: Sequence[VariantResult], baseline: str = BASELINE) -> list[VariantResult]:
+    """The float rows besides the accuracy reference (the float model on another engine or in bf16), ok and scored."""
+    return [
+        v for v in variants
+        if v.name != baseline and v.precision in FLOAT_PRECISIONS and v.status == "ok" and not v.reference and "accuracy" in v.metrics
+    ]
+
+
+def float_baselines(
+    variants: Sequence[VariantResult],
+    correct: Mapping[str, np.ndarray],
+    margin: float,
+    level: float = DEFAULT_LEVEL,
+    stopped: Mapping[str, dict[str, Any]] | None = None,
+    baseline: str = BASELINE,
+) -> tuple[list[str], list[AccuracyDecision]]:
+    """The rows a speed-up may be claimed against: the accuracy reference and every other float row whose
+    paired Δ vs it is non-inferior at the accuracy margin (the same test as the candidates', Holm over the
+    float rows). A bf16 float that loses accuracy beyond the margin is no honest baseline; one within it is,
+    because a user would ship it instead of quantizing."""
+    ref = accuracy_reference(variants, baseline)
+    if ref is None:
+        return [], []
+    others = [v for v in float_rows(variants, baseline) if v.name in correct]
+    if not others or ref.name not in correct:
+        return [ref.name], []
+    decisions = accuracy_decisions(others, correct, ref.name, margin, level, stopped)
+    return [ref.name, *(d.name for d in decisions if d.status == "acceptable")], decisions
+
+
+def speed_baseline(
+    variants: Sequence[VariantResult], shape: str | None = None, eligible: Sequence[str] | None = None, baseline: str = BASELINE
+) -> VariantResult | None:
+    """The row every speed-up claim is measured against: among `eligible` float rows (`float_baselines`;
+    default: the accuracy reference alone) the fastest at `shape` (lowest p50). The benchmark's A/A control
+    and the Δ accuracy stay on the accuracy reference."""
+    ref = _named(variants, baseline)
+    names = list(eligible) if eligible else [baseline]
+    timed = [v for v in variants if v.name in names and shape is not None and any(s.key == shape for s in v.latency)]
+    if not timed:
+        return ref
+    return min(timed, key=lambda v: (_at(v, shape).p50_ms, v.name != baseline, v.name))  # type: ignore[arg-type]
 
 
 def candidates(variants: Sequence[VariantResult], baseline: str = BASELINE) -> list[VariantResult]:
@@ -273,6 +316,11 @@ class Selection:
     split: str = "evaluation"
     criterion: str | None = None  # the search criterion the margin came from, e.g. "accuracy drop <= 1 % of float (relative)"
     threshold: float | None = None  # float accuracy - margin
+    # the float rows a speed-up may be claimed against (the accuracy reference and the other float rows
+    # non-inferior to it at the margin, e.g. bf16 or another engine's float), their tests, and the fastest
+    float_baselines: list[str] = field(default_factory=list)
+    float_accuracy: list[AccuracyDecision] = field(default_factory=list)
+    speed_baseline: str | None = None
 
     @property
     def rule(self) -> str:
@@ -288,6 +336,8 @@ class Selection:
             "rule": self.rule, "outcome": self.outcome, "level": self.level, "winner": self.winner,
             "accuracy_margin": self.accuracy_margin, "speed_margin": self.speed_margin, "margin_source": self.margin_source,
             "baseline": self.baseline, "split": self.split,
+            "speed_baseline": self.speed_baseline, "float_baselines": self.float_baselines,
+            "float_accuracy": [d.to_dict() for d in self.float_accuracy],
             "acceptable": self.acceptable, "undetermined": self.undetermined, "inferior": self.inferior, "speed_group": self.speed_group,
             "most_accurate": self.most_accurate, "fastest": self.fastest, "shape": self.shape,
             "comparisons": {
@@ -342,6 +392,8 @@ def select_variant(
         None, accuracy_margin=accuracy_margin, speed_margin=speed_margin, margin_source=margin_source, baseline=baseline, level=level,
         criterion=criterion,
     )
+    eligible_floats, sel.float_accuracy = float_baselines(variants, correct, accuracy_margin, level, stopped, baseline)
+    sel.float_baselines = eligible_floats
     cands = candidates(variants, baseline)
     ref = accuracy_reference(variants, baseline)
     if ref is not None and "accuracy" in ref.metrics:
@@ -371,9 +423,11 @@ def select_variant(
     if not sel.acceptable:
         return _nothing_acceptable(sel, by_name, key, acc_text, level)
     acceptable = [by_name[n] for n in sel.acceptable]
-    base = speed_baseline(variants, baseline)
-    shape = _selection_shape([*acceptable, base]) if base is not None else None
+    ref_row = accuracy_reference(variants, baseline)
+    shape = _selection_shape([*acceptable, ref_row]) if ref_row is not None else None
+    base = speed_baseline(variants, shape, eligible_floats, baseline)
     sel.shape = shape
+    sel.speed_baseline = base.name if base is not None and shape is not None else None
     if shape is None or base is None:
         pool = [v for v in acceptable if not emulated(v)]
         emulated_out = [v.name for v in acceptable if emulated(v)]
@@ -396,8 +450,9 @@ def select_variant(
         sel.outcome = "no speed-up"
         sel.winner = max(acceptable, key=key).name
         sel.speed_group = [v.name for v in acceptable]
-        sel.warning = f"every acceptable candidate is slower than {baseline} beyond the {100 * speed_margin:g} % speed margin at {shape}: quantization does not pay on this engine"
-        sel.reason = f"{acc_text}; all slower than {baseline} at {shape}: {', '.join(slower)}; the most accurate is recommended -> {sel.winner}."
+        where = "on this engine" if base.name == baseline else f"against {base.name}, the fastest float within the accuracy margin"
+        sel.warning = f"every acceptable candidate is slower than {base.name} beyond the {100 * speed_margin:g} % speed margin at {shape}: quantization does not pay {where}"
+        sel.reason = f"{acc_text}; {_base_text(base.name, baseline)}; all slower than {base.name} at {shape}: {', '.join(slower)}; the most accurate is recommended -> {sel.winner}."
         return sel
     fastest = min(eligible, key=lambda v: (versus_base[v.name].ratio, v.name))
     sel.fastest = fastest.name
@@ -413,8 +468,8 @@ def select_variant(
     sel.winner = max(group, key=key).name
     unresolved = [f"{c.name} vs {c.versus}" for c in sel.speed if c.status == "undetermined"]
     reason = (
-        f"{acc_text}"
-        + (f"; slower than {baseline} beyond the speed margin: {', '.join(slower)}" if slower else "")
+        f"{acc_text}; {_base_text(base.name, baseline)}"
+        + (f"; slower than {base.name} beyond the speed margin: {', '.join(slower)}" if slower else "")
         + f"; fastest at {shape}: {fastest.name} ({_at(fastest, shape).p50_ms:.2f} ms p50); within ±{100 * speed_margin:g} % of it "
         f"(or unresolved): {', '.join(sel.speed_group)}"
     )
@@ -424,6 +479,12 @@ def select_variant(
         reason += f"; speed comparisons left unresolved by the benchmark (counted as equally fast): {', '.join(unresolved)}"
     sel.reason = reason + f" -> {sel.winner}."
     return sel
+
+
+def _base_text(speed_base: str, baseline: str) -> str:
+    if speed_base == baseline:
+        return f"speed baseline: {baseline}"
+    return f"speed baseline: {speed_base} (the fastest float row within the accuracy margin of {baseline})"
 
 
 def _nothing_acceptable(sel: Selection, by_name: Mapping[str, VariantResult], key: Any, acc_text: str, level: float) -> Selection:

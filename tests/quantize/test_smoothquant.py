@@ -116,6 +116,35 @@ def test_groups_cover_qkv_ffn_in_and_attention_output(smoothable: Smoothable) ->
     assert [g.how for g in groups][:2] == ["fold", "fold"]  # folds first
 
 
+def test_ffn_out_is_smoothed_only_when_asked_with_an_explicit_input_scale(smoothable: Smoothable) -> None:
+    """smoothquant.ffn_out (issue 17): FFN-out's input is the GELU output, nothing to fold 1/s into."""
+    model = smoothable.loaded.model
+    described = {g.linears: (g.how, g.fold_into) for g in smooth_groups(model, ffn_out=True)}
+    plain = {g.linears for g in smooth_groups(model)}
+    for i in range(2):
+        assert described[(f"hf.encoder.layer.{i}.output.dense",)] == ("input_scale", None)
+    assert set(described) - plain == {(f"hf.encoder.layer.{i}.output.dense",) for i in range(2)}
+    params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    before = smoothable.float_out()
+    with smoothquant_applied(model, smoothable.channels, 0.95, ffn_out=True) as state:
+        assert (smoothable.float_out() - before).abs().max() <= 1e-4  # still the same float model
+        assert state.summary()["explicit_input_scales"] == 6  # q/k/v, ffn-in and ffn-out of both layers
+        ffn_out = model.get_submodule("hf.encoder.layer.1.output.dense")
+        assert isinstance(ffn_out, QuantLinear) and ffn_out.smooth_scale is not None
+        smoothed_cal = calibrate(model, smoothable.loop)
+        q = "hf.encoder.layer.1.output.dense.input_quantizer"
+        assert smoothed_cal[q].amax_max < smoothable.calibrators[q].amax_max
+    assert all(torch.equal(p, params[n]) for n, p in model.named_parameters())
+    assert all(m.smooth_scale is None for m in model.modules() if isinstance(m, QuantLinear))
+
+
+def test_ffn_out_key_stays_out_of_recipes_that_do_not_set_it() -> None:
+    from quant_workbench.recipe import SmoothQuantSpec
+
+    assert SmoothQuantSpec(alpha=0.5).model_dump() == {"alpha": 0.5}  # run ids of recipes written before
+    assert SmoothQuantSpec(alpha=0.95, ffn_out=True).model_dump() == {"alpha": 0.95, "ffn_out": True}
+
+
 # ---------------------------------------------------------------------------------------------
 # the rewrite
 

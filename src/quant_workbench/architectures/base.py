@@ -227,8 +227,9 @@ class Architecture:
 
     # ------------------------------------------------------------------ SmoothQuant
 
-    def smooth_groups(self, model: nn.Module) -> list[SmoothGroup]:
-        """Smoothing groups among the quantized Linears of every block (fold groups first)."""
+    def smooth_groups(self, model: nn.Module, ffn_out: bool = False) -> list[SmoothGroup]:
+        """Smoothing groups among the quantized Linears of every block (fold groups first); `ffn_out` adds
+        FFN-out (fed by the activation function: an explicit input scale, nothing to fold into)."""
         self.check_features(["smoothquant"])  # never a silent no-op, whoever asks
         lay = self.layout
         folds: list[SmoothGroup] = []
@@ -244,6 +245,9 @@ class Architecture:
             ffn_in = _join(b, lay.ffn_in)
             if _quantized(quant_linear_at(model, ffn_in)):
                 scaled.append(SmoothGroup((ffn_in,), "input_scale"))
+            ffn_out_name = _join(b, lay.ffn_out)
+            if ffn_out and _quantized(quant_linear_at(model, ffn_out_name)):
+                scaled.append(SmoothGroup((ffn_out_name,), "input_scale"))
         return folds + scaled
 
 

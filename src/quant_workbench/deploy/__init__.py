@@ -89,6 +89,7 @@ def deploy_run(
         if name in engine_rels:
             cpu_files[name] = _shipped(run_dir, engine_rels[name])
     precision = {v.name: v.precision for v in result.variants}
+    rows = {v.name: (v.runtime, v.inference_precision) for v in result.variants}  # issue 17: each row's engine
     engines: dict[tuple[str, str], Path] = {}
     notes: dict[tuple[str, str], str] = {}
     compiling = [(t, DEPLOY_TARGETS.get(t)) for t in spec.targets if build_engines and DEPLOY_TARGETS.get(t).build_engine is not None]
@@ -121,6 +122,7 @@ def deploy_run(
             engines=engines,
             notes=notes,
             cpu_files=cpu_files,
+            rows=rows,
         )
     except OSError as exc:  # a full disk, a folder that vanished: nothing was moved into place
         raise DeployError(

@@ -10,6 +10,10 @@ Layout written under `<run>/triton/` (or `--out`):
       config.pbtxt  1/model.onnx
     <variant>-trt/                  platform tensorrt_plan  (1/model.plan, built on the serving GPU)
       config.pbtxt  1/model.plan
+    <variant>-ov-cpu/               Python backend running OpenVINO on CPU  (target python-openvino)
+      config.pbtxt  1/model.py  1/model.onnx
+    <variant>-ov/                   backend openvino (Triton's OpenVINO backend; 1/model.onnx)
+      config.pbtxt  1/model.onnx
     <variant>-<target>-text/        ensemble: tokenizer -> model; text in, embeddings/logits out
       config.pbtxt  1/
     repository.json                 manifest: models, ensembles, which run on a CPU-only server
@@ -423,6 +427,12 @@ def _copy_onnx(src: Path, dst: Path) -> list[str]:
     return files
 
 
+def model_name(variant: str) -> str:
+    """A row's name as a Triton model name: `int8-max@openvino` -> `int8-max.openvino` (clients URL-encode
+    '@' in the model path, which Triton does not decode)."""
+    return variant.replace("@", ".")
+
+
 def resolve_variants(requested: Sequence[str], best: str | None, available: Mapping[str, Any]) -> list[str]:
     """`best` -> the run's selected variant; unknown or failed variants are an error; order kept, no repeats."""
     out: list[str] = []
@@ -472,6 +482,7 @@ def write_repository(
     engines: Mapping[tuple[str, str], Path] | None = None,
     notes: Mapping[tuple[str, str], str] | None = None,
     cpu_files: Mapping[str, Path] | None = None,
+    rows: Mapping[str, tuple[str | None, str | None]] | None = None,
 ) -> Repository:
     """Write and validate the repository in a temp folder, then move it into place (replacing a previous one).
 
@@ -523,7 +534,7 @@ def write_repository(
             ins, outs = signatures[v]
             for target in spec.targets:
                 backend = DEPLOY_TARGETS.get(target)
-                name = f"{v}-{backend.suffix}"
+                name = f"{model_name(v)}-{backend.suffix}"
                 ens = f"{name}-text"
                 mdir = tmp / name
                 (mdir / "1").mkdir(parents=True)
@@ -533,6 +544,7 @@ def write_repository(
                         onnx=variant_files[v], cpu_onnx=(cpu_files or {}).get(v, variant_files[v]),
                         precision=variant_precision.get(v, "float32"),
                         engine=engines.get((v, target)), engine_note=(notes or {}).get((v, target), ""),
+                        runtime=(rows or {}).get(v, (None, None))[0], inference_precision=(rows or {}).get(v, (None, None))[1],
                     )
                 )
                 text = built.config
@@ -619,6 +631,92 @@ def _require_tensorrt() -> None:
     require_tensorrt("building the TensorRT engines of deploy.targets [tensorrt]")
 
 
+# ---------------------------------------------------------------------------------------------
+# OpenVINO (issue 17): Triton's `openvino` backend, and a Python-backend model running OpenVINO
+
+
+def _openvino_source(t: TargetInputs) -> tuple[Path, str | None, str]:
+    """The file an OpenVINO target serves, the row's inference precision, and a note: an OpenVINO row's own
+    graph (the OpenVINO layout: Q/DQ on the attention matmuls too); for another engine's row, its portable
+    export (float.onnx / the Q/DQ file), which OpenVINO reads as it is."""
+    if t.runtime == "openvino":
+        return t.cpu_onnx, t.inference_precision, ""
+    note = f"{t.variant} is a {t.runtime or 'reference-engine'} row: OpenVINO serves its portable ONNX; deploy its @openvino row for the OpenVINO layout"
+    return t.onnx, None, note
+
+
+def _ov_threads(t: TargetInputs) -> int:
+    from ..engines.openvino import resolved_threads
+
+    return t.spec.threads or resolved_threads(t.recipe.engine)
+
+
+def openvino_config(name: str, inputs: Sequence[TensorSig], outputs: Sequence[TensorSig], spec: DeploySpec, engine: EngineSpec, threads: int, bf16: bool) -> str:
+    """Triton's `openvino` backend (its parameters: INFERENCE_NUM_THREADS, NUM_STREAMS, PERFORMANCE_HINT,
+    HINT_BF16; it has no f32 hint, so an f32 row is served at OpenVINO's default precision for the CPU)."""
+    params = {"INFERENCE_NUM_THREADS": str(threads), "NUM_STREAMS": str(engine.openvino.streams), "PERFORMANCE_HINT": engine.openvino.hint.upper()}
+    if bf16:
+        params["HINT_BF16"] = "YES"
+    cfg: dict[str, Any] = {
+        "name": name,
+        "backend": "openvino",
+        "max_batch_size": spec.max_batch_size,
+        "input": _io(inputs),
+        "output": _io(outputs),
+        "dynamic_batching": _batching(spec),
+        "instance_group": [{"count": spec.instance_count, "kind": Enum("KIND_CPU")}],
+        "parameters": params,
+        "default_model_filename": "model.onnx",
+    }
+    return to_pbtxt(cfg) + "\n"
+
+
+def python_openvino_config(name: str, inputs: Sequence[TensorSig], outputs: Sequence[TensorSig], spec: DeploySpec, engine: EngineSpec, threads: int, precision: str | None) -> str:
+    from ..engines.openvino import row_precisions_of
+
+    cfg: dict[str, Any] = {
+        "name": name,
+        "backend": "python",
+        "max_batch_size": spec.max_batch_size,
+        # ragged: requests of different sequence lengths share one batch; model.py pads them
+        "input": _io(inputs, ragged=True),
+        "output": _io(outputs),
+        "dynamic_batching": _batching(spec),
+        "instance_group": [{"count": spec.instance_count, "kind": Enum("KIND_CPU")}],
+        "parameters": {
+            "model_file": "model.onnx",
+            "inference_num_threads": str(threads),
+            "num_streams": str(engine.openvino.streams),
+            "performance_hint": engine.openvino.hint.upper(),
+            # what the run scored and timed the row with (f32 | bf16; default = OpenVINO's own choice)
+            "inference_precision": precision or str(row_precisions_of(engine)[0]),
+            "enable_cpu_pinning": "1" if engine.openvino.pinning else "0",
+        },
+    }
+    return to_pbtxt(cfg) + "\n"
+
+
+def _python_openvino(t: TargetInputs) -> TargetModel:
+    source, precision, note = _openvino_source(t)
+    text = python_openvino_config(t.name, t.inputs, t.outputs, t.spec, t.recipe.engine, _ov_threads(t), precision)
+    shutil.copyfile(PYTHON_MODELS / "openvino_model.py", t.folder / "1" / "model.py")
+    return TargetModel(text, "python", ["model.py", *_copy_onnx(source, t.folder / "1" / "model.onnx")], note=note)
+
+
+def _openvino(t: TargetInputs) -> TargetModel:
+    source, precision, note = _openvino_source(t)
+    if precision == "f32":
+        note = "; ".join(x for x in (note, "Triton's openvino backend has no f32 hint: served at OpenVINO's default precision for the CPU (bf16 where it has bf16); use python-openvino for f32") if x)
+    text = openvino_config(t.name, t.inputs, t.outputs, t.spec, t.recipe.engine, _ov_threads(t), precision == "bf16")
+    return TargetModel(text, "openvino", _copy_onnx(source, t.folder / "1" / "model.onnx"), note=note)
+
+
+def _require_openvino() -> None:
+    from ..engines.openvino import require_openvino
+
+    require_openvino("deploy.targets [python-openvino]")
+
+
 # Declaration order is the order of the names in recipe messages and the JSON schema.
 DEPLOY_TARGETS.register("python-onnxruntime", DeployBackend(suffix="cpu", build=_python_onnxruntime, cpu_servable=True))
 DEPLOY_TARGETS.register("onnxruntime", DeployBackend(suffix="ort", build=_onnxruntime))
@@ -626,6 +724,8 @@ DEPLOY_TARGETS.register(
     "tensorrt",
     DeployBackend(suffix="trt", build=_tensorrt, build_engine=_build_plan, preflight=_require_tensorrt, engine_label="TensorRT"),
 )
+DEPLOY_TARGETS.register("python-openvino", DeployBackend(suffix="ov-cpu", build=_python_openvino, cpu_servable=True, preflight=_require_openvino))
+DEPLOY_TARGETS.register("openvino", DeployBackend(suffix="ov", build=_openvino))
 
 
 def validate_repository(path: Path) -> dict[str, Any]:

@@ -154,8 +154,12 @@ def optimized_op_counts(path: Path, spec: EngineSpec) -> dict[str, Any]:
     }
 
 
-def _open(onnx_path: Path, recipe: Recipe, name: str, precision: str, *, threads: int | None = None) -> Engine:
+def _open(onnx_path: Path, recipe: Recipe, name: str, precision: str, *, threads: int | None = None, inference_precision: str | None = None) -> Engine:
     return OrtEngine(onnx_path, recipe.engine, name, threads=threads)
 
 
-ENGINES.register("onnxruntime", EngineBackend(open=_open))
+def _summary(onnx_path: Path, recipe: Recipe, *, inference_precision: str | None = None) -> dict[str, Any]:
+    return optimized_op_counts(onnx_path, recipe.engine)
+
+
+ENGINES.register("onnxruntime", EngineBackend(open=_open, summary=_summary, label="ONNX Runtime"))

@@ -699,7 +699,7 @@ class TrtEngine:
 # engine.runtime: tensorrt
 
 
-def _open(onnx_path: Path, recipe: Recipe, name: str, precision: str, *, threads: int | None = None) -> Engine:
+def _open(onnx_path: Path, recipe: Recipe, name: str, precision: str, *, threads: int | None = None, inference_precision: str | None = None) -> Engine:
     # engines/ beside models/: plans are per-GPU artifacts of the run, rebuilt when their key changes
     plan = Path(onnx_path).parent.parent / "engines" / f"{name}.plan"
     plan_from_onnx(Path(onnx_path), plan, settings_for_runtime(recipe, engine_precision(precision)))
@@ -723,4 +723,4 @@ def _float_precision(recipe: Recipe) -> str:
     return "fp16" if recipe.engine.tensorrt.fp16 else "float32"
 
 
-ENGINES.register("tensorrt", EngineBackend(open=_open, preflight=_preflight, float_precision=_float_precision))
+ENGINES.register("tensorrt", EngineBackend(open=_open, preflight=_preflight, float_precision=_float_precision, label="TensorRT"))
