@@ -150,3 +150,16 @@ def test_a_reference_row_stops_once_it_is_shown_within_the_margin_but_a_candidat
     assert len(ev.correct["same"]) == 5000 and "same" not in ev.stopped
     assert next(v for v in variants if v.name == "ref").intervals["n"] == 2000
     assert ev.stopped["bad"]["resolved"] == "inferior"
+
+
+def test_a_float_row_on_another_engine_stops_once_resolved_and_counts_as_a_float_baseline(tokenizer: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # "float-bf16@openvino" (the float model on another engine or precision) is never a candidate: once shown within
+    # the margin it stops like a reference row, and the selection still counts it as a float baseline for speed
+    from quant_workbench.selection import float_baselines
+
+    extra = (VariantResult("float-bf16@openvino", "float32", runtime="openvino", inference_precision="bf16"), VariantResult("same", "int8"))
+    ev, variants, _ = _evaluate(tokenizer, monkeypatch, n=5000, extra=extra)
+    assert ev.stopped["float-bf16@openvino"]["resolved"] == "non-inferior" and ev.stopped["float-bf16@openvino"]["n"] == 2000
+    assert "same" not in ev.stopped
+    names, decisions = float_baselines(variants, ev.correct, 0.005, stopped=ev.stopped)
+    assert names == ["float", "float-bf16@openvino"] and [d.status for d in decisions] == ["acceptable"]

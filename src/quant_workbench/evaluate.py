@@ -22,6 +22,7 @@ from .models import LoadedModel, batches, tokenize
 from .recipe import Recipe
 from .results import VariantResult
 from .stats import prediction_statistics, spending_boundaries, tango_statistic
+from .vocabulary import FLOAT_PRECISIONS
 
 Runner = Callable[[dict[str, np.ndarray]], np.ndarray]
 
@@ -141,8 +142,8 @@ SEQUENTIAL_PROCEDURE = (
     "the look's boundary is shown inferior at the margin and stops being scored. Boundaries: Lan-DeMets Pocock-type alpha "
     "spending of one-sided level/2 = {half:g} over the looks (exact recursive integration), so the chance of stopping a "
     "variant that is within the margin is at most {half:g}. A candidate's non-inferiority is only claimed on the full split "
-    "with the fixed-sample test, which stopping others for futility can only make more conservative; a reference row "
-    "(never selected) also stops once its statistic reaches plus the boundary (non-inferior, same spending), and its "
+    "with the fixed-sample test, which stopping others for futility can only make more conservative; a row never "
+    "selected (a reference row, the float model on another engine or precision) also stops once its statistic reaches plus the boundary (non-inferior, same spending), and its "
     "verdicts use the examples it was scored on. Candidates still in contention and {baseline} score the whole split; "
     "paired statistics use the examples both sides scored"
 )
@@ -217,7 +218,9 @@ def evaluate_variants(
             return probe.predict(out) if probe is not None else out.argmax(-1)
 
         active = [name for name in engines]
-        references = {v.name: v.reference for v in ok}
+        # rows never selected (the standard tools' rows, the float model on another engine or precision) have
+        # nothing left to decide once their comparison with the baseline is resolved either way
+        never_selected = {v.name: v.reference or (v.precision in FLOAT_PRECISIONS and v.name != baseline) for v in ok}
         stopped: dict[str, dict[str, Any]] = {}
         real = padded = 0
         for k, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
@@ -245,9 +248,8 @@ def evaluate_variants(
                 b = int(np.sum(mine & ~ref_correct))
                 c = int(np.sum(~mine & ref_correct))
                 stat = tango_statistic(b, c, hi, -margin)
-                # a candidate stays in contention unless it is inferior; a reference row (never selected) has
-                # nothing left to decide once its comparison with float is resolved either way
-                resolved = "inferior" if stat <= -boundaries[k] else "non-inferior" if references.get(name) and stat >= boundaries[k] else None
+                # a candidate stays in contention unless it is inferior
+                resolved = "inferior" if stat <= -boundaries[k] else "non-inferior" if never_selected.get(name) and stat >= boundaries[k] else None
                 if resolved is not None:
                     stopped[name] = {
                         "look": k + 1, "n": hi, "statistic": stat, "boundary": -boundaries[k] if resolved == "inferior" else boundaries[k],

@@ -187,8 +187,9 @@ def accuracy_decisions(
 ) -> list[AccuracyDecision]:
     """Each candidate's non-inferiority decision vs `reference` at `margin`, Holm-adjusted over all of them.
 
-    acceptable: Holm-adjusted p <= level / 2; inferior: the interval lies below -margin, or the evaluation
-    stopped it early for that (a sequential boundary, evaluate.py); undetermined: neither.
+    acceptable: Holm-adjusted p <= level / 2, or the evaluation stopped a row that is never a candidate (a
+    float row on another engine or precision) once shown non-inferior at a sequential boundary; inferior: the
+    interval lies below -margin, or the evaluation stopped it early for that (evaluate.py); undetermined: neither.
     """
     stopped = stopped or {}
     rows = []
@@ -198,9 +199,10 @@ def accuracy_decisions(
     adjusted = holm([p for _, _, p in rows])
     out = []
     for (name, cmp, p), p_adj in zip(rows, adjusted, strict=True):
-        if p_adj <= level / 2.0:
+        resolved = stopped[name].get("resolved", "inferior") if name in stopped else None
+        if p_adj <= level / 2.0 or resolved == "non-inferior":
             status = "acceptable"
-        elif cmp.delta_high < -margin or name in stopped:
+        elif cmp.delta_high < -margin or resolved == "inferior":
             status = "inferior"
         else:
             status = "undetermined"
