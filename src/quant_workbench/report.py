@@ -34,6 +34,7 @@ from .report_engine import (
 )
 from .report_search import search_section
 from .results import LatencyStats, RunResult, VariantResult
+from .stats import ratio_interval
 
 DASH = "—"
 
@@ -540,6 +541,22 @@ def update_report(run_dir: Path | str, key: str, value: Any) -> dict[str, Path]:
     return write_report(result, run_dir)
 
 
+def _speedup_vs(fast: VariantResult, slow: VariantResult, key: str) -> tuple[float, list[float] | None] | None:
+    """Speed-up of `fast` over `slow` at `key` from the same rounds (median per-round ratio and its interval)."""
+    a, b = fast.latency_at(*_shape_of(key)), slow.latency_at(*_shape_of(key))
+    if a is None or b is None:
+        return None
+    if a.samples_ms and b.samples_ms and len(a.samples_ms) == len(b.samples_ms):
+        r = ratio_interval(b.samples_ms, a.samples_ms)
+        return r.ratio, [r.low, r.high]
+    return (b.p50_ms / a.p50_ms, None) if a.p50_ms > 0 else None
+
+
+def _shape_of(key: str) -> tuple[int, int]:
+    b, s = key.removeprefix("b").split("xs")
+    return int(b), int(s)
+
+
 def _summary(result: RunResult, ref: VariantResult | None) -> list[str]:
     lines = ["## Selected variant", ""]
     best = result.variant(result.best_variant) if result.best_variant else None
@@ -556,6 +573,11 @@ def _summary(result: RunResult, ref: VariantResult | None) -> list[str]:
             sp = _speedup_at(best, key, ref)
             if sp is not None:
                 parts.append(f"{speedup_ci(sp, best.speedup_interval_vs_float.get(key))} p50 speed-up at batch {shape[0]}, seq {shape[1]}")
+            base_name = result.selection.get("speed_baseline")
+            base = result.variant(base_name) if base_name and base_name != (ref.name if ref else None) else None
+            vs_base = _speedup_vs(best, base, key) if base is not None else None
+            if vs_base is not None:
+                parts.append(f"{speedup_ci(*vs_base)} vs the speed baseline {base_name}")
         if best.size_bytes and ref is not None and ref.size_bytes and best is not ref:
             ratio = ref.size_bytes / best.size_bytes
             parts.append(

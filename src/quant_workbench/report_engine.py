@@ -235,8 +235,16 @@ def engines_section(result: RunResult) -> list[str]:
                 continue
             v = pick
             acc, ref_acc = v.metrics.get(primary), (base.metrics.get(primary) if base else None)
-            delta = None if acc is None or ref_acc is None or v is base else 100.0 * (acc - ref_acc)
-            row = [label, v.name, kind, DASH if acc is None else f"{100 * acc:.2f}", DASH if delta is None else f"{delta:+.2f}"]
+            paired = v.intervals.get("vs_float") if primary == "accuracy" else None
+            if v is base:
+                delta = None
+            elif isinstance(paired, dict) and paired.get("delta") is not None:
+                delta = 100.0 * float(paired["delta"])  # on the examples both scored (a row may have stopped early)
+            else:
+                delta = None if acc is None or ref_acc is None else 100.0 * (acc - ref_acc)
+            scored, full = v.intervals.get("n"), (result.evaluation or {}).get("n")
+            prefix = f" (first {scored:,})" if isinstance(scored, int) and isinstance(full, int) and scored < full else ""
+            row = [label, v.name, kind, DASH if acc is None else f"{100 * acc:.2f}{prefix}", DASH if delta is None else f"{delta:+.2f}"]
             for k in keys:
                 st = _at(v, k)
                 quickest = fastest[k]
