@@ -286,6 +286,18 @@ def test_plot_labels_overlap_neither_each_other_nor_the_points(crowded: RunResul
     assert len(bars) == 2 * (len(_DEFAULT_RUN) - 1)
 
 
+def test_a_crowded_plot_labels_the_selected_the_baselines_and_the_pareto_front(crowded: RunResult) -> None:
+    from matplotlib.text import Annotation
+
+    # five more rows, each slower and less accurate than int8-max: dominated, so unlabelled beyond 8 points
+    crowded.variants += [_with_intervals(f"int8-slow{i}", "int8", 0.7150 - 0.001 * i, 9.5 + i) for i in range(5)]
+    crowded.selection = {**crowded.selection, "speed_baseline": "float"}
+    ax = delta_vs_speedup_figure(crowded).axes[0]
+    labels = sorted(t.get_text().split("\n")[0] for t in ax.texts if isinstance(t, Annotation))
+    assert labels == ["float", "int8-max", "int8-mse", "int8-percentile"]  # float, the selected, the non-dominated
+    assert "Pareto front" in ax.get_title()
+
+
 def test_intervals_in_tables_and_selection_section(crowded: RunResult) -> None:
     md = render_markdown(crowded)
     assert "72.10 (70.1–74.0)" in md  # accuracy with its interval

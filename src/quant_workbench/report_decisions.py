@@ -190,6 +190,7 @@ def _shape(result: RunResult) -> str | None:
     return f"b{keys[-1][0]}xs{keys[-1][1]}" if keys else None
 
 
+_LABEL_ALL = 8  # label every point up to this many; beyond, only what the decision rests on
 _MARKERS = {"float32": ("s", "0.35"), "fp16": ("s", "0.35"), "bf16": ("s", "0.35"), "int8": ("o", "C0"), "fp8": ("D", "C2")}
 
 
@@ -207,7 +208,7 @@ def delta_vs_speedup_figure(result: RunResult) -> Any:
     speed_margin = float(sel.get("speed_margin") or 0.03)
     baseline = str(sel.get("baseline") or "float")
     shape = _shape(result)
-    fig = Figure(figsize=(8.5, 5.5), dpi=120)
+    fig = Figure(figsize=(10.0, 7.0), dpi=120)
     canvas = FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     points: list[tuple[VariantResult, float, float, list[list[float]] | None, list[list[float]] | None]] = []
@@ -253,17 +254,31 @@ def delta_vs_speedup_figure(result: RunResult) -> Any:
     if fastest is not None:
         ax.axvspan(fastest[1] / (1 + speed_margin), fastest[1] * (1 + speed_margin), color="C0", alpha=0.10, lw=0,
                    label=f"within ±{100 * speed_margin:g} % of the fastest acceptable ({fastest[0].name})")
+    speed_base = next((p for p in points if p[0].name == sel.get("speed_baseline") and p[0].name != baseline), None)
+    if speed_base is not None:
+        ax.axvline(speed_base[1], color="0.3", ls=":", lw=1.2, label=f"speed baseline: {speed_base[0].name} (fastest float within the margin)")
+    from .report_engine import engine_label
+
+    engines = sorted({engine_label(p[0]) for p in points if not p[0].reference})
+    colors = {label: f"C{i}" for i, label in enumerate(engines)}
     seen: set[str] = set()
     obstacles = []
     for v, x, y, xerr, yerr in points:
-        marker, color = _MARKERS.get(v.precision, ("^", "C1"))
+        marker, _ = _MARKERS.get(v.precision, ("^", "C1"))
+        engine = engine_label(v)
+        kind = "reference" if v.reference else v.precision
+        if v.reference:
+            marker, color = "^", "0.55"
+        else:
+            color = colors.get(engine, "C0") if len(engines) > 1 else _MARKERS.get(v.precision, ("^", "C1"))[1]
+        legend = f"{kind} · {engine}" if len(engines) > 1 and not v.reference and engine else kind
         if xerr or yerr:
             ax.errorbar([x], [y], xerr=xerr, yerr=yerr, fmt="none", ecolor=color, elinewidth=1, capsize=3, alpha=0.6, zorder=2)
-        ax.scatter([x], [y], marker=marker, color=color, s=60, zorder=3, label=None if v.precision in seen else v.precision)
-        seen.add(v.precision)
+        ax.scatter([x], [y], marker=marker, color=color, s=60, zorder=3, label=None if legend in seen else legend)
+        seen.add(legend)
         if v.name == result.best_variant:
             ax.scatter([x], [y], s=320, facecolors="none", edgecolors="C3", linewidths=2, zorder=4, label="selected")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, borderaxespad=0.0)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.11), fontsize=8, ncol=2, borderaxespad=0.0)
     fig.tight_layout()
     renderer = canvas.get_renderer()
     from matplotlib.transforms import Bbox
@@ -273,6 +288,13 @@ def delta_vs_speedup_figure(result: RunResult) -> Any:
         r = ((320.0 if v.name == result.best_variant else 60.0) ** 0.5) / 2.0 * fig.dpi / 72.0 + 1.0
         obstacles.append(Bbox([[px - r, py - r], [px + r, py + r]]))
     order = sorted(points, key=lambda p: (-p[2], -p[1], p[0].name))
+    if len(order) > _LABEL_ALL:
+        # a crowded plot labels what the decision rests on: the selected row, the float baselines and the
+        # Pareto front (no row both faster and more accurate); every row is in the Results table
+        keep = {result.best_variant, baseline, sel.get("speed_baseline")}
+        front = {v.name for v, x, y, _, _ in points if not any(x2 >= x and y2 >= y and (x2, y2) != (x, y) for _, x2, y2, _, _ in points)}
+        order = [p for p in order if p[0].name in keep | front]
+        ax.set_title(ax.get_title() + "\nlabelled: the selected row, the float baselines and the Pareto front", fontsize=10)
     labels = [(f"{v.name}\n{y:+.2f} pt, {x:.2f}×", x, y, v.name == result.best_variant) for v, x, y, _, _ in order]
     place_labels(ax, renderer, labels, obstacles, [])
     return fig
