@@ -141,9 +141,12 @@ def test_bf16_is_detected_from_the_cpu_and_openvino(monkeypatch: pytest.MonkeyPa
     recipe = _recipe(tmp_path, tiny_bert_dir, tiny_csv, runtimes=["onnxruntime", "openvino"])
     assert row_precisions(recipe, "openvino") == (["f32", "bf16"] if facts["openvino"]["bf16"] else ["f32"])
     assert row_precisions(recipe, "onnxruntime") == [None]
+    # a quantized variant gets one row, its float leftovers in the fastest precision this machine has
+    assert row_precisions(recipe, "openvino", quantized=True) == (["bf16"] if facts["openvino"]["bf16"] else ["f32"])
+    assert other_rows(recipe, quantized=True) == [("openvino", "bf16" if facts["openvino"]["bf16"] else "f32")]
     monkeypatch.setattr(machine, "cpu_flags", lambda: frozenset({"avx512f", "avx512_vnni"}))
     assert not machine.openvino_supports("bf16")
-    assert row_precisions(recipe, "openvino") == ["f32"]
+    assert row_precisions(recipe, "openvino") == ["f32"] and row_precisions(recipe, "openvino", quantized=True) == ["f32"]
     explicit = _recipe(tmp_path, tiny_bert_dir, tiny_csv, runtimes=["onnxruntime", "openvino"], openvino={"precisions": ["f32", "bf16"]})
     with pytest.raises(WorkbenchError, match="cannot compute on this machine"):
         preflight_runtime(explicit)
@@ -304,6 +307,8 @@ def test_row_names(tmp_path: Path, tiny_bert_dir: Path, tiny_csv: Path) -> None:
     assert row_name("int8-max", both, "openvino", "f32") == "int8-max@openvino"
     assert row_name("float", both, "openvino", "bf16") == "float-bf16@openvino"
     assert other_rows(both) == [("openvino", "f32"), ("openvino", "bf16")]
+    assert other_rows(both, quantized=True) == [("openvino", "f32"), ("openvino", "bf16")]  # an explicit list: every row
+    assert row_name("int8-max", both, "openvino", "bf16", quantized=True) == "int8-max-bf16@openvino"
     ov_first = _recipe(tmp_path, tiny_bert_dir, tiny_csv, runtimes=["openvino", "onnxruntime"], openvino={"precisions": ["bf16", "f32"]})
     assert row_name("float", ov_first, "openvino", "bf16") == "float"  # the reference engine's first precision keeps the name
     assert row_name("float", ov_first, "openvino", "f32") == "float"

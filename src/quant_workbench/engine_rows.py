@@ -36,6 +36,7 @@ from .openvino_graphs import ScaleSource, float_check, openvino_graph
 from .quantize.select import QuantPlan
 from .recipe import Recipe
 from .results import VariantResult
+from .vocabulary import FLOAT_PRECISIONS
 
 if TYPE_CHECKING:
     from .state import RunState
@@ -47,14 +48,15 @@ Say = Callable[[str], None]
 def mark_reference_row(variant: VariantResult, recipe: Recipe) -> None:
     """The row the stages built: on the reference engine, at its first precision."""
     variant.runtime = recipe.engine.runtime
-    variant.inference_precision = row_precisions(recipe, recipe.engine.runtime)[0]
+    variant.inference_precision = row_precisions(recipe, recipe.engine.runtime, variant.precision not in FLOAT_PRECISIONS)[0]
 
 
-def other_rows(recipe: Recipe) -> list[tuple[str, str | None]]:
-    """(runtime, inference precision) of every row a variant gets besides its reference-engine row."""
+def other_rows(recipe: Recipe, quantized: bool = False) -> list[tuple[str, str | None]]:
+    """(runtime, inference precision) of every row a variant (the float model, or with `quantized` a quantized
+    variant) gets besides its reference-engine row."""
     out = []
     for runtime in recipe.engine.all_runtimes:
-        precisions = row_precisions(recipe, runtime)
+        precisions = row_precisions(recipe, runtime, quantized)
         for i, precision in enumerate(precisions):
             if runtime == recipe.engine.runtime and i == 0:
                 continue
@@ -121,8 +123,8 @@ class EngineRows:
         """A quantized variant's rows on the other engines, built while the model is in the variant's state."""
         out: list[tuple[VariantResult, Path | None]] = []
         graphs: dict[str, tuple[Path, dict[str, Any]] | WorkbenchError] = {}
-        for runtime, precision in other_rows(self.recipe):
-            row = _row(base, row_name(base.name, self.recipe, runtime, precision), runtime, precision)
+        for runtime, precision in other_rows(self.recipe, quantized=True):
+            row = _row(base, row_name(base.name, self.recipe, runtime, precision, quantized=True), runtime, precision)
             why_not = supports(runtime, base)
             if why_not is not None:
                 log.debug("no %s row for %s: %s", runtime, base.name, why_not)
@@ -211,7 +213,7 @@ def add_variant_rows(
 ) -> None:
     """After a quantized variant's reference-engine row: its rows on the other engines (nothing without engine.runtimes)."""
     mark_reference_row(variant, state.recipe)
-    if not other_rows(state.recipe):
+    if not other_rows(state.recipe, quantized=True):
         return
     rows = EngineRows(state.recipe, state.run_dir / "models", state.say)
     for row, path in rows.variant_rows(variant, state.need_loaded(), qdq_path, state.example, plan=plan, scales=scales, ort_graph=ort_graph, base_key=state.base_key):

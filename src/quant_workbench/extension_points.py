@@ -88,6 +88,8 @@ class EngineBackend:
     float_precision: Callable[[Recipe], str] = lambda recipe: "float32"
     summary: SummarizeEngine | None = None
     precisions: Callable[[Recipe], list[str | None]] = lambda recipe: [None]
+    # the precisions of a quantized variant's float leftovers (None: the same as `precisions`)
+    quantized_precisions: Callable[[Recipe], list[str | None]] | None = None
     label: str = ""  # what reports call the engine; default: its runtime name
 
 

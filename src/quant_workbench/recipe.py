@@ -295,7 +295,8 @@ class OpenVinoSpec(Strict):
         "auto",
         description=(
             "INFERENCE_PRECISION_HINT of the rows: one row per precision for float and for each INT8 variant (its float "
-            "leftovers); auto = f32, plus bf16 where this CPU and OpenVINO support it (detected)"
+            "leftovers); auto = float in f32 and, where this CPU and OpenVINO support it (detected), also in bf16; INT8 "
+            "variants one row each, with bf16 leftovers where supported (else f32)"
         ),
     )
     threads: int = Field(0, ge=0, description="INFERENCE_NUM_THREADS; 0 = engine.threads (0 = every core this process may use)")

@@ -60,18 +60,22 @@ def engine_summary(path: Path, recipe: Recipe, runtime: str | None = None, infer
     return {} if summary is None else summary(path, recipe, inference_precision=inference_precision)
 
 
-def row_precisions(recipe: Recipe, runtime: str) -> list[str | None]:
-    """The inference precisions `runtime` gets one row each for on this machine (None: its one default)."""
-    return ENGINES.get(runtime).precisions(recipe)
+def row_precisions(recipe: Recipe, runtime: str, quantized: bool = False) -> list[str | None]:
+    """The inference precisions `runtime` gets one row each for on this machine (None: its one default), for
+    the float model or, with `quantized`, for a quantized variant's float leftovers."""
+    backend = ENGINES.get(runtime)
+    if quantized and backend.quantized_precisions is not None:
+        return backend.quantized_precisions(recipe)
+    return backend.precisions(recipe)
 
 
-def row_name(variant: str, recipe: Recipe, runtime: str, inference_precision: str | None = None) -> str:
+def row_name(variant: str, recipe: Recipe, runtime: str, inference_precision: str | None = None, quantized: bool = False) -> str:
     """`int8-max` on the reference engine, `int8-max@openvino` on another; `-bf16` for rows whose float
     parts run in bf16 (`float-bf16@openvino`).
 
     The reference engine's first precision keeps today's names (even if it is not f32), so single-engine
     recipes and every caller that looks up `float` are unchanged."""
     primary = runtime == recipe.engine.runtime
-    plain = inference_precision in (None, "f32") or (primary and inference_precision == row_precisions(recipe, runtime)[0])
+    plain = inference_precision in (None, "f32") or (primary and inference_precision == row_precisions(recipe, runtime, quantized)[0])
     name = variant if plain else f"{variant}-{inference_precision}"
     return name if primary else f"{name}@{runtime}"
