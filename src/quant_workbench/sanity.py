@@ -189,7 +189,7 @@ def check_evaluation_size(recipe: Recipe, n: int) -> str | None:
         f"the evaluation split has {n} examples (data.eval_samples): no accuracy difference of {margin * 100:.1f} points "
         f"between two variants can be significant at level {level:g} (it takes {k} discordant examples all in one "
         f"variant's favour, so n >= {need:,}), and each accuracy is known only to about ±{_wilson_half_width(n, level) * 100:.0f} "
-        f"points: the selection is decided by speed and agreement, not accuracy. Use data.eval_samples >= {need:,}; "
+        f"points: no candidate can be shown within the accuracy margin, so expect 'undetermined'. Use data.eval_samples >= {need:,}; "
         f"±{margin * 100:.1f} points on the paired difference needs about {typical:,} at a discordance of "
         f"{TYPICAL_DISCORDANCE:.0%} (1.96 * sqrt(q / n))"
     )
