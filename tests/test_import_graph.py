@@ -93,9 +93,9 @@ def cycles(graph: dict[str, set[str]]) -> list[set[str]]:
 
 def test_import_graph_finds_a_known_edge() -> None:
     graph = import_graph()
-    assert "quant_workbench.architectures" in graph["quant_workbench.quantize.select"]
-    assert "quant_workbench.errors" in graph["quant_workbench.architectures.registry"]
-    assert "quant_workbench.signatures" in graph["quant_workbench.engines.tensorrt"]  # a function-level import counts
+    assert "quant_workbench.quantize.architectures" in graph["quant_workbench.quantize.plan"]
+    assert "quant_workbench.core.errors" in graph["quant_workbench.quantize.architectures.registry"]
+    assert "quant_workbench.core.signatures" in graph["quant_workbench.runtime.tensorrt"]  # a function-level import counts
 
 
 def test_cycles_finds_a_circle() -> None:

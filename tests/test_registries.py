@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from quant_workbench.errors import RecipeError
-from quant_workbench.extension_points import (
+from quant_workbench.config.catalog import (
     CALIBRATORS,
     DEPLOY_TARGETS,
     ENGINES,
@@ -24,9 +23,10 @@ from quant_workbench.extension_points import (
     TargetModel,
     VariantFamily,
 )
-from quant_workbench.io import hash_json
-from quant_workbench.recipe import Recipe, load_recipe, recipe_from_dict
-from quant_workbench.registry import Registry, UnknownName
+from quant_workbench.config.recipe import Recipe, load_recipe, recipe_from_dict
+from quant_workbench.core.artifacts import hash_json
+from quant_workbench.core.errors import RecipeError
+from quant_workbench.core.registry import Registry, UnknownName
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
@@ -101,7 +101,7 @@ def _half_max(calib: Any, *, percentile: float, num_bits: int, unsigned: bool, f
 def test_a_declared_calibrator_is_accepted_and_computes(base: dict[str, Any], qat_base: dict[str, Any]) -> None:
     import torch
 
-    from quant_workbench.quantize.calibrate import HistogramCalibrator
+    from quant_workbench.quantize.observers import HistogramCalibrator
 
     with CALIBRATORS.registered("half-max", _half_max):
         r = recipe_from_dict(base, ["quantization.calibration.methods=[half-max, mse]"])
@@ -150,7 +150,7 @@ def test_a_cpu_only_family_refuses_other_engines(base: dict[str, Any]) -> None:
 
 
 def test_an_uncalibrated_family_yields_no_calibrated_variants(base: dict[str, Any]) -> None:
-    from quant_workbench.families import expand_families
+    from quant_workbench.quantize.formats import expand_families
 
     with FAMILIES.registered("int8-cpu", VariantFamily(precision="int8", calibrated=False)):
         spec = recipe_from_dict(base, ["quantization.compare=[fp8, int8-cpu]", "export.opset=19", "quantization.calibration.methods=[max]"]).quantization
@@ -162,7 +162,7 @@ def test_an_uncalibrated_family_yields_no_calibrated_variants(base: dict[str, An
 
 
 def test_a_declared_engine_is_accepted_and_opened(base: dict[str, Any], tmp_path: Path) -> None:
-    from quant_workbench.engines import EngineFromOnnx, preflight_runtime
+    from quant_workbench.runtime import EngineFromOnnx, preflight_runtime
 
     calls: list[tuple[Any, ...]] = []
 
@@ -275,8 +275,8 @@ def test_every_bundled_recipe_is_pinned() -> None:
 
 @pytest.mark.parametrize("name", sorted(PINNED))
 def test_recipe_hashes_unchanged(name: str) -> None:
-    from quant_workbench.recipe import drop_hash_neutral
-    from quant_workbench.run import recipe_hash
+    from quant_workbench.config.recipe import drop_hash_neutral
+    from quant_workbench.pipeline.run import recipe_hash
 
     recipe = load_recipe(RECIPES / name)
     assert (hash_json(drop_hash_neutral(recipe.model_dump(mode="json"))), recipe_hash(recipe)) == PINNED[name]

@@ -1,5 +1,5 @@
 """`quantize RECIPE.yaml [--set key.path=value ...] [--dry-run] [--debug]`, `quantize deploy RUN_DIR [--out DIR]
-[--no-engines]` (Triton model repository for a finished run) and the sub-commands of commands.py (`sweep`,
+[--no-engines]` (Triton model repository for a finished run) and the sub-commands of cli.py (`sweep`,
 `compare`, `report`); `quantize --help` lists them all.
 
 Exit codes: 0 success, 2 user error (bad recipe, missing file, impossible request, run folder in use),
@@ -20,12 +20,12 @@ from collections.abc import Iterator, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from . import __version__
-from .commands import offline_by_default, paragraph, user_error
-from .errors import Terminated, WorkbenchError
+from quant_workbench import __version__
+from quant_workbench.cli_commands import offline_by_default, paragraph, user_error
+from quant_workbench.core.errors import Terminated, WorkbenchError
 
 if TYPE_CHECKING:
-    from .results import RunResult
+    from quant_workbench.core.results import RunResult
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -101,7 +101,7 @@ def _no_quantized_result(result: RunResult) -> str | None:
     """The summary line of a run with nothing to ship (exit 3), or None when a quantized variant was selected."""
     if result.best_variant is not None:
         return None
-    from .vocabulary import FLOAT_PRECISIONS
+    from quant_workbench.config.vocabulary import FLOAT_PRECISIONS
 
     failed = [v for v in result.variants if v.precision not in FLOAT_PRECISIONS and v.status != "ok"]
     if failed:
@@ -134,7 +134,7 @@ def _deploy(argv: Sequence[str]) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     offline_by_default()
     try:
-        from .deploy import deploy_run
+        from quant_workbench.deploy import deploy_run
 
         with _terminate_like_interrupt():
             deploy_run(args.run_dir, args.out, build_engines=not args.no_engines, variants=args.variants)
@@ -149,8 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["deploy"]:  # sub-command; otherwise the first positional is the recipe
         return _deploy(argv[1:])
-    if argv[:1] and argv[0] in ("sweep", "compare", "report"):  # sub-commands of commands.py
-        from .commands import main as command_main
+    if argv[:1] and argv[0] in ("sweep", "compare", "report"):  # sub-commands of cli.py
+        from quant_workbench.cli_commands import main as command_main
 
         return command_main(argv[0], argv[1:])
     args = _parser().parse_args(argv)
@@ -166,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"--wait-lock {args.wait_lock:g} is not a number of seconds to wait: it must be 0 (do not wait) or more.",
                 "pass --wait-lock 600 to wait up to ten minutes for another run holding the run folder, or leave it out",
             )
-        from .recipe import load_recipe
+        from quant_workbench.config.recipe import load_recipe
 
         recipe = load_recipe(args.recipe, args.overrides)
         if args.storage:  # search workers sharing one study (issue 4)
@@ -174,11 +174,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise WorkbenchError("--storage is for recipes with a search section; this recipe has none.", "add a search: section or drop --storage")
             recipe = load_recipe(args.recipe, [*args.overrides, f"search.storage={args.storage}"])
         if args.dry_run:
-            from .run import dry_run
+            from quant_workbench.pipeline.run import dry_run
 
             dry_run(recipe, run_id=args.run_id)
             return 0
-        from .run import execute
+        from quant_workbench.pipeline.run import execute
 
         with _terminate_like_interrupt():
             result = execute(recipe, run_id=args.run_id, progress=not args.no_progress, wait_lock_s=args.wait_lock)

@@ -33,14 +33,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .recipe import DEFAULT_ACCURACY_MARGIN, DEFAULT_SPEED_MARGIN
-from .results import LatencyStats, VariantResult
-from .stats import DEFAULT_LEVEL, INTERVAL_METHOD, holm, paired_comparison, ratio_interval, required_size
-from .vocabulary import FLOAT_PRECISIONS
+from quant_workbench.config.recipe import DEFAULT_ACCURACY_MARGIN, DEFAULT_SPEED_MARGIN
+from quant_workbench.config.vocabulary import FLOAT_PRECISIONS
+from quant_workbench.core.results import LatencyStats, VariantResult
+from quant_workbench.measure.stats import (
+    DEFAULT_LEVEL,
+    INTERVAL_METHOD,
+    holm,
+    paired_comparison,
+    ratio_interval,
+    required_size,
+)
 
 if TYPE_CHECKING:
-    from .benchmark import Resolution
-    from .recipe import Recipe
+    from quant_workbench.config.recipe import Recipe
+    from quant_workbench.measure.latency import Resolution
 
 BASELINE = "float"
 
@@ -188,7 +195,7 @@ def accuracy_decisions(
     """Each candidate's non-inferiority decision vs `reference` at `margin`, Holm-adjusted over all of them.
 
     acceptable: Holm-adjusted p <= level / 2; inferior: the interval lies below -margin, or the evaluation
-    stopped it early for that (a sequential boundary, evaluate.py); undetermined: neither.
+    stopped it early for that (a sequential boundary, measure/accuracy.py); undetermined: neither.
     """
     stopped = stopped or {}
     rows = []
@@ -269,7 +276,7 @@ def speed_resolution(
     """Whether more rounds at the selection shape could still change the selection among `contenders`
     (the acceptable candidates): every comparison that decides it, each contender vs the baseline
     (eligibility) and the fastest eligible vs every other, lies inside the band [1/(1+s), 1+s] or outside it."""
-    from .benchmark import Resolution
+    from quant_workbench.measure.latency import Resolution
 
     names = [c for c in contenders if c in samples and len(samples[c]) == len(samples.get(baseline, []))]
     if not names:
@@ -513,7 +520,7 @@ def _nothing_acceptable(sel: Selection, by_name: Mapping[str, VariantResult], ke
 
 
 # ---------------------------------------------------------------------------------------------
-# the selected variant against the standard tools' reference rows (report_engine.py renders the verdicts)
+# the selected variant against the standard tools' reference rows (report/sections/engine.py renders the verdicts)
 
 
 def compare_references(

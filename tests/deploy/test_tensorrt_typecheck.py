@@ -1,4 +1,4 @@
-"""mypy on engines/tensorrt.py against the `tensorrt-stubs` package, so TensorRT API misuse is caught
+"""mypy on runtime/tensorrt.py against the `tensorrt-stubs` package, so TensorRT API misuse is caught
 without TensorRT or a GPU. The stubs need repairs before mypy can read them (see trt_stubs.py); a
 deliberate misuse proves they are really in effect (not silently treated as `Any`)."""
 

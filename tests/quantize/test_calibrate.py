@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.stats import entropy as scipy_entropy
 
-from quant_workbench.quantize.calibrate import (
+from quant_workbench.quantize.observers import (
     CalibrationError,
     HistogramCalibrator,
     entropy_divergences,

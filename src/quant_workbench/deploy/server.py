@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import WorkbenchError
+from quant_workbench.core.errors import WorkbenchError
 
 ENV_BINARY = "QWB_TRITONSERVER"
 HOST = "127.0.0.1"

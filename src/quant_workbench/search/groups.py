@@ -14,8 +14,8 @@ from dataclasses import dataclass, replace
 
 from torch import nn
 
-from ..quantize.quantizer import TensorQuantizer
-from ..quantize.select import QuantPlan, QuantPoint
+from quant_workbench.quantize.plan import QuantPlan, QuantPoint
+from quant_workbench.quantize.quantizer import TensorQuantizer
 
 KIND_ORDER = ("attention-qkv", "attention-output", "ffn-in", "ffn-out", "attention-matmuls", "residual-adds")
 _LAYER = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)\.")

@@ -30,15 +30,16 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..errors import WorkbenchError
-from ..families import Recalibrate
-from ..io import hash_json, pid_alive, write_json
-from ..recipe import DEFAULT_SPEED_MARGIN, Recipe
-from ..report_search import family_label
-from ..results import VariantResult
-from ..state import RunState
-from .groups import LayerGroup, apply_flags
-from .sensitivity import (
+from quant_workbench.config.recipe import DEFAULT_SPEED_MARGIN, Recipe
+from quant_workbench.config.search import SearchSpec
+from quant_workbench.core.artifacts import hash_json, pid_alive, write_json
+from quant_workbench.core.errors import WorkbenchError
+from quant_workbench.core.results import VariantResult
+from quant_workbench.pipeline.state import RunState
+from quant_workbench.quantize.formats import Recalibrate
+from quant_workbench.report.sections.search import family_label
+from quant_workbench.search.groups import LayerGroup, apply_flags
+from quant_workbench.search.sensitivity import (
     Config,
     FallbackResult,
     SensitivityRow,
@@ -47,7 +48,6 @@ from .sensitivity import (
     auto_fallback,
     sensitivity,
 )
-from .spec import SearchSpec
 
 log = logging.getLogger(__name__)
 WORKER_ATTR = "worker"

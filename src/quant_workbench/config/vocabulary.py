@@ -1,0 +1,34 @@
+"""Names every layer shares, defined once: calibration methods, the number format, strict specs.
+
+Neutral ground (imports only the registries, never their declaring modules at import time), so the
+quantize core, the recipe schema and the search can all use it without importing each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from quant_workbench.config.catalog import CALIBRATORS
+from quant_workbench.core.registry import NamesView, RegistryName
+
+# A calibration method: a name declared in the CALIBRATORS registry (quantize/observers.py).
+CalibMethod = Annotated[str, RegistryName(CALIBRATORS)]
+# Every declared method in declaration order, read when used (the default of calibration.methods).
+CALIB_METHODS: Sequence[str] = NamesView(CALIBRATORS)
+
+# The quantized number format of a variant, a quantizer or a search trial (recipe key `format`).
+Format = Literal["int8", "fp8"]
+# A variant's precision: its Format for quantized variants; for float rows the precision the engine
+# computes them in (float32 on ONNX Runtime CPU, fp16 for a TensorRT FP16 engine, bf16 where an engine
+# runs float models in bfloat16).
+Precision = Literal["float32", "fp16", "bf16", "int8", "fp8"]
+FLOAT_PRECISIONS: tuple[str, ...] = ("float32", "fp16", "bf16")
+
+
+class Strict(BaseModel):
+    """A recipe section: unknown keys are errors (a typo never falls back to a default), values frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
