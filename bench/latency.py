@@ -22,6 +22,7 @@ from typing import Any
 
 from quant_workbench.config.recipe import BenchmarkSpec, EngineSpec
 from quant_workbench.core.artifacts import write_json
+from quant_workbench.core.machine import hardware
 from quant_workbench.measure.latency import (
     aa_name,
     aa_summary,
@@ -29,7 +30,6 @@ from quant_workbench.measure.latency import (
     speedup_intervals,
     speedups,
 )
-from quant_workbench.pipeline.run import hardware
 from quant_workbench.runtime.onnxruntime import OrtEngine, optimized_op_counts
 
 

@@ -32,8 +32,7 @@ Runner = Callable[[dict[str, np.ndarray]], object]
 
 def machine() -> dict[str, Any]:
     """The machine named in every table: CPU model, cores, load when measured."""
-    from quant_workbench.core.machine import precision_facts
-    from quant_workbench.pipeline.run import hardware
+    from quant_workbench.core.machine import hardware, precision_facts
 
     info = hardware()
     with contextlib.suppress(OSError):

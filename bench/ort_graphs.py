@@ -23,9 +23,9 @@ import onnx
 from onnx import helper
 
 from quant_workbench.config.recipe import BenchmarkSpec, EngineSpec
+from quant_workbench.core.machine import hardware
 from quant_workbench.export.ort import MS_DOMAIN, qdq_to_u8_activations
 from quant_workbench.measure.latency import benchmark_interleaved, speedups
-from quant_workbench.pipeline.run import hardware
 from quant_workbench.runtime.onnxruntime import OrtEngine
 
 

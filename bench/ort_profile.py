@@ -43,9 +43,9 @@ from onnx import helper, numpy_helper
 
 from quant_workbench.config.recipe import BenchmarkSpec, EngineSpec
 from quant_workbench.core.artifacts import write_json
+from quant_workbench.core.machine import hardware
 from quant_workbench.export.ort import MS_DOMAIN
 from quant_workbench.measure.latency import benchmark_interleaved, make_feed, speedup_intervals, speedups
-from quant_workbench.pipeline.run import hardware
 from quant_workbench.runtime.onnxruntime import (
     OrtEngine,
     disabled_optimizers,

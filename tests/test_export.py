@@ -19,13 +19,13 @@ from tiny_fixtures import TINY_SEQ, make_rows
 from quant_workbench.config.recipe import EngineSpec, ModelSpec, QuantSpec
 from quant_workbench.export.qdq import (
     HF_PREFIX,
-    cosine_rows,
     export_onnx,
     find_linears,
     finish_graph,
     per_layer_fidelity,
     qdq_summary,
 )
+from quant_workbench.measure.stats import cosine_rows
 from quant_workbench.models.loading import LoadedModel, load_model, to_torch, tokenize
 from quant_workbench.quantize.apply import calibrate, prepare, quantizers, set_scales
 from quant_workbench.quantize.modules import QuantLinear

@@ -28,7 +28,8 @@ from quant_workbench.export.ort import (
     map_linears,
     qdq_to_u8_activations,
 )
-from quant_workbench.export.qdq import cosine_rows, export_onnx
+from quant_workbench.export.qdq import export_onnx
+from quant_workbench.measure.stats import cosine_rows
 from quant_workbench.models.loading import LoadedModel, load_model, to_torch, tokenize
 from quant_workbench.quantize.apply import calibrate, prepare, set_scales
 from quant_workbench.quantize.modules import QuantLinear

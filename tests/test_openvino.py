@@ -25,7 +25,8 @@ from quant_workbench.config.recipe import EngineSpec, ModelSpec, QuantSpec, Reci
 from quant_workbench.core.errors import ExportError, RecipeError, WorkbenchError  # noqa: E402
 from quant_workbench.core.results import RunResult, VariantResult  # noqa: E402
 from quant_workbench.export.openvino import ScaleSource, openvino_graph  # noqa: E402
-from quant_workbench.export.qdq import cosine_rows, export_onnx  # noqa: E402
+from quant_workbench.export.qdq import export_onnx
+from quant_workbench.measure.stats import cosine_rows  # noqa: E402
 from quant_workbench.models.loading import LoadedModel, load_model, to_torch, tokenize  # noqa: E402
 from quant_workbench.pipeline.engine_rows import EngineRows, other_rows  # noqa: E402
 from quant_workbench.quantize.apply import calibrate, prepare, set_scales  # noqa: E402
@@ -57,7 +58,7 @@ class Prepared:
         self.plan: QuantPlan = build_plan(self.loaded.model.hf, QuantSpec())
         full = build_plan(self.loaded.model.hf, QuantSpec(quantize_attention_matmuls=True))
         prepare(self.loaded.model.hf, full, per_channel_weights=True)  # attention quantizers exist, the plan switches them
-        from quant_workbench.search.groups import apply_flags
+        from quant_workbench.quantize.apply import apply_flags
 
         def loop(model: torch.nn.Module) -> None:
             for i in range(0, 32, 16):

@@ -12,16 +12,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from quant_workbench.core.results import LatencyStats, VariantResult
+from quant_workbench.config.recipe import accuracy_margin_for
+from quant_workbench.core.results import LatencyStats, VariantResult, accuracy_reference
 from quant_workbench.measure.stats import required_size
-from quant_workbench.selection import (
-    accuracy_margin_for,
-    accuracy_reference,
-    candidates,
-    select_variant,
-    speed_baseline,
-    speed_resolution,
-)
+from quant_workbench.selection import candidates, select_variant, speed_baseline, speed_resolution
 
 N = 10_000
 

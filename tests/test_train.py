@@ -1,4 +1,4 @@
-"""Float fine-tuning and QAT (quant_workbench.models.training) on the tiny random BERT classifier of conftest.py."""
+"""Float fine-tuning and QAT (quant_workbench.pipeline.training) on the tiny random BERT classifier of conftest.py."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from quant_workbench.config.recipe import (
 from quant_workbench.core.errors import RecipeError
 from quant_workbench.data.splits import Splits, load_splits
 from quant_workbench.models.loading import LoadedModel, load_model, to_torch, tokenize
-from quant_workbench.models.training import (
+from quant_workbench.pipeline.training import (
     Trainer,
     TrainingError,
     distillation_loss,
@@ -109,7 +109,8 @@ def _quantized_tiny(loaded: LoadedModel, splits: Splits) -> None:
 def test_qat_learns_separable_task_and_exports_matching_qdq(tmp_path: Path, tiny_classifier_dir: Path, splits: Splits) -> None:
     """QAT from a random tiny classifier (PTQ max scales, learnable activation ranges, distillation on)."""
     from quant_workbench.config.recipe import EngineSpec
-    from quant_workbench.export.qdq import cosine_rows, export_onnx
+    from quant_workbench.export.qdq import export_onnx
+    from quant_workbench.measure.stats import cosine_rows
     from quant_workbench.runtime.onnxruntime import OrtEngine
 
     loaded = _load(tiny_classifier_dir)
@@ -281,7 +282,8 @@ def test_gpu_finetune_in_bf16_autocast_then_qat_on_cuda(tmp_path: Path, tiny_cla
     """On a GPU the float fine-tune runs under bf16 autocast and QAT (fake quant, float32) on CUDA;
     the QAT model comes back to the CPU and exports the same Q/DQ ONNX as on a CPU-only machine."""
     from quant_workbench.config.recipe import EngineSpec
-    from quant_workbench.export.qdq import cosine_rows, export_onnx
+    from quant_workbench.export.qdq import export_onnx
+    from quant_workbench.measure.stats import cosine_rows
     from quant_workbench.runtime.onnxruntime import OrtEngine
 
     loaded = _load(tiny_classifier_dir)

@@ -34,8 +34,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from quant_workbench.config.recipe import DEFAULT_ACCURACY_MARGIN, DEFAULT_SPEED_MARGIN
-from quant_workbench.config.vocabulary import FLOAT_PRECISIONS
-from quant_workbench.core.results import LatencyStats, VariantResult
+from quant_workbench.core.results import (
+    BASELINE,
+    FLOAT_PRECISIONS,
+    LatencyStats,
+    VariantResult,
+    accuracy_reference,
+    variant_named,
+)
 from quant_workbench.measure.stats import (
     DEFAULT_LEVEL,
     INTERVAL_METHOD,
@@ -46,10 +52,8 @@ from quant_workbench.measure.stats import (
 )
 
 if TYPE_CHECKING:
-    from quant_workbench.config.recipe import Recipe
     from quant_workbench.measure.latency import Resolution
 
-BASELINE = "float"
 
 RULE = (
     "candidates: quantized variants that passed every gate (float and reference rows never are). Acceptable: "
@@ -69,15 +73,6 @@ RULE = (
 
 # ---------------------------------------------------------------------------------------------
 # which rows play which part
-
-
-def _named(variants: Sequence[VariantResult], name: str) -> VariantResult | None:
-    return next((v for v in variants if v.name == name), None)
-
-
-def accuracy_reference(variants: Sequence[VariantResult], baseline: str = BASELINE) -> VariantResult | None:
-    """The row every paired Δ accuracy is measured against (its examples, its predictions)."""
-    return _named(variants, baseline)
 
 
 def float_rows(variants: Sequence[VariantResult], baseline: str = BASELINE) -> list[VariantResult]:
@@ -116,7 +111,7 @@ def speed_baseline(
     """The row every speed-up claim is measured against: among `eligible` float rows (`float_baselines`;
     default: the accuracy reference alone) the fastest at `shape` (lowest p50). The benchmark's A/A control
     and the Δ accuracy stay on the accuracy reference."""
-    ref = _named(variants, baseline)
+    ref = variant_named(variants, baseline)
     names = list(eligible) if eligible else [baseline]
     timed = [v for v in variants if v.name in names and shape is not None and any(s.key == shape for s in v.latency)]
     if not timed:
@@ -138,22 +133,6 @@ def emulated(v: VariantResult) -> bool:
     if isinstance(graph, dict) and "emulated" in str(graph.get("why", "")):
         return True
     return v.engine.get("backend", "onnxruntime") == "onnxruntime" and v.engine.get("integer_matmuls") == 0 and v.precision == "int8"
-
-
-def accuracy_margin_for(recipe: Recipe, float_accuracy: float | None) -> tuple[float, str]:
-    """The accuracy margin and where it came from: selection.accuracy_margin (default 0.5 pt), or with a
-    search section its criterion (relative r: r x float accuracy; absolute a: a). One rule either way."""
-    if recipe.search is None:
-        m = recipe.selection.accuracy_margin
-        if m is None:
-            return DEFAULT_ACCURACY_MARGIN, "selection.accuracy_margin (default)"
-        return m, "selection.accuracy_margin"
-    crit = recipe.search.criterion
-    if crit.absolute is not None:
-        return crit.absolute, f"search criterion: {crit.describe()}"
-    assert crit.relative is not None
-    acc = float_accuracy if float_accuracy is not None else 1.0
-    return crit.relative * acc, f"search criterion: {crit.describe()}, on float accuracy {100 * acc:.2f} %"
 
 
 # ---------------------------------------------------------------------------------------------

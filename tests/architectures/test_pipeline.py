@@ -16,13 +16,13 @@ from tiny_fixtures import TINY_SEQ, make_rows
 from architectures.tiny_architectures import CONFIGS
 from quant_workbench.config.recipe import EngineSpec, ModelSpec, QuantSpec
 from quant_workbench.export.qdq import (
-    cosine_rows,
     export_onnx,
     find_linears,
     folded_calls,
     per_layer_fidelity,
     qdq_summary,
 )
+from quant_workbench.measure.stats import cosine_rows
 from quant_workbench.models.loading import load_model, to_torch, tokenize
 from quant_workbench.quantize.apply import calibrate, prepare, set_scales
 from quant_workbench.quantize.architectures import supported_model_types

@@ -14,9 +14,9 @@ import pytest
 pytest.importorskip("openvino", reason="the 'openvino' extra is not installed")
 pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="the 'triton' extra (tritonclient) is not installed")
 
+from deploy.triton_server import TritonServer, find_tritonserver  # noqa: E402
 from quant_workbench.config.recipe import DeploySpec, load_recipe, recipe_from_dict  # noqa: E402
 from quant_workbench.deploy import deploy_run  # noqa: E402
-from quant_workbench.deploy.server import TritonServer, find_tritonserver  # noqa: E402
 from quant_workbench.deploy.triton import Repository, parse_config, validate_repository  # noqa: E402
 from quant_workbench.models.loading import tokenize  # noqa: E402
 from quant_workbench.runtime.openvino import OvEngine  # noqa: E402

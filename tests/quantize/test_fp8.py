@@ -17,7 +17,8 @@ from torch import nn
 
 from quant_workbench.config.recipe import EngineSpec, ModelSpec, QuantSpec, recipe_from_dict
 from quant_workbench.core.errors import RecipeError
-from quant_workbench.export.qdq import cosine_rows, export_onnx, per_layer_fidelity, qdq_summary
+from quant_workbench.export.qdq import export_onnx, per_layer_fidelity, qdq_summary
+from quant_workbench.measure.stats import cosine_rows
 from quant_workbench.models.loading import load_model, to_torch, tokenize
 from quant_workbench.quantize.apply import (
     calibrate,

@@ -15,7 +15,8 @@ from tiny_fixtures import TINY_SEQ, make_rows
 from torch import nn
 
 from quant_workbench.config.recipe import EngineSpec, ModelSpec, QuantSpec
-from quant_workbench.export.qdq import cosine_rows, export_onnx, per_layer_fidelity
+from quant_workbench.export.qdq import export_onnx, per_layer_fidelity
+from quant_workbench.measure.stats import cosine_rows
 from quant_workbench.models.loading import LoadedModel, load_model, to_torch, tokenize
 from quant_workbench.quantize.apply import calibrate, prepare, set_scales
 from quant_workbench.quantize.modules import QuantLinear

@@ -32,14 +32,8 @@ from quant_workbench.config.recipe import ModelSpec, QuantSpec, recipe_from_dict
 from quant_workbench.core.results import VariantResult
 from quant_workbench.export.graphs import EngineGraphs
 from quant_workbench.export.ort import LoweringError, export_fused_float, lower_int8, qdq_to_u8_activations
-from quant_workbench.export.qdq import (
-    FOLDED_CALL,
-    HF_PREFIX,
-    cosine_rows,
-    export_onnx,
-    folded_calls,
-    plan_names,
-)
+from quant_workbench.export.qdq import FOLDED_CALL, HF_PREFIX, export_onnx, folded_calls, plan_names
+from quant_workbench.measure.stats import cosine_rows
 from quant_workbench.models.loading import LoadedModel, load_model, to_torch, tokenize
 from quant_workbench.quantize.apply import calibrate, prepare, quantizers, set_scales
 from quant_workbench.quantize.modules import QuantLinear

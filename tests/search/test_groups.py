@@ -11,9 +11,9 @@ import pytest
 from quant_workbench.config.recipe import recipe_from_dict
 from quant_workbench.core.errors import RecipeError
 from quant_workbench.models.loading import load_model
-from quant_workbench.quantize.apply import prepare, quantizers
+from quant_workbench.quantize.apply import apply_flags, prepare, quantizers
 from quant_workbench.quantize.plan import build_plan
-from quant_workbench.search.groups import apply_flags, build_groups, only_groups, with_fallback
+from quant_workbench.search.groups import build_groups, only_groups, with_fallback
 from quant_workbench.search.sensitivity import Config, TrialRecord
 from quant_workbench.search.study import pareto_front, select
 

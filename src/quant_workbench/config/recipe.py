@@ -527,7 +527,7 @@ class DeploySpec(Strict):
 
 
 class TrainSpec(Strict):
-    """Shared fields of the `finetune` (float) and `qat` sections (see quant_workbench.models.training)."""
+    """Shared fields of the `finetune` (float) and `qat` sections (see quant_workbench.pipeline.training)."""
 
     epochs: float | None = Field(None, gt=0, description="passes over the training split (fractions allowed); default 1")
     max_steps: int | None = Field(None, ge=1, description="optimizer steps; wins over epochs when both are set")
@@ -855,3 +855,19 @@ def recipe_from_dict(data: dict[str, Any], overrides: list[str] | None = None, s
         return Recipe.model_validate(data)
     except ValidationError as exc:
         raise format_validation_error(exc, source) from None
+
+
+def accuracy_margin_for(recipe: Recipe, float_accuracy: float | None) -> tuple[float, str]:
+    """The accuracy margin and where it came from: selection.accuracy_margin (default 0.5 pt), or with a
+    search section its criterion (relative r: r x float accuracy; absolute a: a). One rule either way."""
+    if recipe.search is None:
+        m = recipe.selection.accuracy_margin
+        if m is None:
+            return DEFAULT_ACCURACY_MARGIN, "selection.accuracy_margin (default)"
+        return m, "selection.accuracy_margin"
+    crit = recipe.search.criterion
+    if crit.absolute is not None:
+        return crit.absolute, f"search criterion: {crit.describe()}"
+    assert crit.relative is not None
+    acc = float_accuracy if float_accuracy is not None else 1.0
+    return crit.relative * acc, f"search criterion: {crit.describe()}, on float accuracy {100 * acc:.2f} %"

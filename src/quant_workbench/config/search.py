@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -126,3 +126,10 @@ class SearchSpec(Strict):
     def fp8_methods(self) -> list[SearchMethod]:
         """The methods the fp8 family accepts (its declaration in quantize/formats.py says which it rejects and why)."""
         return [m for m in self.methods if m not in FAMILIES.get("fp8").rejects_methods]
+
+
+def family_label(config: dict[str, Any]) -> str:
+    """INT8, INT8 + SmoothQuant 0.5, FP8 E4M3: the format dimension of a configuration."""
+    if config.get("format", "int8") == "fp8":
+        return "FP8 E4M3"
+    return f"INT8 + SmoothQuant {config['alpha']:g}" if config.get("alpha") is not None else "INT8"

@@ -21,11 +21,6 @@ CALIB_METHODS: Sequence[str] = NamesView(CALIBRATORS)
 
 # The quantized number format of a variant, a quantizer or a search trial (recipe key `format`).
 Format = Literal["int8", "fp8"]
-# A variant's precision: its Format for quantized variants; for float rows the precision the engine
-# computes them in (float32 on ONNX Runtime CPU, fp16 for a TensorRT FP16 engine, bf16 where an engine
-# runs float models in bfloat16).
-Precision = Literal["float32", "fp16", "bf16", "int8", "fp8"]
-FLOAT_PRECISIONS: tuple[str, ...] = ("float32", "fp16", "bf16")
 
 
 class Strict(BaseModel):

@@ -8,6 +8,8 @@ in report.json's `hardware` (`precision_facts`), and OpenVINO rows in bf16 exist
 from __future__ import annotations
 
 import functools
+import os
+import platform
 from typing import Any
 
 # x86 flags that give a CPU bf16 dot products (AVX512_BF16: Cooper Lake, Zen 4+; AMX-BF16: Sapphire Rapids+)
@@ -96,3 +98,22 @@ def precision_facts() -> dict[str, Any]:
     if facts is not None:
         out["openvino"] = {**facts, "bf16": openvino_supports("bf16")}
     return out
+
+
+def hardware() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    info: dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine(), "os": platform.platform()}
+    vnni = cpu_has_vnni()
+    if vnni is not None:
+        info["int8_dot_product"] = vnni
+    info.update(precision_facts())  # issue 17: bf16 instructions and OpenVINO's CPU capabilities, detected
+    import torch  # lazy: the machine facts are read by commands that never load a model
+
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info

@@ -5,10 +5,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from quant_workbench.config.vocabulary import Precision
+# A variant's precision: its Format for quantized variants; for float rows the precision the engine
+# computes them in (float32 on ONNX Runtime CPU, fp16 for a TensorRT FP16 engine, bf16 where an engine
+# runs float models in bfloat16).
+Precision = Literal["float32", "fp16", "bf16", "int8", "fp8"]
+FLOAT_PRECISIONS: tuple[str, ...] = ("float32", "fp16", "bf16")
+
 
 # v2 (issue 10): intervals. LatencyStats gains p50_low_ms/p50_high_ms, samples_ms and stop; VariantResult
 # gains reference, intervals and speedup_interval_vs_float. v1 files still load (the new fields default).
@@ -96,7 +102,7 @@ class RunResult:
     # selection.Selection.to_dict(): rule, level, accuracy / speed tie groups, reason (empty in v1 reports)
     selection: dict[str, Any] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
-    training: dict[str, Any] = field(default_factory=dict)  # finetune / qat summaries (quant_workbench.models.training)
+    training: dict[str, Any] = field(default_factory=dict)  # finetune / qat summaries (quant_workbench.pipeline.training)
     # filled after the run by later stages: "triton" (repository written by deploy), "tensorrt_engines"
     # (per variant: the engine inspector's layer summary), "triton_benchmark" (bench/triton_latency.py)
     deployment: dict[str, Any] = field(default_factory=dict)
@@ -127,3 +133,15 @@ class RunResult:
             variants.append(VariantResult(**v))
         # a v1 report says schema_version 1; the object read from it is still that version's content
         return cls(variants=variants, **d)
+
+
+BASELINE = "float"
+
+
+def variant_named(variants: Sequence[VariantResult], name: str) -> VariantResult | None:
+    return next((v for v in variants if v.name == name), None)
+
+
+def accuracy_reference(variants: Sequence[VariantResult], baseline: str = BASELINE) -> VariantResult | None:
+    """The row every paired Δ accuracy is measured against (its examples, its predictions)."""
+    return variant_named(variants, baseline)

@@ -9,7 +9,8 @@ import torch
 
 from quant_workbench.config.recipe import Recipe
 from quant_workbench.core.errors import ExportError
-from quant_workbench.export.qdq import cosine_rows, end_to_end_allowance, per_layer_fidelity, qdq_summary
+from quant_workbench.export.qdq import end_to_end_allowance, per_layer_fidelity, qdq_summary
+from quant_workbench.measure.stats import cosine_rows
 from quant_workbench.models.loading import LoadedModel
 from quant_workbench.quantize.smoothquant import float_mode
 from quant_workbench.runtime.onnxruntime import OrtEngine

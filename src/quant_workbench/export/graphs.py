@@ -37,8 +37,9 @@ from quant_workbench.export.ort import (
     qdq_to_u8_activations,
     quantized_linears,
 )
-from quant_workbench.export.qdq import cosine_rows, end_to_end_allowance
+from quant_workbench.export.qdq import end_to_end_allowance
 from quant_workbench.export.references import quantize_dynamic_onnx, quantize_static_onnx, reference_name
+from quant_workbench.measure.stats import cosine_rows
 from quant_workbench.models.loading import LoadedModel, batches
 from quant_workbench.quantize.modules import QuantAdd, QuantMatMul
 from quant_workbench.quantize.plan import QuantPlan

@@ -43,7 +43,8 @@ from quant_workbench.core.artifacts import (
 )
 from quant_workbench.core.errors import ExportError, OptionalDependencyError, WorkbenchError
 from quant_workbench.core.results import VariantResult
-from quant_workbench.export.qdq import cosine_rows, export_onnx
+from quant_workbench.export.qdq import export_onnx
+from quant_workbench.measure.stats import cosine_rows
 from quant_workbench.models.loading import LoadedModel, batches
 from quant_workbench.quantize.apply import set_scales
 from quant_workbench.quantize.observers import HistogramCalibrator
@@ -100,7 +101,7 @@ def _flags(hf: torch.nn.Module, plan: QuantPlan) -> Iterator[None]:
     from quant_workbench.quantize.apply import quantizers
 
     saved = {n: q.enabled for n, q in quantizers(hf).items()}
-    from quant_workbench.search.groups import apply_flags
+    from quant_workbench.quantize.apply import apply_flags
 
     apply_flags(hf, plan)
     try:

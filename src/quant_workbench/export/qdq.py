@@ -730,14 +730,6 @@ def _parameter_id(model: nn.Module, module: str) -> int | None:
     return None
 
 
-def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a.reshape(len(a), -1).astype(np.float64)
-    b = b.reshape(len(b), -1).astype(np.float64)
-    num = (a * b).sum(1)
-    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return np.asarray(num / np.maximum(den, 1e-12))
-
-
 def end_to_end_allowance(quantization_noise: float, min_cosine: float) -> float:
     """How far (1 - mean cosine) the Q/DQ ONNX may be from the fake-quant model end to end:
     `1 - min_cosine`, or half the fake-quant model's own distance from float when that is larger."""

@@ -14,12 +14,16 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from quant_workbench.config.recipe import Recipe
+from quant_workbench.config.recipe import Recipe, accuracy_margin_for
 from quant_workbench.core.errors import WorkbenchError
-from quant_workbench.core.results import VariantResult
+from quant_workbench.core.results import VariantResult, accuracy_reference
 from quant_workbench.data.splits import Splits, TextSet
-from quant_workbench.export.qdq import cosine_rows
-from quant_workbench.measure.stats import prediction_statistics, spending_boundaries, tango_statistic
+from quant_workbench.measure.stats import (
+    cosine_rows,
+    prediction_statistics,
+    spending_boundaries,
+    tango_statistic,
+)
 from quant_workbench.models.loading import LoadedModel, batches, tokenize
 from quant_workbench.runtime import Engine, EngineFromOnnx
 
@@ -176,8 +180,6 @@ def evaluate_variants(
     A variant whose engine fails here is marked failed and left unscored (half-scored variants are not
     scored). The float reference scores the whole split (every paired comparison needs it).
     """
-    from quant_workbench.selection import accuracy_margin_for, accuracy_reference
-
     t_start = time.perf_counter()
     bs = recipe.quantization.calibration.batch_size
     maxlen = recipe.model.max_seq_length

@@ -18,7 +18,6 @@ import datetime as _dt
 import importlib.metadata
 import json
 import logging
-import os
 import platform
 import shutil
 import time
@@ -32,7 +31,7 @@ import numpy as np
 import torch
 
 from quant_workbench import __version__
-from quant_workbench.config.recipe import Recipe, drop_hash_neutral
+from quant_workbench.config.recipe import Recipe, accuracy_margin_for, drop_hash_neutral
 from quant_workbench.core.artifacts import (
     artifact_is_current,
     atomic_path,
@@ -43,15 +42,16 @@ from quant_workbench.core.artifacts import (
     write_text,
 )
 from quant_workbench.core.errors import ExportError, WorkbenchError
-from quant_workbench.core.machine import cpu_has_vnni, precision_facts
-from quant_workbench.core.results import RunResult, VariantResult
+from quant_workbench.core.machine import hardware
+from quant_workbench.core.results import RunResult, VariantResult, accuracy_reference
 from quant_workbench.data.splits import Splits, load_splits
 from quant_workbench.export.fidelity import qdq_fidelity
 from quant_workbench.export.graphs import EngineGraphs
 from quant_workbench.export.openvino import ScaleSource
-from quant_workbench.export.qdq import EXPORT_LAYOUT, cosine_rows, export_onnx, plan_names
+from quant_workbench.export.qdq import EXPORT_LAYOUT, export_onnx, plan_names
 from quant_workbench.measure.accuracy import evaluate_variants
 from quant_workbench.measure.latency import Resolution, benchmark_variants
+from quant_workbench.measure.stats import cosine_rows
 from quant_workbench.models.loading import load_model, to_torch, tokenize
 from quant_workbench.pipeline.calibration import calibration_statistics
 from quant_workbench.pipeline.engine_rows import (
@@ -75,8 +75,6 @@ from quant_workbench.runtime import engine_summary, float_precision, preflight_r
 from quant_workbench.runtime.onnxruntime import OrtEngine, optimized_op_counts
 from quant_workbench.selection import (
     accuracy_decisions,
-    accuracy_margin_for,
-    accuracy_reference,
     candidates,
     compare_references,
     float_baselines,
@@ -99,23 +97,6 @@ def recipe_hash(recipe: Recipe) -> str:
 
 def run_dir_for(recipe: Recipe, run_id: str | None = None) -> Path:
     return Path(recipe.output_dir) / recipe.name / (run_id or recipe_hash(recipe)[:12])
-
-
-def hardware() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    info: dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine(), "os": platform.platform()}
-    vnni = cpu_has_vnni()
-    if vnni is not None:
-        info["int8_dot_product"] = vnni
-    info.update(precision_facts())  # issue 17: bf16 instructions and OpenVINO's CPU capabilities, detected
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 def versions() -> dict[str, str]:
@@ -230,7 +211,7 @@ def model_stage(state: RunState) -> None:
 
 
 def finetune_stage(state: RunState) -> None:
-    from quant_workbench.models.training import finetune_float
+    from quant_workbench.pipeline.training import finetune_float
 
     with state.stage("finetune"):
         state.training["finetune"] = finetune_float(
@@ -387,7 +368,7 @@ def search_stage(state: RunState) -> None:
 
 def qat_stage(state: RunState) -> None:
     """`qat` section: train from PTQ-initialised scales (train.qat_model), export and check like PTQ."""
-    from quant_workbench.models.training import qat_model
+    from quant_workbench.pipeline.training import qat_model
 
     recipe, loaded, plan = state.recipe, state.need_loaded(), state.need_plan()
     name = "int8-qat"

@@ -171,10 +171,21 @@ def strip_quantization(model: nn.Module) -> nn.Module:
     return model
 
 
+def apply_flags(model: nn.Module, plan: QuantPlan) -> None:
+    """Toggle the quantizers of an already prepared model to the plan's enabled flags (no re-swap)."""
+    for point in plan.points:
+        module = model.get_submodule(point.module)
+        # Direct children only: a Linear's call sites are points of their own.
+        for q in module.children():
+            if isinstance(q, TensorQuantizer):
+                q.enabled = point.enabled
+
+
 __all__ = [
     "QuantLinear",
     "QuantMatMul",
     "activation_quantizers",
+    "apply_flags",
     "calibrate",
     "prepare",
     "quantizers",

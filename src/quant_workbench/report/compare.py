@@ -826,7 +826,7 @@ def retime(
                 row["speedup_vs_baseline"] = [r.ratio, r.low, r.high]
             rows[t.name] = row
         out_shapes.append({"batch_size": b, "orders": orders, "runners": rows})
-    from quant_workbench.pipeline.run import hardware
+    from quant_workbench.core.machine import hardware
 
     return {
         "machine": hardware(), "rounds": rounds, "warmup": warmup, "threads": threads, "seed": seed, "level": level,

@@ -35,9 +35,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from quant_workbench.config.catalog import ENGINES, FAMILIES, EngineBackend
-from quant_workbench.config.vocabulary import Precision
 from quant_workbench.core.artifacts import write_bytes, write_json
 from quant_workbench.core.errors import OptionalDependencyError, WorkbenchError
+from quant_workbench.core.results import Precision
 from quant_workbench.core.signatures import TRT_TO_TRITON, TensorSig
 
 if TYPE_CHECKING:

@@ -46,13 +46,13 @@ from quant_workbench.measure.accuracy import (
 from quant_workbench.measure.latency import aa_name, benchmark_interleaved, speedup
 from quant_workbench.measure.stats import interval_metrics, prediction_statistics, ratio_interval
 from quant_workbench.models.loading import LoadedModel
-from quant_workbench.quantize.apply import set_format, set_scales
+from quant_workbench.quantize.apply import apply_flags, set_format, set_scales
 from quant_workbench.quantize.formats import Recalibrate
 from quant_workbench.quantize.observers import HistogramCalibrator
 from quant_workbench.quantize.plan import QuantPlan
 from quant_workbench.quantize.smoothquant import checked_smoothquant
 from quant_workbench.runtime import EngineFromOnnx
-from quant_workbench.search.groups import LayerGroup, apply_flags, build_groups, only_groups, with_fallback
+from quant_workbench.search.groups import LayerGroup, build_groups, only_groups, with_fallback
 
 log = logging.getLogger(__name__)
 

@@ -8,12 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-
-def family_label(config: dict[str, Any]) -> str:
-    """INT8, INT8 + SmoothQuant 0.5, FP8 E4M3: the format dimension of a configuration."""
-    if config.get("format", "int8") == "fp8":
-        return "FP8 E4M3"
-    return f"INT8 + SmoothQuant {config['alpha']:g}" if config.get("alpha") is not None else "INT8"
+from quant_workbench.config.search import family_label
 
 
 def _pct(x: float | None) -> str:
