@@ -1,43 +1,51 @@
-"""The workbench's extension points: one registry each, and what an entry of each declares.
+"""The facts a recipe validates, by name: calibration methods, number formats, engines, deploy targets and
+reference rows. The recipe schema (config/recipe.py) checks its values against these registries.
 
-Neutral ground (imports only registry.py and core/signatures.py at run time), so the recipe schema can read
-the registries' names while the modules that declare the entries import the recipe. Each registry
-imports its declaring modules the first time it is read. docs/ARCHITECTURE.md ("Extension points")
-says which file a new entry goes in.
+Static data: this module imports nothing of the implementations (pydantic only, through core/registry.py),
+so loading and validating a recipe never imports torch, ONNX Runtime, OpenVINO, NNCF or transformers
+(tests/test_import_graph.py checks it in a fresh interpreter). Each implementation registers its behaviour
+under the same names in a registry of its own package:
+
+    calibration method -> quantize/methods.py   AMAX_METHODS  (the clipping range from a histogram)
+    number format      -> quantize/formats.py   reads FAMILIES (the facts below are all a format is)
+    engine             -> runtime/<engine>.py   BACKENDS      (runtime/base.py: open, preflight, summary)
+    deploy target      -> deploy/triton.py      TARGETS       (deploy/targets.py: the model folder builder)
+    reference row      -> export/graphs.py, export/openvino.py  REFERENCE_BUILDERS (export/references.py)
+
+tests/test_registries.py checks that both sides name the same entries. Adding one is a declaration here
+plus the file that implements it (docs/extending.md); an extension outside the package declares both at
+run time (`Registry.register` / `Registry.registered`). Declaration order is the order of the names in
+recipe messages, defaults and the JSON schema.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Literal
 
 from quant_workbench.core.registry import Registry
-from quant_workbench.core.signatures import TensorSig
 
-if TYPE_CHECKING:
-    from quant_workbench.config.recipe import DeploySpec, Recipe
-    from quant_workbench.export.graphs import EngineGraphs, ReferenceInputs
-    from quant_workbench.quantize.observers import HistogramCalibrator
-    from quant_workbench.runtime.base import Engine
+# ---------------------------------------------------------------------------------------------
+# calibration methods (quantization.calibration.methods)
+
+
+@dataclass(frozen=True)
+class CalibrationMethod:
+    """A calibration method: how one quantizer's clipping range is chosen from its collected statistics."""
+
+    description: str
+
+
+CALIBRATORS: Registry[CalibrationMethod] = Registry("calibration method")
+CALIBRATORS.register("max", CalibrationMethod("the largest absolute value seen"))
+CALIBRATORS.register("percentile", CalibrationMethod("the given percentile of the absolute values (calibration.percentile)"))
+CALIBRATORS.register("entropy", CalibrationMethod("the range minimising the KL divergence of the quantized histogram (TensorRT's)"))
+CALIBRATORS.register("mse", CalibrationMethod("the range minimising the expected squared quantize-dequantize error"))
 
 
 # ---------------------------------------------------------------------------------------------
-# calibration methods (quantization.calibration.methods): declared in quantize/observers.py
-
-
-class AmaxMethod(Protocol):
-    """Clipping range of one quantizer from its collected statistics."""
-
-    def __call__(self, calib: HistogramCalibrator, *, percentile: float, num_bits: int, unsigned: bool, fp8: bool) -> float: ...
-
-
-CALIBRATORS: Registry[AmaxMethod] = Registry("calibration method", ["quant_workbench.quantize.observers"])
-
-
-# ---------------------------------------------------------------------------------------------
-# variant families (quantization.compare): declared in quantize/formats.py and export/graphs.py
+# number formats of the variants (quantization.compare)
 
 
 @dataclass(frozen=True)
@@ -57,112 +65,76 @@ class VariantFamily:
     ort_cpu_only: str = ""
 
 
-FAMILIES: Registry[VariantFamily] = Registry("variant family", ["quant_workbench.quantize.formats", "quant_workbench.export.graphs"])
+FAMILIES: Registry[VariantFamily] = Registry("variant family")
+FAMILIES.register("int8", VariantFamily(precision="int8"))
+FAMILIES.register("int8-smoothquant", VariantFamily(precision="int8", smoothquant=True))
+FAMILIES.register(
+    "fp8",
+    VariantFamily(
+        precision="fp8",
+        min_opset=19,
+        min_opset_why="ONNX QuantizeLinear/DequantizeLinear with float8e4m3fn",
+        rejects_methods={"entropy": "KL over uniformly spaced integer levels"},
+    ),
+)
+# built by the run itself from the fused float graph (export/graphs.py), no calibration
+FAMILIES.register(
+    "int8-dynamic",
+    VariantFamily(
+        precision="int8",
+        calibrated=False,
+        ort_cpu_only="activations are quantized at run time; TensorRT needs static scales",
+    ),
+)
 
 
 # ---------------------------------------------------------------------------------------------
-# engines (engine.runtime): declared in runtime/<runtime>.py
-
-
-class OpenEngine(Protocol):
-    # `inference_precision` is passed only to engines that have a choice (EngineBackend.precisions)
-    def __call__(self, onnx_path: Path, recipe: Recipe, name: str, precision: str, *, threads: int | None = None) -> Engine: ...
-
-
-class SummarizeEngine(Protocol):
-    def __call__(self, onnx_path: Path, recipe: Recipe, *, inference_precision: str | None = None) -> dict[str, Any]: ...
+# engines (engine.runtime, engine.runtimes)
 
 
 @dataclass(frozen=True)
-class EngineBackend:
-    """`open` runs an ONNX artifact (building whatever the runtime needs from it); `preflight` fails
-    before any work when the runtime cannot run here (a missing extra, no GPU); `float_precision` names
-    the precision the float baseline computes in on this engine (a TensorRT FP16 build: "fp16").
-    `inference_precision` (f32 | bf16, None = the engine's default) is what a row computes its float parts
-    in, for an engine that has the choice (`precisions(recipe)` lists the ones this machine runs). `summary`,
-    when set, describes what the engine actually runs from the artifact (kernels, precisions, fusions): the
-    row's `engine` field and the report's "Engine graphs" section."""
+class EngineFacts:
+    """An engine the recipe may name; what runs it is runtime/<engine>.py's EngineBackend."""
 
-    open: OpenEngine
-    preflight: Callable[[Recipe], None] = lambda recipe: None
-    float_precision: Callable[[Recipe], str] = lambda recipe: "float32"
-    summary: SummarizeEngine | None = None
-    precisions: Callable[[Recipe], list[str | None]] = lambda recipe: [None]
-    label: str = ""  # what reports call the engine; default: its runtime name
+    label: str  # what reports call the engine
 
 
-ENGINES: Registry[EngineBackend] = Registry("engine runtime", ["quant_workbench.runtime"])
+ENGINES: Registry[EngineFacts] = Registry("engine runtime")
+ENGINES.register("onnxruntime", EngineFacts(label="ONNX Runtime"))
+ENGINES.register("openvino", EngineFacts(label="OpenVINO"))
+ENGINES.register("tensorrt", EngineFacts(label="TensorRT"))
 
 
 # ---------------------------------------------------------------------------------------------
-# deploy targets (deploy.targets): declared in deploy/<module>.py (the Triton backends in deploy/triton.py)
+# deploy targets (deploy.targets): Triton model folders, built by deploy/triton.py
 
 
 @dataclass(frozen=True)
-class TargetModel:
-    """What a target's builder hands back for one variant: the model folder's config and contents."""
+class DeployTargetFacts:
+    """A deploy target the recipe may name; its model folder is built by deploy/triton.py."""
 
-    config: str  # config.pbtxt text
-    kind: str  # Triton platform or backend
-    files: list[str] = field(default_factory=list)
-    note: str = ""
+    description: str
 
 
-@dataclass(frozen=True)
-class TargetInputs:
-    """One variant's model folder to fill: `folder/1/` exists; `engines` holds what `build_engine` made."""
-
-    name: str
-    variant: str
-    folder: Path
-    inputs: list[TensorSig]
-    outputs: list[TensorSig]
-    recipe: Recipe
-    spec: DeploySpec
-    onnx: Path  # the variant's Q/DQ (or float) ONNX
-    cpu_onnx: Path  # what ONNX Runtime CPU ran in the run (the fused engine graph when there is one)
-    precision: str
-    engine: Path | None = None
-    engine_note: str = ""
-    # the row's engine and inference precision in the run (issue 17: rows of several engines); a target for
-    # another engine than the row's runs `onnx`, the portable export
-    runtime: str | None = None
-    inference_precision: str | None = None
-
-
-class BuildEngine(Protocol):
-    def __call__(self, recipe: Recipe, spec: DeploySpec, onnx_path: Path, engines_dir: Path, name: str, precision: str | None) -> Path: ...
-
-
-@dataclass(frozen=True)
-class DeployBackend:
-    """`build` writes one variant's model; `suffix` names it (<variant>-<suffix>). `build_engine`, when
-    set, compiles each variant before the repository is written (skipped by `--no-engines`), and
-    `preflight` fails fast, before a long run, when an optional package that build needs is missing."""
-
-    suffix: str
-    build: Callable[[TargetInputs], TargetModel]
-    cpu_servable: bool = False  # loads on a CPU-only tritonserver
-    build_engine: BuildEngine | None = None
-    preflight: Callable[[], None] | None = None
-    engine_label: str = ""  # what the built engines are called in progress lines
-
-
-DEPLOY_TARGETS: Registry[DeployBackend] = Registry("deploy target", ["quant_workbench.deploy"])
+DEPLOY_TARGETS: Registry[DeployTargetFacts] = Registry("deploy target")
+DEPLOY_TARGETS.register("python-onnxruntime", DeployTargetFacts("Python backend running ONNX Runtime on CPU (tokenizer included)"))
+DEPLOY_TARGETS.register("onnxruntime", DeployTargetFacts("Triton's ONNX Runtime backend"))
+DEPLOY_TARGETS.register("tensorrt", DeployTargetFacts("Triton's TensorRT backend, a plan built per GPU"))
+DEPLOY_TARGETS.register("python-openvino", DeployTargetFacts("Python backend running OpenVINO on CPU"))
+DEPLOY_TARGETS.register("openvino", DeployTargetFacts("Triton's OpenVINO backend"))
 
 
 # ---------------------------------------------------------------------------------------------
-# reference rows (references): declared in export/graphs.py
+# reference rows (references): a standard tool's graph scored and timed beside the variants
 
 
 @dataclass(frozen=True)
 class ReferenceRow:
-    """A standard tool's graph scored and timed beside the variants. `build(graphs, inputs, path)`
-    writes the ONNX file the row runs (engine_graphs.EngineGraphs.references calls it)."""
+    """What a reference row is; its graph is built by the builder registered under the same name
+    (export/references.py REFERENCE_BUILDERS: ONNX Runtime's in export/graphs.py, OpenVINO's in export/openvino.py)."""
 
     precision: Literal["float32", "int8"]
     calibration_method: str | None
-    build: Callable[[EngineGraphs, ReferenceInputs, Path], None]
     # the engine that runs the row (a run lists the rows of the engines it runs); `file` is the artifact's
     # name in models/ ({kind} is the reference's name), for engines that read more than ONNX
     runtime: str = "onnxruntime"
@@ -170,4 +142,19 @@ class ReferenceRow:
     inference_precision: str | None = None  # None: the engine's default (what a user who sets nothing gets)
 
 
-REFERENCES: Registry[ReferenceRow] = Registry("reference", ["quant_workbench.export.graphs", "quant_workbench.export.openvino"])
+REFERENCES: Registry[ReferenceRow] = Registry("reference")
+# the ONNX Runtime rows first: the default `references` order
+REFERENCES.register("ort-float", ReferenceRow(precision="float32", calibration_method=None))
+REFERENCES.register("ort-dynamic", ReferenceRow(precision="int8", calibration_method="dynamic (run time)"))
+REFERENCES.register("ort-static", ReferenceRow(precision="int8", calibration_method="minmax"))
+REFERENCES.register(
+    "openvino-float",
+    ReferenceRow(precision="float32", calibration_method=None, runtime="openvino", file="float.onnx", inference_precision="default"),
+)
+REFERENCES.register(
+    "openvino-nncf",
+    ReferenceRow(
+        precision="int8", calibration_method="nncf (transformer preset)", runtime="openvino",
+        file="ref-openvino-nncf.xml", inference_precision="default",
+    ),
+)

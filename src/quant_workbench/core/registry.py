@@ -1,16 +1,13 @@
-"""A named registry per extension point, and the recipe type whose allowed values are a registry's names.
+"""A named registry (entries by name, in declaration order), and the recipe type whose allowed values are a
+registry's names.
 
-Neutral ground: imports nothing of the package at import time. A registry is filled by the modules that
-implement its entries (each entry declared once, where it is implemented); `load` names those modules,
-and they are imported the first time the registry is read, so the recipe schema (which reads the names
-at validation time) never imports the implementations while they are importing the recipe.
+Imports nothing of the package, and a registry imports nothing either: its entries are declared by the
+module that owns it (config/catalog.py for the facts a recipe validates) or by the modules that import it
+to register (runtime/, deploy/, export/, quantize/methods.py), so reading one never loads a module by name.
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Generic, TypeVar, overload
@@ -31,33 +28,11 @@ class UnknownName(KeyError, ValueError):
 
 
 class Registry(Generic[T]):
-    """Entries of one extension point by name, in declaration order (the order defaults and messages use).
+    """Entries of one extension point by name, in declaration order (the order defaults and messages use)."""
 
-    `modules`: modules (or packages, every submodule of which is imported) that declare the entries.
-    Names are ordered by declaring module (as listed; a package's modules by name), then by declaration,
-    so the order does not depend on which module some caller happened to import first.
-    """
-
-    def __init__(self, kind: str, modules: Sequence[str] = ()) -> None:
+    def __init__(self, kind: str) -> None:
         self.kind = kind
-        self._modules = tuple(modules)
         self._entries: dict[str, T] = {}
-        self._origin: dict[str, str] = {}  # name -> declaring module
-        self._loaded = not self._modules
-        self._loading = False
-
-    def _load(self) -> None:
-        if self._loaded or self._loading:  # a declaring module that reads the registry while importing sees what is declared so far
-            return
-        self._loading = True
-        try:
-            for name in self._modules:
-                module = importlib.import_module(name)
-                for info in pkgutil.iter_modules(getattr(module, "__path__", [])):
-                    importlib.import_module(f"{name}.{info.name}")
-            self._loaded = True
-        finally:
-            self._loading = False
 
     @overload
     def register(self, name: str) -> Callable[[F], F]: ...
@@ -67,40 +42,27 @@ class Registry(Generic[T]):
 
     def register(self, name: str, entry: Any = None) -> Any:
         """`register(name, entry)`, or `@register(name)` on the entry (a function or class)."""
-        origin = str(sys._getframe(1).f_globals.get("__name__", ""))
         if entry is not None:
-            self._add(name, entry, origin)
+            self._add(name, entry)
             return entry
 
         def decorate(obj: F) -> F:
-            self._add(name, obj, origin)  # type: ignore[arg-type]
+            self._add(name, obj)  # type: ignore[arg-type]
             return obj
 
         return decorate
 
-    def _add(self, name: str, entry: T, origin: str) -> None:
+    def _add(self, name: str, entry: T) -> None:
         if name in self._entries:
             raise RuntimeError(f"{self.kind} '{name}' registered twice")
         self._entries[name] = entry
-        self._origin[name] = origin
-        self._entries = dict(sorted(self._entries.items(), key=lambda item: self._rank(self._origin[item[0]])))
-
-    def _rank(self, origin: str) -> tuple[int, str]:
-        for i, module in enumerate(self._modules):
-            if origin == module:
-                return i, ""
-            if origin.startswith(module + "."):
-                return i, origin
-        return len(self._modules), ""
 
     def unregister(self, name: str) -> None:
         self._entries.pop(name, None)
-        self._origin.pop(name, None)
 
     @contextmanager
     def registered(self, name: str, entry: T) -> Iterator[T]:
         """Declare an entry for the duration of a block (tests, experiments)."""
-        self._load()
         self.register(name, entry)
         try:
             yield entry
@@ -108,21 +70,18 @@ class Registry(Generic[T]):
             self.unregister(name)
 
     def names(self) -> tuple[str, ...]:
-        self._load()
         return tuple(self._entries)
 
     def __contains__(self, name: object) -> bool:
         return name in self.names()
 
     def get(self, name: str) -> T:
-        self._load()
         try:
             return self._entries[name]
         except KeyError:
             raise UnknownName(f"unknown {self.kind} {name!r}; expected one of {', '.join(self.names())}") from None
 
     def items(self) -> list[tuple[str, T]]:
-        self._load()
         return list(self._entries.items())
 
 

@@ -3,7 +3,8 @@
 `deploy_run(run_dir)` is what `quantize deploy RUN_DIR` and a recipe's `deploy:` section call: it
 reads the run's report.json and resolved recipe, builds the engines a target compiles (TensorRT plans
 for the `tensorrt` target), writes the repository (see deploy/triton.py) and validates it. Each
-target is declared once in the DEPLOY_TARGETS registry by the module of this package that builds it.
+target named in the catalog (config/catalog.py DEPLOY_TARGETS) has its builder registered in TARGETS
+(deploy/targets.py) by deploy/triton.py.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from quant_workbench.config.catalog import DEPLOY_TARGETS
 from quant_workbench.config.recipe import DeploySpec, Recipe, load_recipe
 from quant_workbench.core.artifacts import content_problem
 from quant_workbench.core.errors import OptionalDependencyError
 from quant_workbench.core.results import RunResult
+from quant_workbench.deploy.targets import TARGETS
 from quant_workbench.deploy.triton import (
     DeployError,
     Repository,
@@ -33,7 +34,7 @@ def preflight(spec: DeploySpec, build_engines: bool = True) -> None:
 
     model_config_pb2()
     for target in spec.targets if build_engines else []:
-        check = DEPLOY_TARGETS.get(target).preflight
+        check = TARGETS.get(target).preflight
         if check is not None:
             check()
 
@@ -98,7 +99,7 @@ def deploy_run(
     rows = {v.name: (v.runtime, v.inference_precision) for v in result.variants}  # issue 17: each row's engine
     engines: dict[tuple[str, str], Path] = {}
     notes: dict[tuple[str, str], str] = {}
-    compiling = [(t, DEPLOY_TARGETS.get(t)) for t in spec.targets if build_engines and DEPLOY_TARGETS.get(t).build_engine is not None]
+    compiling = [(t, TARGETS.get(t)) for t in spec.targets if build_engines and TARGETS.get(t).build_engine is not None]
     if compiling:
         from quant_workbench.core.errors import WorkbenchError
 

@@ -34,11 +34,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quant_workbench.config.catalog import DEPLOY_TARGETS, DeployBackend, TargetInputs, TargetModel
 from quant_workbench.config.recipe import DeploySpec, EngineSpec, Recipe
 from quant_workbench.core.artifacts import make_shareable, write_json, write_text
 from quant_workbench.core.errors import OptionalDependencyError, WorkbenchError
 from quant_workbench.core.signatures import ONNX_TO_TRITON, TensorSig
+from quant_workbench.deploy.targets import TARGETS, DeployBackend, TargetInputs, TargetModel
 from quant_workbench.runtime.onnxruntime import CPU_DISABLED_OPTIMIZERS
 
 MANIFEST = "repository.json"
@@ -533,7 +533,7 @@ def write_repository(
         for v in variants:
             ins, outs = signatures[v]
             for target in spec.targets:
-                backend = DEPLOY_TARGETS.get(target)
+                backend = TARGETS.get(target)
                 name = f"{model_name(v)}-{backend.suffix}"
                 ens = f"{name}-text"
                 mdir = tmp / name
@@ -718,14 +718,14 @@ def _require_openvino() -> None:
 
 
 # Declaration order is the order of the names in recipe messages and the JSON schema.
-DEPLOY_TARGETS.register("python-onnxruntime", DeployBackend(suffix="cpu", build=_python_onnxruntime, cpu_servable=True))
-DEPLOY_TARGETS.register("onnxruntime", DeployBackend(suffix="ort", build=_onnxruntime))
-DEPLOY_TARGETS.register(
+TARGETS.register("python-onnxruntime", DeployBackend(suffix="cpu", build=_python_onnxruntime, cpu_servable=True))
+TARGETS.register("onnxruntime", DeployBackend(suffix="ort", build=_onnxruntime))
+TARGETS.register(
     "tensorrt",
     DeployBackend(suffix="trt", build=_tensorrt, build_engine=_build_plan, preflight=_require_tensorrt, engine_label="TensorRT"),
 )
-DEPLOY_TARGETS.register("python-openvino", DeployBackend(suffix="ov-cpu", build=_python_openvino, cpu_servable=True, preflight=_require_openvino))
-DEPLOY_TARGETS.register("openvino", DeployBackend(suffix="ov", build=_openvino))
+TARGETS.register("python-openvino", DeployBackend(suffix="ov-cpu", build=_python_openvino, cpu_servable=True, preflight=_require_openvino))
+TARGETS.register("openvino", DeployBackend(suffix="ov", build=_openvino))
 
 
 def validate_repository(path: Path) -> dict[str, Any]:

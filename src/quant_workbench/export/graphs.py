@@ -20,7 +20,7 @@ import numpy as np
 import onnxruntime
 import torch
 
-from quant_workbench.config.catalog import FAMILIES, REFERENCES, ReferenceRow, VariantFamily
+from quant_workbench.config.catalog import REFERENCES
 from quant_workbench.config.recipe import Recipe
 from quant_workbench.core.artifacts import artifact_is_current, hash_json, mark_artifact
 from quant_workbench.core.errors import ExportError
@@ -38,7 +38,12 @@ from quant_workbench.export.ort import (
     quantized_linears,
 )
 from quant_workbench.export.qdq import end_to_end_allowance
-from quant_workbench.export.references import quantize_dynamic_onnx, quantize_static_onnx, reference_name
+from quant_workbench.export.references import (
+    REFERENCE_BUILDERS,
+    quantize_dynamic_onnx,
+    quantize_static_onnx,
+    reference_name,
+)
 from quant_workbench.measure.stats import cosine_rows
 from quant_workbench.models.loading import LoadedModel, batches
 from quant_workbench.quantize.modules import QuantAdd, QuantMatMul
@@ -326,7 +331,7 @@ class EngineGraphs:
             v.calibration_method = row.calibration_method
             path = self.models_dir / row.file.format(kind=kind)
             try:
-                row.build(self, inputs, path)
+                REFERENCE_BUILDERS.get(kind)(self, inputs, path)
                 with EngineFromOnnx(path, self.recipe, name, row.precision, runtime=row.runtime, inference_precision=row.inference_precision) as eng:
                     got = eng(_feed(example))
                 check = {"graph": kind, "path": f"models/{path.name}", "mean_cosine_vs_float": float(cosine_rows(got, reference).mean()), "max_abs_diff_vs_float": float(np.abs(got - reference).max())}
@@ -346,16 +351,6 @@ class EngineGraphs:
 
 # ---------------------------------------------------------------------------------------------
 # declarations: the int8-dynamic family and the reference rows built here
-
-FAMILIES.register(
-    "int8-dynamic",
-    VariantFamily(
-        precision="int8",
-        calibrated=False,
-        ort_cpu_only="activations are quantized at run time; TensorRT needs static scales",
-    ),
-)
-
 
 @dataclass(frozen=True)
 class ReferenceInputs:
@@ -401,7 +396,7 @@ def _build_ort_static(graphs: EngineGraphs, inputs: ReferenceInputs, path: Path)
         mark_artifact(path, key)
 
 
-# Declaration order is the default `references` order (all of them on ONNX Runtime CPU).
-REFERENCES.register("ort-float", ReferenceRow(precision="float32", calibration_method=None, build=_build_ort_float))
-REFERENCES.register("ort-dynamic", ReferenceRow(precision="int8", calibration_method="dynamic (run time)", build=_build_ort_dynamic))
-REFERENCES.register("ort-static", ReferenceRow(precision="int8", calibration_method="minmax", build=_build_ort_static))
+# The ONNX Runtime rows (config/catalog.py REFERENCES says what each is).
+REFERENCE_BUILDERS.register("ort-float", _build_ort_float)
+REFERENCE_BUILDERS.register("ort-dynamic", _build_ort_dynamic)
+REFERENCE_BUILDERS.register("ort-static", _build_ort_static)

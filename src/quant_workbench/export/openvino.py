@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from quant_workbench.config.catalog import REFERENCES, ReferenceRow
 from quant_workbench.config.recipe import Recipe
 from quant_workbench.core.artifacts import (
     artifact_is_current,
@@ -44,6 +43,7 @@ from quant_workbench.core.artifacts import (
 from quant_workbench.core.errors import ExportError, OptionalDependencyError, WorkbenchError
 from quant_workbench.core.results import VariantResult
 from quant_workbench.export.qdq import export_onnx
+from quant_workbench.export.references import REFERENCE_BUILDERS
 from quant_workbench.measure.stats import cosine_rows
 from quant_workbench.models.loading import LoadedModel, batches
 from quant_workbench.quantize.apply import set_scales
@@ -272,15 +272,6 @@ def nncf_quantize(float_path: Path, loaded: LoadedModel, texts: Sequence[str] | 
         shutil.rmtree(staging, ignore_errors=True)
 
 
-# Declared after the ONNX Runtime rows (export/graphs.py): the default `references` order.
-REFERENCES.register(
-    "openvino-float",
-    ReferenceRow(precision="float32", calibration_method=None, build=_build_openvino_float, runtime="openvino", file="float.onnx", inference_precision="default"),
-)
-REFERENCES.register(
-    "openvino-nncf",
-    ReferenceRow(
-        precision="int8", calibration_method="nncf (transformer preset)", build=_build_openvino_nncf, runtime="openvino",
-        file="ref-openvino-nncf.xml", inference_precision="default",
-    ),
-)
+# The OpenVINO rows (config/catalog.py REFERENCES says what each is).
+REFERENCE_BUILDERS.register("openvino-float", _build_openvino_float)
+REFERENCE_BUILDERS.register("openvino-nncf", _build_openvino_nncf)

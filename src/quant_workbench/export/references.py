@@ -17,23 +17,35 @@ import contextlib
 import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import onnx
 
 from quant_workbench.core.artifacts import atomic_path
+from quant_workbench.core.registry import Registry
+
+if TYPE_CHECKING:
+    from quant_workbench.export.graphs import EngineGraphs, ReferenceInputs
 
 log = logging.getLogger(__name__)
 
 REFERENCE_PREFIX = "ref:"
 
 
+class BuildReference(Protocol):
+    """Writes the file a reference row runs (EngineGraphs.references calls it)."""
+
+    def __call__(self, graphs: EngineGraphs, inputs: ReferenceInputs, path: Path) -> None: ...
+
+
+# reference name (config/catalog.py REFERENCES) -> its builder; filled by export/graphs.py (ONNX Runtime's rows)
+# and export/openvino.py (OpenVINO's)
+REFERENCE_BUILDERS: Registry[BuildReference] = Registry("reference")
+
+
 def reference_name(kind: str) -> str:
     return f"{REFERENCE_PREFIX}{kind}"
-
-
-def is_reference(name: str) -> bool:
-    return name.startswith(REFERENCE_PREFIX)
 
 
 @contextlib.contextmanager

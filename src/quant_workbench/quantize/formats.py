@@ -17,26 +17,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from quant_workbench.config.catalog import FAMILIES, VariantFamily
+from quant_workbench.config.catalog import FAMILIES
 from quant_workbench.config.recipe import CalibMethod, QuantFamily, QuantSpec
 from quant_workbench.config.vocabulary import Format
 from quant_workbench.core.artifacts import hash_json
 from quant_workbench.quantize.apply import set_format
 from quant_workbench.quantize.observers import HistogramCalibrator
 from quant_workbench.quantize.smoothquant import SmoothState, checked_smoothquant
-
-# Declaration order is the order of the names in recipe messages and the JSON schema.
-FAMILIES.register("int8", VariantFamily(precision="int8"))
-FAMILIES.register("int8-smoothquant", VariantFamily(precision="int8", smoothquant=True))
-FAMILIES.register(
-    "fp8",
-    VariantFamily(
-        precision="fp8",
-        min_opset=19,
-        min_opset_why="ONNX QuantizeLinear/DequantizeLinear with float8e4m3fn",
-        rejects_methods={"entropy": "KL over uniformly spaced integer levels"},
-    ),
-)
 
 Recalibrate = Callable[[dict[str, Any]], tuple[dict[str, HistogramCalibrator], dict[str, Any]]]
 

@@ -2,8 +2,8 @@
 
 `EngineFromOnnx(path, recipe, name, precision)` is what the evaluate, benchmark and search stages
 call: the `engine.runtime` the recipe names (or the row's own `runtime` in a run over several
-engines), looked up in the ENGINES registry. Each runtime is one module of this package that declares
-itself there (onnxruntime.py: ONNX Runtime with the recipe's provider; tensorrt.py: a TensorRT engine
+engines), looked up in the BACKENDS registry (runtime/base.py). Each runtime is one module of this package that
+registers itself there under its name in the catalog (config/catalog.py ENGINES) (onnxruntime.py: ONNX Runtime with the recipe's provider; tensorrt.py: a TensorRT engine
 built from the same ONNX file, cached beside the run's models, and run on the GPU; openvino.py:
 OpenVINO's CPU plugin reading the ONNX file directly).
 
@@ -16,8 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from quant_workbench.config.catalog import ENGINES
-from quant_workbench.runtime.base import Engine
+# each runtime module registers its backend in BACKENDS when imported: every engine of the catalog
+from quant_workbench.runtime import onnxruntime, openvino, tensorrt  # noqa: F401
+from quant_workbench.runtime.base import BACKENDS, Engine
 
 if TYPE_CHECKING:
     from quant_workbench.config.recipe import Recipe
@@ -37,7 +38,7 @@ def EngineFromOnnx(  # noqa: N802
 ) -> Engine:
     """An engine over the artifact: `runtime` (default: the recipe's reference engine) with the row's
     `inference_precision` (f32 | bf16; None = the engine's default)."""
-    backend = ENGINES.get(runtime or recipe.engine.runtime)
+    backend = BACKENDS.get(runtime or recipe.engine.runtime)
     # passed only when set: an engine without a choice of precision may leave the keyword out of its `open`
     extra = {} if inference_precision is None else {"inference_precision": inference_precision}
     return backend.open(onnx_path, recipe, name, precision, threads=threads, **extra)
@@ -46,23 +47,23 @@ def EngineFromOnnx(  # noqa: N802
 def preflight_runtime(recipe: Recipe) -> None:
     """Fail before any work when one of the recipe's runtimes cannot run here (a missing extra, no GPU)."""
     for runtime in recipe.engine.all_runtimes:
-        ENGINES.get(runtime).preflight(recipe)
+        BACKENDS.get(runtime).preflight(recipe)
 
 
 def float_precision(recipe: Recipe) -> str:
     """The precision the float baseline computes in on the recipe's engine (float32, or fp16 for a TensorRT FP16 engine)."""
-    return ENGINES.get(recipe.engine.runtime).float_precision(recipe)
+    return BACKENDS.get(recipe.engine.runtime).float_precision(recipe)
 
 
 def engine_summary(path: Path, recipe: Recipe, runtime: str | None = None, inference_precision: str | None = None) -> dict[str, Any]:
     """What the engine runs from the artifact (the row's `engine` field); {} for an engine without a summary."""
-    summary = ENGINES.get(runtime or recipe.engine.runtime).summary
+    summary = BACKENDS.get(runtime or recipe.engine.runtime).summary
     return {} if summary is None else summary(path, recipe, inference_precision=inference_precision)
 
 
 def row_precisions(recipe: Recipe, runtime: str) -> list[str | None]:
     """The inference precisions `runtime` gets one row each for on this machine (None: its one default)."""
-    return ENGINES.get(runtime).precisions(recipe)
+    return BACKENDS.get(runtime).precisions(recipe)
 
 
 def row_name(variant: str, recipe: Recipe, runtime: str, inference_precision: str | None = None) -> str:

@@ -10,10 +10,9 @@ from typing import Any
 import numpy as np
 import onnx
 
-from quant_workbench.config.catalog import ENGINES, EngineBackend
 from quant_workbench.config.recipe import EngineSpec, Recipe
 from quant_workbench.core.errors import WorkbenchError
-from quant_workbench.runtime.base import Engine
+from quant_workbench.runtime.base import BACKENDS, Engine, EngineBackend
 
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -162,4 +161,4 @@ def _summary(onnx_path: Path, recipe: Recipe, *, inference_precision: str | None
     return optimized_op_counts(onnx_path, recipe.engine)
 
 
-ENGINES.register("onnxruntime", EngineBackend(open=_open, summary=_summary, label="ONNX Runtime"))
+BACKENDS.register("onnxruntime", EngineBackend(open=_open, summary=_summary))

@@ -34,12 +34,11 @@ from typing import Any
 
 import numpy as np
 
-from quant_workbench.config.catalog import ENGINES, EngineBackend
 from quant_workbench.config.recipe import EngineSpec, Recipe
 from quant_workbench.core.artifacts import sha256_file, write_json
 from quant_workbench.core.errors import OptionalDependencyError, WorkbenchError
 from quant_workbench.core.machine import openvino_cpu_facts, openvino_supports
-from quant_workbench.runtime.base import Engine
+from quant_workbench.runtime.base import BACKENDS, Engine, EngineBackend
 from quant_workbench.runtime.openvino_runtime import compile_properties, runtime_summary
 
 log = logging.getLogger(__name__)
@@ -275,7 +274,7 @@ def _summary(onnx_path: Path, recipe: Recipe, *, inference_precision: str | None
         return {"backend": "openvino", "inference_precision": eng.applied()["inference_precision"], **eng.summary()}
 
 
-ENGINES.register(
+BACKENDS.register(
     "openvino",
-    EngineBackend(open=_open, preflight=_preflight, summary=_summary, precisions=row_precisions, label="OpenVINO"),
+    EngineBackend(open=_open, preflight=_preflight, summary=_summary, precisions=row_precisions),
 )

@@ -34,11 +34,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from quant_workbench.config.catalog import ENGINES, FAMILIES, EngineBackend
+from quant_workbench.config.catalog import FAMILIES
 from quant_workbench.core.artifacts import write_bytes, write_json
 from quant_workbench.core.errors import OptionalDependencyError, WorkbenchError
 from quant_workbench.core.results import Precision
 from quant_workbench.core.signatures import TRT_TO_TRITON, TensorSig
+from quant_workbench.runtime.base import BACKENDS, EngineBackend
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -723,4 +724,4 @@ def _float_precision(recipe: Recipe) -> str:
     return "fp16" if recipe.engine.tensorrt.fp16 else "float32"
 
 
-ENGINES.register("tensorrt", EngineBackend(open=_open, preflight=_preflight, float_precision=_float_precision, label="TensorRT"))
+BACKENDS.register("tensorrt", EngineBackend(open=_open, preflight=_preflight, float_precision=_float_precision))
