@@ -15,8 +15,9 @@ from tiny_fixtures import recipe_dict
 import quant_workbench.pipeline.run as run_module
 from quant_workbench.cli import main
 from quant_workbench.config.recipe import recipe_from_dict
+from quant_workbench.config.sweep import SweepError, SweepSpec
 from quant_workbench.core.errors import WorkbenchError
-from quant_workbench.pipeline.sweep import SweepError, SweepSpec, expand, load_sweep
+from quant_workbench.pipeline.sweep import expand, load_sweep
 from quant_workbench.report.markdown import PLOT_RELPATH
 
 

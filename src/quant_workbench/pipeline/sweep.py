@@ -33,10 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
 
 from quant_workbench.config.recipe import Recipe, recipe_from_dict
-from quant_workbench.config.vocabulary import Strict
+from quant_workbench.config.sweep import SweepError, SweepSpec, flow_value, read_sweep_spec, set_item
 from quant_workbench.core.artifacts import write_json, write_text
 from quant_workbench.core.errors import RecipeError, WorkbenchError
 from quant_workbench.pipeline.run import recipe_hash, run_dir_for
@@ -56,77 +55,6 @@ log = logging.getLogger(__name__)
 
 SWEEP_SCHEMA_VERSION = 1
 EXIT_RUN_FAILED = 3  # the sweep finished, but some run failed or selected no quantized variant
-_NAME = r"^[A-Za-z0-9_.-]+$"
-
-
-class SweepError(WorkbenchError):
-    """The sweep file, or one of the runs it expands to, is invalid (exit 2; nothing has run)."""
-
-
-class SweepRunSpec(Strict):
-    name: str = Field(pattern=_NAME, description="the run's label in the sweep report")
-    set: dict[str, Any] = Field(default_factory=dict, description="dotted recipe path -> value (YAML), as with --set")
-
-
-class SweepSpec(Strict):
-    name: str = Field(pattern=_NAME, description="the sweep folder's name under output_dir")
-    description: str = ""
-    base: str | dict[str, Any] = Field(description="recipe file (relative to the sweep file) or an inline recipe mapping")
-    set: dict[str, Any] = Field(default_factory=dict, description="overrides applied to every run, before its own")
-    axes: dict[str, list[Any]] = Field(default_factory=dict, description="dotted recipe path -> the values it takes; every combination is a run")
-    runs: list[SweepRunSpec] = Field(default_factory=list, description="named runs beside the grid")
-    output_dir: str | None = Field(None, description="where the sweep folder goes; default: the runs' output_dir")
-
-    @field_validator("name")
-    @classmethod
-    def _one_folder(cls, v: str) -> str:
-        if v in (".", ".."):
-            raise ValueError("the name is a folder name under output_dir; '.' and '..' are not allowed")
-        return v
-
-    @field_validator("axes")
-    @classmethod
-    def _axes(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        for key, values in v.items():
-            _check_path(key)
-            if not values:
-                raise ValueError(f"axis '{key}' has no values; give at least one")
-            dumped = [_flow(x) for x in values]
-            if len(set(dumped)) != len(dumped):
-                raise ValueError(f"axis '{key}' repeats a value ({', '.join(dumped)}); each value makes one run")
-        return v
-
-    @field_validator("set")
-    @classmethod
-    def _paths(cls, v: dict[str, Any]) -> dict[str, Any]:
-        for key in v:
-            _check_path(key)
-        return v
-
-    @model_validator(mode="after")
-    def _some_runs(self) -> SweepSpec:
-        names = [r.name for r in self.runs]
-        if len(set(names)) != len(names):
-            raise ValueError(f"run names must not repeat ({', '.join(names)})")
-        for r in self.runs:
-            for key in r.set:
-                _check_path(key)
-        return self
-
-
-def _check_path(key: str) -> None:
-    if not key or any(not part for part in key.split(".")) or "=" in key:
-        raise ValueError(f"'{key}' is not a dotted recipe path like model.max_seq_length")
-
-
-def _flow(value: Any) -> str:
-    """A value as one line of YAML, which --set's parser (yaml.safe_load) reads back as the same value."""
-    text = yaml.safe_dump(value, default_flow_style=True, width=10**9, sort_keys=False).strip()
-    return text[:-3].strip() if text.endswith("...") else text
-
-
-def set_item(key: str, value: Any) -> str:
-    return f"{key}={_flow(value)}"
 
 
 @dataclass
@@ -171,26 +99,11 @@ class RunOutcome:
 # loading and expanding
 
 
-def _spec_error(exc: ValidationError, path: Path) -> SweepError:
-    parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err.get("loc", ())) or "(sweep)"
-        if err.get("type") == "extra_forbidden":
-            allowed = SweepRunSpec.model_fields if "runs" in [str(p) for p in err.get("loc", ())] else SweepSpec.model_fields
-            parts.append(f"unknown key '{where}' (allowed here: {', '.join(allowed)})")
-        else:
-            parts.append(f"'{where}': {err.get('msg', 'invalid').removeprefix('Value error, ')}")
-    return SweepError(
-        f"sweep file {path} is invalid: " + "; ".join(parts) + ".",
-        "see docs/sweeps.md for the format (name, base, set, axes, runs, output_dir)",
-    )
-
-
 def _label(values: dict[str, Any]) -> str:
     """A grid run's label from its axis values: the last part of each key, unless two axes share it."""
     shorts = [k.rsplit(".", 1)[-1] for k in values]
     keys = shorts if len(set(shorts)) == len(shorts) else list(values)
-    return ",".join(f"{k}={_flow(v)}" for k, v in zip(keys, values.values(), strict=True)) or "base"
+    return ",".join(f"{k}={flow_value(v)}" for k, v in zip(keys, values.values(), strict=True)) or "base"
 
 
 def expand(spec: SweepSpec) -> list[tuple[str, list[str]]]:
@@ -252,18 +165,7 @@ def _check_run(recipe: Recipe, run_dir: Path) -> None:
 def load_sweep(path: Path | str) -> Sweep:
     """Read, expand and validate a sweep: every run's recipe validated and its model checked before any run."""
     path = Path(path)
-    if not path.is_file():
-        raise SweepError(f"sweep file '{path}' does not exist.", "pass the path of a sweep YAML file, e.g. recipes/sweeps/minilm_sweep.yaml")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise SweepError(f"sweep file {path} is not valid YAML: {exc}.", "fix the YAML syntax at the line shown") from exc
-    if not isinstance(raw, dict):
-        raise SweepError(f"sweep file {path} must be a mapping (name, base, axes, ...).", "see recipes/sweeps/minilm_sweep.yaml")
-    try:
-        spec = SweepSpec.model_validate(raw)
-    except ValidationError as exc:
-        raise _spec_error(exc, path) from None
+    spec = read_sweep_spec(path)
     base, base_source = _read_base(spec, path)
     common = [set_item(k, v) for k, v in spec.set.items()]
     runs: list[PlannedRun] = []
