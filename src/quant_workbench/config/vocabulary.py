@@ -1,7 +1,7 @@
 """Names every layer shares, defined once: calibration methods, the number format, strict specs.
 
-Neutral ground (imports only the registries, never their declaring modules at import time), so the
-quantize core, the recipe schema and the search can all use it without importing each other.
+Imports only pydantic and the catalog (static data, config/catalog.py), so the quantizers, the recipe
+schema and the search can all use it without importing each other or any implementation.
 """
 
 from __future__ import annotations

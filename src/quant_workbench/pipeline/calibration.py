@@ -1,6 +1,6 @@
 """The run's calibration stage: one pass over the calibration split, cached by everything it depends on.
 
-The quantize core (quantize/) knows nothing of recipes or caches; this module feeds it the recipe's
+The observers (quantize/observers.py) know nothing of recipes or caches; this module feeds it the recipe's
 calibration split and keeps the statistics on disk, so one pass serves every method, every layer
 selection and every search trial.
 """

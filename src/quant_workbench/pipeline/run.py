@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib.metadata
-import json
 import logging
 import platform
 import shutil
@@ -572,6 +571,3 @@ def dry_run(recipe: Recipe, say: Callable[[str], None] = print, run_id: str | No
     say(f"# would write: {run_dir_for(recipe, run_id)}")
     return plan
 
-
-def load_result(run_dir: Path) -> RunResult:
-    return RunResult.from_dict(json.loads((run_dir / "report.json").read_text()))

@@ -124,11 +124,6 @@ class OrtEngine:
         del self.session
 
 
-def SessionFromOnnx(path: Path, spec: EngineSpec, name: str = "onnx", threads: int | None = None) -> OrtEngine:  # noqa: N802
-    """Polygraphy-style loader name: an ONNX Runtime session from an ONNX file."""
-    return OrtEngine(path, spec, name=name, threads=threads)
-
-
 def optimized_op_counts(path: Path, spec: EngineSpec) -> dict[str, Any]:
     """Let ONNX Runtime optimize the graph as it would at run time and count integer vs float MatMuls."""
     import onnxruntime as ort

@@ -23,7 +23,6 @@ import numpy as np
 import torch
 
 from quant_workbench.config.recipe import BenchmarkSpec, Recipe
-from quant_workbench.config.search import SearchSpec
 from quant_workbench.core.artifacts import (
     artifact_is_current,
     hash_json,
@@ -209,10 +208,6 @@ class TrialRunner:
         self.float_accuracy = self.float_metrics["accuracy"]
         self.threshold = self.spec.criterion.threshold(self.float_accuracy)
         self.float_seconds = round(time.perf_counter() - t0, 3)
-
-    @property
-    def spec_search(self) -> SearchSpec:
-        return self.spec
 
     def _score(self, out: np.ndarray) -> dict[str, float]:
         labels = self.split.labels
