@@ -17,8 +17,8 @@ from onnx import numpy_helper
 from tiny_fixtures import TINY_SEQ, make_rows
 
 from quant_workbench.config.recipe import EngineSpec, ModelSpec, QuantSpec
+from quant_workbench.config.vocabulary import HF_PREFIX
 from quant_workbench.export.qdq import (
-    HF_PREFIX,
     export_onnx,
     find_linears,
     finish_graph,

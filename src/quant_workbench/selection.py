@@ -50,6 +50,7 @@ from quant_workbench.measure.stats import (
     ratio_interval,
     required_size,
 )
+from quant_workbench.report.format import pct
 
 if TYPE_CHECKING:
     from quant_workbench.measure.latency import Resolution
@@ -311,7 +312,7 @@ class Selection:
     @property
     def rule(self) -> str:
         return RULE.format(
-            baseline=self.baseline, margin_pts=_pts(self.accuracy_margin), margin_source=self.margin_source, half=self.level / 2,
+            baseline=self.baseline, margin_pts=pct(self.accuracy_margin, " pt", "?"), margin_source=self.margin_source, half=self.level / 2,
             k=len(self.accuracy), conf=100 * (1 - self.level), speed=100 * self.speed_margin, top=1 + self.speed_margin,
         )
 
@@ -339,14 +340,6 @@ class Selection:
             "tie_groups": {"accuracy": self.acceptable, "speed": self.speed_group},
             "reason": self.reason,
         }
-
-
-def _pts(x: float | None) -> str:
-    return "?" if x is None else f"{100 * x:.2f} pt"
-
-
-def _pct(x: float | None) -> str:
-    return "?" if x is None else f"{100 * x:.2f} %"
 
 
 def _neg_name(name: str) -> tuple[int, ...]:
@@ -402,7 +395,7 @@ def select_variant(
     sel.inferior = [n for n, s in status.items() if s == "inferior"]
     k = len(cands)
     acc_text = (
-        f"non-inferior at {_pts(accuracy_margin)} vs {baseline} (Holm over {k} candidate(s)): {', '.join(sel.acceptable) or 'none'}"
+        f"non-inferior at {pct(accuracy_margin, ' pt', '?')} vs {baseline} (Holm over {k} candidate(s)): {', '.join(sel.acceptable) or 'none'}"
         + (f"; undetermined: {', '.join(sel.undetermined)}" if sel.undetermined else "")
         + (f"; inferior: {', '.join(sel.inferior)}" if sel.inferior else "")
     )
@@ -460,7 +453,7 @@ def select_variant(
         f"(or unresolved): {', '.join(sel.speed_group)}"
     )
     if len(group) > 1:
-        reason += f"; the most accurate of those: {sel.winner} ({_pct(by_name[sel.winner].metrics['accuracy'])})"
+        reason += f"; the most accurate of those: {sel.winner} ({pct(by_name[sel.winner].metrics['accuracy'], ' %', '?')})"
     if unresolved:
         reason += f"; speed comparisons left unresolved by the benchmark (counted as equally fast): {', '.join(unresolved)}"
     sel.reason = reason + f" -> {sel.winner}."
@@ -486,14 +479,14 @@ def _nothing_acceptable(sel: Selection, by_name: Mapping[str, VariantResult], ke
             sel.needed_evaluation_size = required_size(max(q, 1.0 / max(d.n, 1)), distance, level / max(len(sel.accuracy), 1))
         size = f"about {sel.needed_evaluation_size:,} evaluation examples would decide for {best.name} (if its Δ {100 * d.delta:+.2f} pt and discordance {100 * q:.1f} % hold)" if sel.needed_evaluation_size else "its Δ sits on the margin"
         sel.warning = (
-            f"undetermined: no candidate is shown non-inferior at the {_pts(sel.accuracy_margin)} margin with {d.n:,} evaluation examples; "
+            f"undetermined: no candidate is shown non-inferior at the {pct(sel.accuracy_margin, ' pt', '?')} margin with {d.n:,} evaluation examples; "
             f"{size}; recommended: {best.name}, the most accurate that could still be within the margin"
         )
         sel.reason = f"{acc_text}; nothing is acceptable yet -> {best.name} ({sel.warning})."
         return sel
     best = max(by_name.values(), key=key)
     sel.outcome, sel.winner = "none within the margin", best.name
-    sel.warning = f"every candidate is less accurate than {sel.baseline} by more than the {_pts(sel.accuracy_margin)} margin; the most accurate, {best.name}, is recommended"
+    sel.warning = f"every candidate is less accurate than {sel.baseline} by more than the {pct(sel.accuracy_margin, ' pt', '?')} margin; the most accurate, {best.name}, is recommended"
     sel.reason = f"{acc_text} -> {best.name} ({sel.warning})."
     return sel
 

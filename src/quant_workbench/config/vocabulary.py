@@ -27,3 +27,8 @@ class Strict(BaseModel):
     """A recipe section: unknown keys are errors (a typo never falls back to a default), values frozen."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# models/loading.py's EncoderWithHead holds the Hugging Face model as `hf`: the prefix of its modules'
+# and weights' names (quantizers, Q/DQ nodes, initializers)
+HF_PREFIX = "hf."

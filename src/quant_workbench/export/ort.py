@@ -42,7 +42,6 @@ from quant_workbench.quantize.modules import ATTENTION_FUNCTION, QuantLinear
 log = logging.getLogger(__name__)
 
 MS_DOMAIN = "com.microsoft"
-HF_PREFIX = "hf."
 # The transformer optimizer's fused operators, in the order the report lists them.
 FUSED_OPS = ("EmbedLayerNormalization", "Attention", "SkipLayerNormalization", "BiasGelu", "FastGelu", "Gelu", "LayerNormalization")
 # Integer forms of fused float ops: the fusion is kept, the op runs quantized.

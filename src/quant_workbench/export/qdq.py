@@ -26,6 +26,7 @@ import onnx
 import torch
 from torch import nn
 
+from quant_workbench.config.vocabulary import HF_PREFIX
 from quant_workbench.core.artifacts import atomic_path
 from quant_workbench.core.errors import ExportError
 from quant_workbench.quantize.apply import set_export_mode
@@ -33,7 +34,6 @@ from quant_workbench.quantize.modules import QuantLinear
 
 log = logging.getLogger(__name__)
 
-HF_PREFIX = "hf."
 # Part of every artifact key: bumped when the bytes of an export change for the same model and scales,
 # so files written by an earlier layout are rebuilt, not reused (2: Q/DQ nodes named per quantizer).
 EXPORT_LAYOUT = 2

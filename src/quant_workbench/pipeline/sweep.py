@@ -48,7 +48,7 @@ from quant_workbench.report.compare import (
     plot_cross_run,
     render_comparison,
 )
-from quant_workbench.report.markdown import DASH, markdown_table
+from quant_workbench.report.format import DASH, markdown_table
 from quant_workbench.report.schema import ReportError, load_report
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from quant_workbench.config.vocabulary import CalibMethod
+from quant_workbench.config.vocabulary import HF_PREFIX, CalibMethod
 from quant_workbench.core.errors import WorkbenchError
 from quant_workbench.quantize.methods import AMAX_METHODS, merge_bins
 
@@ -53,7 +53,7 @@ class CalibrationError(WorkbenchError, ValueError):
 def _ignore_entry(quantizer: str) -> str:
     """The quantization.ignore entry that keeps a quantizer's op float: its module, as the plan names it."""
     module = quantizer.rsplit(".", 1)[0]
-    return f"'{module.removeprefix('hf.')}'"
+    return f"'{module.removeprefix(HF_PREFIX)}'"
 
 
 class HistogramCalibrator:

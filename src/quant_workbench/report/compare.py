@@ -26,12 +26,11 @@ import yaml
 from quant_workbench.core.artifacts import atomic_path, hash_json
 from quant_workbench.core.errors import WorkbenchError
 from quant_workbench.core.results import LatencyStats, RunResult, VariantResult
+from quant_workbench.report.format import DASH, markdown_table
 from quant_workbench.report.markdown import (
-    DASH,
     delta_of,
     fenced,
     float_row,
-    markdown_table,
     mb,
     metric_interval,
     metric_of,

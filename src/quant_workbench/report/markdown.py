@@ -16,6 +16,7 @@ from typing import Any
 
 from quant_workbench.core.artifacts import write_json, write_text
 from quant_workbench.core.results import LatencyStats, RunResult, VariantResult
+from quant_workbench.report.format import DASH, markdown_table, ms, one_line, pct, points
 from quant_workbench.report.sections.decisions import (
     PLOT_RELPATH,
     aa_lines,
@@ -34,8 +35,6 @@ from quant_workbench.report.sections.engine import (
 )
 from quant_workbench.report.sections.formats import formats_section
 from quant_workbench.report.sections.search import search_section
-
-DASH = "—"
 
 _PERCENT_METRICS = ("accuracy", "macro_f1", "agreement")
 _COSINE_KEYS = ("cosine_to_float", "cosine")
@@ -63,18 +62,6 @@ def _metric_label(name: str) -> str:
     return _METRIC_LABELS.get(name, name.replace("_", " "))
 
 
-def _pct(x: float | None) -> str:
-    return DASH if x is None or not math.isfinite(x) else f"{100.0 * x:.2f}"
-
-
-def _points(x: float | None) -> str:
-    return DASH if x is None or not math.isfinite(x) else f"{100.0 * x:+.2f}"
-
-
-def _ms(x: float | None) -> str:
-    return DASH if x is None else f"{x:.2f}"
-
-
 def _interval(low: float | None, high: float | None, fmt: str) -> str:
     if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
         return ""
@@ -85,7 +72,7 @@ def pct_ci(x: float | None, ci: Sequence[float] | None) -> str:
     """72.10 (70.1–74.0): a fraction as a percentage with its interval, when one was computed."""
     if x is None or not math.isfinite(x):
         return DASH
-    return _pct(x) + (_interval(100.0 * ci[0], 100.0 * ci[1], ".1f") if ci else "")
+    return pct(x) + (_interval(100.0 * ci[0], 100.0 * ci[1], ".1f") if ci else "")
 
 
 def points_ci(d: float | None, paired: Mapping[str, Any] | None) -> str:
@@ -96,12 +83,12 @@ def points_ci(d: float | None, paired: Mapping[str, Any] | None) -> str:
     if d is None or not math.isfinite(d):
         return DASH
     if not paired:
-        return _points(d)
-    return f"{_points(d)} ({100.0 * paired['delta_low']:+.2f} to {100.0 * paired['delta_high']:+.2f})"
+        return points(d)
+    return f"{points(d)} ({100.0 * paired['delta_low']:+.2f} to {100.0 * paired['delta_high']:+.2f})"
 
 
 def ms_ci(st: LatencyStats) -> str:
-    return _ms(st.p50_ms) + _interval(st.p50_low_ms, st.p50_high_ms, ".2f")
+    return ms(st.p50_ms) + _interval(st.p50_low_ms, st.p50_high_ms, ".2f")
 
 
 def speedup_ci(x: float | None, ci: Sequence[float] | None) -> str:
@@ -122,25 +109,6 @@ def _cosine(x: float | None) -> str:
     return DASH if x is None or not math.isfinite(x) else f"{x:.4f}"
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
-def _cell(text: str) -> str:
-    """Make text safe inside a Markdown table cell: no line breaks, escaped pipes."""
-    return _one_line(text).replace("\\", "\\\\").replace("|", "\\|")
-
-
-def markdown_table(
-    header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool] | None = None
-) -> list[str]:
-    right = right or [False] * len(header)
-    sep = ["---:" if r else "---" for r in right]
-    out = ["| " + " | ".join(_cell(h) for h in header) + " |", "| " + " | ".join(sep) + " |"]
-    out += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
-    return out
-
-
 def _fmt_scalar(v: Any) -> str:
     if v is None:
         return DASH
@@ -152,7 +120,7 @@ def _fmt_scalar(v: Any) -> str:
         return f"{v:.6g}"
     if hasattr(v, "item"):  # numpy scalars that slipped into a dict
         return _fmt_scalar(v.item())
-    return _one_line(str(v))
+    return one_line(str(v))
 
 
 def _is_number(v: Any) -> bool:
@@ -441,9 +409,9 @@ def _latency_section(result: RunResult, ref: VariantResult | None) -> list[str]:
             [
                 v.name,
                 ms_ci(st),
-                _ms(st.p95_ms),
-                _ms(st.p99_ms),
-                _ms(st.mean_ms),
+                ms(st.p95_ms),
+                ms(st.p99_ms),
+                ms(st.mean_ms),
                 f"{st.throughput_seq_per_s:.1f}",
                 speedup_ci(_speedup_at(v, key, ref), v.speedup_interval_vs_float.get(key)),
             ]
@@ -451,7 +419,7 @@ def _latency_section(result: RunResult, ref: VariantResult | None) -> list[str]:
         ]
         # engines timed without their host<->device copies (TensorRT): the copy-inclusive time on its own line
         rows += [
-            [f"{v.name} (end to end, copies included)", _ms(st.end_to_end_p50_ms), DASH, DASH, DASH, DASH, DASH]
+            [f"{v.name} (end to end, copies included)", ms(st.end_to_end_p50_ms), DASH, DASH, DASH, DASH, DASH]
             for v, st in measured if st.end_to_end_p50_ms is not None
         ]
         lines += [*markdown_table(header, rows, [False] + [True] * 6), ""]
@@ -512,7 +480,7 @@ def _deployment_section(result: RunResult) -> list[str]:
         for name, b in bench["variants"].items():
             seq, conc = b.get("sequential_batch1", {}), b.get("concurrent", {})
             rows.append([
-                name, _ms(seq.get("p50_ms")), _ms(seq.get("p90_ms")), _ms(conc.get("p50_ms")), _ms(conc.get("p90_ms")),
+                name, ms(seq.get("p50_ms")), ms(seq.get("p90_ms")), ms(conc.get("p50_ms")), ms(conc.get("p90_ms")),
                 f"{conc.get('throughput_req_per_s', 0):.1f}", f"{conc.get('mean_server_batch', 0):.2f}",
             ])
         clients = next((b.get("concurrent", {}).get("clients") for b in bench["variants"].values()), None)
@@ -569,7 +537,7 @@ def _summary(result: RunResult, ref: VariantResult | None) -> list[str]:
     if sel:
         groups = sel.get("tie_groups") or {}
         first = (
-            f"- Meet the search criterion ({sel['criterion']}, accuracy ≥ {_pct(sel.get('threshold'))} %): {', '.join(sel.get('meeting') or []) or DASH}"
+            f"- Meet the search criterion ({sel['criterion']}, accuracy ≥ {pct(sel.get('threshold'))} %): {', '.join(sel.get('meeting') or []) or DASH}"
             if sel.get("criterion")
             else f"- Tied on accuracy with the most accurate ({sel.get('most_accurate') or DASH}): {', '.join(groups.get('accuracy') or []) or DASH}"
         )
@@ -593,7 +561,7 @@ def render_markdown(result: RunResult) -> str:
         "",
     ]
     if result.warnings:
-        lines += ["## Warnings", "", *(f"- {_one_line(w)}" for w in result.warnings), ""]
+        lines += ["## Warnings", "", *(f"- {one_line(w)}" for w in result.warnings), ""]
     lines += _summary(result, ref)
     lines += _results_section(result, ref)
     lines += evaluation_section(result)
@@ -669,9 +637,9 @@ def results_table(result: RunResult) -> str:
         ]
         if small_key and small_key != big_key:
             st = _latency(v, small_key)
-            row.append(_ms(st.p50_ms if st else None))
+            row.append(ms(st.p50_ms if st else None))
         st_big = _latency(v, big_key) if big_key else None
-        row.append(_ms(st_big.p50_ms if st_big else None))
+        row.append(ms(st_big.p50_ms if st_big else None))
         row.append(speedup_ci(_speedup_at(v, big_key, ref), v.speedup_interval_vs_float.get(big_key)) if big_key and ok else DASH)
         row += [mb(v.size_bytes), v.status]
         rows.append(row)
@@ -695,10 +663,10 @@ def results_table(result: RunResult) -> str:
     if result.selection.get("warning"):
         out.append(f"warning: {result.selection['warning']}")
     out += [f"vs standard tools: {item['verdict']}" for item in reference_verdicts(result)]
-    out += [f"warning: {_one_line(w)}" for w in result.warnings]
+    out += [f"warning: {one_line(w)}" for w in result.warnings]
     for v in result.variants:
         if v.status != "ok":
-            err = _one_line(v.error or "(no error message recorded)")
+            err = one_line(v.error or "(no error message recorded)")
             out.append(f"{v.name} failed: {err[:300] + '…' if len(err) > 300 else err}")
     return "\n".join(out)
 

@@ -7,32 +7,19 @@ shows the same decisions."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from quant_workbench.core.artifacts import atomic_path
 from quant_workbench.core.results import RunResult, VariantResult
+from quant_workbench.report.format import DASH, markdown_table, points
 
-DASH = "—"
 PLOT_RELPATH = "plots/delta_vs_speedup.png"
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    def cell(x: str) -> str:
-        return " ".join(str(x).split()).replace("|", "\\|")
-
-    out = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return out + ["| " + " | ".join(cell(c) for c in r) + " |" for r in rows]
-
-
-def _pts(x: float | None) -> str:
-    return DASH if x is None or not math.isfinite(x) else f"{100 * x:+.2f}"
-
-
 def _interval_pts(d: Mapping[str, Any]) -> str:
-    return f"{_pts(d.get('delta'))} ({_pts(d.get('low'))} to {_pts(d.get('high'))})"
+    return f"{points(d.get('delta'))} ({points(d.get('low'))} to {points(d.get('high'))})"
 
 
 def _p(x: float | None) -> str:
@@ -85,14 +72,14 @@ def selection_lines(result: RunResult) -> list[str]:
         ])
     if rows:
         m = f"{100 * margin:.2f}" if margin is not None else "?"
-        lines += _table(["Candidate", "Examples", "Δ vs float (pts, interval)", "Discordant", f"p (Δ ≤ −{m} pt)", "Holm p", "Accuracy decision", "Evaluation"], rows) + [""]
+        lines += markdown_table(["Candidate", "Examples", "Δ vs float (pts, interval)", "Discordant", f"p (Δ ≤ −{m} pt)", "Holm p", "Accuracy decision", "Evaluation"], rows) + [""]
     if speed:
         srows = [
             [s["name"], s["versus"], f"{s['ratio']:.3f}" + (f" ({s['low']:.3f}–{s['high']:.3f})" if s.get("low") is not None else ""), s["status"]]
             for s in speed
         ]
         lines += [f"Speed at {sel.get('shape')}: latency ratio (> 1: slower; median of per-round ratios, interval over rounds) against ±{100 * sel.get('speed_margin', 0):g} %:", ""]
-        lines += _table(["Variant", "vs", "Latency ratio", "Against the margin"], srows) + [""]
+        lines += markdown_table(["Variant", "vs", "Latency ratio", "Against the margin"], srows) + [""]
     return lines
 
 
@@ -123,12 +110,12 @@ def evaluation_section(result: RunResult) -> list[str]:
     for name, v in (ev.get("variants") or {}).items():
         stop = v.get("stopped")
         if stop and stop.get("resolved", "inferior") == "non-inferior":
-            why = f"non-inferior at look {stop['look']}: statistic {stop['statistic']:.2f} ≥ {stop['boundary']:.2f} (Δ {_pts(stop.get('delta'))} pt)"
+            why = f"non-inferior at look {stop['look']}: statistic {stop['statistic']:.2f} ≥ {stop['boundary']:.2f} (Δ {points(stop.get('delta'))} pt)"
         else:
-            why = f"inferior at look {stop['look']}: statistic {stop['statistic']:.2f} ≤ {stop['boundary']:.2f} (Δ {_pts(stop.get('delta'))} pt)" if stop else DASH
+            why = f"inferior at look {stop['look']}: statistic {stop['statistic']:.2f} ≤ {stop['boundary']:.2f} (Δ {points(stop.get('delta'))} pt)" if stop else DASH
         rows.append([name, f"{v['n']:,}", f"{v.get('seconds', 0):.1f}", why])
     if rows:
-        lines += _table(["Variant", "Examples scored", "Seconds", "Early stop"], rows) + [""]
+        lines += markdown_table(["Variant", "Examples scored", "Seconds", "Early stop"], rows) + [""]
     lines += [
         f"Texts through an engine: {ev.get('texts_scored', 0):,} (probe split included); saved by early stops: {ev.get('texts_saved', 0):,}; "
         f"evaluate stage {ev.get('seconds', 0):.1f} s.",

@@ -9,8 +9,7 @@ from typing import Any
 from quant_workbench.config.recipe import DEFAULT_ACCURACY_MARGIN, DEFAULT_SPEED_MARGIN
 from quant_workbench.core.results import LatencyStats, RunResult, VariantResult
 from quant_workbench.measure.stats import DEFAULT_LEVEL, ratio_interval
-
-DASH = "—"
+from quant_workbench.report.format import DASH, markdown_table
 
 
 def _at(v: VariantResult, key: str) -> LatencyStats | None:
@@ -154,7 +153,7 @@ def reference_section(result: RunResult) -> list[str]:
             v.name, v.status, DASH if acc is None else f"{100 * acc:.2f}", DASH if cos is None else f"{cos:.4f}",
             *[DASH if _at(v, k) is None else f"{_at(v, k).p50_ms:.2f}" for k in keys],  # type: ignore[union-attr]
         ])
-    lines += _table(header, rows) + [""]
+    lines += markdown_table(header, rows) + [""]
     for item in reference_verdicts(result):
         lines.append(f"- **{item['verdict']}**.")
     failed = [v for v in refs if v.status != "ok"]
@@ -246,7 +245,7 @@ def engines_section(result: RunResult) -> list[str]:
                     _speedup_text(v, quickest, k, level) if quickest is not None else DASH,
                 ]
             rows.append(row)
-    return [*lines, *_table(header, rows), ""]
+    return [*lines, *markdown_table(header, rows), ""]
 
 
 def openvino_graph_section(result: RunResult) -> list[str]:
@@ -289,7 +288,7 @@ def openvino_graph_section(result: RunResult) -> list[str]:
         "",
     ]
     header = ["Row", "Graph", "Precision", "INT8 matmuls", "Attention blocks", "Float matmuls", "Float work left", "Activations fused into matmuls", "Notes"]
-    return [*lines, *_table(header, rows), ""]
+    return [*lines, *markdown_table(header, rows), ""]
 
 
 def engine_graph_section(result: RunResult) -> list[str]:
@@ -332,13 +331,6 @@ def engine_graph_section(result: RunResult) -> list[str]:
         "",
     ]
     header = ["Variant", "Graph", "Integer kernels", "Float MatMuls", "QuantizeLinear / DequantizeLinear", "Fused ops", "Fusions lost vs float", "Notes"]
-    return [*lines, *_table(header, rows), "", *openvino]
+    return [*lines, *markdown_table(header, rows), "", *openvino]
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    def cell(x: str) -> str:
-        return x.replace("|", "\\|").replace("\n", " ")
-
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(cell(c) for c in r) + " |" for r in rows]
-    return out

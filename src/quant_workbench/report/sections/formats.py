@@ -3,9 +3,8 @@ of each family side by side, and which of them can be fast on which hardware."""
 
 from __future__ import annotations
 
-import math
-
 from quant_workbench.core.results import RunResult, VariantResult
+from quant_workbench.report.format import pct
 
 HARDWARE_NOTES = [
     "**float32**: the reference; runs everywhere.",
@@ -40,10 +39,6 @@ def _describe(family: str) -> str:
     return family.upper() if family == "int8" else family
 
 
-def _pct(x: float | None) -> str:
-    return "—" if x is None or not math.isfinite(x) else f"{100.0 * x:.2f}"
-
-
 def formats_section(result: RunResult) -> list[str]:
     """Empty unless the run compares more than one quantized format (FP8 or SmoothQuant present)."""
     ok = [v for v in result.variants if v.status == "ok"]
@@ -71,7 +66,7 @@ def formats_section(result: RunResult) -> list[str]:
         acc = v.metrics.get(result.primary_metric)
         delta = "reference" if v is ref else (f"{100.0 * (acc - ref_acc):+.2f}" if acc is not None and ref_acc is not None else "—")
         ci, paired = v.intervals.get(result.primary_metric), v.intervals.get("vs_float")
-        acc_text = _pct(acc) + (f" ({100 * ci[0]:.1f}–{100 * ci[1]:.1f})" if ci and acc is not None else "")
+        acc_text = pct(acc) + (f" ({100 * ci[0]:.1f}–{100 * ci[1]:.1f})" if ci and acc is not None else "")
         if paired and v is not ref and result.primary_metric == "accuracy" and delta != "—":
             delta += f" ({100 * paired['delta_low']:+.2f} to {100 * paired['delta_high']:+.2f})"
         cos = v.metrics.get("cosine_to_float")
