@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from quant_workbench.config.catalog import FAMILIES
-from quant_workbench.config.vocabulary import CALIB_METHODS, CalibMethod, Format, Strict
+from quant_workbench.config.vocabulary import CALIB_METHODS, CalibMethod, Format, Strict, format_label
 
 SearchMethod = CalibMethod
 GroupKind = Literal["layer", "kind"]
@@ -129,7 +129,5 @@ class SearchSpec(Strict):
 
 
 def family_label(config: dict[str, Any]) -> str:
-    """INT8, INT8 + SmoothQuant 0.5, FP8 E4M3: the format dimension of a configuration."""
-    if config.get("format", "int8") == "fp8":
-        return "FP8 E4M3"
-    return f"INT8 + SmoothQuant {config['alpha']:g}" if config.get("alpha") is not None else "INT8"
+    """INT8, INT8 + SmoothQuant 0.5, FP8 E4M3: the format dimension of a search configuration."""
+    return format_label(config.get("format", "int8"), config.get("alpha"))

@@ -32,3 +32,21 @@ class Strict(BaseModel):
 # models/loading.py's EncoderWithHead holds the Hugging Face model as `hf`: the prefix of its modules'
 # and weights' names (quantizers, Q/DQ nodes, initializers)
 HF_PREFIX = "hf."
+
+
+def format_prefix(kind: str, alpha: float | None = None) -> str:
+    """A format's part of variant names (`<prefix>-<method>`): int8, int8-sq0.5 (SmoothQuant alpha 0.5), fp8."""
+    return f"{kind}-sq{alpha:g}" if alpha is not None else kind
+
+
+def parse_format_prefix(prefix: str) -> tuple[str, float | None]:
+    """`format_prefix` read back: int8-sq0.5 -> ("int8", 0.5), fp8 -> ("fp8", None)."""
+    kind, smoothed, alpha = prefix.partition("-sq")
+    return kind, (float(alpha) if smoothed else None)
+
+
+def format_label(kind: str, alpha: float | None = None) -> str:
+    """INT8, INT8 + SmoothQuant 0.5, FP8 E4M3: what reports call a format."""
+    if kind == "fp8":
+        return "FP8 E4M3"
+    return f"INT8 + SmoothQuant {alpha:g}" if alpha is not None else kind.upper()

@@ -19,7 +19,7 @@ from torch import nn
 
 from quant_workbench.config.catalog import FAMILIES
 from quant_workbench.config.recipe import CalibMethod, QuantFamily, QuantSpec
-from quant_workbench.config.vocabulary import Format
+from quant_workbench.config.vocabulary import Format, format_prefix
 from quant_workbench.core.artifacts import hash_json
 from quant_workbench.quantize.apply import set_format
 from quant_workbench.quantize.observers import HistogramCalibrator
@@ -42,7 +42,7 @@ class Family:
     @property
     def prefix(self) -> str:
         """Variant names are `<prefix>-<method>`: int8-mse, int8-sq0.5-mse, fp8-mse."""
-        return f"int8-sq{self.alpha:g}" if self.alpha is not None else self.kind
+        return format_prefix(self.kind, self.alpha)
 
     @property
     def precision(self) -> Literal["int8", "fp8"]:

@@ -3,6 +3,7 @@ of each family side by side, and which of them can be fast on which hardware."""
 
 from __future__ import annotations
 
+from quant_workbench.config.vocabulary import format_label, parse_format_prefix
 from quant_workbench.core.results import RunResult, VariantResult
 from quant_workbench.report.format import pct
 
@@ -32,17 +33,18 @@ def _family(v: VariantResult) -> str:
 def _describe(family: str) -> str:
     if family == "float":
         return "float32"
-    if family == "fp8":
-        return "FP8 E4M3"
-    if family.startswith("int8-sq"):
-        return f"INT8 + SmoothQuant (alpha {family[len('int8-sq'):]})"
-    return family.upper() if family == "int8" else family
+    kind, alpha = parse_format_prefix(family)
+    if kind == "fp8" or (kind == "int8" and alpha is None):
+        return format_label(kind)
+    if alpha is not None:
+        return f"INT8 + SmoothQuant (alpha {alpha:g})"
+    return family
 
 
 def formats_section(result: RunResult) -> list[str]:
     """Empty unless the run compares more than one quantized format (FP8 or SmoothQuant present)."""
     ok = [v for v in result.variants if v.status == "ok"]
-    if not any(v.precision == "fp8" or v.name.startswith("int8-sq") for v in result.variants):
+    if not any(v.precision == "fp8" or parse_format_prefix(_family(v))[1] is not None for v in result.variants):
         return []
     best: dict[str, VariantResult] = {}
     for v in ok:
