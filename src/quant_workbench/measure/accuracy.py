@@ -101,6 +101,32 @@ def score_classification(logits: np.ndarray, labels: np.ndarray, float_logits: n
 
 
 @dataclass
+class Scorer:
+    """How a split's outputs become predictions and metrics, the one way the run and the search's trials
+    score: a linear probe on the float model's embeddings of the probe split (embedding models), else the
+    argmax of the logits."""
+
+    probe: LinearProbe | None = None
+
+    @classmethod
+    def fit(cls, recipe: Recipe, loaded: LoadedModel, splits: Splits, float_engine: Runner, progress: bool = False) -> Scorer:
+        """For an embedding model, the probe trained on the float engine's embeddings of the probe split."""
+        if recipe.model.task != "embedding":
+            return cls()
+        bs, maxlen = recipe.quantization.calibration.batch_size, recipe.model.max_seq_length
+        probe_x = length_buckets(loaded.tokenizer, splits.probe, loaded.input_names, maxlen, bs).run(float_engine, "embed probe split", progress)
+        return cls(LinearProbe(seed=recipe.seed).fit(probe_x, splits.probe.labels))
+
+    def predict(self, out: np.ndarray) -> np.ndarray:
+        return self.probe.predict(out) if self.probe is not None else out.argmax(-1)
+
+    def metrics(self, out: np.ndarray, labels: np.ndarray, float_out: np.ndarray) -> dict[str, float]:
+        if self.probe is not None:
+            return score_embedding(self.probe, out, labels, float_out)
+        return score_classification(out, labels, float_out)
+
+
+@dataclass
 class Buckets:
     """One split's texts tokenized once, in batches of similar length (little padding); `run` returns the
     outputs in the split's own order, so examples stay paired across variants."""
@@ -204,20 +230,15 @@ def evaluate_variants(
     boundaries = spending_boundaries(fractions[:-1], level / 2.0) if looks > 1 else []
     seconds: dict[str, float] = dict.fromkeys(engines, 0.0)
     parts: dict[str, list[np.ndarray]] = {name: [] for name in engines}
-    probe: LinearProbe | None = None
+    scorer = Scorer()
     record: dict[str, Any] = {"split": "evaluation", "n": n_total, "looks": looks, "blocks": [[a, b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)],
                               "boundaries": boundaries, "baseline": baseline}
     try:
-        if recipe.model.task == "embedding":
-            t = time.perf_counter()
-            probe_buckets = length_buckets(loaded.tokenizer, splits.probe, loaded.input_names, maxlen, bs)
-            probe_x = probe_buckets.run(engines[baseline], "embed probe split", progress)
-            probe = LinearProbe(seed=recipe.seed).fit(probe_x, splits.probe.labels)
+        t = time.perf_counter()
+        scorer = Scorer.fit(recipe, loaded, splits, engines[baseline], progress)
+        if scorer.probe is not None:
             record["probe_seconds"] = round(time.perf_counter() - t, 2)
-
-        def predict(out: np.ndarray) -> np.ndarray:
-            return probe.predict(out) if probe is not None else out.argmax(-1)
-
+        predict = scorer.predict
         active = [name for name in engines]
         references = {v.name: v.reference for v in ok}
         stopped: dict[str, dict[str, Any]] = {}
@@ -269,17 +290,14 @@ def evaluate_variants(
             continue
         out = outputs[v.name]
         n = len(out)
-        if probe is not None:
-            v.metrics = score_embedding(probe, out, labels[:n], float_out[:n])
-        else:
-            v.metrics = score_classification(out, labels[:n], float_out[:n])
+        v.metrics = scorer.metrics(out, labels[:n], float_out[:n])
         v.intervals = prediction_statistics(preds[v.name], labels, None if v.name == baseline else preds[baseline], level, seed=recipe.seed)
     margin, source = accuracy_margin_for(recipe, reference.metrics.get("accuracy"))
     record.update({
         "margin": margin, "margin_source": source,
         "procedure": SEQUENTIAL_PROCEDURE.format(looks=looks, baseline=baseline, half=level / 2) if looks > 1 else "every variant scores the whole split (selection.looks: 1)",
         "variants": {name: {"n": len(out), "seconds": round(seconds.get(name, 0.0), 2), "stopped": stopped.get(name)} for name, out in outputs.items()},
-        "texts_scored": int(sum(len(out) for out in outputs.values())) + (len(splits.probe) if probe is not None else 0),
+        "texts_scored": int(sum(len(out) for out in outputs.values())) + (len(splits.probe) if scorer.probe is not None else 0),
         "texts_saved": int(sum(s["texts_saved"] for s in stopped.values())),
         "batches": {"batch_size": bs, "real_tokens": real, "padded_tokens": padded, "order": "sorted by token length within each block"},
         "seconds": round(time.perf_counter() - t_start, 2),

@@ -37,10 +37,8 @@ from quant_workbench.export.fidelity import qdq_fidelity
 from quant_workbench.export.graphs import EngineGraphs
 from quant_workbench.export.qdq import export_onnx, plan_names
 from quant_workbench.measure.accuracy import (
-    LinearProbe,
+    Scorer,
     length_buckets,
-    score_classification,
-    score_embedding,
 )
 from quant_workbench.measure.latency import aa_name, benchmark_interleaved, speedup
 from quant_workbench.measure.stats import interval_metrics, prediction_statistics, ratio_interval
@@ -200,10 +198,7 @@ class TrialRunner:
         # as (the fused one on ONNX Runtime CPU), so the criterion's threshold is the final evaluation's
         with EngineFromOnnx(self.float_engine_path, recipe, "float", "float32") as eng:
             self.float_out = self.buckets.run(eng, "evaluate float", progress)
-            self.probe: LinearProbe | None = None
-            if recipe.model.task == "embedding":
-                probe_x = length_buckets(loaded.tokenizer, splits.probe, loaded.input_names, maxlen, bs).run(eng, "embed probe split", progress)
-                self.probe = LinearProbe(seed=recipe.seed).fit(probe_x, splits.probe.labels)
+            self.scorer = Scorer.fit(recipe, loaded, splits, eng, progress)  # the evaluate stage's scoring
         self.float_metrics = self._score(self.float_out)
         self.float_accuracy = self.float_metrics["accuracy"]
         self.threshold = self.spec.criterion.threshold(self.float_accuracy)
@@ -211,12 +206,8 @@ class TrialRunner:
 
     def _score(self, out: np.ndarray) -> dict[str, float]:
         labels = self.split.labels
-        if self.probe is not None:
-            metrics = score_embedding(self.probe, out, labels, self.float_out)
-            pred, float_pred = self.probe.predict(out), self.probe.predict(self.float_out)
-        else:
-            metrics = score_classification(out, labels, self.float_out)
-            pred, float_pred = out.argmax(-1), self.float_out.argmax(-1)
+        metrics = self.scorer.metrics(out, labels, self.float_out)
+        pred, float_pred = self.scorer.predict(out), self.scorer.predict(self.float_out)
         return {**metrics, **interval_metrics(prediction_statistics(pred, labels, float_pred, self.recipe.selection.level, seed=self.recipe.seed))}
 
     def plan_for(self, config: Config) -> QuantPlan:
