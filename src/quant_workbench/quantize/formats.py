@@ -41,8 +41,9 @@ class Family:
 
     @property
     def prefix(self) -> str:
-        """Variant names are `<prefix>-<method>`: int8-mse, int8-sq0.5-mse, fp8-mse."""
-        return format_prefix(self.kind, self.alpha)
+        """Variant names are `<prefix>-<method>`: int8-mse, int8-sq0.5-mse, fp8-mse (a format's own name, or
+        for SmoothQuant its precision and alpha)."""
+        return format_prefix(self.kind if self.alpha is not None else self.name, self.alpha)
 
     @property
     def precision(self) -> Literal["int8", "fp8"]:

@@ -23,6 +23,13 @@ def register(cls: A) -> A:
     return cls
 
 
+def unregister(cls: type[Architecture]) -> None:
+    """Remove an architecture registered at run time (an extension tried out in a test or a notebook)."""
+    for model_type in cls.model_types:
+        if type(_BY_MODEL_TYPE.get(model_type)) is cls:
+            del _BY_MODEL_TYPE[model_type]
+
+
 def supported_model_types() -> list[str]:
     return sorted(_BY_MODEL_TYPE)
 
