@@ -15,7 +15,7 @@ from .trt_stubs import prepare_stubs, stub_sources
 tomllib = pytest.importorskip("tomllib", reason="Python 3.11+ (tomllib) reads the project's mypy settings")
 
 ROOT = Path(__file__).resolve().parents[2]
-MODULE = ROOT / "src" / "quant_workbench" / "engines" / "tensorrt.py"
+MODULE = ROOT / "src" / "quant_workbench" / "runtime" / "tensorrt.py"
 
 pytestmark = pytest.mark.skipif(stub_sources() is None, reason="tensorrt-stubs is not installed (pip install --no-deps tensorrt-stubs)")
 

@@ -41,7 +41,7 @@ def architecture_for(config: Any) -> Architecture:
         raise ModelError(
             f"the model's architecture (config.model_type '{model_type}') is not one the workbench knows how to quantize.",
             f"supported model types: {', '.join(supported_model_types())}; "
-            "a new one is one file in src/quant_workbench/quantize/architectures/ (docs/ARCHITECTURE.md)",
+            "a new one is one file in src/quant_workbench/quantize/architectures/ (docs/extending.md)",
         )
     return arch
 
