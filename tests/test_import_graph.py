@@ -140,6 +140,19 @@ def test_no_import_circles_between_packages() -> None:
     assert not found, f"package circles: {found}"
 
 
+# docs/ARCHITECTURE.md's order: a package imports only packages before it
+LAYERS = ["core", "config", "data", "quantize", "models", "runtime", "measure", "export", "report", "selection", "search", "deploy", "pipeline", "cli"]
+
+
+def test_packages_import_only_the_layers_before_them() -> None:
+    graph = package_graph(import_graph())
+    names = {f"quant_workbench.{name}" for name in LAYERS} | {"quant_workbench"}
+    assert set(graph) == names, "a package is missing from LAYERS (and from docs/ARCHITECTURE.md)"
+    for i, name in enumerate(LAYERS):
+        allowed = {f"quant_workbench.{below}" for below in LAYERS[:i]} | {"quant_workbench"}
+        assert graph[f"quant_workbench.{name}"] <= allowed, f"{name} imports {sorted(graph[f'quant_workbench.{name}'] - allowed)}"
+
+
 def test_package_graph_sees_a_circle() -> None:
     graph = {"quant_workbench.a.x": {"quant_workbench.b.y"}, "quant_workbench.b.y": set(), "quant_workbench.b.z": {"quant_workbench.a.x"}}
     assert cycles(package_graph(graph)) == [{"quant_workbench.a", "quant_workbench.b"}]
