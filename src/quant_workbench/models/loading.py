@@ -11,12 +11,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
-from torch.nn import functional as F
 
 from quant_workbench.config.recipe import ModelSpec
 from quant_workbench.core.artifacts import hash_json, hash_tree
 from quant_workbench.core.errors import ModelError
+from quant_workbench.models import EncoderWithHead
 from quant_workbench.quantize.architectures import Architecture, architecture_for
 from quant_workbench.quantize.modules import ATTENTION_FUNCTION, register_attention_function
 
@@ -26,46 +25,6 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # ModelSpec fields that only decide whether a run may start (pipeline/sanity.py), not what the model computes:
 # left out of the model's fingerprint, so changing them reuses every artifact and calibration cache
 _GATE_FIELDS = {"max_unknown_token_rate", "allow_untrained_head"}
-
-
-class EncoderWithHead(nn.Module):
-    """input ids -> embeddings (mean/CLS pooled, optionally L2-normalised) or classification logits.
-
-    The Hugging Face model sits under `hf`, so module names inside it are the model's own names.
-    """
-
-    def __init__(self, hf: nn.Module, task: str, pooling: str, normalize: bool, input_names: Sequence[str]) -> None:
-        super().__init__()
-        self.hf = hf
-        self.task = task
-        self.pooling = pooling
-        self.normalize = normalize
-        self.input_names = list(input_names)
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        token_type_ids: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        kwargs: dict[str, torch.Tensor] = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if token_type_ids is not None:
-            kwargs["token_type_ids"] = token_type_ids
-        out = self.hf(**kwargs)
-        if self.task == "sequence-classification":
-            logits: torch.Tensor = out.logits
-            return logits
-        hidden: torch.Tensor = out.last_hidden_state
-        if self.pooling == "cls":
-            pooled = hidden[:, 0]
-        else:
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        return F.normalize(pooled, p=2, dim=-1) if self.normalize else pooled
-
-    @property
-    def output_name(self) -> str:
-        return "logits" if self.task == "sequence-classification" else "embeddings"
 
 
 @dataclass

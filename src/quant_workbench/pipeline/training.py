@@ -46,7 +46,8 @@ from quant_workbench.core.artifacts import atomic_path, hash_json, write_json
 from quant_workbench.core.errors import WorkbenchError
 from quant_workbench.data.splits import Splits, TextSet
 from quant_workbench.measure.accuracy import classification_metrics
-from quant_workbench.models.loading import EncoderWithHead, LoadedModel, batches, to_torch, tokenize
+from quant_workbench.models import EncoderWithHead
+from quant_workbench.models.loading import LoadedModel, batches, to_torch, tokenize
 from quant_workbench.quantize.apply import activation_quantizers, quantizers, set_scales, strip_quantization
 from quant_workbench.quantize.observers import HistogramCalibrator, per_channel_amax
 from quant_workbench.quantize.quantizer import TensorQuantizer
