@@ -10,7 +10,7 @@ import os
 import re
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -243,6 +243,17 @@ def mark_artifact(path: Path, key: str) -> None:
     """Written after the artifact itself, so a crash in between leaves a stale (rebuilt) artifact, never a
     wrong one. Records the content hash, so a later truncation or edit is caught on reuse."""
     write_text(_sidecar(path), f"{key}\nsha256:{sha256_file(path)}\n")
+
+
+def cached(path: Path, key: str, build: Callable[[], object]) -> bool:
+    """Reuse `path` when its sidecar says it was made from `key` and its bytes verify (`artifact_is_current`);
+    otherwise `build()` writes it and it is marked with `key`. The one way a stage caches a file it makes;
+    True when it was built."""
+    if artifact_is_current(path, key):
+        return False
+    build()
+    mark_artifact(path, key)
+    return True
 
 
 def onnx_size(path: Path) -> int:

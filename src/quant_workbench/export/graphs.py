@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import torch
 
 from quant_workbench.config.catalog import REFERENCES
 from quant_workbench.config.recipe import Recipe
-from quant_workbench.core.artifacts import artifact_is_current, hash_json, mark_artifact
+from quant_workbench.core.artifacts import artifact_is_current, cached, hash_json, mark_artifact
 from quant_workbench.core.errors import ExportError
 from quant_workbench.core.machine import cpu_has_vnni
 from quant_workbench.core.results import VariantResult
@@ -121,9 +122,7 @@ class EngineGraphs:
         float_path = self.models_dir / "float.onnx"
         try:
             key = self._key(graph="fused-float")
-            if not artifact_is_current(path, key):
-                export_fused_float(loaded.model, loaded.model.hf, path, example, loaded.input_names, loaded.output_name)
-                mark_artifact(path, key)
+            cached(path, key, lambda: export_fused_float(loaded.model, loaded.model.hf, path, example, loaded.input_names, loaded.output_name))
             diff = float(np.abs(_run(path, self.recipe, example) - reference).max())
         except ExportError as exc:
             self.say(f"  fused float graph unavailable ({exc}); the float baseline runs float.onnx")
@@ -149,9 +148,7 @@ class EngineGraphs:
     def _fused_for(self, loaded: LoadedModel, example: dict[str, torch.Tensor], key: str) -> Path:
         """A fused float graph of the model's current weights (SmoothQuant-rewritten or QAT-trained)."""
         path = self.models_dir / f"fused-{key[:12]}.onnx"
-        if not artifact_is_current(path, key):
-            export_fused_float(loaded.model, loaded.model.hf, path, example, loaded.input_names, loaded.output_name)
-            mark_artifact(path, key)
+        cached(path, key, lambda: export_fused_float(loaded.model, loaded.model.hf, path, example, loaded.input_names, loaded.output_name))
         return path
 
     def for_variant(
@@ -226,9 +223,7 @@ class EngineGraphs:
             try:
                 if graph == "qdq-u8":
                     key = self._key(graph="qdq-u8", qdq=_sidecar(qdq_path))
-                    if not artifact_is_current(path, key):
-                        qdq_to_u8_activations(qdq_path, path)
-                        mark_artifact(path, key)
+                    cached(path, key, partial(qdq_to_u8_activations, qdq_path, path))
                 cos = float(cosine_rows(_run(path, self.recipe, example), fake).mean())
             except Exception as exc:  # noqa: BLE001 - any failure of this graph means: use the next one
                 log.debug("engine graph %s of %s failed", graph, name, exc_info=True)
@@ -287,9 +282,7 @@ class EngineGraphs:
         partial = [node for node, lins in mapping.items() if any(n in wanted for n in lins) and not all(n in wanted for n in lins)]
         out = self.models_dir / "int8-dynamic.onnx"
         key = self._key(graph="int8-dynamic", nodes=sorted(nodes), per_channel=self.recipe.quantization.per_channel_weights)
-        if not artifact_is_current(out, key):
-            quantize_dynamic_onnx(self.fused_float_path, out, per_channel=self.recipe.quantization.per_channel_weights, nodes=nodes, op_types=["MatMul", "Attention"])
-            mark_artifact(out, key)
+        cached(out, key, lambda: quantize_dynamic_onnx(self.fused_float_path, out, per_channel=self.recipe.quantization.per_channel_weights, nodes=nodes, op_types=["MatMul", "Attention"]))
         cos = cosine_rows(_run(out, self.recipe, example), reference)
         noise = quantization_noise or 0.0
         threshold = 1.0 - (noise + end_to_end_allowance(noise, self.recipe.export.min_cosine))
@@ -381,9 +374,7 @@ def _build_ort_float(graphs: EngineGraphs, inputs: ReferenceInputs, path: Path) 
 def _build_ort_dynamic(graphs: EngineGraphs, inputs: ReferenceInputs, path: Path) -> None:
     ort_float = _ort_float_graph(graphs, inputs)
     key = graphs._key(graph="ref-ort-dynamic")
-    if not artifact_is_current(path, key):
-        quantize_dynamic_onnx(ort_float, path)
-        mark_artifact(path, key)
+    cached(path, key, lambda: quantize_dynamic_onnx(ort_float, path))
 
 
 def _build_ort_static(graphs: EngineGraphs, inputs: ReferenceInputs, path: Path) -> None:

@@ -35,6 +35,7 @@ import torch
 from quant_workbench.config.recipe import Recipe
 from quant_workbench.core.artifacts import (
     artifact_is_current,
+    cached,
     hash_json,
     make_shareable,
     mark_artifact,
@@ -175,9 +176,7 @@ def openvino_graph(
                     "graph": layout, "version": OPENVINO_GRAPH_VERSION, "base": base_key, "qdq": _sidecar(qdq_path),
                     "plan": wider.to_rows(), "amax": amax, "opset": recipe.export.opset,
                 })
-                if not artifact_is_current(path, key):
-                    export_onnx(loaded.model, path, example, loaded.input_names, loaded.output_name, recipe.export.opset)
-                    mark_artifact(path, key)
+                cached(path, key, lambda: export_onnx(loaded.model, path, example, loaded.input_names, loaded.output_name, recipe.export.opset))
             candidates.append((layout, path, wider))
             what = "attention matmuls (QK^T, PV)" if layout == "qdq-attention" else "attention score matmuls (QK^T)"
             notes.append(f"Q/DQ added on {len(added)} {what} from the same statistics ({scales.method})")

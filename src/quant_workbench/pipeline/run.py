@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +33,9 @@ import torch
 from quant_workbench import __version__
 from quant_workbench.config.recipe import Recipe, accuracy_margin_for, drop_hash_neutral
 from quant_workbench.core.artifacts import (
-    artifact_is_current,
     atomic_path,
+    cached,
     hash_json,
-    mark_artifact,
     onnx_size,
     write_json,
     write_text,
@@ -226,9 +226,7 @@ def export_float_stage(state: RunState) -> None:
     state.base_key = hash_json({"model": loaded.fingerprint, "opset": recipe.export.opset, "version": __version__, "export": EXPORT_LAYOUT})
     with state.stage("export float"):
         float_path = state.float_path = models_dir / "float.onnx"
-        if not artifact_is_current(float_path, state.base_key):
-            export_onnx(loaded.model, float_path, state.example, loaded.input_names, loaded.output_name, recipe.export.opset)
-            mark_artifact(float_path, state.base_key)
+        cached(float_path, state.base_key, lambda: export_onnx(loaded.model, float_path, state.example, loaded.input_names, loaded.output_name, recipe.export.opset))
         with torch.no_grad():
             state.float_reference = ref = loaded.model(**state.example).numpy()
         with OrtEngine(float_path, recipe.engine, "float") as eng:
@@ -320,9 +318,7 @@ def ptq_stage(state: RunState) -> None:
             }
             path = models_dir / f"{name}.qdq.onnx"
             key = hash_json({"base": state.base_key, "plan": plan.to_rows(), "amax": amax, "weights": recipe.quantization.per_channel_weights, **family.key})
-            if not artifact_is_current(path, key):
-                export_onnx(loaded.model, path, state.example, loaded.input_names, loaded.output_name, recipe.export.opset)
-                mark_artifact(path, key)
+            cached(path, key, partial(export_onnx, loaded.model, path, state.example, loaded.input_names, loaded.output_name, recipe.export.opset))
             variant.artifacts = {"onnx": f"models/{path.name}", "scales": f"models/{scales_path.name}"}
             variant.size_bytes = onnx_size(path)
             variant.fidelity = {**qdq_fidelity(recipe, loaded, path, state.example), **family.fidelity}
@@ -382,9 +378,7 @@ def qat_stage(state: RunState) -> None:
         write_json(scales_path, {"method": "qat", "init_method": info["init_method"], "amax": plan_names(amax)})
         path = state.run_dir / "models" / f"{name}.qdq.onnx"
         key = hash_json({"base": state.base_key, "plan": plan.to_rows(), "qat": info["cache_key"], "weights": recipe.quantization.per_channel_weights})
-        if not artifact_is_current(path, key):
-            export_onnx(model, path, state.example, loaded.input_names, loaded.output_name, recipe.export.opset)
-            mark_artifact(path, key)
+        cached(path, key, lambda: export_onnx(model, path, state.example, loaded.input_names, loaded.output_name, recipe.export.opset))
         variant.artifacts = {"onnx": f"models/{path.name}", "scales": f"models/{scales_path.name}"}
         variant.size_bytes = onnx_size(path)
         qat_loaded = replace(loaded, model=model)

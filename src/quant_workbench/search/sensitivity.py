@@ -25,8 +25,8 @@ import torch
 from quant_workbench.config.recipe import BenchmarkSpec, Recipe
 from quant_workbench.core.artifacts import (
     artifact_is_current,
+    cached,
     hash_json,
-    mark_artifact,
     onnx_size,
     write_json,
 )
@@ -309,9 +309,7 @@ class TrialRunner:
         write_json(self.trials_dir / f"{key}.scales.json", {"method": config.method, "percentile": pct, "format": config.format, "smoothquant_alpha": config.alpha, "amax": plan_names(amax)})
         write_json(self.trials_dir / f"{key}.plan.json", plan.to_rows())
         t = time.perf_counter()
-        if not artifact_is_current(path, key):
-            export_onnx(loaded.model, path, self.example, loaded.input_names, loaded.output_name, recipe.export.opset)
-            mark_artifact(path, key)
+        if cached(path, key, lambda: export_onnx(loaded.model, path, self.example, loaded.input_names, loaded.output_name, recipe.export.opset)):
             self.exports += 1
         rec.seconds["export"] = round(time.perf_counter() - t, 3)
         rec.size_bytes = onnx_size(path)
