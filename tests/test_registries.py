@@ -91,7 +91,9 @@ def test_every_catalog_entry_has_its_implementation_and_no_more() -> None:
     from quant_workbench.quantize.methods import AMAX_METHODS
     from quant_workbench.runtime.base import BACKENDS
 
-    pairs = [(CALIBRATORS, AMAX_METHODS), (ENGINES, BACKENDS), (DEPLOY_TARGETS, TARGETS), (REFERENCES, REFERENCE_BUILDERS)]
+    pairs: list[tuple[Registry[Any], Registry[Any]]] = [
+        (CALIBRATORS, AMAX_METHODS), (ENGINES, BACKENDS), (DEPLOY_TARGETS, TARGETS), (REFERENCES, REFERENCE_BUILDERS),
+    ]
     for catalog, implementations in pairs:
         assert sorted(catalog.names()) == sorted(implementations.names()), catalog.kind
 

@@ -10,10 +10,10 @@ checked Q/DQ graph instead of shipping wrong numbers.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -223,7 +223,7 @@ class EngineGraphs:
             try:
                 if graph == "qdq-u8":
                     key = self._key(graph="qdq-u8", qdq=_sidecar(qdq_path))
-                    cached(path, key, partial(qdq_to_u8_activations, qdq_path, path))
+                    cached(path, key, functools.partial(qdq_to_u8_activations, qdq_path, path))
                 cos = float(cosine_rows(_run(path, self.recipe, example), fake).mean())
             except Exception as exc:  # noqa: BLE001 - any failure of this graph means: use the next one
                 log.debug("engine graph %s of %s failed", graph, name, exc_info=True)
@@ -282,7 +282,7 @@ class EngineGraphs:
         partial = [node for node, lins in mapping.items() if any(n in wanted for n in lins) and not all(n in wanted for n in lins)]
         out = self.models_dir / "int8-dynamic.onnx"
         key = self._key(graph="int8-dynamic", nodes=sorted(nodes), per_channel=self.recipe.quantization.per_channel_weights)
-        cached(out, key, lambda: quantize_dynamic_onnx(self.fused_float_path, out, per_channel=self.recipe.quantization.per_channel_weights, nodes=nodes, op_types=["MatMul", "Attention"]))
+        cached(out, key, functools.partial(quantize_dynamic_onnx, self.fused_float_path, out, per_channel=self.recipe.quantization.per_channel_weights, nodes=nodes, op_types=["MatMul", "Attention"]))
         cos = cosine_rows(_run(out, self.recipe, example), reference)
         noise = quantization_noise or 0.0
         threshold = 1.0 - (noise + end_to_end_allowance(noise, self.recipe.export.min_cosine))
