@@ -60,6 +60,17 @@ def offline_by_default() -> None:
     os.environ.setdefault("HF_DATASETS_OFFLINE", os.environ["HF_HUB_OFFLINE"])
 
 
+def set_up(debug: bool, *, quiet_transformers: bool = True) -> None:
+    """Logging and the environment every command runs in: no telemetry, offline unless the user allows the Hub,
+    transformers' own warnings only with --debug."""
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Bundled models and data are local; never let a missing file turn into a silent Hub download attempt.
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    if quiet_transformers and not debug:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    offline_by_default()
+
+
 def paragraph(prefix: str, text: str) -> str:
     return textwrap.fill(f"{prefix}{text}", width=100, break_long_words=False, break_on_hyphens=False)
 
@@ -224,11 +235,7 @@ HANDLERS: dict[str, tuple[Callable[[], argparse.ArgumentParser], Callable[[argpa
 def command_main(command: str, argv: Sequence[str]) -> int:
     make_parser, handler = HANDLERS[command]
     args = make_parser().parse_args(list(argv))
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    if not args.debug:
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    offline_by_default()
+    set_up(args.debug)
     try:
         return handler(args)
     except WorkbenchError as exc:
@@ -340,9 +347,7 @@ def _deploy_parser() -> argparse.ArgumentParser:
 
 def _deploy(argv: Sequence[str]) -> int:
     args = _deploy_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    offline_by_default()
+    set_up(args.debug, quiet_transformers=False)
     try:
         from quant_workbench.deploy import deploy_run
 
@@ -362,12 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] and argv[0] in ("sweep", "compare", "report"):  # sub-commands below
         return command_main(argv[0], argv[1:])
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    # Bundled models and data are local; never let a missing file turn into a silent Hub download attempt.
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    if not args.debug:
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    offline_by_default()
+    set_up(args.debug)
     try:
         if not (math.isfinite(args.wait_lock) and args.wait_lock >= 0):
             raise WorkbenchError(

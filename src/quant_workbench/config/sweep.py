@@ -100,16 +100,22 @@ def _spec_error(exc: ValidationError, path: Path) -> SweepError:
     )
 
 
+def read_yaml_mapping(path: Path, what: str, must_be: str, fix: str) -> dict[str, Any]:
+    """A YAML file that must hold a mapping (the sweep file, its base recipe), or one exit-2 paragraph saying why not."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise SweepError(f"{what} {path} is not valid YAML: {exc}.", "fix the YAML syntax at the line shown") from exc
+    if not isinstance(data, dict):
+        raise SweepError(f"{what} {path} must be {must_be}.", fix)
+    return data
+
+
 def read_sweep_spec(path: Path) -> SweepSpec:
     """The sweep file, read and validated (its runs' recipes are validated when the sweep is expanded)."""
     if not path.is_file():
         raise SweepError(f"sweep file '{path}' does not exist.", "pass the path of a sweep YAML file, e.g. recipes/sweeps/minilm_sweep.yaml")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise SweepError(f"sweep file {path} is not valid YAML: {exc}.", "fix the YAML syntax at the line shown") from exc
-    if not isinstance(raw, dict):
-        raise SweepError(f"sweep file {path} must be a mapping (name, base, axes, ...).", "see recipes/sweeps/minilm_sweep.yaml")
+    raw = read_yaml_mapping(path, "sweep file", "a mapping (name, base, axes, ...)", "see recipes/sweeps/minilm_sweep.yaml")
     try:
         spec = SweepSpec.model_validate(raw)
     except ValidationError as exc:

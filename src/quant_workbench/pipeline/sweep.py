@@ -32,10 +32,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from quant_workbench.config.recipe import Recipe, recipe_from_dict
-from quant_workbench.config.sweep import SweepError, SweepSpec, flow_value, read_sweep_spec, set_item
+from quant_workbench.config.sweep import (
+    SweepError,
+    SweepSpec,
+    flow_value,
+    read_sweep_spec,
+    read_yaml_mapping,
+    set_item,
+)
 from quant_workbench.core.artifacts import write_json, write_text
 from quant_workbench.core.errors import RecipeError, WorkbenchError
 from quant_workbench.pipeline.run import recipe_hash, run_dir_for
@@ -131,13 +136,7 @@ def _read_base(spec: SweepSpec, path: Path) -> tuple[dict[str, Any], str]:
             f"sweep {path}: base recipe '{spec.base}' resolves to '{base_path}', which is not a file.",
             "base is a path relative to the sweep file (e.g. base: bert_int8.yaml for a recipe beside it), or an inline recipe mapping",
         )
-    try:
-        data = yaml.safe_load(base_path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise SweepError(f"base recipe {base_path} is not valid YAML: {exc}.", "fix the YAML syntax at the line shown") from exc
-    if not isinstance(data, dict):
-        raise SweepError(f"base recipe {base_path} must be a mapping of sections.", "start from recipes/bert_int8.yaml")
-    return data, str(base_path)
+    return read_yaml_mapping(base_path, "base recipe", "a mapping of sections", "start from recipes/bert_int8.yaml"), str(base_path)
 
 
 def _model_layers(config: dict[str, Any]) -> int | None:
