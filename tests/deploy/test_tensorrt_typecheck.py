@@ -43,7 +43,8 @@ def _config(tmp: Path, stubs: Path) -> Path:
     """The project's [tool.mypy] settings plus the stub path; errors inside the stubs are not ours."""
     settings = dict(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"])
     settings.pop("overrides", None)
-    settings["mypy_path"] = str(stubs)
+    # the stubs, and this checkout's package (not whichever one the interpreter's site-packages would give)
+    settings["mypy_path"] = [str(stubs), str(ROOT / "src")]
     settings["cache_dir"] = str(tmp / "mypy_cache")
     lines = ["[tool.mypy]"] + [f"{k} = {_toml_value(v)}" for k, v in settings.items()]
     lines += ["", "[[tool.mypy.overrides]]", 'module = ["tensorrt", "tensorrt.*", "tensorrt_bindings", "tensorrt_bindings.*"]', "ignore_errors = true"]
