@@ -10,8 +10,8 @@ import statistics
 import time
 from pathlib import Path
 
-from quant_workbench.quantize.calibrate import load_stats
-from quant_workbench.recipe import ALL_METHODS
+from quant_workbench.config.recipe import ALL_METHODS
+from quant_workbench.quantize.observers import load_stats
 
 
 def main() -> None:

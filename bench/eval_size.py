@@ -17,10 +17,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from quant_workbench.io import write_json
+from quant_workbench.core.artifacts import write_json
 
 # the formula the selection's "undetermined" names a size with, kept in the library
-from quant_workbench.stats import required_size
+from quant_workbench.measure.stats import required_size
 
 
 def summarise(run_dir: Path, half_width: float) -> dict[str, Any]:

@@ -20,15 +20,21 @@ import os
 from pathlib import Path
 from typing import Any
 
-from quant_workbench.benchmark import aa_name, aa_summary, benchmark_interleaved, speedup_intervals, speedups
-from quant_workbench.engines.onnxruntime import OrtEngine, optimized_op_counts
-from quant_workbench.io import write_json
-from quant_workbench.recipe import BenchmarkSpec, EngineSpec
-from quant_workbench.run import hardware
+from quant_workbench.config.recipe import BenchmarkSpec, EngineSpec
+from quant_workbench.core.artifacts import write_json
+from quant_workbench.core.machine import hardware
+from quant_workbench.measure.latency import (
+    aa_name,
+    aa_summary,
+    benchmark_interleaved,
+    speedup_intervals,
+    speedups,
+)
+from quant_workbench.runtime.onnxruntime import OrtEngine, optimized_op_counts
 
 
 def engine_graph(run_dir: Path, variant: dict[str, Any]) -> Path:
-    """The file a variant was scored and timed with (see engine_graphs.py)."""
+    """The file a variant was scored and timed with (see export/graphs.py)."""
     graph = (variant.get("fidelity") or {}).get("engine_graph") or {}
     arts = variant.get("artifacts") or {}
     rel = graph.get("path") if str(graph.get("path", "")).startswith("models/") else None

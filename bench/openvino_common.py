@@ -24,16 +24,15 @@ from typing import Any
 
 import numpy as np
 
-from quant_workbench.benchmark import make_feed
-from quant_workbench.stats import median_interval, ratio_interval
+from quant_workbench.measure.latency import make_feed
+from quant_workbench.measure.stats import median_interval, ratio_interval
 
 Runner = Callable[[dict[str, np.ndarray]], object]
 
 
 def machine() -> dict[str, Any]:
     """The machine named in every table: CPU model, cores, load when measured."""
-    from quant_workbench.machine import precision_facts
-    from quant_workbench.run import hardware
+    from quant_workbench.core.machine import hardware, precision_facts
 
     info = hardware()
     with contextlib.suppress(OSError):
@@ -131,6 +130,6 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def save(path: Path, data: Any) -> None:
-    from quant_workbench.io import write_json
+    from quant_workbench.core.artifacts import write_json
 
     write_json(path, json.loads(json.dumps(data, default=str)))

@@ -33,19 +33,19 @@ from typing import Any
 
 from openvino_common import fmt_ratio, machine, save, summarize, table, timed_rounds
 
-from quant_workbench.data import load_splits
-from quant_workbench.engines.onnxruntime import OrtEngine
-from quant_workbench.engines.openvino import OvEngine
-from quant_workbench.evaluate import LinearProbe, run_outputs
-from quant_workbench.export import cosine_rows, export_onnx
-from quant_workbench.io import artifact_is_current, hash_json, mark_artifact
-from quant_workbench.models import load_model, to_torch, tokenize
-from quant_workbench.openvino_graphs import nncf_quantize
-from quant_workbench.quantize.apply import prepare, set_scales
-from quant_workbench.quantize.select import QuantPlan, build_plan
-from quant_workbench.recipe import load_recipe
-from quant_workbench.search.groups import apply_flags, layer_index, op_kind
-from quant_workbench.stats import prediction_statistics
+from quant_workbench.config.recipe import load_recipe
+from quant_workbench.core.artifacts import artifact_is_current, hash_json, mark_artifact
+from quant_workbench.data.splits import load_splits
+from quant_workbench.export.openvino import nncf_quantize
+from quant_workbench.export.qdq import export_onnx
+from quant_workbench.measure.accuracy import LinearProbe, run_outputs
+from quant_workbench.measure.stats import cosine_rows, prediction_statistics
+from quant_workbench.models.loading import load_model, to_torch, tokenize
+from quant_workbench.quantize.apply import apply_flags, prepare, set_scales
+from quant_workbench.quantize.plan import QuantPlan, build_plan
+from quant_workbench.runtime.onnxruntime import OrtEngine
+from quant_workbench.runtime.openvino import OvEngine
+from quant_workbench.search.groups import layer_index, op_kind
 
 ROLES = ("attention-qkv", "attention-output", "ffn-in", "ffn-out")
 
@@ -107,7 +107,7 @@ def main() -> None:
     base = build_plan(hf, recipe.quantization)
     full = build_plan(hf, recipe.quantization.model_copy(update={"quantize_attention_matmuls": True, "quantize_residual_adds": True}))
     prepare(hf, full, per_channel_weights=recipe.quantization.per_channel_weights)
-    from quant_workbench.calibration import calibration_statistics
+    from quant_workbench.pipeline.calibration import calibration_statistics
 
     channel_amax: dict[str, Any] = {}
     calibrators, _ = calibration_statistics(recipe, loaded, splits, full, progress=False, say=say, channel_amax=channel_amax)

@@ -22,11 +22,11 @@ from pathlib import Path
 import onnx
 from onnx import helper
 
-from quant_workbench.benchmark import benchmark_interleaved, speedups
-from quant_workbench.engines.onnxruntime import OrtEngine
-from quant_workbench.export_ort import MS_DOMAIN, qdq_to_u8_activations
-from quant_workbench.recipe import BenchmarkSpec, EngineSpec
-from quant_workbench.run import hardware
+from quant_workbench.config.recipe import BenchmarkSpec, EngineSpec
+from quant_workbench.core.machine import hardware
+from quant_workbench.export.ort import MS_DOMAIN, qdq_to_u8_activations
+from quant_workbench.measure.latency import benchmark_interleaved, speedups
+from quant_workbench.runtime.onnxruntime import OrtEngine
 
 
 def with_skip_layer_norm(src: Path, dst: Path) -> int:

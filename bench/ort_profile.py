@@ -41,17 +41,17 @@ import onnxruntime as ort
 import yaml
 from onnx import helper, numpy_helper
 
-from quant_workbench.benchmark import benchmark_interleaved, make_feed, speedup_intervals, speedups
-from quant_workbench.engines.onnxruntime import (
+from quant_workbench.config.recipe import BenchmarkSpec, EngineSpec
+from quant_workbench.core.artifacts import write_json
+from quant_workbench.core.machine import hardware
+from quant_workbench.export.ort import MS_DOMAIN
+from quant_workbench.measure.latency import benchmark_interleaved, make_feed, speedup_intervals, speedups
+from quant_workbench.runtime.onnxruntime import (
     OrtEngine,
     disabled_optimizers,
     session_options,
     session_providers,
 )
-from quant_workbench.export_ort import MS_DOMAIN
-from quant_workbench.io import write_json
-from quant_workbench.recipe import BenchmarkSpec, EngineSpec
-from quant_workbench.run import hardware
 
 INPUT_ORDER = ["input_ids", "attention_mask", "token_type_ids"]
 VOCAB = 30522  # BERT WordPiece, as bench/latency.py feeds it
@@ -94,7 +94,7 @@ def recipe_engine(run_dir: Path) -> EngineSpec:
 
 
 def profiled_session(path: Path, spec: EngineSpec, threads: int | None, prefix: Path) -> Any:
-    """An InferenceSession built like OrtEngine's (engines/onnxruntime.py: the same session options) plus
+    """An InferenceSession built like OrtEngine's (runtime/onnxruntime.py: the same session options) plus
     the profiler; a graph optimized differently from the timed one would profile a different graph."""
     so = session_options(spec, threads)
     so.enable_profiling = True

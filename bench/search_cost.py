@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from quant_workbench.io import write_json
+from quant_workbench.core.artifacts import write_json
 
 
 def _stats(xs: list[float]) -> dict[str, float]:

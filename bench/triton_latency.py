@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -26,13 +27,16 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tritonserver launcher lives with the tests
+from deploy.triton_server import TritonServer  # noqa: E402
+
+from quant_workbench.config.recipe import DeploySpec, load_recipe
+from quant_workbench.core.artifacts import write_json
+from quant_workbench.core.machine import hardware
 from quant_workbench.deploy import deploy_run
-from quant_workbench.deploy.server import TritonServer
 from quant_workbench.deploy.triton import Repository
-from quant_workbench.io import write_json
-from quant_workbench.recipe import DeploySpec, load_recipe
-from quant_workbench.report import update_report
-from quant_workbench.run import hardware, versions
+from quant_workbench.pipeline.run import versions
+from quant_workbench.report.markdown import update_report
 
 
 def _client(protocol: str, url: str) -> tuple[Any, Any]:
@@ -75,7 +79,7 @@ def _model_counts(server: TritonServer, model: str) -> tuple[int, int]:
 
 
 def _texts(run_dir: Path, n: int) -> list[str]:
-    from quant_workbench.data import load_splits
+    from quant_workbench.data.splits import load_splits
 
     recipe = load_recipe(run_dir / "recipe.resolved.yaml")
     splits = load_splits(recipe.data)

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from quant_workbench.benchmark import (
+from quant_workbench.config.recipe import BenchmarkSpec
+from quant_workbench.measure.latency import (
     Resolution,
     Runner,
     aa_name,
@@ -20,7 +21,6 @@ from quant_workbench.benchmark import (
     speedup_intervals,
     speedups,
 )
-from quant_workbench.recipe import BenchmarkSpec
 
 NAMES = ["input_ids", "attention_mask", "token_type_ids"]
 
@@ -299,8 +299,8 @@ def test_an_unresolved_decision_runs_to_the_cap_and_says_which_comparisons_were_
 
 
 def test_onnx_runtime_sessions_do_not_spin() -> None:
-    from quant_workbench.engines.onnxruntime import session_options
-    from quant_workbench.recipe import EngineSpec
+    from quant_workbench.config.recipe import EngineSpec
+    from quant_workbench.runtime.onnxruntime import session_options
 
     so = session_options(EngineSpec())
     assert so.get_session_config_entry("session.intra_op.allow_spinning") == "0"

@@ -192,8 +192,8 @@ def test_console_script_exists_and_help_exits_0() -> None:
 
 
 def test_an_exporter_bug_exits_1_not_2(capsys: pytest.CaptureFixture[str], make_recipe: RecipeFactory, write_recipe: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    import quant_workbench.run as run_mod
-    from quant_workbench.errors import ExportError
+    import quant_workbench.pipeline.run as run_mod
+    from quant_workbench.core.errors import ExportError
 
     def broken(*a: Any, **k: Any) -> Any:
         raise ExportError("exported int8-max.qdq.onnx fails onnx.checker: bad node", "run with --debug and report it")
@@ -207,8 +207,8 @@ def test_an_exporter_bug_exits_1_not_2(capsys: pytest.CaptureFixture[str], make_
 def test_an_undetermined_selection_exits_0_with_a_warning_line(
     capsys: pytest.CaptureFixture[str], make_recipe: RecipeFactory, write_recipe: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import quant_workbench.run as run_mod
-    from quant_workbench.results import RunResult, VariantResult
+    import quant_workbench.pipeline.run as run_mod
+    from quant_workbench.core.results import RunResult, VariantResult
 
     result = RunResult(
         recipe_name="r", run_id="x", task="embedding", primary_metric="accuracy", created_utc="t", versions={}, hardware={},

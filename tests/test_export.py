@@ -16,22 +16,22 @@ import torch
 from onnx import numpy_helper
 from tiny_fixtures import TINY_SEQ, make_rows
 
-from quant_workbench.engines.onnxruntime import OrtEngine, optimized_op_counts
-from quant_workbench.export import (
-    HF_PREFIX,
-    cosine_rows,
+from quant_workbench.config.recipe import EngineSpec, ModelSpec, QuantSpec
+from quant_workbench.config.vocabulary import HF_PREFIX
+from quant_workbench.export.qdq import (
     export_onnx,
     find_linears,
     finish_graph,
     per_layer_fidelity,
     qdq_summary,
 )
-from quant_workbench.models import LoadedModel, load_model, to_torch, tokenize
+from quant_workbench.measure.stats import cosine_rows
+from quant_workbench.models.loading import LoadedModel, load_model, to_torch, tokenize
 from quant_workbench.quantize.apply import calibrate, prepare, quantizers, set_scales
-from quant_workbench.quantize.calibrate import HistogramCalibrator, save_stats
 from quant_workbench.quantize.modules import QuantLinear
-from quant_workbench.quantize.select import QuantPlan, build_plan
-from quant_workbench.recipe import EngineSpec, ModelSpec, QuantSpec
+from quant_workbench.quantize.observers import HistogramCalibrator, save_stats
+from quant_workbench.quantize.plan import QuantPlan, build_plan
+from quant_workbench.runtime.onnxruntime import OrtEngine, optimized_op_counts
 
 METHODS = ["max", "percentile", "entropy", "mse"]
 N_LINEARS = 12  # 2 layers x (query, key, value, attention.output.dense, intermediate.dense, output.dense)
@@ -412,6 +412,6 @@ def test_attention_and_residual_quantization_end_to_end(fresh_pairs: Callable[[b
     ],
 )
 def test_end_to_end_allowance_scales_with_quantization_noise(onnx_vs_fake: float, fake_vs_float: float, passes: bool) -> None:
-    from quant_workbench.export import end_to_end_allowance
+    from quant_workbench.export.qdq import end_to_end_allowance
 
     assert (1.0 - onnx_vs_fake <= end_to_end_allowance(1.0 - fake_vs_float, 0.99)) is passes

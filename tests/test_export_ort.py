@@ -14,12 +14,12 @@ import torch
 from onnx import TensorProto
 from tiny_fixtures import TINY_SEQ, make_rows, recipe_dict
 
-import quant_workbench.engine_graphs as engine_graphs
-from quant_workbench.engine_graphs import EngineGraphs
-from quant_workbench.engines.onnxruntime import OrtEngine, optimized_op_counts
-from quant_workbench.errors import RecipeError
-from quant_workbench.export import cosine_rows, export_onnx
-from quant_workbench.export_ort import (
+import quant_workbench.export.graphs as engine_graphs
+from quant_workbench.config.recipe import EngineSpec, ModelSpec, QuantSpec, recipe_from_dict
+from quant_workbench.core.errors import RecipeError
+from quant_workbench.core.results import VariantResult
+from quant_workbench.export.graphs import EngineGraphs
+from quant_workbench.export.ort import (
     U8_ZERO_POINT,
     LoweringError,
     export_fused_float,
@@ -28,12 +28,13 @@ from quant_workbench.export_ort import (
     map_linears,
     qdq_to_u8_activations,
 )
-from quant_workbench.models import LoadedModel, load_model, to_torch, tokenize
+from quant_workbench.export.qdq import export_onnx
+from quant_workbench.measure.stats import cosine_rows
+from quant_workbench.models.loading import LoadedModel, load_model, to_torch, tokenize
 from quant_workbench.quantize.apply import calibrate, prepare, set_scales
 from quant_workbench.quantize.modules import QuantLinear
-from quant_workbench.quantize.select import build_plan
-from quant_workbench.recipe import EngineSpec, ModelSpec, QuantSpec, recipe_from_dict
-from quant_workbench.results import VariantResult
+from quant_workbench.quantize.plan import build_plan
+from quant_workbench.runtime.onnxruntime import OrtEngine, optimized_op_counts
 from quant_workbench.selection import select_variant
 
 ENGINE = EngineSpec(provider="cpu", graph_optimization="all", threads=1)
@@ -217,7 +218,7 @@ def test_int8_dynamic_honours_ignore(tiny_bert_dir: Path, tmp_path: Path, tiny_c
 def test_int8_dynamic_that_fails_its_gate_is_removed_with_the_numbers(
     fused: tuple[LoadedModel, dict[str, torch.Tensor], Path], tmp_path: Path, tiny_bert_dir: Path, tiny_csv: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from quant_workbench.errors import ExportError
+    from quant_workbench.core.errors import ExportError
 
     loaded, example, src = fused
     graphs = _graphs(tmp_path, tiny_bert_dir, tiny_csv)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from quant_workbench.format_notes import formats_section
-from quant_workbench.report import render_markdown
-from quant_workbench.results import RunResult, VariantResult
+from quant_workbench.core.results import RunResult, VariantResult
+from quant_workbench.report.markdown import render_markdown
+from quant_workbench.report.sections.formats import formats_section
 
 
 def _v(name: str, precision: str, acc: float, cos: float, **kw: object) -> VariantResult:

@@ -1,8 +1,11 @@
-"""No import circles among the package's modules (function-level imports count: they only hide a circle)."""
+"""No import circles among the package's modules nor between its packages (function-level imports count:
+they only hide a circle; so do modules loaded by name), and configuration imports no implementation."""
 
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -27,6 +30,22 @@ def _type_checking_only(tree: ast.Module) -> set[int]:
     return out
 
 
+def _loaded_by_name(node: ast.AST, name: str, package: str, modules: dict[str, Path]) -> list[str]:
+    """`importlib.import_module("quant_workbench.x")` imports x; `import_module(f"{__name__}.{info.name}")`
+    (a package importing each of its submodules, found by pkgutil) imports every submodule of the package."""
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute | ast.Name)):
+        return []
+    func = node.func.attr if isinstance(node.func, ast.Attribute) else node.func.id
+    if func != "import_module" or not node.args:
+        return []
+    arg = node.args[0]
+    if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+        return [arg.value]
+    if isinstance(arg, ast.JoinedStr) and "__name__" in ast.unparse(arg):
+        return [m for m in modules if m.rpartition(".")[0] == package and m != name]
+    raise AssertionError(f"{name}: import_module({ast.unparse(arg)}) loads a module this test cannot name")
+
+
 def import_graph() -> dict[str, set[str]]:
     modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
     graph: dict[str, set[str]] = {m: set() for m in modules}
@@ -48,6 +67,7 @@ def import_graph() -> dict[str, set[str]]:
                     base = ".".join([*anchor, base]) if base else ".".join(anchor)
                 # `from pkg import mod` imports the submodule when there is one
                 targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+            targets += _loaded_by_name(node, name, package, modules)
             for target in targets:
                 while target and target not in modules:
                     target = target.rpartition(".")[0]
@@ -93,9 +113,49 @@ def cycles(graph: dict[str, set[str]]) -> list[set[str]]:
 
 def test_import_graph_finds_a_known_edge() -> None:
     graph = import_graph()
-    assert "quant_workbench.architectures" in graph["quant_workbench.quantize.select"]
-    assert "quant_workbench.errors" in graph["quant_workbench.architectures.registry"]
-    assert "quant_workbench.signatures" in graph["quant_workbench.engines.tensorrt"]  # a function-level import counts
+    assert "quant_workbench.quantize.architectures" in graph["quant_workbench.quantize.plan"]
+    assert "quant_workbench.core.errors" in graph["quant_workbench.quantize.architectures.registry"]
+    assert "quant_workbench.core.signatures" in graph["quant_workbench.runtime.tensorrt"]  # a function-level import counts
+
+
+def test_import_graph_follows_modules_loaded_by_name() -> None:
+    graph = import_graph()
+    assert "quant_workbench.quantize.architectures.bert" in graph["quant_workbench.quantize.architectures"]
+
+
+def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """quant_workbench.<package> -> the packages its modules import (top-level modules count as packages)."""
+
+    def top(module: str) -> str:
+        return ".".join(module.split(".")[:2])
+
+    out: dict[str, set[str]] = {top(m): set() for m in graph}
+    for module, targets in graph.items():
+        out[top(module)] |= {top(t) for t in targets if top(t) != top(module)}
+    return out
+
+
+def test_no_import_circles_between_packages() -> None:
+    found = [sorted(c) for c in cycles(package_graph(import_graph()))]
+    assert not found, f"package circles: {found}"
+
+
+# docs/ARCHITECTURE.md's order: a package imports only packages before it
+LAYERS = ["core", "config", "data", "quantize", "models", "runtime", "measure", "export", "report", "selection", "search", "deploy", "pipeline", "cli"]
+
+
+def test_packages_import_only_the_layers_before_them() -> None:
+    graph = package_graph(import_graph())
+    names = {f"quant_workbench.{name}" for name in LAYERS} | {"quant_workbench"}
+    assert set(graph) == names, "a package is missing from LAYERS (and from docs/ARCHITECTURE.md)"
+    for i, name in enumerate(LAYERS):
+        allowed = {f"quant_workbench.{below}" for below in LAYERS[:i]} | {"quant_workbench"}
+        assert graph[f"quant_workbench.{name}"] <= allowed, f"{name} imports {sorted(graph[f'quant_workbench.{name}'] - allowed)}"
+
+
+def test_package_graph_sees_a_circle() -> None:
+    graph = {"quant_workbench.a.x": {"quant_workbench.b.y"}, "quant_workbench.b.y": set(), "quant_workbench.b.z": {"quant_workbench.a.x"}}
+    assert cycles(package_graph(graph)) == [{"quant_workbench.a", "quant_workbench.b"}]
 
 
 def test_cycles_finds_a_circle() -> None:
@@ -144,3 +204,40 @@ def test_private_import_check_catches_one(tmp_path: Path, monkeypatch: pytest.Mo
     (pkg / "b.py").write_text("from .a import _helper\nfrom . import a as mod\nmod._helper()\n")
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", pkg)
     assert sorted(private_imports()) == ["quant_workbench.b: from .a import _helper", "quant_workbench.b: mod._helper"]
+
+
+# ---------------------------------------------------------------------------------------------
+# configuration imports no implementation
+
+IMPLEMENTATION = ("torch", "onnxruntime", "openvino", "nncf", "transformers", "onnx")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _imported_by(code: str, *args: str) -> tuple[int, list[str]]:
+    """Exit code of `code` in a fresh interpreter and which of IMPLEMENTATION it had imported by then."""
+    probe = (
+        f"import sys, json, atexit\n"
+        f"atexit.register(lambda: print(json.dumps([m for m in {IMPLEMENTATION!r} if m in sys.modules])))\n{code}"
+    )
+    done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    return done.returncode, json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_loading_a_recipe_imports_no_implementation() -> None:
+    code = "from quant_workbench.config.recipe import load_recipe\nfor path in sys.argv[1:]: load_recipe(path)"
+    recipes = sorted(str(p) for p in (ROOT / "recipes").glob("*.yaml"))
+    assert recipes
+    rc, heavy = _imported_by(code, *recipes)
+    assert (rc, heavy) == (0, [])
+
+
+def test_a_bad_recipe_exits_2_without_importing_an_implementation(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((ROOT / "recipes" / "bert_int8.yaml").read_text(encoding="utf-8").replace("quantization:", "quantisation:", 1), encoding="utf-8")
+    rc, heavy = _imported_by("from quant_workbench.cli import main\nsys.exit(main(sys.argv[1:]))", str(bad))
+    assert (rc, heavy) == (2, [])
+
+
+def test_the_probe_sees_an_implementation_import() -> None:
+    rc, heavy = _imported_by("import onnx")
+    assert (rc, heavy) == (0, ["onnx"])

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from quant_workbench.models import load_model, to_torch, tokenize
-from quant_workbench.recipe import ModelSpec
+from quant_workbench.config.recipe import ModelSpec
+from quant_workbench.models.loading import load_model, to_torch, tokenize
 
 
 @pytest.mark.parametrize("task", ["embedding", "sequence-classification"])

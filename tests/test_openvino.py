@@ -18,23 +18,24 @@ from tiny_fixtures import TINY_SEQ, make_rows, recipe_dict
 
 pytest.importorskip("openvino", reason="the 'openvino' extra is not installed")
 
-import quant_workbench.engines.openvino as ov_engine  # noqa: E402
-import quant_workbench.machine as machine  # noqa: E402
-import quant_workbench.openvino_graphs as openvino_graphs  # noqa: E402
-from quant_workbench.engine_rows import EngineRows, other_rows  # noqa: E402
-from quant_workbench.engines import EngineFromOnnx, preflight_runtime, row_name, row_precisions  # noqa: E402
-from quant_workbench.engines.onnxruntime import OrtEngine  # noqa: E402
-from quant_workbench.engines.openvino import EngineCompileError, OvEngine, compile_check, properties  # noqa: E402
-from quant_workbench.errors import ExportError, RecipeError, WorkbenchError  # noqa: E402
-from quant_workbench.export import cosine_rows, export_onnx  # noqa: E402
-from quant_workbench.models import LoadedModel, load_model, to_torch, tokenize  # noqa: E402
-from quant_workbench.openvino_graphs import ScaleSource, openvino_graph  # noqa: E402
+import quant_workbench.core.machine as machine  # noqa: E402
+import quant_workbench.export.openvino as openvino_graphs  # noqa: E402
+import quant_workbench.runtime.openvino as ov_engine  # noqa: E402
+from quant_workbench.config.recipe import EngineSpec, ModelSpec, QuantSpec, Recipe, recipe_from_dict  # noqa: E402
+from quant_workbench.core.errors import ExportError, RecipeError, WorkbenchError  # noqa: E402
+from quant_workbench.core.results import RunResult, VariantResult  # noqa: E402
+from quant_workbench.export.openvino import ScaleSource, openvino_graph  # noqa: E402
+from quant_workbench.export.qdq import export_onnx
+from quant_workbench.measure.stats import cosine_rows  # noqa: E402
+from quant_workbench.models.loading import LoadedModel, load_model, to_torch, tokenize  # noqa: E402
+from quant_workbench.pipeline.engine_rows import EngineRows, other_rows  # noqa: E402
 from quant_workbench.quantize.apply import calibrate, prepare, set_scales  # noqa: E402
-from quant_workbench.quantize.calibrate import HistogramCalibrator  # noqa: E402
-from quant_workbench.quantize.select import QuantPlan, build_plan  # noqa: E402
+from quant_workbench.quantize.observers import HistogramCalibrator  # noqa: E402
+from quant_workbench.quantize.plan import QuantPlan, build_plan  # noqa: E402
 from quant_workbench.quantize.smoothquant import float_mode  # noqa: E402
-from quant_workbench.recipe import EngineSpec, ModelSpec, QuantSpec, Recipe, recipe_from_dict  # noqa: E402
-from quant_workbench.results import RunResult, VariantResult  # noqa: E402
+from quant_workbench.runtime import EngineFromOnnx, preflight_runtime, row_name, row_precisions  # noqa: E402
+from quant_workbench.runtime.onnxruntime import OrtEngine  # noqa: E402
+from quant_workbench.runtime.openvino import EngineCompileError, OvEngine, compile_check, properties  # noqa: E402
 
 TEXTS = [t for t, _ in make_rows()]
 REAL_CHILD = ov_engine.CHILD
@@ -57,7 +58,7 @@ class Prepared:
         self.plan: QuantPlan = build_plan(self.loaded.model.hf, QuantSpec())
         full = build_plan(self.loaded.model.hf, QuantSpec(quantize_attention_matmuls=True))
         prepare(self.loaded.model.hf, full, per_channel_weights=True)  # attention quantizers exist, the plan switches them
-        from quant_workbench.search.groups import apply_flags
+        from quant_workbench.quantize.apply import apply_flags
 
         def loop(model: torch.nn.Module) -> None:
             for i in range(0, 32, 16):
@@ -110,7 +111,7 @@ def test_openvino_f32_matches_onnxruntime_at_any_shape_with_explicit_properties(
 def test_onnx_runtime_sessions_do_not_spin_into_the_next_engine() -> None:
     """Rows of two engines share one timing loop: idle ONNX Runtime threads must not spin on the cores the
     next call (often OpenVINO's) needs."""
-    from quant_workbench.engines.onnxruntime import session_options
+    from quant_workbench.runtime.onnxruntime import session_options
 
     assert session_options(SPEC).get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
@@ -214,7 +215,7 @@ def test_an_openvino_graph_that_disagrees_falls_back_then_fails(prepared: Prepar
 def test_openvino_gets_the_whole_quantization_noise_as_allowance() -> None:
     """OpenVINO's kernels round differently from QuantizeLinear (measured: docs/openvino.md): its graph may be as
     far from the fake-quant model as that model is from float, where ONNX Runtime's may be half as far."""
-    from quant_workbench.export import end_to_end_allowance
+    from quant_workbench.export.qdq import end_to_end_allowance
 
     assert openvino_graphs.openvino_allowance(0.0224, 0.99) == pytest.approx(0.0224)
     assert end_to_end_allowance(0.0224, 0.99) == pytest.approx(0.0112)
@@ -322,7 +323,7 @@ def test_row_names(tmp_path: Path, tiny_bert_dir: Path, tiny_csv: Path) -> None:
 
 @pytest.fixture(scope="module")
 def ov_run(tiny_bert_dir: Path, tiny_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[RunResult, Path]:
-    from quant_workbench.run import execute, run_dir_for
+    from quant_workbench.pipeline.run import execute, run_dir_for
 
     out = tmp_path_factory.mktemp("ov_run")
     data = recipe_dict(out, tiny_bert_dir, tiny_csv, name="tiny_ov")
@@ -373,7 +374,7 @@ def test_the_report_has_each_engines_graph_and_the_engines_table(ov_run: tuple[R
     row = next(line for line in md.splitlines() if line.startswith("| int8-max@openvino | qdq-qk"))
     assert "12 (6 write INT8)" in row and "2 i8" in row and "FakeQuantize" in row  # Q, K and FFN-in write INT8
     assert "| float@openvino | openvino f32 | float32 |" in md
-    from quant_workbench.report_schema import load_report
+    from quant_workbench.report.schema import load_report
 
     assert load_report(run_dir).variant("int8-max@openvino") is not None  # report.json passes the schema check
 
@@ -385,8 +386,8 @@ def test_rerun_reuses_every_openvino_artifact(ov_run: tuple[RunResult, Path], ti
     stamps = {p.name: p.stat().st_mtime_ns for p in models.iterdir() if p.name in ours}
     assert len(stamps) == len(ours)
     checks = sorted(p.name for p in (models / ".openvino").iterdir())
-    from quant_workbench.recipe import load_recipe
-    from quant_workbench.run import execute
+    from quant_workbench.config.recipe import load_recipe
+    from quant_workbench.pipeline.run import execute
 
     again = execute(load_recipe(run_dir / "recipe.resolved.yaml"), progress=False, say=lambda s: None)
     assert [v.name for v in again.variants] == [v.name for v in result.variants]
@@ -396,7 +397,7 @@ def test_rerun_reuses_every_openvino_artifact(ov_run: tuple[RunResult, Path], ti
 
 def test_engine_from_onnx_opens_the_rows_runtime(ov_run: tuple[RunResult, Path]) -> None:
     result, run_dir = ov_run
-    from quant_workbench.recipe import load_recipe
+    from quant_workbench.config.recipe import load_recipe
 
     recipe = load_recipe(run_dir / "recipe.resolved.yaml")
     v = result.variant("int8-max@openvino")

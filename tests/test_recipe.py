@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from quant_workbench.errors import RecipeError
-from quant_workbench.recipe import (
+from quant_workbench.config.recipe import (
     DEFAULT_TARGETS,
     Recipe,
     apply_overrides,
@@ -18,6 +17,7 @@ from quant_workbench.recipe import (
     recipe_from_dict,
     resolve_location,
 )
+from quant_workbench.core.errors import RecipeError
 
 
 @pytest.fixture
@@ -317,7 +317,7 @@ def test_model_location_property_raises_for_missing_package(base: dict[str, Any]
 
 
 def test_a_search_holds_out_a_selection_split_by_default(base: dict[str, Any]) -> None:
-    from quant_workbench.recipe import DEFAULT_SEARCH_SELECTION_SAMPLES
+    from quant_workbench.config.recipe import DEFAULT_SEARCH_SELECTION_SAMPLES
 
     assert recipe_from_dict(base).data.selection_samples is None
     big = {**base, "data": {**base["data"], "eval_samples": 5000}}
@@ -339,7 +339,7 @@ def test_a_search_criterion_and_an_accuracy_margin_are_one_setting(base: dict[st
 
 
 def test_new_keys_at_their_defaults_keep_the_run_id(base: dict[str, Any]) -> None:
-    from quant_workbench.run import recipe_hash
+    from quant_workbench.pipeline.run import recipe_hash
 
     plain = recipe_hash(recipe_from_dict(base))
     same = {**base, "selection": {"speed_margin": 0.03, "looks": 5, "accuracy_margin": None}, "data": {**base["data"], "selection_samples": 0}}

@@ -1,5 +1,6 @@
-"""Extension-point registries: a declared entry is accepted by the recipe, an unknown name is refused
-with the declared names, and the refactor onto registries changed no recipe's hash."""
+"""Extension points: the catalog (config/catalog.py) names what a recipe may use and the implementations
+register their behaviour under the same names; a declared entry is accepted by the recipe, an unknown name
+is refused with the declared names, and the refactor onto registries changed no recipe's hash."""
 
 from __future__ import annotations
 
@@ -10,23 +11,22 @@ from typing import Any
 import pytest
 import yaml
 
-from quant_workbench.errors import RecipeError
-from quant_workbench.extension_points import (
+from quant_workbench.config.catalog import (
     CALIBRATORS,
     DEPLOY_TARGETS,
     ENGINES,
     FAMILIES,
     REFERENCES,
-    DeployBackend,
-    EngineBackend,
+    CalibrationMethod,
+    DeployTargetFacts,
+    EngineFacts,
     ReferenceRow,
-    TargetInputs,
-    TargetModel,
     VariantFamily,
 )
-from quant_workbench.io import hash_json
-from quant_workbench.recipe import Recipe, load_recipe, recipe_from_dict
-from quant_workbench.registry import Registry, UnknownName
+from quant_workbench.config.recipe import Recipe, load_recipe, recipe_from_dict
+from quant_workbench.core.artifacts import hash_json
+from quant_workbench.core.errors import RecipeError
+from quant_workbench.core.registry import Registry, UnknownName
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
@@ -82,6 +82,22 @@ def test_registry_keeps_declaration_order_and_names_the_known_entries() -> None:
     assert reg.names() == ("b", "a")
 
 
+def test_every_catalog_entry_has_its_implementation_and_no_more() -> None:
+    import quant_workbench.deploy  # noqa: F401  (imports deploy/triton.py, which registers the targets)
+    import quant_workbench.export.graphs  # noqa: F401  (registers the ONNX Runtime and OpenVINO reference builders)
+    import quant_workbench.runtime  # noqa: F401  (imports every runtime module)
+    from quant_workbench.deploy.targets import TARGETS
+    from quant_workbench.export.references import REFERENCE_BUILDERS
+    from quant_workbench.quantize.methods import AMAX_METHODS
+    from quant_workbench.runtime.base import BACKENDS
+
+    pairs: list[tuple[Registry[Any], Registry[Any]]] = [
+        (CALIBRATORS, AMAX_METHODS), (ENGINES, BACKENDS), (DEPLOY_TARGETS, TARGETS), (REFERENCES, REFERENCE_BUILDERS),
+    ]
+    for catalog, implementations in pairs:
+        assert sorted(catalog.names()) == sorted(implementations.names()), catalog.kind
+
+
 def test_builtin_entries_in_their_documented_order() -> None:
     assert CALIBRATORS.names() == ("max", "percentile", "entropy", "mse")
     assert FAMILIES.names() == ("int8", "int8-smoothquant", "fp8", "int8-dynamic")
@@ -98,12 +114,16 @@ def _half_max(calib: Any, *, percentile: float, num_bits: int, unsigned: bool, f
     return float(calib.compute_amax("max")) / 2
 
 
+HALF_MAX = CalibrationMethod("half the largest absolute value")
+
+
 def test_a_declared_calibrator_is_accepted_and_computes(base: dict[str, Any], qat_base: dict[str, Any]) -> None:
     import torch
 
-    from quant_workbench.quantize.calibrate import HistogramCalibrator
+    from quant_workbench.quantize.methods import AMAX_METHODS
+    from quant_workbench.quantize.observers import HistogramCalibrator
 
-    with CALIBRATORS.registered("half-max", _half_max):
+    with CALIBRATORS.registered("half-max", HALF_MAX), AMAX_METHODS.registered("half-max", _half_max):
         r = recipe_from_dict(base, ["quantization.calibration.methods=[half-max, mse]"])
         assert r.quantization.calibration.methods == ["half-max", "mse"]
         r = recipe_from_dict(qat_base, ["qat.init_method=half-max"])
@@ -118,7 +138,7 @@ def test_a_declared_calibrator_is_accepted_and_computes(base: dict[str, Any], qa
 
 
 def test_unknown_calibrator_lists_the_declared_ones(base: dict[str, Any], qat_base: dict[str, Any]) -> None:
-    with CALIBRATORS.registered("half-max", _half_max):
+    with CALIBRATORS.registered("half-max", HALF_MAX):
         text = _error(base, ["quantization.calibration.methods=[minmax]"])
         _assert_lists(text, "quantization.calibration.methods.0", "minmax", ("max", "percentile", "entropy", "mse", "half-max"))
         text = _error(qat_base, ["qat.init_method=minmax"])
@@ -150,7 +170,7 @@ def test_a_cpu_only_family_refuses_other_engines(base: dict[str, Any]) -> None:
 
 
 def test_an_uncalibrated_family_yields_no_calibrated_variants(base: dict[str, Any]) -> None:
-    from quant_workbench.families import expand_families
+    from quant_workbench.quantize.formats import expand_families
 
     with FAMILIES.registered("int8-cpu", VariantFamily(precision="int8", calibrated=False)):
         spec = recipe_from_dict(base, ["quantization.compare=[fp8, int8-cpu]", "export.opset=19", "quantization.calibration.methods=[max]"]).quantization
@@ -162,7 +182,8 @@ def test_an_uncalibrated_family_yields_no_calibrated_variants(base: dict[str, An
 
 
 def test_a_declared_engine_is_accepted_and_opened(base: dict[str, Any], tmp_path: Path) -> None:
-    from quant_workbench.engines import EngineFromOnnx, preflight_runtime
+    from quant_workbench.runtime import EngineFromOnnx, preflight_runtime
+    from quant_workbench.runtime.base import BACKENDS, EngineBackend
 
     calls: list[tuple[Any, ...]] = []
 
@@ -173,7 +194,7 @@ def test_a_declared_engine_is_accepted_and_opened(base: dict[str, Any], tmp_path
     def preflight(recipe: Recipe) -> None:
         calls.append(("preflight", recipe.engine.runtime))
 
-    with ENGINES.registered("test-runtime", EngineBackend(open=open_engine, preflight=preflight)):
+    with ENGINES.registered("test-runtime", EngineFacts("Test")), BACKENDS.registered("test-runtime", EngineBackend(open=open_engine, preflight=preflight)):
         recipe = recipe_from_dict(base, ["engine.runtime=test-runtime", "engine.runtimes=null", "references=[]", "quantization.compare=[int8]"])
         preflight_runtime(recipe)
         assert EngineFromOnnx(tmp_path / "m.onnx", recipe, "int8-max", "int8", threads=2) == "engine"
@@ -186,16 +207,16 @@ def test_a_declared_engine_is_accepted_and_opened(base: dict[str, Any], tmp_path
 # deploy targets
 
 
-def _build_target(t: TargetInputs) -> TargetModel:
-    return TargetModel(config="", kind="test")
-
-
 def test_a_declared_deploy_target_is_accepted(base: dict[str, Any]) -> None:
     from quant_workbench.deploy import preflight
+    from quant_workbench.deploy.targets import TARGETS, DeployBackend, TargetInputs, TargetModel
+
+    def build_target(t: TargetInputs) -> TargetModel:
+        return TargetModel(config="", kind="test")
 
     checked: list[str] = []
-    backend = DeployBackend(suffix="tst", build=_build_target, preflight=lambda: checked.append("ok"))
-    with DEPLOY_TARGETS.registered("test-target", backend):
+    backend = DeployBackend(suffix="tst", build=build_target, preflight=lambda: checked.append("ok"))
+    with DEPLOY_TARGETS.registered("test-target", DeployTargetFacts("test")), TARGETS.registered("test-target", backend):
         r = recipe_from_dict({**base, "deploy": {"targets": ["python-onnxruntime", "test-target"]}})
         assert r.deploy is not None and r.deploy.targets == ["python-onnxruntime", "test-target"]
         pytest.importorskip("tritonclient")
@@ -211,7 +232,7 @@ def test_a_declared_deploy_target_is_accepted(base: dict[str, Any]) -> None:
 
 
 def test_a_declared_reference_is_accepted(base: dict[str, Any]) -> None:
-    row = ReferenceRow(precision="float32", calibration_method=None, build=lambda graphs, inputs, path: None)
+    row = ReferenceRow(precision="float32", calibration_method=None)
     with REFERENCES.registered("ort-test", row):
         assert recipe_from_dict(base, ["references=[ort-test]"]).reference_kinds == ["ort-test"]
         assert recipe_from_dict(base).reference_kinds == ["ort-float", "ort-dynamic", "ort-static", "openvino-float", "openvino-nncf", "ort-test"]
@@ -223,12 +244,8 @@ def test_a_declared_reference_is_accepted(base: dict[str, Any]) -> None:
 # the JSON schema lists the registries' names as it finds them
 
 
-def _never_opened(onnx_path: Path, recipe: Recipe, name: str, precision: str, *, threads: int | None = None) -> Any:
-    raise AssertionError("the schema test opens no engine")
-
-
 def test_json_schema_lists_registered_names() -> None:
-    with CALIBRATORS.registered("half-max", _half_max), ENGINES.registered("test-runtime", EngineBackend(open=_never_opened)):
+    with CALIBRATORS.registered("half-max", HALF_MAX), ENGINES.registered("test-runtime", EngineFacts("Test")):
         schema = json.dumps(Recipe.model_json_schema())
     assert '"enum": ["max", "percentile", "entropy", "mse", "half-max"]' in schema
     assert '"enum": ["onnxruntime", "openvino", "tensorrt", "test-runtime"]' in schema
@@ -239,7 +256,7 @@ def test_json_schema_lists_registered_names() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# nothing duplicated between engines/ and deploy/
+# nothing duplicated between runtime/ and deploy/
 
 
 def test_disabled_optimizers_defined_once() -> None:
@@ -275,8 +292,8 @@ def test_every_bundled_recipe_is_pinned() -> None:
 
 @pytest.mark.parametrize("name", sorted(PINNED))
 def test_recipe_hashes_unchanged(name: str) -> None:
-    from quant_workbench.recipe import drop_hash_neutral
-    from quant_workbench.run import recipe_hash
+    from quant_workbench.config.recipe import drop_hash_neutral
+    from quant_workbench.pipeline.run import recipe_hash
 
     recipe = load_recipe(RECIPES / name)
     assert (hash_json(drop_hash_neutral(recipe.model_dump(mode="json"))), recipe_hash(recipe)) == PINNED[name]

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quant_workbench.report import (
+from quant_workbench.core.results import LatencyStats, RunResult, VariantResult
+from quant_workbench.report.markdown import (
     render_markdown,
     results_table,
     write_report,
 )
-from quant_workbench.report_decisions import delta_vs_speedup_figure, plot_delta_vs_speedup
-from quant_workbench.results import LatencyStats, RunResult, VariantResult
+from quant_workbench.report.sections.decisions import delta_vs_speedup_figure, plot_delta_vs_speedup
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from quant_workbench.report import render_markdown, results_table, write_report
-from quant_workbench.report_engine import reference_verdicts
-from quant_workbench.report_schema import load_report
-from quant_workbench.results import LatencyStats, RunResult, VariantResult
+from quant_workbench.core.results import LatencyStats, RunResult, VariantResult
+from quant_workbench.report.markdown import render_markdown, results_table, write_report
+from quant_workbench.report.schema import load_report
+from quant_workbench.report.sections.engine import reference_verdicts
 from quant_workbench.selection import compare_references, select_variant
 
 N = 4000
@@ -49,11 +49,11 @@ def _run(ref_ms: float = 12.0, ref_gain: int = 10, ref_lose: int = 10, jitter: f
         c = correct[name]
         v = VariantResult(name=name, precision=precision, metrics={"accuracy": float(c.mean()), "agreement": 0.97}, latency=[_lat(ms, seed=i, jitter=jitter)], reference=ref)  # type: ignore[arg-type]
         if name != "float":
-            from quant_workbench.stats import prediction_statistics
+            from quant_workbench.measure.stats import prediction_statistics
 
             labels = np.ones(N, dtype=np.int64)
             v.intervals = prediction_statistics(c.astype(np.int64), labels, correct["float"].astype(np.int64))
-            from quant_workbench.benchmark import speedup_intervals, speedups
+            from quant_workbench.measure.latency import speedup_intervals, speedups
 
             lat = {"float": [_lat(20.0, seed=0)], name: v.latency}
             v.speedup_vs_float = speedups(lat, "float")[name]

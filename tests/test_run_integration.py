@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from tiny_fixtures import recipe_dict
 
-from quant_workbench.quantize.calibrate import load_stats
-from quant_workbench.recipe import load_recipe, recipe_from_dict
-from quant_workbench.results import RunResult
-from quant_workbench.run import execute, run_dir_for
+from quant_workbench.config.recipe import load_recipe, recipe_from_dict
+from quant_workbench.core.results import RunResult
+from quant_workbench.pipeline.run import execute, run_dir_for
+from quant_workbench.quantize.observers import load_stats
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = [(1, 16), (2, 16)]
@@ -272,7 +272,7 @@ def test_default_recipe_on_the_bundled_model(tmp_path: Path) -> None:
     assert (run_dir / "report.json").is_file() and (run_dir / "report.md").is_file()
     refs = ["ref:ort-float", "ref:ort-dynamic", "ref:ort-static", "ref:openvino-float", "ref:openvino-nncf"]
     # the default recipe compares ONNX Runtime and OpenVINO (issue 17): f32 rows, and bf16 where this CPU has it
-    from quant_workbench.machine import openvino_supports
+    from quant_workbench.core.machine import openvino_supports
 
     bf16 = ["-bf16"] if openvino_supports("bf16") else []
     # float in f32 and bf16; each INT8 variant one row, its float leftovers in bf16 where this CPU has it

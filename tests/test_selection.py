@@ -12,16 +12,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from quant_workbench.results import LatencyStats, VariantResult
-from quant_workbench.selection import (
-    accuracy_margin_for,
-    accuracy_reference,
-    candidates,
-    select_variant,
-    speed_baseline,
-    speed_resolution,
-)
-from quant_workbench.stats import required_size
+from quant_workbench.config.recipe import accuracy_margin_for
+from quant_workbench.core.results import LatencyStats, VariantResult, accuracy_reference
+from quant_workbench.measure.stats import required_size
+from quant_workbench.selection import candidates, select_variant, speed_baseline, speed_resolution
 
 N = 10_000
 
@@ -266,7 +260,7 @@ def test_speed_resolution_waits_for_comparisons_that_cross_a_margin_edge() -> No
 
 
 def test_margin_sources_one_rule_with_and_without_a_search() -> None:
-    from quant_workbench.recipe import recipe_from_dict
+    from quant_workbench.config.recipe import recipe_from_dict
 
     base = {"name": "r", "model": {"source": "m"}, "data": {"files": ["x.csv"]}}
     assert accuracy_margin_for(recipe_from_dict(base), 0.7) == (0.005, "selection.accuracy_margin (default)")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from quant_workbench.stats import (
+from quant_workbench.measure.stats import (
     block_length,
     holm,
     macro_f1_interval,
@@ -247,7 +247,7 @@ def test_ratio_interval_resamples_blocks_of_neighbouring_rounds() -> None:
 
 
 def test_versus_margin_places_an_interval_against_the_band() -> None:
-    from quant_workbench.stats import RatioInterval
+    from quant_workbench.measure.stats import RatioInterval
 
     assert RatioInterval(1.01, 0.99, 1.02).versus_margin(0.03) == "equivalent"
     assert RatioInterval(1.10, 1.05, 1.15).versus_margin(0.03) == "above"

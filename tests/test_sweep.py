@@ -12,12 +12,13 @@ import pytest
 import yaml
 from tiny_fixtures import recipe_dict
 
-import quant_workbench.run as run_module
+import quant_workbench.pipeline.run as run_module
 from quant_workbench.cli import main
-from quant_workbench.errors import WorkbenchError
-from quant_workbench.recipe import recipe_from_dict
-from quant_workbench.report import PLOT_RELPATH
-from quant_workbench.sweep import SweepError, SweepSpec, expand, load_sweep
+from quant_workbench.config.recipe import recipe_from_dict
+from quant_workbench.config.sweep import SweepError, SweepSpec
+from quant_workbench.core.errors import WorkbenchError
+from quant_workbench.pipeline.sweep import expand, load_sweep
+from quant_workbench.report.markdown import PLOT_RELPATH
 
 
 def _base(out: Path, tiny_bert_dir: Path, tiny_csv: Path) -> dict[str, Any]:
@@ -196,7 +197,7 @@ def test_second_invocation_reuses_every_finished_run(swept: dict[str, Any], monk
 def test_jobs_run_in_worker_processes_and_warn_that_parallel_timing_is_unfair(
     tmp_path: Path, tiny_bert_dir: Path, tiny_csv: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from quant_workbench.lock import RunLock
+    from quant_workbench.core.lock import RunLock
 
     path = _write_sweep(tmp_path / "sw", _base(tmp_path, tiny_bert_dir, tiny_csv), {"name": "par", "axes": {"seed": [1, 2]}})
     sweep = load_sweep(path)
@@ -301,7 +302,7 @@ def test_compare_refuses_a_folder_without_a_report(tmp_path: Path, capsys: pytes
 
 
 def test_runs_timed_in_parallel_are_not_comparable(swept: dict[str, Any]) -> None:
-    from quant_workbench.compare import build_comparison, load_entries
+    from quant_workbench.report.compare import build_comparison, load_entries
 
     entries = load_entries(_good_dirs(swept))
     assert build_comparison(entries)["comparability"]["latency"]["comparable"]
@@ -328,7 +329,7 @@ class _FakeRunner:
 
 
 def test_retime_times_every_model_in_the_same_shuffled_rounds(swept: dict[str, Any]) -> None:
-    from quant_workbench.compare import load_entries, retime
+    from quant_workbench.report.compare import load_entries, retime
 
     entries = load_entries(_good_dirs(swept))
     log: list[str] = []

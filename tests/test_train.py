@@ -1,4 +1,4 @@
-"""Float fine-tuning and QAT (quant_workbench.train) on the tiny random BERT classifier of conftest.py."""
+"""Float fine-tuning and QAT (quant_workbench.pipeline.training) on the tiny random BERT classifier of conftest.py."""
 
 from __future__ import annotations
 
@@ -12,12 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from quant_workbench.data import Splits, load_splits
-from quant_workbench.errors import RecipeError
-from quant_workbench.models import LoadedModel, load_model, to_torch, tokenize
-from quant_workbench.quantize.apply import activation_quantizers, calibrate, prepare, quantizers, set_scales
-from quant_workbench.quantize.select import build_plan
-from quant_workbench.recipe import (
+from quant_workbench.config.recipe import (
     DataSpec,
     DistillationSpec,
     FinetuneSpec,
@@ -26,7 +21,10 @@ from quant_workbench.recipe import (
     QuantSpec,
     recipe_from_dict,
 )
-from quant_workbench.train import (
+from quant_workbench.core.errors import RecipeError
+from quant_workbench.data.splits import Splits, load_splits
+from quant_workbench.models.loading import LoadedModel, load_model, to_torch, tokenize
+from quant_workbench.pipeline.training import (
     Trainer,
     TrainingError,
     distillation_loss,
@@ -35,6 +33,8 @@ from quant_workbench.train import (
     refresh_weight_scales,
     train_validation,
 )
+from quant_workbench.quantize.apply import activation_quantizers, calibrate, prepare, quantizers, set_scales
+from quant_workbench.quantize.plan import build_plan
 
 # conftest.py's TINY_SEQ; not imported: tests/deploy/ has its own conftest module of the same name.
 TINY_SEQ = 32
@@ -108,9 +108,10 @@ def _quantized_tiny(loaded: LoadedModel, splits: Splits) -> None:
 
 def test_qat_learns_separable_task_and_exports_matching_qdq(tmp_path: Path, tiny_classifier_dir: Path, splits: Splits) -> None:
     """QAT from a random tiny classifier (PTQ max scales, learnable activation ranges, distillation on)."""
-    from quant_workbench.engines.onnxruntime import OrtEngine
-    from quant_workbench.export import cosine_rows, export_onnx
-    from quant_workbench.recipe import EngineSpec
+    from quant_workbench.config.recipe import EngineSpec
+    from quant_workbench.export.qdq import export_onnx
+    from quant_workbench.measure.stats import cosine_rows
+    from quant_workbench.runtime.onnxruntime import OrtEngine
 
     loaded = _load(tiny_classifier_dir)
     _quantized_tiny(loaded, splits)
@@ -235,7 +236,7 @@ def test_recipe_sections_validate(make_recipe: Callable[..., dict[str, Any]], ti
 def test_pipeline_finetune_ptq_qat_side_by_side_and_cached(
     tmp_path: Path, make_recipe: Callable[..., dict[str, Any]], tiny_classifier_dir: Path
 ) -> None:
-    from quant_workbench.run import execute
+    from quant_workbench.pipeline.run import execute
 
     data = make_recipe(model_dir=tiny_classifier_dir, task="sequence-classification", methods=["max", "mse"], name="tinyqat")
     data["data"].update(probe_samples=180, validation_samples=40, eval_samples=60)
@@ -280,9 +281,10 @@ def test_pipeline_finetune_ptq_qat_side_by_side_and_cached(
 def test_gpu_finetune_in_bf16_autocast_then_qat_on_cuda(tmp_path: Path, tiny_classifier_dir: Path, splits: Splits) -> None:
     """On a GPU the float fine-tune runs under bf16 autocast and QAT (fake quant, float32) on CUDA;
     the QAT model comes back to the CPU and exports the same Q/DQ ONNX as on a CPU-only machine."""
-    from quant_workbench.engines.onnxruntime import OrtEngine
-    from quant_workbench.export import cosine_rows, export_onnx
-    from quant_workbench.recipe import EngineSpec
+    from quant_workbench.config.recipe import EngineSpec
+    from quant_workbench.export.qdq import export_onnx
+    from quant_workbench.measure.stats import cosine_rows
+    from quant_workbench.runtime.onnxruntime import OrtEngine
 
     loaded = _load(tiny_classifier_dir)
     train, val = train_validation(splits, 48)

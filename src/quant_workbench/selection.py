@@ -33,16 +33,28 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .recipe import DEFAULT_ACCURACY_MARGIN, DEFAULT_SPEED_MARGIN
-from .results import LatencyStats, VariantResult
-from .stats import DEFAULT_LEVEL, INTERVAL_METHOD, holm, paired_comparison, ratio_interval, required_size
-from .vocabulary import FLOAT_PRECISIONS
+from quant_workbench.config.recipe import DEFAULT_ACCURACY_MARGIN, DEFAULT_SPEED_MARGIN
+from quant_workbench.core.results import (
+    BASELINE,
+    FLOAT_PRECISIONS,
+    LatencyStats,
+    VariantResult,
+    accuracy_reference,
+    variant_named,
+)
+from quant_workbench.measure.stats import (
+    DEFAULT_LEVEL,
+    INTERVAL_METHOD,
+    holm,
+    paired_comparison,
+    ratio_interval,
+    required_size,
+)
+from quant_workbench.report.format import pct
 
 if TYPE_CHECKING:
-    from .benchmark import Resolution
-    from .recipe import Recipe
+    from quant_workbench.measure.latency import Resolution
 
-BASELINE = "float"
 
 RULE = (
     "candidates: quantized variants that passed every gate (float and reference rows never are). Acceptable: "
@@ -62,15 +74,6 @@ RULE = (
 
 # ---------------------------------------------------------------------------------------------
 # which rows play which part
-
-
-def _named(variants: Sequence[VariantResult], name: str) -> VariantResult | None:
-    return next((v for v in variants if v.name == name), None)
-
-
-def accuracy_reference(variants: Sequence[VariantResult], baseline: str = BASELINE) -> VariantResult | None:
-    """The row every paired Δ accuracy is measured against (its examples, its predictions)."""
-    return _named(variants, baseline)
 
 
 def float_rows(variants: Sequence[VariantResult], baseline: str = BASELINE) -> list[VariantResult]:
@@ -109,7 +112,7 @@ def speed_baseline(
     """The row every speed-up claim is measured against: among `eligible` float rows (`float_baselines`;
     default: the accuracy reference alone) the fastest at `shape` (lowest p50). The benchmark's A/A control
     and the Δ accuracy stay on the accuracy reference."""
-    ref = _named(variants, baseline)
+    ref = variant_named(variants, baseline)
     names = list(eligible) if eligible else [baseline]
     timed = [v for v in variants if v.name in names and shape is not None and any(s.key == shape for s in v.latency)]
     if not timed:
@@ -131,22 +134,6 @@ def emulated(v: VariantResult) -> bool:
     if isinstance(graph, dict) and "emulated" in str(graph.get("why", "")):
         return True
     return v.engine.get("backend", "onnxruntime") == "onnxruntime" and v.engine.get("integer_matmuls") == 0 and v.precision == "int8"
-
-
-def accuracy_margin_for(recipe: Recipe, float_accuracy: float | None) -> tuple[float, str]:
-    """The accuracy margin and where it came from: selection.accuracy_margin (default 0.5 pt), or with a
-    search section its criterion (relative r: r x float accuracy; absolute a: a). One rule either way."""
-    if recipe.search is None:
-        m = recipe.selection.accuracy_margin
-        if m is None:
-            return DEFAULT_ACCURACY_MARGIN, "selection.accuracy_margin (default)"
-        return m, "selection.accuracy_margin"
-    crit = recipe.search.criterion
-    if crit.absolute is not None:
-        return crit.absolute, f"search criterion: {crit.describe()}"
-    assert crit.relative is not None
-    acc = float_accuracy if float_accuracy is not None else 1.0
-    return crit.relative * acc, f"search criterion: {crit.describe()}, on float accuracy {100 * acc:.2f} %"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,7 +176,7 @@ def accuracy_decisions(
 
     acceptable: Holm-adjusted p <= level / 2, or the evaluation stopped a row that is never a candidate (a
     float row on another engine or precision) once shown non-inferior at a sequential boundary; inferior: the
-    interval lies below -margin, or the evaluation stopped it early for that (evaluate.py); undetermined: neither.
+    interval lies below -margin, or the evaluation stopped it early for that (measure/accuracy.py); undetermined: neither.
     """
     stopped = stopped or {}
     rows = []
@@ -271,7 +258,7 @@ def speed_resolution(
     """Whether more rounds at the selection shape could still change the selection among `contenders`
     (the acceptable candidates): every comparison that decides it, each contender vs the baseline
     (eligibility) and the fastest eligible vs every other, lies inside the band [1/(1+s), 1+s] or outside it."""
-    from .benchmark import Resolution
+    from quant_workbench.measure.latency import Resolution
 
     names = [c for c in contenders if c in samples and len(samples[c]) == len(samples.get(baseline, []))]
     if not names:
@@ -327,7 +314,7 @@ class Selection:
     @property
     def rule(self) -> str:
         return RULE.format(
-            baseline=self.baseline, margin_pts=_pts(self.accuracy_margin), margin_source=self.margin_source, half=self.level / 2,
+            baseline=self.baseline, margin_pts=pct(self.accuracy_margin, " pt", "?"), margin_source=self.margin_source, half=self.level / 2,
             k=len(self.accuracy), conf=100 * (1 - self.level), speed=100 * self.speed_margin, top=1 + self.speed_margin,
         )
 
@@ -355,14 +342,6 @@ class Selection:
             "tie_groups": {"accuracy": self.acceptable, "speed": self.speed_group},
             "reason": self.reason,
         }
-
-
-def _pts(x: float | None) -> str:
-    return "?" if x is None else f"{100 * x:.2f} pt"
-
-
-def _pct(x: float | None) -> str:
-    return "?" if x is None else f"{100 * x:.2f} %"
 
 
 def _neg_name(name: str) -> tuple[int, ...]:
@@ -418,7 +397,7 @@ def select_variant(
     sel.inferior = [n for n, s in status.items() if s == "inferior"]
     k = len(cands)
     acc_text = (
-        f"non-inferior at {_pts(accuracy_margin)} vs {baseline} (Holm over {k} candidate(s)): {', '.join(sel.acceptable) or 'none'}"
+        f"non-inferior at {pct(accuracy_margin, ' pt', '?')} vs {baseline} (Holm over {k} candidate(s)): {', '.join(sel.acceptable) or 'none'}"
         + (f"; undetermined: {', '.join(sel.undetermined)}" if sel.undetermined else "")
         + (f"; inferior: {', '.join(sel.inferior)}" if sel.inferior else "")
     )
@@ -476,7 +455,7 @@ def select_variant(
         f"(or unresolved): {', '.join(sel.speed_group)}"
     )
     if len(group) > 1:
-        reason += f"; the most accurate of those: {sel.winner} ({_pct(by_name[sel.winner].metrics['accuracy'])})"
+        reason += f"; the most accurate of those: {sel.winner} ({pct(by_name[sel.winner].metrics['accuracy'], ' %', '?')})"
     if unresolved:
         reason += f"; speed comparisons left unresolved by the benchmark (counted as equally fast): {', '.join(unresolved)}"
     sel.reason = reason + f" -> {sel.winner}."
@@ -502,20 +481,20 @@ def _nothing_acceptable(sel: Selection, by_name: Mapping[str, VariantResult], ke
             sel.needed_evaluation_size = required_size(max(q, 1.0 / max(d.n, 1)), distance, level / max(len(sel.accuracy), 1))
         size = f"about {sel.needed_evaluation_size:,} evaluation examples would decide for {best.name} (if its Δ {100 * d.delta:+.2f} pt and discordance {100 * q:.1f} % hold)" if sel.needed_evaluation_size else "its Δ sits on the margin"
         sel.warning = (
-            f"undetermined: no candidate is shown non-inferior at the {_pts(sel.accuracy_margin)} margin with {d.n:,} evaluation examples; "
+            f"undetermined: no candidate is shown non-inferior at the {pct(sel.accuracy_margin, ' pt', '?')} margin with {d.n:,} evaluation examples; "
             f"{size}; recommended: {best.name}, the most accurate that could still be within the margin"
         )
         sel.reason = f"{acc_text}; nothing is acceptable yet -> {best.name} ({sel.warning})."
         return sel
     best = max(by_name.values(), key=key)
     sel.outcome, sel.winner = "none within the margin", best.name
-    sel.warning = f"every candidate is less accurate than {sel.baseline} by more than the {_pts(sel.accuracy_margin)} margin; the most accurate, {best.name}, is recommended"
+    sel.warning = f"every candidate is less accurate than {sel.baseline} by more than the {pct(sel.accuracy_margin, ' pt', '?')} margin; the most accurate, {best.name}, is recommended"
     sel.reason = f"{acc_text} -> {best.name} ({sel.warning})."
     return sel
 
 
 # ---------------------------------------------------------------------------------------------
-# the selected variant against the standard tools' reference rows (report_engine.py renders the verdicts)
+# the selected variant against the standard tools' reference rows (report/sections/engine.py renders the verdicts)
 
 
 def compare_references(

@@ -12,19 +12,19 @@ import pytest
 import torch
 from tiny_fixtures import TINY_MAX_POSITIONS, TINY_SEQ, make_rows
 
-from quant_workbench.architectures import architecture_for
-from quant_workbench.errors import ModelError, SelectionError
-from quant_workbench.models import LoadedModel, load_model, to_torch, tokenize
+from quant_workbench.config.recipe import ModelSpec, QuantSpec, SmoothQuantSpec
+from quant_workbench.core.errors import ModelError, SelectionError
+from quant_workbench.models.loading import LoadedModel, load_model, to_torch, tokenize
 from quant_workbench.quantize.apply import prepare
+from quant_workbench.quantize.architectures import architecture_for
 from quant_workbench.quantize.modules import QuantLinear
-from quant_workbench.quantize.select import build_plan
+from quant_workbench.quantize.plan import build_plan
 from quant_workbench.quantize.smoothquant import (
     ChannelAmaxCollector,
     float_mode,
     smooth_groups,
     smoothquant_applied,
 )
-from quant_workbench.recipe import ModelSpec, QuantSpec, SmoothQuantSpec
 from quant_workbench.search.groups import build_groups
 
 TEXTS = [t for t, _ in make_rows()]

@@ -13,10 +13,10 @@ import torch
 from tiny_fixtures import TINY_SEQ, make_rows
 
 from architectures.tiny_architectures import CONFIGS, save_tiny_architecture
-from quant_workbench.errors import ModelError
-from quant_workbench.models import LoadedModel, load_model, to_torch, tokenize
-from quant_workbench.recipe import ModelSpec, recipe_from_dict
-from quant_workbench.run import recipe_hash
+from quant_workbench.config.recipe import ModelSpec, recipe_from_dict
+from quant_workbench.core.errors import ModelError
+from quant_workbench.models.loading import LoadedModel, load_model, to_torch, tokenize
+from quant_workbench.pipeline.run import recipe_hash
 
 TEXTS = [t for t, _ in make_rows(6)]
 

@@ -14,20 +14,20 @@ import torch
 from tiny_fixtures import TINY_SEQ, make_rows
 
 from architectures.tiny_architectures import CONFIGS
-from quant_workbench.architectures import supported_model_types
-from quant_workbench.engines.onnxruntime import OrtEngine, optimized_op_counts
-from quant_workbench.export import (
-    cosine_rows,
+from quant_workbench.config.recipe import EngineSpec, ModelSpec, QuantSpec
+from quant_workbench.export.qdq import (
     export_onnx,
     find_linears,
     folded_calls,
     per_layer_fidelity,
     qdq_summary,
 )
-from quant_workbench.models import load_model, to_torch, tokenize
+from quant_workbench.measure.stats import cosine_rows
+from quant_workbench.models.loading import load_model, to_torch, tokenize
 from quant_workbench.quantize.apply import calibrate, prepare, set_scales
-from quant_workbench.quantize.select import build_plan
-from quant_workbench.recipe import EngineSpec, ModelSpec, QuantSpec
+from quant_workbench.quantize.architectures import supported_model_types
+from quant_workbench.quantize.plan import build_plan
+from quant_workbench.runtime.onnxruntime import OrtEngine, optimized_op_counts
 
 ENGINE = EngineSpec(provider="cpu", graph_optimization="all", threads=1)
 TEXTS = [t for t, _ in make_rows()]

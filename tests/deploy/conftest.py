@@ -46,14 +46,14 @@ def deploy_recipe_dict(out: Path, model_dir: Path, csv_path: Path, task: str = "
 
 def _run(tmp_path_factory: pytest.TempPathFactory, model_dir: Path, csv_path: Path, task: str) -> Path:
     pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="the 'triton' extra (tritonclient) is not installed")
-    from quant_workbench.recipe import recipe_from_dict
-    from quant_workbench.run import execute
+    from quant_workbench.config.recipe import recipe_from_dict
+    from quant_workbench.pipeline.run import execute
 
     out = tmp_path_factory.mktemp(f"deploy_{task}")
     recipe = recipe_from_dict(deploy_recipe_dict(out, model_dir, csv_path, task=task, name=f"tiny_{task.replace('-', '_')}"))
     result = execute(recipe, progress=False, say=lambda _: None)
     assert result.best_variant == "int8-max"
-    from quant_workbench.run import run_dir_for
+    from quant_workbench.pipeline.run import run_dir_for
 
     return run_dir_for(recipe)
 
@@ -75,9 +75,9 @@ def reference_outputs(run_dir: Path, variant: str, texts: list[str]) -> Any:
     import numpy as np
     from transformers import AutoTokenizer
 
-    from quant_workbench.engines.onnxruntime import OrtEngine
-    from quant_workbench.models import tokenize
-    from quant_workbench.recipe import load_recipe
+    from quant_workbench.config.recipe import load_recipe
+    from quant_workbench.models.loading import tokenize
+    from quant_workbench.runtime.onnxruntime import OrtEngine
 
     recipe = load_recipe(run_dir / "recipe.resolved.yaml")
     tok = AutoTokenizer.from_pretrained(recipe.model.location)

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quant_workbench.engines import tensorrt as qtrt
-from quant_workbench.errors import OptionalDependencyError, WorkbenchError
-from quant_workbench.recipe import DeploySpec, recipe_from_dict
+from quant_workbench.config.recipe import DeploySpec, recipe_from_dict
+from quant_workbench.core.errors import OptionalDependencyError, WorkbenchError
+from quant_workbench.runtime import tensorrt as qtrt
 
 
 def _has_tensorrt() -> bool:
@@ -138,8 +138,8 @@ def test_build_and_run_against_onnxruntime(embedding_run: Path, tmp_path: Path, 
     with qtrt.TrtEngine(tmp_path / f"{variant}.plan") as eng:
         from transformers import AutoTokenizer
 
-        from quant_workbench.models import tokenize
-        from quant_workbench.recipe import load_recipe
+        from quant_workbench.config.recipe import load_recipe
+        from quant_workbench.models.loading import tokenize
 
         recipe = load_recipe(embedding_run / "recipe.resolved.yaml")
         tok = AutoTokenizer.from_pretrained(recipe.model.location)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from quant_workbench.engines import tensorrt as qtrt
+from quant_workbench.runtime import tensorrt as qtrt
 
 
 class FakeEvent:

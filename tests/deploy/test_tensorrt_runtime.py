@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 from tiny_fixtures import TINY_SEQ
 
-from quant_workbench.engines import preflight_runtime
-from quant_workbench.engines import tensorrt as qtrt
-from quant_workbench.engines.onnxruntime import OrtEngine
-from quant_workbench.errors import OptionalDependencyError, WorkbenchError
-from quant_workbench.recipe import EngineSpec, recipe_from_dict
-from quant_workbench.run import execute
+from quant_workbench.config.recipe import EngineSpec, recipe_from_dict
+from quant_workbench.core.errors import OptionalDependencyError, WorkbenchError
+from quant_workbench.pipeline.run import execute
+from quant_workbench.runtime import preflight_runtime
+from quant_workbench.runtime import tensorrt as qtrt
+from quant_workbench.runtime.onnxruntime import OrtEngine
 
 REAL_TRT_ENGINE = qtrt.TrtEngine
 

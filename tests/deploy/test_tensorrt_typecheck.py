@@ -1,4 +1,4 @@
-"""mypy on engines/tensorrt.py against the `tensorrt-stubs` package, so TensorRT API misuse is caught
+"""mypy on runtime/tensorrt.py against the `tensorrt-stubs` package, so TensorRT API misuse is caught
 without TensorRT or a GPU. The stubs need repairs before mypy can read them (see trt_stubs.py); a
 deliberate misuse proves they are really in effect (not silently treated as `Any`)."""
 
@@ -15,7 +15,7 @@ from .trt_stubs import prepare_stubs, stub_sources
 tomllib = pytest.importorskip("tomllib", reason="Python 3.11+ (tomllib) reads the project's mypy settings")
 
 ROOT = Path(__file__).resolve().parents[2]
-MODULE = ROOT / "src" / "quant_workbench" / "engines" / "tensorrt.py"
+MODULE = ROOT / "src" / "quant_workbench" / "runtime" / "tensorrt.py"
 
 pytestmark = pytest.mark.skipif(stub_sources() is None, reason="tensorrt-stubs is not installed (pip install --no-deps tensorrt-stubs)")
 
@@ -43,7 +43,8 @@ def _config(tmp: Path, stubs: Path) -> Path:
     """The project's [tool.mypy] settings plus the stub path; errors inside the stubs are not ours."""
     settings = dict(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"])
     settings.pop("overrides", None)
-    settings["mypy_path"] = str(stubs)
+    # the stubs, and this checkout's package (not whichever one the interpreter's site-packages would give)
+    settings["mypy_path"] = [str(stubs), str(ROOT / "src")]
     settings["cache_dir"] = str(tmp / "mypy_cache")
     lines = ["[tool.mypy]"] + [f"{k} = {_toml_value(v)}" for k, v in settings.items()]
     lines += ["", "[[tool.mypy.overrides]]", 'module = ["tensorrt", "tensorrt.*", "tensorrt_bindings", "tensorrt_bindings.*"]', "ignore_errors = true"]

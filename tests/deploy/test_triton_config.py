@@ -14,6 +14,8 @@ pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="the 'triton' e
 from tritonclient.grpc import model_config_pb2  # noqa: E402
 
 from quant_workbench.cli import main  # noqa: E402
+from quant_workbench.config.recipe import DeploySpec, EngineSpec, load_recipe, recipe_from_dict  # noqa: E402
+from quant_workbench.core.errors import OptionalDependencyError, RecipeError  # noqa: E402
 from quant_workbench.deploy import deploy_run, preflight  # noqa: E402
 from quant_workbench.deploy.triton import (  # noqa: E402
     MANIFEST,
@@ -32,9 +34,7 @@ from quant_workbench.deploy.triton import (  # noqa: E402
     tokenizer_config,
     validate_repository,
 )
-from quant_workbench.engines.onnxruntime import CPU_DISABLED_OPTIMIZERS
-from quant_workbench.errors import OptionalDependencyError, RecipeError  # noqa: E402
-from quant_workbench.recipe import DeploySpec, EngineSpec, load_recipe, recipe_from_dict  # noqa: E402
+from quant_workbench.runtime.onnxruntime import CPU_DISABLED_OPTIMIZERS
 
 GOLDEN = Path(__file__).with_name("golden")
 INPUTS = [TensorSig(n, "TYPE_INT64", (-1,)) for n in ("input_ids", "attention_mask", "token_type_ids")]
@@ -160,7 +160,7 @@ def test_deploy_spec_validation() -> None:
 
 
 def test_deploy_section_does_not_change_the_run_id() -> None:
-    from quant_workbench.run import recipe_hash
+    from quant_workbench.pipeline.run import recipe_hash
 
     base = {"name": "x", "model": {"source": "/nonexistent"}, "data": {"files": ["a.csv"]}}
     assert recipe_hash(recipe_from_dict(base)) == recipe_hash(recipe_from_dict({**base, "deploy": {"max_batch_size": 4, "preferred_batch_sizes": [4]}}))
@@ -262,7 +262,7 @@ def test_cli_deploy(embedding_run: Path, tmp_path: Path, capsys: pytest.CaptureF
 
 
 def test_failed_engine_build_is_recorded_not_fatal(embedding_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from quant_workbench.engines import tensorrt as qtrt
+    from quant_workbench.runtime import tensorrt as qtrt
 
     def failing_build(*args: object, **kwargs: object) -> Path:
         raise qtrt.EngineBuildError("TensorRT could not build an engine from int8-max.qdq.onnx.", ["[I] building", "[E] 2: [virtualMemoryBuffer.cpp::resizePhysical] out of memory"])
@@ -285,7 +285,7 @@ def test_failed_engine_build_is_recorded_not_fatal(embedding_run: Path, tmp_path
 def test_engine_summaries_and_triton_benchmark_go_into_the_report(embedding_run: Path, tmp_path: Path) -> None:
     import shutil
 
-    from quant_workbench.report import update_report
+    from quant_workbench.report.markdown import update_report
 
     run = tmp_path / "run"
     shutil.copytree(embedding_run, run)

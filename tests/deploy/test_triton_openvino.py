@@ -14,12 +14,12 @@ import pytest
 pytest.importorskip("openvino", reason="the 'openvino' extra is not installed")
 pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="the 'triton' extra (tritonclient) is not installed")
 
+from deploy.triton_server import TritonServer, find_tritonserver  # noqa: E402
+from quant_workbench.config.recipe import DeploySpec, load_recipe, recipe_from_dict  # noqa: E402
 from quant_workbench.deploy import deploy_run  # noqa: E402
-from quant_workbench.deploy.server import TritonServer, find_tritonserver  # noqa: E402
 from quant_workbench.deploy.triton import Repository, parse_config, validate_repository  # noqa: E402
-from quant_workbench.engines.openvino import OvEngine  # noqa: E402
-from quant_workbench.models import tokenize  # noqa: E402
-from quant_workbench.recipe import DeploySpec, load_recipe, recipe_from_dict  # noqa: E402
+from quant_workbench.models.loading import tokenize  # noqa: E402
+from quant_workbench.runtime.openvino import OvEngine  # noqa: E402
 
 from .conftest import TEXTS, deploy_recipe_dict  # noqa: E402
 
@@ -29,7 +29,7 @@ VARIANTS = ["int8-max@openvino", "float@openvino"]
 
 @pytest.fixture(scope="module")
 def ov_repo(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path, tiny_csv: Path) -> tuple[Path, Repository]:
-    from quant_workbench.run import execute, run_dir_for
+    from quant_workbench.pipeline.run import execute, run_dir_for
 
     out = tmp_path_factory.mktemp("deploy_ov")
     data = deploy_recipe_dict(out, tiny_bert_dir, tiny_csv, name="tiny_deploy_ov")
@@ -67,7 +67,7 @@ def test_bf16_rows_ask_the_openvino_backend_for_bf16(ov_repo: tuple[Path, Reposi
     run_dir, _ = ov_repo
     recipe = load_recipe(run_dir / "recipe.resolved.yaml")
     spec = DeploySpec.model_validate({"targets": ["openvino", "python-openvino"], "variants": ["int8-max@openvino"], "max_batch_size": 4, "preferred_batch_sizes": [2, 4]})
-    from quant_workbench.report_schema import load_report
+    from quant_workbench.report.schema import load_report
 
     result = load_report(run_dir)
     row = result.variant("int8-max@openvino")

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from quant_workbench.deploy.server import TritonServer, find_tritonserver, group_alive
+from deploy.triton_server import TritonServer, find_tritonserver, group_alive
 from quant_workbench.deploy.triton import Repository
 
 from .conftest import TEXTS, reference_outputs
@@ -178,7 +178,7 @@ def test_stop_leaves_no_process_and_no_shared_memory(embedding_run: Path) -> Non
 def test_a_model_that_fails_to_load_reports_the_log(embedding_run: Path, tmp_path: Path) -> None:
     import shutil
 
-    from quant_workbench.deploy.server import TritonServerError
+    from deploy.triton_server import TritonServerError
 
     repo_dir = tmp_path / "broken"
     shutil.copytree(embedding_run / "triton" / "tokenizer", repo_dir / "tokenizer")

@@ -9,12 +9,11 @@ import pytest
 import torch
 from scipy.stats import entropy as scipy_entropy
 
-from quant_workbench.quantize.calibrate import (
+from quant_workbench.quantize.methods import entropy_divergences, mse_errors
+from quant_workbench.quantize.observers import (
     CalibrationError,
     HistogramCalibrator,
-    entropy_divergences,
     load_stats,
-    mse_errors,
     per_channel_amax,
     save_stats,
 )

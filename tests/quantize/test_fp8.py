@@ -15,10 +15,11 @@ import torch
 from tiny_fixtures import TINY_SEQ, make_rows, ort_qdq
 from torch import nn
 
-from quant_workbench.engines.onnxruntime import OrtEngine, optimized_op_counts
-from quant_workbench.errors import RecipeError
-from quant_workbench.export import cosine_rows, export_onnx, per_layer_fidelity, qdq_summary
-from quant_workbench.models import load_model, to_torch, tokenize
+from quant_workbench.config.recipe import EngineSpec, ModelSpec, QuantSpec, recipe_from_dict
+from quant_workbench.core.errors import RecipeError
+from quant_workbench.export.qdq import export_onnx, per_layer_fidelity, qdq_summary
+from quant_workbench.measure.stats import cosine_rows
+from quant_workbench.models.loading import load_model, to_torch, tokenize
 from quant_workbench.quantize.apply import (
     calibrate,
     prepare,
@@ -27,9 +28,9 @@ from quant_workbench.quantize.apply import (
     set_format,
     set_scales,
 )
+from quant_workbench.quantize.plan import build_plan
 from quant_workbench.quantize.quantizer import FP8_E4M3_MAX, QuantFormat, TensorQuantizer, fp8_e4m3_qdq
-from quant_workbench.quantize.select import build_plan
-from quant_workbench.recipe import EngineSpec, ModelSpec, QuantSpec, recipe_from_dict
+from quant_workbench.runtime.onnxruntime import OrtEngine, optimized_op_counts
 
 FP8 = QuantFormat("fp8", axis=None)
 FP8_CHANNEL = QuantFormat("fp8", axis=0)
@@ -278,7 +279,7 @@ def test_ort_keeps_fp8_qdq_as_float_matmuls(fp8_export: dict[str, Any]) -> None:
 
 def test_fp8_relu_before_quantize_is_kept_by_onnxruntime(tmp_path: Path) -> None:
     """ONNX Runtime's Relu->QuantizeLinear rewrite treats a float8 zero point like uint8 and would drop the
-    Relu; the engine disables it (engines/onnxruntime.py)."""
+    Relu; the engine disables it (runtime/onnxruntime.py)."""
     from quant_workbench.quantize.modules import QuantLinear
 
     class Net(nn.Module):

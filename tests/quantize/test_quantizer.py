@@ -10,10 +10,10 @@ from tiny_fixtures import ort_qdq
 from torch import nn
 from torch.nn import functional as F
 
-from quant_workbench.errors import WorkbenchError
+from quant_workbench.core.errors import WorkbenchError
 from quant_workbench.quantize.apply import calibrate, set_export_mode, set_scales
-from quant_workbench.quantize.calibrate import HistogramCalibrator
 from quant_workbench.quantize.modules import QuantAdd, QuantLinear, QuantMatMul
+from quant_workbench.quantize.observers import HistogramCalibrator
 from quant_workbench.quantize.quantizer import QuantFormat, TensorQuantizer
 
 PER_TENSOR = QuantFormat("int8", axis=None)

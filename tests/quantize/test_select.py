@@ -8,9 +8,9 @@ import pytest
 from tiny_fixtures import tiny_bert_config
 from torch import nn
 
-from quant_workbench.errors import SelectionError
-from quant_workbench.quantize.select import QuantPlan, build_plan, candidate_points, entry_matches
-from quant_workbench.recipe import QuantSpec
+from quant_workbench.config.recipe import QuantSpec
+from quant_workbench.core.errors import SelectionError
+from quant_workbench.quantize.plan import QuantPlan, build_plan, candidate_points, entry_matches
 
 LINEARS_PER_LAYER = ["attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense", "intermediate.dense", "output.dense"]
 

@@ -14,13 +14,14 @@ import torch
 from tiny_fixtures import TINY_SEQ, make_rows
 from torch import nn
 
-from quant_workbench.engines.onnxruntime import OrtEngine, optimized_op_counts
-from quant_workbench.export import cosine_rows, export_onnx, per_layer_fidelity
-from quant_workbench.models import LoadedModel, load_model, to_torch, tokenize
+from quant_workbench.config.recipe import EngineSpec, ModelSpec, QuantSpec
+from quant_workbench.export.qdq import export_onnx, per_layer_fidelity
+from quant_workbench.measure.stats import cosine_rows
+from quant_workbench.models.loading import LoadedModel, load_model, to_torch, tokenize
 from quant_workbench.quantize.apply import calibrate, prepare, set_scales
-from quant_workbench.quantize.calibrate import HistogramCalibrator
 from quant_workbench.quantize.modules import QuantLinear
-from quant_workbench.quantize.select import build_plan
+from quant_workbench.quantize.observers import HistogramCalibrator
+from quant_workbench.quantize.plan import build_plan
 from quant_workbench.quantize.smoothquant import (
     ChannelAmaxCollector,
     apply_smoothquant,
@@ -31,7 +32,7 @@ from quant_workbench.quantize.smoothquant import (
     smoothing_factors,
     smoothquant_applied,
 )
-from quant_workbench.recipe import EngineSpec, ModelSpec, QuantSpec
+from quant_workbench.runtime.onnxruntime import OrtEngine, optimized_op_counts
 
 ENGINE = EngineSpec(provider="cpu", graph_optimization="all", threads=1)
 TEXTS = [t for t, _ in make_rows()]
@@ -139,7 +140,7 @@ def test_ffn_out_is_smoothed_only_when_asked_with_an_explicit_input_scale(smooth
 
 
 def test_ffn_out_key_stays_out_of_recipes_that_do_not_set_it() -> None:
-    from quant_workbench.recipe import SmoothQuantSpec
+    from quant_workbench.config.recipe import SmoothQuantSpec
 
     assert SmoothQuantSpec(alpha=0.5).model_dump() == {"alpha": 0.5}  # run ids of recipes written before
     assert SmoothQuantSpec(alpha=0.95, ffn_out=True).model_dump() == {"alpha": 0.95, "ffn_out": True}
@@ -260,8 +261,8 @@ def test_smoothed_int8_onnx_matches_fake_quant_per_layer_and_end_to_end(tiny_ber
 
 
 def test_execute_compares_int8_smoothquant_and_fp8_in_one_report(make_recipe: Any) -> None:
-    from quant_workbench.recipe import recipe_from_dict
-    from quant_workbench.run import execute
+    from quant_workbench.config.recipe import recipe_from_dict
+    from quant_workbench.pipeline.run import execute
 
     d = make_recipe(methods=["max"])
     d["quantization"] = {**d["quantization"], "compare": ["int8", "int8-smoothquant", "fp8"], "smoothquant": {"alpha": [0.5, 0.75]}}
@@ -295,8 +296,8 @@ def test_execute_compares_int8_smoothquant_and_fp8_in_one_report(make_recipe: An
     assert again.calibration["families"]["int8-sq0.5"]["smoothquant"]["calibration_cache_hit"] is True
     # FP8 and SmoothQuant variants deploy like INT8 ones: validated Triton configs for the same ONNX files
     pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="the 'triton' extra (tritonclient) is not installed")
+    from quant_workbench.config.recipe import DeploySpec
     from quant_workbench.deploy import deploy_run
-    from quant_workbench.recipe import DeploySpec
 
     spec = DeploySpec.model_validate({"targets": ["python-onnxruntime", "onnxruntime"], "variants": ["fp8-max", "int8-sq0.5-max"], "instance_kind": "cpu"})
     repo = deploy_run(run_dir, run_dir / "triton-formats", recipe=recipe_from_dict({**d, "deploy": spec.model_dump()}), say=lambda _: None)

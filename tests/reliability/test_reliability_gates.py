@@ -20,9 +20,9 @@ import pytest
 import torch
 from tiny_fixtures import LABELS, make_rows, recipe_dict, save_tiny_tokenizer, tiny_bert_config
 
-from quant_workbench.data import load_splits
-from quant_workbench.recipe import DataSpec, recipe_from_dict
-from quant_workbench.sanity import (
+from quant_workbench.config.recipe import DataSpec, recipe_from_dict
+from quant_workbench.data.splits import load_splits
+from quant_workbench.pipeline.sanity import (
     check_evaluation_size,
     evaluation_size_for_half_width,
     evaluation_size_needed,

@@ -21,14 +21,15 @@ import torch
 from architectures.tiny_architectures import save_tiny_architecture
 from tiny_fixtures import TINY_MAX_POSITIONS, TINY_SEQ, make_rows
 
-from quant_workbench import __version__, preflight
+from quant_workbench import __version__
 from quant_workbench.cli import main
-from quant_workbench.data import load_splits
-from quant_workbench.errors import DataError, ModelError, SelectionError, WorkbenchError
-from quant_workbench.models import load_model, to_torch, tokenize
+from quant_workbench.config.recipe import DataSpec, ModelSpec, QuantSpec, recipe_from_dict
+from quant_workbench.core.errors import DataError, ModelError, SelectionError, WorkbenchError
+from quant_workbench.data.splits import load_splits
+from quant_workbench.models.loading import load_model, to_torch, tokenize
+from quant_workbench.pipeline import preflight
 from quant_workbench.quantize.apply import calibrate, prepare
-from quant_workbench.quantize.select import build_plan
-from quant_workbench.recipe import DataSpec, ModelSpec, QuantSpec, recipe_from_dict
+from quant_workbench.quantize.plan import build_plan
 
 from .helpers import one_paragraph_error, run_cli, write_recipe
 
@@ -111,7 +112,7 @@ _TERM_BEFORE_FIRST_ARTIFACT = textwrap.dedent(
     """
     import os, signal, sys
     sys.path.insert(0, {src!r})
-    import quant_workbench.run as run
+    import quant_workbench.pipeline.run as run
     real = run.load_splits
     def load_splits(spec):
         os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler or `kill` would, mid-stage

@@ -27,17 +27,19 @@ from architectures.tiny_architectures import CONFIGS, save_tiny_architecture
 from onnx import numpy_helper
 from tiny_fixtures import TINY_SEQ, make_rows, recipe_dict
 
-import quant_workbench.engine_graphs as engine_graphs
-from quant_workbench.engine_graphs import EngineGraphs
-from quant_workbench.export import FOLDED_CALL, HF_PREFIX, cosine_rows, export_onnx, folded_calls, plan_names
-from quant_workbench.export_ort import LoweringError, export_fused_float, lower_int8, qdq_to_u8_activations
-from quant_workbench.models import LoadedModel, load_model, to_torch, tokenize
+import quant_workbench.export.graphs as engine_graphs
+from quant_workbench.config.recipe import ModelSpec, QuantSpec, recipe_from_dict
+from quant_workbench.config.vocabulary import HF_PREFIX
+from quant_workbench.core.results import VariantResult
+from quant_workbench.export.graphs import EngineGraphs
+from quant_workbench.export.ort import LoweringError, export_fused_float, lower_int8, qdq_to_u8_activations
+from quant_workbench.export.qdq import FOLDED_CALL, export_onnx, folded_calls, plan_names
+from quant_workbench.measure.stats import cosine_rows
+from quant_workbench.models.loading import LoadedModel, load_model, to_torch, tokenize
 from quant_workbench.quantize.apply import calibrate, prepare, quantizers, set_scales
-from quant_workbench.quantize.calibrate import HistogramCalibrator
 from quant_workbench.quantize.modules import QuantLinear
-from quant_workbench.quantize.select import QuantPlan, build_plan
-from quant_workbench.recipe import ModelSpec, QuantSpec, recipe_from_dict
-from quant_workbench.results import VariantResult
+from quant_workbench.quantize.observers import HistogramCalibrator
+from quant_workbench.quantize.plan import QuantPlan, build_plan
 
 TEXTS = [t for t, _ in make_rows()]
 FAMILIES = list(CONFIGS)
@@ -149,7 +151,7 @@ def test_every_qdq_node_carries_its_plan_quantizer_name_and_scale(model_type: st
             assert seen.get(q) == {"QuantizeLinear", "DequantizeLinear"}, f"{q} has no Q/DQ pair of its own"
     assert all(p.kind == "linear" and p.module.endswith(".rel_embeddings") for p in plan.enabled if p.module in folded)
 
-    # the scales document (what run.py writes next to the ONNX file) uses the same names
+    # the scales document (what pipeline/run.py writes next to the ONNX file) uses the same names
     scales = plan_names(amax)
     activation = {q for p in plan.enabled for q in p.quantizer_names if not q.endswith(".weight_quantizer")}
     assert set(scales) == activation

@@ -23,8 +23,7 @@ from typing import Any
 import pytest
 from tiny_fixtures import TINY_MAX_POSITIONS
 
-from quant_workbench import preflight
-from quant_workbench.io import (
+from quant_workbench.core.artifacts import (
     TEMP_MARK,
     artifact_is_current,
     artifact_problem,
@@ -33,6 +32,7 @@ from quant_workbench.io import (
     remove_stale_temp_files,
     write_text,
 )
+from quant_workbench.pipeline import preflight
 
 from .helpers import one_paragraph_error, run_cli, write_recipe
 
@@ -202,7 +202,7 @@ _KILLED_WRITER = textwrap.dedent(
     """
     import os, signal, sys
     sys.path.insert(0, {src!r})
-    from quant_workbench.io import atomic_path
+    from quant_workbench.core.artifacts import atomic_path
     with atomic_path({target!r}) as tmp:
         tmp.write_bytes(b"half an artifact")
         os.kill(os.getpid(), signal.SIGKILL)

@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from quant_workbench.io import TEMP_MARK
-from quant_workbench.report_schema import report_problems
+from quant_workbench.core.artifacts import TEMP_MARK
+from quant_workbench.report.schema import report_problems
 
 from .helpers import RUN_ID, copy_run, one_paragraph_error, run_cli
 
@@ -117,7 +117,7 @@ _HOLD_LOCK = textwrap.dedent(
     """
     import sys, time
     sys.path.insert(0, {src!r})
-    from quant_workbench.lock import RunLock
+    from quant_workbench.core.lock import RunLock
     with RunLock({run_dir!r}):
         print("locked", flush=True)
         time.sleep(120)
@@ -145,14 +145,14 @@ def test_a_second_run_on_a_locked_folder_exits_2_naming_the_holder(capsys: pytes
     finally:
         holder.kill()  # kill -9: the kernel drops its lock, no stale lock file blocks the next run
         holder.wait()
-    from quant_workbench.lock import RunLock
+    from quant_workbench.core.lock import RunLock
 
     with RunLock(run_dir):
         pass
 
 
 def test_wait_lock_waits_for_the_holder(tmp_path: Path) -> None:
-    from quant_workbench.lock import RunLock, RunLockedError
+    from quant_workbench.core.lock import RunLock, RunLockedError
 
     holder = _hold_lock(tmp_path)
     try:
@@ -175,7 +175,7 @@ def test_no_successful_quantized_variant_exits_3(
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("scales exploded\nsecond line that the summary leaves out")
 
-    monkeypatch.setattr("quant_workbench.run.set_scales", broken)
+    monkeypatch.setattr("quant_workbench.pipeline.run.set_scales", broken)
     code, _, err = run_cli(capsys, str(recipe), "--no-progress", "--run-id", RUN_ID)
     msg = one_paragraph_error(err)
     assert code == 3

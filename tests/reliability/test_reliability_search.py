@@ -20,11 +20,11 @@ import optuna
 import pytest
 from tiny_fixtures import recipe_dict
 
-from quant_workbench.io import hash_json
-from quant_workbench.recipe import recipe_from_dict
+from quant_workbench.config.recipe import recipe_from_dict
+from quant_workbench.config.search import SearchSpec
+from quant_workbench.core.artifacts import hash_json
 from quant_workbench.search.groups import LayerGroup
 from quant_workbench.search.sensitivity import Config, TrialRecord, TrialRunner
-from quant_workbench.search.spec import SearchSpec
 from quant_workbench.search.study import WORKER_ATTR, config_params, normalize_storage, run_study, suggest
 
 GROUPS = [LayerGroup(f"layer{i}", "layer", (f"encoder.layer.{i}",)) for i in range(3)]

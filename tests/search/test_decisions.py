@@ -13,10 +13,10 @@ from typing import cast
 import pytest
 from pydantic import ValidationError
 
-from quant_workbench.results import VariantResult
+from quant_workbench.config.search import CriterionSpec, SearchSpec
+from quant_workbench.core.results import VariantResult
 from quant_workbench.search.groups import LayerGroup
 from quant_workbench.search.sensitivity import Config, TrialRecord, TrialRunner, auto_fallback, sensitivity
-from quant_workbench.search.spec import CriterionSpec, SearchSpec
 from quant_workbench.search.study import _dedupe, criterion_at_lower_bound, pareto_front, select
 
 FLOAT_MS = 20.0

@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from quant_workbench.errors import RecipeError
-from quant_workbench.models import load_model
-from quant_workbench.quantize.apply import prepare, quantizers
-from quant_workbench.quantize.select import build_plan
-from quant_workbench.recipe import recipe_from_dict
-from quant_workbench.search.groups import apply_flags, build_groups, only_groups, with_fallback
+from quant_workbench.config.recipe import recipe_from_dict
+from quant_workbench.core.errors import RecipeError
+from quant_workbench.models.loading import load_model
+from quant_workbench.quantize.apply import apply_flags, prepare, quantizers
+from quant_workbench.quantize.plan import build_plan
+from quant_workbench.search.groups import build_groups, only_groups, with_fallback
 from quant_workbench.search.sensitivity import Config, TrialRecord
 from quant_workbench.search.study import pareto_front, select
 
@@ -84,7 +84,7 @@ def test_search_section_validation(make_recipe: Callable[..., dict[str, Any]]) -
 
 
 def test_run_hash_ignores_storage_and_absent_search(make_recipe: Callable[..., dict[str, Any]]) -> None:
-    from quant_workbench.run import recipe_hash
+    from quant_workbench.pipeline.run import recipe_hash
 
     data = make_recipe()
     plain = recipe_hash(recipe_from_dict(data))

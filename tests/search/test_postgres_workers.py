@@ -24,8 +24,8 @@ import pytest
 import yaml
 from tiny_fixtures import recipe_dict
 
-from quant_workbench.recipe import recipe_from_dict
-from quant_workbench.run import run_dir_for
+from quant_workbench.config.recipe import recipe_from_dict
+from quant_workbench.pipeline.run import run_dir_for
 from quant_workbench.search.study import normalize_storage
 
 

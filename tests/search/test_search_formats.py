@@ -13,12 +13,12 @@ import optuna
 import pytest
 from tiny_fixtures import recipe_dict
 
-from quant_workbench.errors import RecipeError
-from quant_workbench.recipe import recipe_from_dict
-from quant_workbench.run import execute, run_dir_for
+from quant_workbench.config.recipe import recipe_from_dict
+from quant_workbench.config.search import SearchSpec
+from quant_workbench.core.errors import RecipeError
+from quant_workbench.pipeline.run import execute, run_dir_for
 from quant_workbench.search.groups import LayerGroup
 from quant_workbench.search.sensitivity import Config
-from quant_workbench.search.spec import SearchSpec
 from quant_workbench.search.study import config_params, resolved_recipe, suggest
 
 QUIET: dict[str, Any] = {"progress": False, "say": lambda s: None}
@@ -131,7 +131,7 @@ def test_the_same_gates_for_the_search_smoothquant_trials_and_its_variants(tmp_p
     """A SmoothQuant trial whose rewrite is not exact in float fails (the families' check, not skipped), and a
     configuration the search hands to the run that fails the full Q/DQ check is removed, saying why."""
     import quant_workbench.search.sensitivity as sens_mod
-    from quant_workbench.errors import ExportError
+    from quant_workbench.core.errors import ExportError
 
     real = sens_mod.checked_smoothquant
 

@@ -18,10 +18,10 @@ import pytest
 import yaml
 from tiny_fixtures import recipe_dict
 
-import quant_workbench.calibration as calibration_mod
+import quant_workbench.pipeline.calibration as calibration_mod
 import quant_workbench.search.sensitivity as sens_mod
-from quant_workbench.recipe import recipe_from_dict
-from quant_workbench.run import execute, run_dir_for
+from quant_workbench.config.recipe import recipe_from_dict
+from quant_workbench.pipeline.run import execute, run_dir_for
 
 QUIET: dict[str, Any] = {"progress": False, "say": lambda s: None}
 FAST_LATENCY = {"batch_size": 1, "seq_length": 16, "warmup": 1, "iterations": 2}
@@ -190,7 +190,7 @@ def test_killed_search_resumes_without_losing_trials(tmp_path: Path, tiny_bert_d
 
 
 def test_criterion_at_the_interval_lower_bound() -> None:
-    from quant_workbench.results import VariantResult
+    from quant_workbench.core.results import VariantResult
     from quant_workbench.search.study import criterion_at_lower_bound
 
     v = VariantResult(name="int8-search", precision="int8")

@@ -3,7 +3,8 @@
 `deploy_run(run_dir)` is what `quantize deploy RUN_DIR` and a recipe's `deploy:` section call: it
 reads the run's report.json and resolved recipe, builds the engines a target compiles (TensorRT plans
 for the `tensorrt` target), writes the repository (see deploy/triton.py) and validates it. Each
-target is declared once in the DEPLOY_TARGETS registry by the module of this package that builds it.
+target named in the catalog (config/catalog.py DEPLOY_TARGETS) has its builder registered in TARGETS
+(deploy/targets.py) by deploy/triton.py.
 """
 
 from __future__ import annotations
@@ -11,23 +12,29 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import OptionalDependencyError
-from ..extension_points import DEPLOY_TARGETS
-from ..io import content_problem
-from ..recipe import DeploySpec, Recipe, load_recipe
-from ..results import RunResult
-from .triton import DeployError, Repository, resolve_variants, validate_repository, write_repository
+from quant_workbench.config.recipe import DeploySpec, Recipe, load_recipe
+from quant_workbench.core.artifacts import content_problem
+from quant_workbench.core.errors import OptionalDependencyError
+from quant_workbench.core.results import RunResult
+from quant_workbench.deploy.targets import TARGETS
+from quant_workbench.deploy.triton import (
+    DeployError,
+    Repository,
+    resolve_variants,
+    validate_repository,
+    write_repository,
+)
 
 __all__ = ["DeployError", "Repository", "deploy_run", "preflight", "validate_repository", "write_repository"]
 
 
 def preflight(spec: DeploySpec, build_engines: bool = True) -> None:
     """Fail fast (before a long run) when an optional package the deploy section needs is missing."""
-    from .triton import model_config_pb2
+    from quant_workbench.deploy.triton import model_config_pb2
 
     model_config_pb2()
     for target in spec.targets if build_engines else []:
-        check = DEPLOY_TARGETS.get(target).preflight
+        check = TARGETS.get(target).preflight
         if check is not None:
             check()
 
@@ -59,7 +66,7 @@ def deploy_run(
     """`variants` (quantize deploy --variants) overrides the recipe's deploy.variants."""
     run_dir = Path(run_dir)
     if result is None:
-        from ..report_schema import load_report
+        from quant_workbench.report.schema import load_report
 
         result = load_report(run_dir)
     if recipe is None:
@@ -92,9 +99,9 @@ def deploy_run(
     rows = {v.name: (v.runtime, v.inference_precision) for v in result.variants}  # issue 17: each row's engine
     engines: dict[tuple[str, str], Path] = {}
     notes: dict[tuple[str, str], str] = {}
-    compiling = [(t, DEPLOY_TARGETS.get(t)) for t in spec.targets if build_engines and DEPLOY_TARGETS.get(t).build_engine is not None]
+    compiling = [(t, TARGETS.get(t)) for t in spec.targets if build_engines and TARGETS.get(t).build_engine is not None]
     if compiling:
-        from ..errors import WorkbenchError
+        from quant_workbench.core.errors import WorkbenchError
 
         for name in resolve_variants(spec.variants, result.best_variant, files):
             for target, backend in compiling:
@@ -132,8 +139,8 @@ def deploy_run(
     validate_repository(repo.path)
     say(f"  Triton model repository: {repo.path}")
     if (run_dir / "report.json").is_file():  # the run's report shows what was deployed and how engines came out
-        from ..engines.tensorrt import build_summary
-        from ..report import update_report
+        from quant_workbench.report.markdown import update_report
+        from quant_workbench.runtime.tensorrt import build_summary
 
         summaries = {name: build_summary(plan) for (name, _), plan in engines.items()}
         trt_layers = {name: info for name, info in summaries.items() if info is not None}

@@ -34,12 +34,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..engines.onnxruntime import CPU_DISABLED_OPTIMIZERS
-from ..errors import OptionalDependencyError, WorkbenchError
-from ..extension_points import DEPLOY_TARGETS, DeployBackend, TargetInputs, TargetModel
-from ..io import make_shareable, write_json, write_text
-from ..recipe import DeploySpec, EngineSpec, Recipe
-from ..signatures import ONNX_TO_TRITON, TensorSig
+from quant_workbench.config.recipe import DeploySpec, EngineSpec, Recipe
+from quant_workbench.core.artifacts import make_shareable, write_json, write_text
+from quant_workbench.core.errors import OptionalDependencyError, WorkbenchError
+from quant_workbench.core.signatures import ONNX_TO_TRITON, TensorSig
+from quant_workbench.deploy.targets import TARGETS, DeployBackend, TargetInputs, TargetModel
+from quant_workbench.runtime.onnxruntime import CPU_DISABLED_OPTIMIZERS
 
 MANIFEST = "repository.json"
 TOKENIZER_MODEL = "tokenizer"
@@ -533,7 +533,7 @@ def write_repository(
         for v in variants:
             ins, outs = signatures[v]
             for target in spec.targets:
-                backend = DEPLOY_TARGETS.get(target)
+                backend = TARGETS.get(target)
                 name = f"{model_name(v)}-{backend.suffix}"
                 ens = f"{name}-text"
                 mdir = tmp / name
@@ -620,13 +620,13 @@ def _tensorrt(t: TargetInputs) -> TargetModel:
 
 
 def _build_plan(recipe: Recipe, spec: DeploySpec, onnx_path: Path, engines_dir: Path, name: str, precision: str | None) -> Path:
-    from ..engines.tensorrt import build_for_deploy, engine_precision
+    from quant_workbench.runtime.tensorrt import build_for_deploy, engine_precision
 
     return build_for_deploy(recipe, spec, onnx_path, engines_dir / f"{name}.plan", precision=engine_precision(precision))
 
 
 def _require_tensorrt() -> None:
-    from ..engines.tensorrt import require_tensorrt
+    from quant_workbench.runtime.tensorrt import require_tensorrt
 
     require_tensorrt("building the TensorRT engines of deploy.targets [tensorrt]")
 
@@ -646,7 +646,7 @@ def _openvino_source(t: TargetInputs) -> tuple[Path, str | None, str]:
 
 
 def _ov_threads(t: TargetInputs) -> int:
-    from ..engines.openvino import resolved_threads
+    from quant_workbench.runtime.openvino import resolved_threads
 
     return t.spec.threads or resolved_threads(t.recipe.engine)
 
@@ -672,7 +672,7 @@ def openvino_config(name: str, inputs: Sequence[TensorSig], outputs: Sequence[Te
 
 
 def python_openvino_config(name: str, inputs: Sequence[TensorSig], outputs: Sequence[TensorSig], spec: DeploySpec, engine: EngineSpec, threads: int, precision: str | None) -> str:
-    from ..engines.openvino import row_precisions_of
+    from quant_workbench.runtime.openvino import row_precisions_of
 
     cfg: dict[str, Any] = {
         "name": name,
@@ -712,20 +712,20 @@ def _openvino(t: TargetInputs) -> TargetModel:
 
 
 def _require_openvino() -> None:
-    from ..engines.openvino import require_openvino
+    from quant_workbench.runtime.openvino import require_openvino
 
     require_openvino("deploy.targets [python-openvino]")
 
 
 # Declaration order is the order of the names in recipe messages and the JSON schema.
-DEPLOY_TARGETS.register("python-onnxruntime", DeployBackend(suffix="cpu", build=_python_onnxruntime, cpu_servable=True))
-DEPLOY_TARGETS.register("onnxruntime", DeployBackend(suffix="ort", build=_onnxruntime))
-DEPLOY_TARGETS.register(
+TARGETS.register("python-onnxruntime", DeployBackend(suffix="cpu", build=_python_onnxruntime, cpu_servable=True))
+TARGETS.register("onnxruntime", DeployBackend(suffix="ort", build=_onnxruntime))
+TARGETS.register(
     "tensorrt",
     DeployBackend(suffix="trt", build=_tensorrt, build_engine=_build_plan, preflight=_require_tensorrt, engine_label="TensorRT"),
 )
-DEPLOY_TARGETS.register("python-openvino", DeployBackend(suffix="ov-cpu", build=_python_openvino, cpu_servable=True, preflight=_require_openvino))
-DEPLOY_TARGETS.register("openvino", DeployBackend(suffix="ov", build=_openvino))
+TARGETS.register("python-openvino", DeployBackend(suffix="ov-cpu", build=_python_openvino, cpu_servable=True, preflight=_require_openvino))
+TARGETS.register("openvino", DeployBackend(suffix="ov", build=_openvino))
 
 
 def validate_repository(path: Path) -> dict[str, Any]:
@@ -745,7 +745,7 @@ def validate_repository(path: Path) -> dict[str, Any]:
             outs = [TensorSig(d["name"], d["data_type"], tuple(d["dims"])) for d in m.outputs]
             plan = Path(path) / m.name / "1" / "model.plan"
             if plan.exists():
-                from ..engines.tensorrt import engine_signature
+                from quant_workbench.runtime.tensorrt import engine_signature
 
                 ins, outs = engine_signature(plan)
         check_model_config(cfg, ins, outs, f"{m.name}/config.pbtxt")

@@ -14,14 +14,14 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from ..architectures import architecture_of
-from ..errors import WorkbenchError
-from ..recipe import CalibMethod
-from ..vocabulary import Format
-from .calibrate import CalibrationError, HistogramCalibrator, per_channel_amax
-from .modules import QuantAdd, QuantLinear, QuantMatMul
-from .quantizer import QuantFormat, TensorQuantizer
-from .select import QuantPlan
+from quant_workbench.config.recipe import CalibMethod
+from quant_workbench.config.vocabulary import Format
+from quant_workbench.core.errors import WorkbenchError
+from quant_workbench.quantize.architectures import architecture_of
+from quant_workbench.quantize.modules import QuantAdd, QuantLinear, QuantMatMul
+from quant_workbench.quantize.observers import CalibrationError, HistogramCalibrator, per_channel_amax
+from quant_workbench.quantize.plan import QuantPlan
+from quant_workbench.quantize.quantizer import QuantFormat, TensorQuantizer
 
 log = logging.getLogger(__name__)
 
@@ -171,10 +171,21 @@ def strip_quantization(model: nn.Module) -> nn.Module:
     return model
 
 
+def apply_flags(model: nn.Module, plan: QuantPlan) -> None:
+    """Toggle the quantizers of an already prepared model to the plan's enabled flags (no re-swap)."""
+    for point in plan.points:
+        module = model.get_submodule(point.module)
+        # Direct children only: a Linear's call sites are points of their own.
+        for q in module.children():
+            if isinstance(q, TensorQuantizer):
+                q.enabled = point.enabled
+
+
 __all__ = [
     "QuantLinear",
     "QuantMatMul",
     "activation_quantizers",
+    "apply_flags",
     "calibrate",
     "prepare",
     "quantizers",

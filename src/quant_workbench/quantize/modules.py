@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .quantizer import QuantFormat, TensorQuantizer
+from quant_workbench.quantize.quantizer import QuantFormat, TensorQuantizer
 
 ACTIVATION_FORMAT = QuantFormat("int8", axis=None)
 ATTENTION_FUNCTION = "quant_workbench_eager"

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..vocabulary import Format
-from .calibrate import HistogramCalibrator
+from quant_workbench.config.vocabulary import Format
+from quant_workbench.quantize.observers import HistogramCalibrator
 
 INT8_MAX = 127.0
 # Largest finite float8 E4M3 (e4m3fn: no infinities, one NaN pattern) value: scale = amax / 448.

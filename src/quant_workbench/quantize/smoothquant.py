@@ -41,11 +41,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..architectures import SmoothGroup, architecture_of
-from ..architectures.base import quant_linear_at
-from ..io import atomic_path
-from .modules import QuantLinear
-from .quantizer import TensorQuantizer
+from quant_workbench.core.artifacts import atomic_path
+from quant_workbench.quantize.architectures import SmoothGroup, architecture_of
+from quant_workbench.quantize.architectures.base import quant_linear_at
+from quant_workbench.quantize.modules import QuantLinear
+from quant_workbench.quantize.quantizer import TensorQuantizer
 
 _CHANNELS_FORMAT = "quant_workbench.channel_amax/1"
 # Floors of the SmoothQuant reference implementation (act/weight ranges and the factor itself).

@@ -4,5 +4,5 @@ groups.py       layer groups (per encoder layer, per op kind) and fallback overr
 sensitivity.py  TrialRunner (one config -> Q/DQ ONNX -> ORT accuracy + latency), sensitivity, fallback
 study.py        Optuna multi-objective study (SQLite / PostgreSQL), Pareto front, selection, report
 
-Kept import-light on purpose: recipe.py imports `search.spec` for the `search` section.
+The `search` section of the recipe is config/search.py (pure pydantic); this package runs it.
 """

@@ -12,10 +12,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
-from torch import nn
-
-from ..quantize.quantizer import TensorQuantizer
-from ..quantize.select import QuantPlan, QuantPoint
+from quant_workbench.quantize.plan import QuantPlan, QuantPoint
 
 KIND_ORDER = ("attention-qkv", "attention-output", "ffn-in", "ffn-out", "attention-matmuls", "residual-adds")
 _LAYER = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)\.")
@@ -90,11 +87,3 @@ def only_groups(plan: QuantPlan, groups: Sequence[LayerGroup], quantized: Iterab
     return QuantPlan(tuple(replace(p, enabled=False, reason=why) if p.enabled and p.module not in keep else p for p in plan.points))
 
 
-def apply_flags(model: nn.Module, plan: QuantPlan) -> None:
-    """Toggle the quantizers of an already prepared model to the plan's enabled flags (no re-swap)."""
-    for point in plan.points:
-        module = model.get_submodule(point.module)
-        # Direct children only: a Linear's call sites are points of their own.
-        for q in module.children():
-            if isinstance(q, TensorQuantizer):
-                q.enabled = point.enabled

@@ -22,26 +22,34 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..benchmark import aa_name, benchmark_interleaved, speedup
-from ..data import Splits
-from ..engine_graphs import EngineGraphs
-from ..engines import EngineFromOnnx
-from ..errors import WorkbenchError
-from ..evaluate import LinearProbe, length_buckets, score_classification, score_embedding
-from ..export import export_onnx, plan_names
-from ..families import Recalibrate
-from ..fidelity import qdq_fidelity
-from ..io import artifact_is_current, hash_json, mark_artifact, onnx_size, write_json
-from ..models import LoadedModel
-from ..quantize.apply import set_format, set_scales
-from ..quantize.calibrate import HistogramCalibrator
-from ..quantize.select import QuantPlan
-from ..quantize.smoothquant import checked_smoothquant
-from ..recipe import BenchmarkSpec, Recipe
-from ..results import VariantResult
-from ..stats import interval_metrics, prediction_statistics, ratio_interval
-from .groups import LayerGroup, apply_flags, build_groups, only_groups, with_fallback
-from .spec import SearchSpec
+from quant_workbench.config.recipe import BenchmarkSpec, Recipe
+from quant_workbench.core.artifacts import (
+    artifact_is_current,
+    cached,
+    hash_json,
+    onnx_size,
+    write_json,
+)
+from quant_workbench.core.errors import WorkbenchError
+from quant_workbench.core.results import VariantResult
+from quant_workbench.data.splits import Splits
+from quant_workbench.export.fidelity import qdq_fidelity
+from quant_workbench.export.graphs import EngineGraphs
+from quant_workbench.export.qdq import export_onnx, plan_names
+from quant_workbench.measure.accuracy import (
+    Scorer,
+    length_buckets,
+)
+from quant_workbench.measure.latency import aa_name, benchmark_interleaved, speedup
+from quant_workbench.measure.stats import interval_metrics, prediction_statistics, ratio_interval
+from quant_workbench.models.loading import LoadedModel
+from quant_workbench.quantize.apply import apply_flags, set_format, set_scales
+from quant_workbench.quantize.formats import Recalibrate
+from quant_workbench.quantize.observers import HistogramCalibrator
+from quant_workbench.quantize.plan import QuantPlan
+from quant_workbench.quantize.smoothquant import checked_smoothquant
+from quant_workbench.runtime import EngineFromOnnx
+from quant_workbench.search.groups import LayerGroup, build_groups, only_groups, with_fallback
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +169,7 @@ class TrialRunner:
         self.smooth_calibrators: dict[float, dict[str, HistogramCalibrator]] = {}
         self.calibration_passes = 0  # SmoothQuant alphas whose statistics were collected during the search
         self.trials_dir = run_dir / "search" / "trials"
-        # Trials are timed as they would ship on this engine (engine_graphs.py): the fused float baseline
+        # Trials are timed as they would ship on this engine (export/graphs.py): the fused float baseline
         # and each configuration's engine graph, built in the trials folder from its own Q/DQ export.
         self.trial_graphs: EngineGraphs | None = None
         self.float_engine_path = float_path
@@ -190,27 +198,16 @@ class TrialRunner:
         # as (the fused one on ONNX Runtime CPU), so the criterion's threshold is the final evaluation's
         with EngineFromOnnx(self.float_engine_path, recipe, "float", "float32") as eng:
             self.float_out = self.buckets.run(eng, "evaluate float", progress)
-            self.probe: LinearProbe | None = None
-            if recipe.model.task == "embedding":
-                probe_x = length_buckets(loaded.tokenizer, splits.probe, loaded.input_names, maxlen, bs).run(eng, "embed probe split", progress)
-                self.probe = LinearProbe(seed=recipe.seed).fit(probe_x, splits.probe.labels)
+            self.scorer = Scorer.fit(recipe, loaded, splits, eng, progress)  # the evaluate stage's scoring
         self.float_metrics = self._score(self.float_out)
         self.float_accuracy = self.float_metrics["accuracy"]
         self.threshold = self.spec.criterion.threshold(self.float_accuracy)
         self.float_seconds = round(time.perf_counter() - t0, 3)
 
-    @property
-    def spec_search(self) -> SearchSpec:
-        return self.spec
-
     def _score(self, out: np.ndarray) -> dict[str, float]:
         labels = self.split.labels
-        if self.probe is not None:
-            metrics = score_embedding(self.probe, out, labels, self.float_out)
-            pred, float_pred = self.probe.predict(out), self.probe.predict(self.float_out)
-        else:
-            metrics = score_classification(out, labels, self.float_out)
-            pred, float_pred = out.argmax(-1), self.float_out.argmax(-1)
+        metrics = self.scorer.metrics(out, labels, self.float_out)
+        pred, float_pred = self.scorer.predict(out), self.scorer.predict(self.float_out)
         return {**metrics, **interval_metrics(prediction_statistics(pred, labels, float_pred, self.recipe.selection.level, seed=self.recipe.seed))}
 
     def plan_for(self, config: Config) -> QuantPlan:
@@ -251,7 +248,7 @@ class TrialRunner:
         apply_flags(model.hf, self.plan)
         state, check = checked_smoothquant(model, self.example, self.channel_amax, config.alpha, self.recipe.export.float_tolerance)
         try:
-            if not check["passed"]:  # the same gate as the PTQ SmoothQuant family (families.py)
+            if not check["passed"]:  # the same gate as the PTQ SmoothQuant family (quantize/formats.py)
                 raise WorkbenchError(
                     f"SmoothQuant (alpha {config.alpha:g}) changed the float model's outputs by {check['float_max_abs_diff']:.3g} > "
                     f"{check['tolerance']:g}: the rewrite is not exact, so the trial is removed"
@@ -312,9 +309,7 @@ class TrialRunner:
         write_json(self.trials_dir / f"{key}.scales.json", {"method": config.method, "percentile": pct, "format": config.format, "smoothquant_alpha": config.alpha, "amax": plan_names(amax)})
         write_json(self.trials_dir / f"{key}.plan.json", plan.to_rows())
         t = time.perf_counter()
-        if not artifact_is_current(path, key):
-            export_onnx(loaded.model, path, self.example, loaded.input_names, loaded.output_name, recipe.export.opset)
-            mark_artifact(path, key)
+        if cached(path, key, lambda: export_onnx(loaded.model, path, self.example, loaded.input_names, loaded.output_name, recipe.export.opset)):
             self.exports += 1
         rec.seconds["export"] = round(time.perf_counter() - t, 3)
         rec.size_bytes = onnx_size(path)

@@ -26,19 +26,19 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from ..errors import WorkbenchError
-from ..families import Recalibrate
-from ..io import hash_json, pid_alive, write_json
-from ..recipe import DEFAULT_SPEED_MARGIN, Recipe
-from ..report_search import family_label
-from ..results import VariantResult
-from ..state import RunState
-from .groups import LayerGroup, apply_flags
-from .sensitivity import (
+from quant_workbench.config.recipe import DEFAULT_SPEED_MARGIN, Recipe
+from quant_workbench.config.search import SearchSpec, family_label
+from quant_workbench.core.artifacts import hash_json, pid_alive, write_json
+from quant_workbench.core.errors import WorkbenchError
+from quant_workbench.core.results import VariantResult
+from quant_workbench.quantize.apply import apply_flags
+from quant_workbench.quantize.formats import Recalibrate
+from quant_workbench.search.groups import LayerGroup
+from quant_workbench.search.sensitivity import (
     Config,
     FallbackResult,
     SensitivityRow,
@@ -47,7 +47,9 @@ from .sensitivity import (
     auto_fallback,
     sensitivity,
 )
-from .spec import SearchSpec
+
+if TYPE_CHECKING:  # the search stage reads the run's state; the pipeline imports the search, not back
+    from quant_workbench.pipeline.state import RunState
 
 log = logging.getLogger(__name__)
 WORKER_ATTR = "worker"
@@ -301,6 +303,7 @@ def run_study(
     enqueue: Sequence[Config] = (),
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
+
     """Run this worker's share of the study; returns a summary of the whole study (all workers)."""
     optuna = import_optuna()
     spec = runner.spec

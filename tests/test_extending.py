@@ -1,0 +1,128 @@
+"""docs/extending.md's worked examples, run as written: every ```python example block of the page is executed
+in order, then a recipe uses what they declared and a tiny random model of the new family is quantized with
+the new calibration method and run on the new engine."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from tiny_fixtures import TINY_MAX_POSITIONS, TINY_SEQ, VOCAB, make_rows, save_tiny_tokenizer
+
+from quant_workbench.config.catalog import CALIBRATORS, ENGINES, FAMILIES
+from quant_workbench.config.recipe import ModelSpec, QuantSpec, Recipe, recipe_from_dict
+from quant_workbench.core.errors import RecipeError
+from quant_workbench.quantize.architectures.registry import unregister
+from quant_workbench.quantize.methods import AMAX_METHODS
+from quant_workbench.runtime.base import BACKENDS
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = re.findall(r"```python example\n(.*?)```", (ROOT / "docs" / "extending.md").read_text(encoding="utf-8"), re.S)
+
+
+@pytest.fixture
+def examples() -> Iterator[dict[str, Any]]:
+    """The page's examples declared (as an extension module would), and removed again afterwards."""
+    namespace: dict[str, Any] = {"__name__": "extending_examples"}
+    try:
+        for code in EXAMPLES:
+            exec(compile(code, str(ROOT / "docs" / "extending.md"), "exec"), namespace)
+        yield namespace
+    finally:
+        CALIBRATORS.unregister("half-max")
+        AMAX_METHODS.unregister("half-max")
+        FAMILIES.unregister("fp8-unclipped")
+        ENGINES.unregister("onnxruntime-1t")
+        BACKENDS.unregister("onnxruntime-1t")
+        if "Ernie" in namespace:
+            unregister(namespace["Ernie"])
+
+
+def _recipe(overrides: list[str]) -> Recipe:
+    data: dict[str, Any] = yaml.safe_load((ROOT / "recipes" / "bert_int8.yaml").read_text(encoding="utf-8"))
+    data["quantization"].pop("smoothquant", None)
+    return recipe_from_dict(data, overrides)
+
+
+USES_THEM = [
+    "quantization.compare=[int8, fp8-unclipped]", "quantization.calibration.methods=[max, half-max]", "export.opset=19",
+    "engine.runtime=onnxruntime-1t", "engine.runtimes=null", "references=[]",
+]
+
+
+def test_the_page_has_one_example_per_extension_point() -> None:
+    assert len(EXAMPLES) == 4
+
+
+def test_a_recipe_uses_the_declared_method_format_and_engine(examples: dict[str, Any]) -> None:
+    from quant_workbench.quantize.formats import expand_families
+
+    recipe = _recipe(USES_THEM)
+    assert recipe.quantization.calibration.methods == ["max", "half-max"]
+    assert recipe.engine.runtime == "onnxruntime-1t"
+    assert [f.prefix for f in expand_families(recipe.quantization)] == ["int8", "fp8-unclipped"]
+    with pytest.raises(RecipeError, match="clips outliers FP8's range can hold"):
+        _recipe([*USES_THEM[:1], "quantization.calibration.methods=[max, mse]", *USES_THEM[2:]])
+    with pytest.raises(RecipeError, match="export.opset >= 19"):
+        _recipe([*USES_THEM[:2], "export.opset=18", *USES_THEM[3:]])
+
+
+def test_nothing_is_declared_without_the_examples() -> None:
+    with pytest.raises(RecipeError, match="half-max"):
+        _recipe(USES_THEM)
+
+
+def _tiny_ernie(folder: Path) -> Path:
+    from transformers import AutoModel, ErnieConfig
+
+    config = ErnieConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=len(VOCAB),
+        max_position_embeddings=TINY_MAX_POSITIONS, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, pad_token_id=0,
+    )
+    torch.manual_seed(0)
+    AutoModel.from_config(config).eval().save_pretrained(str(folder))
+    save_tiny_tokenizer(folder)
+    return folder
+
+
+def test_a_model_of_the_new_family_is_quantized_with_the_new_method_and_run_on_the_new_engine(
+    examples: dict[str, Any], tmp_path: Path
+) -> None:
+    from quant_workbench.export.qdq import export_onnx
+    from quant_workbench.models.loading import load_model, to_torch, tokenize
+    from quant_workbench.quantize.apply import calibrate, prepare, set_scales
+    from quant_workbench.quantize.plan import build_plan
+    from quant_workbench.runtime import EngineFromOnnx
+    from quant_workbench.runtime.onnxruntime import OrtEngine
+
+    loaded = load_model(ModelSpec(source=str(_tiny_ernie(tmp_path / "ernie")), max_seq_length=TINY_SEQ))
+    assert loaded.architecture.name == "ERNIE"
+    plan = build_plan(loaded.model.hf, QuantSpec())
+    assert sum(p.enabled and p.kind == "linear" for p in plan.points) == 2 * 6  # Q, K, V, attention out, FFN in, FFN out
+    prepare(loaded.model.hf, plan)
+    texts = [t for t, _ in make_rows()]
+
+    def feed(batch: list[str]) -> dict[str, torch.Tensor]:
+        return to_torch(tokenize(loaded.tokenizer, batch, TINY_SEQ, loaded.input_names))
+
+    def loop(model: torch.nn.Module) -> None:
+        for start in range(0, 32, 16):
+            model(**feed(texts[start : start + 16]))
+
+    calibrators = calibrate(loaded.model, loop)
+    full = set_scales(loaded.model, calibrators, "max")
+    half = set_scales(loaded.model, calibrators, "half-max")
+    assert half and all(half[name] == pytest.approx(full[name] / 2) for name in half)
+
+    path = export_onnx(loaded.model, tmp_path / "ernie.qdq.onnx", feed(texts[200:208]), loaded.input_names, loaded.output_name, 18)
+    recipe = _recipe(USES_THEM)
+    inputs = {k: v.numpy() for k, v in feed(texts[200:208]).items()}
+    with EngineFromOnnx(path, recipe, "int8-half-max", "int8") as engine, OrtEngine(path, recipe.engine) as reference:
+        assert isinstance(engine, OrtEngine) and engine.session.get_session_options().intra_op_num_threads == 1
+        np.testing.assert_allclose(engine(inputs), reference(inputs), atol=1e-5)
