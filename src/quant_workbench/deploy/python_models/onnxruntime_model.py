@@ -21,6 +21,11 @@ import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
+# Deliberately self-contained: deploy/triton.py copies this file alone into a Triton repository as
+# `<model>/1/model.py`, and Triton's Python backend runs it where quant_workbench may not be installed.
+# So the batching it shares with openvino_model.py (pad_concat, the split back in `execute`) is
+# repeated there rather than imported: a change to one is a change to both.
+
 _LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,

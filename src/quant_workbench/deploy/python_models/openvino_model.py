@@ -22,6 +22,11 @@ import numpy as np
 import openvino as ov
 import triton_python_backend_utils as pb_utils
 
+# Deliberately self-contained: deploy/triton.py copies this file alone into a Triton repository as
+# `<model>/1/model.py`, and Triton's Python backend runs it where quant_workbench may not be installed.
+# So the batching it shares with onnxruntime_model.py (pad_concat, the split back in `execute`) is
+# repeated there rather than imported: a change to one is a change to both.
+
 
 def pad_concat(arrays: list[np.ndarray], length: int) -> np.ndarray:
     """Right-pad `[n_i, seq_i]` int arrays with zeros to `length` and stack them along the batch axis."""
