@@ -88,10 +88,20 @@ def _formatter(prog: str) -> argparse.HelpFormatter:
     return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
 
 
+def _command_parser(command: str, description: str, epilog: str) -> argparse.ArgumentParser:
+    """The parser of `quantize COMMAND` for sweep, compare and report, whose help is laid out alike."""
+    return argparse.ArgumentParser(prog=f"quantize {command}", formatter_class=_formatter, description=description, epilog=epilog)
+
+
+def _with_debug(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Every command's last option."""
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    return p
+
+
 def sweep_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="quantize sweep",
-        formatter_class=_formatter,
+    p = _command_parser(
+        "sweep",
         description="Run one base recipe over axes of values (models, sequence lengths, depths, calibration methods: any key "
         "--set can reach), every combination an ordinary resumable run folder, then write one comparison: sweep.md, "
         "sweep.json and plots/ in <output_dir>/<sweep name>/. Every run's recipe is validated before the first starts; "
@@ -105,14 +115,12 @@ def sweep_parser() -> argparse.ArgumentParser:
                    help="runs at a time, in worker processes (default 1). With N > 1 runs share the cores while they are "
                    "timed: their latencies are marked not comparable")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    return p
+    return _with_debug(p)
 
 
 def compare_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="quantize compare",
-        formatter_class=_formatter,
+    p = _command_parser(
+        "compare",
         description="Compare finished runs (any mix of recipes) from their report.json files: per run float vs the "
         "selected variant and the reference rows, the accuracy-latency plane, the Pareto front, a recommendation "
         "and which latencies are comparable. Prints Markdown; --out also writes compare.md, compare.json and the plot. "
@@ -132,14 +140,12 @@ def compare_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=3, help="--retime warm-up rounds (default 3)")
     p.add_argument("--threads", type=int, default=0, help="--retime intra-op threads per session; 0 = all cores (default)")
     p.add_argument("--seed", type=int, default=0, help="--retime seed of the round orders and the feeds (default 0)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    return p
+    return _with_debug(p)
 
 
 def report_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="quantize report",
-        formatter_class=_formatter,
+    p = _command_parser(
+        "report",
         description="Re-render a finished run's report.md and plot from its report.json (after an upgrade, or after "
         "editing nothing but wanting the current layout). --format html also writes report.html: one standalone page "
         "(inline CSS, plots embedded) that opens in a browser without network. On a sweep folder, --format html turns "
@@ -149,8 +155,7 @@ def report_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("run_dir", help="run folder holding report.json (or a sweep folder holding sweep.md)")
     p.add_argument("--format", choices=["md", "html"], default="md", help="md: report.md + plot (default); html: also report.html")
-    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    return p
+    return _with_debug(p)
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -262,8 +267,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--storage", default=None, metavar="URL", help="search: Optuna storage shared by several workers, e.g. postgresql://user@host/db (default: SQLite in the run folder)")
     p.add_argument("--wait-lock", type=float, default=0.0, metavar="SECONDS", help="when another run holds the run folder, wait up to SECONDS for it (default: exit 2 at once)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    return p
+    return _with_debug(p)
 
 
 EXIT_NO_QUANTIZED = 3
@@ -341,8 +345,7 @@ def _deploy_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="repository folder (default: the recipe's deploy.output_dir, RUN_DIR/triton)")
     p.add_argument("--no-engines", action="store_true", help="write tensorrt_plan configs without building engines (build them on the serving GPU later)")
     p.add_argument("--variants", nargs="+", default=None, metavar="NAME", help="variants to package ('best' = the run's selected variant; default: the recipe's deploy.variants, best and float)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    return p
+    return _with_debug(p)
 
 
 def _deploy(argv: Sequence[str]) -> int:
