@@ -167,7 +167,8 @@ def _batching(spec: DeploySpec) -> dict[str, Any]:
 # config builders (return the config.pbtxt text)
 
 
-def python_onnxruntime_config(name: str, inputs: Sequence[TensorSig], outputs: Sequence[TensorSig], spec: DeploySpec, engine: EngineSpec) -> str:
+def _python_model_config(name: str, inputs: Sequence[TensorSig], outputs: Sequence[TensorSig], spec: DeploySpec, parameters: dict[str, str]) -> str:
+    """A model run on CPU by one of python_models/ (`parameters`: what that model.py reads)."""
     cfg: dict[str, Any] = {
         "name": name,
         "backend": "python",
@@ -177,15 +178,19 @@ def python_onnxruntime_config(name: str, inputs: Sequence[TensorSig], outputs: S
         "output": _io(outputs),
         "dynamic_batching": _batching(spec),
         "instance_group": [{"count": spec.instance_count, "kind": Enum("KIND_CPU")}],
-        "parameters": {
-            "onnx_file": "model.onnx",
-            "intra_op_threads": str(spec.threads),
-            "graph_optimization": engine.graph_optimization,
-            # the optimizers the workbench's own CPU engine disables, so Triton's answers equal the run's
-            "disabled_optimizers": ",".join(CPU_DISABLED_OPTIMIZERS),
-        },
+        "parameters": parameters,
     }
     return to_pbtxt(cfg) + "\n"
+
+
+def python_onnxruntime_config(name: str, inputs: Sequence[TensorSig], outputs: Sequence[TensorSig], spec: DeploySpec, engine: EngineSpec) -> str:
+    return _python_model_config(name, inputs, outputs, spec, {
+        "onnx_file": "model.onnx",
+        "intra_op_threads": str(spec.threads),
+        "graph_optimization": engine.graph_optimization,
+        # the optimizers the workbench's own CPU engine disables, so Triton's answers equal the run's
+        "disabled_optimizers": ",".join(CPU_DISABLED_OPTIMIZERS),
+    })
 
 
 def onnxruntime_config(name: str, inputs: Sequence[TensorSig], outputs: Sequence[TensorSig], spec: DeploySpec, precision: str) -> str:
@@ -674,26 +679,15 @@ def openvino_config(name: str, inputs: Sequence[TensorSig], outputs: Sequence[Te
 def python_openvino_config(name: str, inputs: Sequence[TensorSig], outputs: Sequence[TensorSig], spec: DeploySpec, engine: EngineSpec, threads: int, precision: str | None) -> str:
     from quant_workbench.runtime.openvino import row_precisions_of
 
-    cfg: dict[str, Any] = {
-        "name": name,
-        "backend": "python",
-        "max_batch_size": spec.max_batch_size,
-        # ragged: requests of different sequence lengths share one batch; model.py pads them
-        "input": _io(inputs, ragged=True),
-        "output": _io(outputs),
-        "dynamic_batching": _batching(spec),
-        "instance_group": [{"count": spec.instance_count, "kind": Enum("KIND_CPU")}],
-        "parameters": {
-            "model_file": "model.onnx",
-            "inference_num_threads": str(threads),
-            "num_streams": str(engine.openvino.streams),
-            "performance_hint": engine.openvino.hint.upper(),
-            # what the run scored and timed the row with (f32 | bf16; default = OpenVINO's own choice)
-            "inference_precision": precision or str(row_precisions_of(engine)[0]),
-            "enable_cpu_pinning": "1" if engine.openvino.pinning else "0",
-        },
-    }
-    return to_pbtxt(cfg) + "\n"
+    return _python_model_config(name, inputs, outputs, spec, {
+        "model_file": "model.onnx",
+        "inference_num_threads": str(threads),
+        "num_streams": str(engine.openvino.streams),
+        "performance_hint": engine.openvino.hint.upper(),
+        # what the run scored and timed the row with (f32 | bf16; default = OpenVINO's own choice)
+        "inference_precision": precision or str(row_precisions_of(engine)[0]),
+        "enable_cpu_pinning": "1" if engine.openvino.pinning else "0",
+    })
 
 
 def _python_openvino(t: TargetInputs) -> TargetModel:
