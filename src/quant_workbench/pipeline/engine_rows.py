@@ -120,6 +120,17 @@ class EngineRows:
         base_key: str = "",
     ) -> list[tuple[VariantResult, Path | None]]:
         """A quantized variant's rows on the other engines, built while the model is in the variant's state."""
+
+        def graph(runtime: str) -> tuple[Path, dict[str, Any]]:
+            """The file `runtime` runs for this variant, and its check."""
+            if runtime == "openvino":
+                return openvino_graph(self.recipe, self.models_dir, loaded, base.name, qdq_path, example, base, plan=plan, scales=scales, base_key=base_key)
+            if runtime == "onnxruntime" and ort_graph is not None:
+                probe = VariantResult(name=base.name, precision=base.precision, fidelity=copy.deepcopy(base.fidelity))
+                path = ort_graph(probe)
+                return path, probe.fidelity.get("engine_graph", {})
+            return qdq_path, {"graph": "qdq", "why": f"{runtime} runs the Q/DQ export"}
+
         out: list[tuple[VariantResult, Path | None]] = []
         graphs: dict[str, tuple[Path, dict[str, Any]] | WorkbenchError] = {}
         for runtime, precision in other_rows(self.recipe, quantized=True):
@@ -130,7 +141,7 @@ class EngineRows:
                 continue
             if runtime not in graphs:
                 try:
-                    graphs[runtime] = self._graph(runtime, base, loaded, qdq_path, example, plan, scales, ort_graph, base_key)
+                    graphs[runtime] = graph(runtime)
                 except Exception as exc:  # this engine's rows of the variant fail; the variant and other engines go on
                     log.debug("%s on %s failed", base.name, runtime, exc_info=True)
                     graphs[runtime] = exc if isinstance(exc, WorkbenchError) else WorkbenchError(f"{type(exc).__name__}: {exc}")
@@ -146,26 +157,6 @@ class EngineRows:
                 row.artifacts["engine_onnx"] = f"models/{path.name}"
             out.append(self._finish(row, path))
         return out
-
-    def _graph(
-        self,
-        runtime: str,
-        base: VariantResult,
-        loaded: LoadedModel,
-        qdq_path: Path,
-        example: dict[str, torch.Tensor],
-        plan: QuantPlan | None,
-        scales: ScaleSource | None,
-        ort_graph: Callable[[VariantResult], Path] | None,
-        base_key: str,
-    ) -> tuple[Path, dict[str, Any]]:
-        if runtime == "openvino":
-            return openvino_graph(self.recipe, self.models_dir, loaded, base.name, qdq_path, example, base, plan=plan, scales=scales, base_key=base_key)
-        if runtime == "onnxruntime" and ort_graph is not None:
-            probe = VariantResult(name=base.name, precision=base.precision, fidelity=copy.deepcopy(base.fidelity))
-            path = ort_graph(probe)
-            return path, probe.fidelity.get("engine_graph", {})
-        return qdq_path, {"graph": "qdq", "why": f"{runtime} runs the Q/DQ export"}
 
     def _finish(self, row: VariantResult, path: Path | None) -> tuple[VariantResult, Path | None]:
         if row.status != "ok" or path is None:
