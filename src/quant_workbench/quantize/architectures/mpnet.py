@@ -78,15 +78,9 @@ def _self_attention_forward(
     return (o, probs) if output_attentions else (o,)
 
 
-def _attention_forward(
-    self: Any,
-    hidden_states: torch.Tensor,
-    attention_mask: torch.Tensor | None = None,
-    position_bias: torch.Tensor | None = None,
-    output_attentions: bool = False,
-    **kwargs: Any,
-) -> tuple[torch.Tensor, ...]:
-    """transformers' MPNetAttention.forward with its residual add quantizable."""
-    self_outputs = self.attn(hidden_states, attention_mask, position_bias, output_attentions=output_attentions)
+def _attention_forward(self: Any, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, ...]:
+    """transformers' MPNetAttention.forward with its residual add quantizable (the mask, position bias and
+    output_attentions go on to the self-attention as MPNetLayer passed them)."""
+    self_outputs = self.attn(hidden_states, *args, **kwargs)
     attention_output = self.LayerNorm(self.residual_add(self.dropout(self_outputs[0]), hidden_states))
     return (attention_output, *self_outputs[1:])
