@@ -58,25 +58,24 @@ class QuantLinear(nn.Linear):
         return lin
 
 
-class QuantMatMul(nn.Module):
-    """torch.matmul(input, other) with both operands quantized per tensor."""
+class _QuantBinary(nn.Module):
+    """A two-operand op with both operands quantized per tensor (`input_quantizer`, `other_quantizer`)."""
 
     def __init__(self, fmt: QuantFormat = ACTIVATION_FORMAT) -> None:
         super().__init__()
         self.input_quantizer = TensorQuantizer(fmt)
         self.other_quantizer = TensorQuantizer(fmt)
+
+
+class QuantMatMul(_QuantBinary):
+    """torch.matmul(input, other) with both operands quantized per tensor."""
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return torch.matmul(self.input_quantizer(a), self.other_quantizer(b))
 
 
-class QuantAdd(nn.Module):
+class QuantAdd(_QuantBinary):
     """input + other (a residual connection) with both operands quantized per tensor."""
-
-    def __init__(self, fmt: QuantFormat = ACTIVATION_FORMAT) -> None:
-        super().__init__()
-        self.input_quantizer = TensorQuantizer(fmt)
-        self.other_quantizer = TensorQuantizer(fmt)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return self.input_quantizer(a) + self.other_quantizer(b)
