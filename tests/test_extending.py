@@ -1,10 +1,11 @@
-"""docs/extending.md's worked examples, run as written: every ```python example block of the page is executed
-in order, then a recipe uses what they declared and a tiny random model of the new family is quantized with
-the new calibration method and run on the new engine."""
+"""docs/extending.md's worked examples, run as written: every ```python example block of the page is saved as
+the file it names, a recipe lists them in `extensions`, then a tiny random model of the new family is quantized
+with the new calibration method and run on the new engine."""
 
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,30 +24,37 @@ from quant_workbench.quantize.methods import AMAX_METHODS
 from quant_workbench.runtime.base import BACKENDS
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = re.findall(r"```python example\n(.*?)```", (ROOT / "docs" / "extending.md").read_text(encoding="utf-8"), re.S)
+EXAMPLES = re.findall(r"```python example (\S+)\n(.*?)```", (ROOT / "docs" / "extending.md").read_text(encoding="utf-8"), re.S)
 
 
 @pytest.fixture
-def examples() -> Iterator[dict[str, Any]]:
-    """The page's examples declared (as an extension module would), and removed again afterwards."""
-    namespace: dict[str, Any] = {"__name__": "extending_examples"}
+def extensions(tmp_path: Path) -> Iterator[list[str]]:
+    """The page's examples saved as the files they name (a recipe's `extensions`), removed again afterwards."""
+    folder = tmp_path / "extensions"
+    folder.mkdir()
+    for name, code in EXAMPLES:
+        (folder / name).write_text(code, encoding="utf-8")
+    files = [str((folder / name).resolve()) for name, _ in EXAMPLES]
     try:
-        for code in EXAMPLES:
-            exec(compile(code, str(ROOT / "docs" / "extending.md"), "exec"), namespace)
-        yield namespace
+        yield files  # loaded by the first recipe that lists them
     finally:
+        modules = [m for m in list(sys.modules.values()) if getattr(m, "__file__", None) in files]
         CALIBRATORS.unregister("half-max")
         AMAX_METHODS.unregister("half-max")
         FAMILIES.unregister("fp8-unclipped")
         ENGINES.unregister("onnxruntime-1t")
         BACKENDS.unregister("onnxruntime-1t")
-        if "Ernie" in namespace:
-            unregister(namespace["Ernie"])
+        for module in modules:
+            if hasattr(module, "Ernie"):
+                unregister(module.Ernie)
+            sys.modules.pop(module.__name__, None)
 
 
-def _recipe(overrides: list[str]) -> Recipe:
+def _recipe(overrides: list[str], extensions: list[str] | None = None) -> Recipe:
     data: dict[str, Any] = yaml.safe_load((ROOT / "recipes" / "bert_int8.yaml").read_text(encoding="utf-8"))
     data["quantization"].pop("smoothquant", None)
+    if extensions is not None:
+        data["extensions"] = extensions
     return recipe_from_dict(data, overrides)
 
 
@@ -56,24 +64,25 @@ USES_THEM = [
 ]
 
 
-def test_the_page_has_one_example_per_extension_point() -> None:
-    assert len(EXAMPLES) == 4
+def test_the_page_has_one_example_file_per_extension_point() -> None:
+    assert [name for name, _ in EXAMPLES] == ["half_max.py", "fp8_unclipped.py", "onnxruntime_1t.py", "ernie.py"]
 
 
-def test_a_recipe_uses_the_declared_method_format_and_engine(examples: dict[str, Any]) -> None:
+def test_a_recipe_listing_the_files_uses_the_declared_method_format_and_engine(extensions: list[str]) -> None:
     from quant_workbench.quantize.formats import expand_families
 
-    recipe = _recipe(USES_THEM)
+    recipe = _recipe(USES_THEM, extensions)
+    assert recipe.extensions == extensions
     assert recipe.quantization.calibration.methods == ["max", "half-max"]
     assert recipe.engine.runtime == "onnxruntime-1t"
     assert [f.prefix for f in expand_families(recipe.quantization)] == ["int8", "fp8-unclipped"]
     with pytest.raises(RecipeError, match="clips outliers FP8's range can hold"):
-        _recipe([*USES_THEM[:1], "quantization.calibration.methods=[max, mse]", *USES_THEM[2:]])
+        _recipe([*USES_THEM[:1], "quantization.calibration.methods=[max, mse]", *USES_THEM[2:]], extensions)
     with pytest.raises(RecipeError, match="export.opset >= 19"):
-        _recipe([*USES_THEM[:2], "export.opset=18", *USES_THEM[3:]])
+        _recipe([*USES_THEM[:2], "export.opset=18", *USES_THEM[3:]], extensions)
 
 
-def test_nothing_is_declared_without_the_examples() -> None:
+def test_nothing_is_declared_without_the_files() -> None:
     with pytest.raises(RecipeError, match="half-max"):
         _recipe(USES_THEM)
 
@@ -92,8 +101,9 @@ def _tiny_ernie(folder: Path) -> Path:
 
 
 def test_a_model_of_the_new_family_is_quantized_with_the_new_method_and_run_on_the_new_engine(
-    examples: dict[str, Any], tmp_path: Path
+    extensions: list[str], tmp_path: Path
 ) -> None:
+    recipe = _recipe(USES_THEM, extensions)  # what declares the family, the method and the engine
     from quant_workbench.export.qdq import export_onnx
     from quant_workbench.models.loading import load_model, to_torch, tokenize
     from quant_workbench.quantize.apply import calibrate, prepare, set_scales
@@ -121,7 +131,6 @@ def test_a_model_of_the_new_family_is_quantized_with_the_new_method_and_run_on_t
     assert half and all(half[name] == pytest.approx(full[name] / 2) for name in half)
 
     path = export_onnx(loaded.model, tmp_path / "ernie.qdq.onnx", feed(texts[200:208]), loaded.input_names, loaded.output_name, 18)
-    recipe = _recipe(USES_THEM)
     inputs = {k: v.numpy() for k, v in feed(texts[200:208]).items()}
     with EngineFromOnnx(path, recipe, "int8-half-max", "int8") as engine, OrtEngine(path, recipe.engine) as reference:
         assert isinstance(engine, OrtEngine) and engine.session.get_session_options().intra_op_num_threads == 1

@@ -28,6 +28,7 @@ from quant_workbench.core.artifacts import (
     artifact_is_current,
     artifact_problem,
     atomic_path,
+    cached,
     mark_artifact,
     remove_stale_temp_files,
     write_text,
@@ -185,6 +186,22 @@ def test_reuse_needs_key_hash_and_structure(tmp_path: Path) -> None:
     (tmp_path / "old.onnx").write_bytes(b"x")
     (tmp_path / "old.onnx.key").write_text("k\n")  # an older workbench's sidecar: no hash, so rebuilt once
     assert not artifact_is_current(tmp_path / "old.onnx", "k")
+
+
+def test_files_built_together_are_reused_only_together(tmp_path: Path) -> None:
+    xml, weights = tmp_path / "m.xml", tmp_path / "m.bin"
+    builds: list[int] = []
+
+    def build() -> None:
+        builds.append(1)
+        write_text(xml, "<net/>")
+        write_text(weights, f"weights {len(builds)}")
+
+    assert cached(xml, "k", build, also=[weights])
+    assert not cached(xml, "k", build, also=[weights]) and len(builds) == 1
+    weights.unlink()  # the .bin lost: the pair is rebuilt, not the .xml served alone
+    assert cached(xml, "k", build, also=[weights]) and len(builds) == 2
+    assert artifact_is_current(weights, "k") and artifact_is_current(xml, "k")
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o027])

@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from quant_workbench.config.catalog import CALIBRATORS, DEPLOY_TARGETS, ENGINES, FAMILIES, REFERENCES
+from quant_workbench.config.extensions import load_extensions, resolve_extensions
 from quant_workbench.config.search import SearchSpec
 from quant_workbench.config.vocabulary import CALIB_METHODS, CalibMethod, Format, Strict
 from quant_workbench.core.errors import RecipeError
@@ -585,12 +586,29 @@ class Recipe(Strict):
         None,
         description="standard-tool reference rows (ort-float, ort-dynamic, ort-static); null = all of them on ONNX Runtime CPU, none elsewhere; [] = off",
     )
+    extensions: list[str] = Field(
+        default_factory=list,
+        description="Python files (relative to the recipe's folder) or module names loaded before the rest of the recipe is "
+        "validated: each declares calibration methods, number formats, engines or model families the recipe may then name (docs/extending.md)",
+    )
 
     @property
     def reference_kinds(self) -> list[str]:
         if self.references is None:  # every declared row whose engine is part of the run
             return [name for name in ALL_REFERENCES if self.engine.runs(REFERENCES.get(name).runtime)]
         return list(self.references)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _load_extensions(cls, data: Any) -> Any:
+        # before any other field: the names the extensions declare are what the sections are checked against
+        if isinstance(data, dict) and data.get("extensions"):
+            refs = data["extensions"]
+            if not isinstance(refs, list):
+                raise RecipeError(f"extensions is {refs!r}, not a list.", "write extensions: [my_extension.py] (a list, even of one file)")
+            data = {**data, "extensions": resolve_extensions(refs, Path.cwd())}
+            load_extensions(data["extensions"])
+        return data
 
     @model_validator(mode="before")
     @classmethod
@@ -695,7 +713,8 @@ class Recipe(Strict):
         return self
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        # without extensions, the resolved recipe reads as it did before the key existed
+        return yaml.safe_dump(self.model_dump(mode="json", exclude=None if self.extensions else {"extensions"}), sort_keys=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -847,11 +866,14 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         raise RecipeError(f"recipe {path} is not valid YAML: {where}.", "fix the YAML at the line shown") from None
     if not isinstance(data, dict):
         raise RecipeError(f"recipe {path} must be a mapping of sections, got {type(data).__name__}.", "start from recipes/bert_int8.yaml")
-    return recipe_from_dict(data, overrides or [], source=str(path))
+    return recipe_from_dict(data, overrides or [], source=str(path), base_dir=path.parent)
 
 
-def recipe_from_dict(data: dict[str, Any], overrides: list[str] | None = None, source: str = "<dict>") -> Recipe:
+def recipe_from_dict(data: dict[str, Any], overrides: list[str] | None = None, source: str = "<dict>", base_dir: Path | None = None) -> Recipe:
+    """Validate a recipe mapping; `base_dir` is where relative `extensions` paths start (the recipe file's folder)."""
     data = apply_overrides(data, overrides or [])
+    if isinstance(data.get("extensions"), list):
+        data = {**data, "extensions": resolve_extensions(data["extensions"], base_dir or Path.cwd())}
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:

@@ -10,7 +10,7 @@ import os
 import re
 import socket
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -245,14 +245,18 @@ def mark_artifact(path: Path, key: str) -> None:
     write_text(_sidecar(path), f"{key}\nsha256:{sha256_file(path)}\n")
 
 
-def cached(path: Path, key: str, build: Callable[[], object]) -> bool:
+def cached(path: Path, key: str, build: Callable[[], object], *, also: Sequence[Path] = ()) -> bool:
     """Reuse `path` when its sidecar says it was made from `key` and its bytes verify (`artifact_is_current`);
-    otherwise `build()` writes it and it is marked with `key`. The one way a stage caches a file it makes;
-    True when it was built."""
-    if artifact_is_current(path, key):
+    otherwise `build()` writes it and it is marked with `key`. `also`: files the same build writes beside it
+    (OpenVINO's .bin, a build report), reused only together with it. The one way a stage caches a file it
+    makes; True when it was built."""
+    files = [path, *also]
+    if all(artifact_is_current(f, key) for f in files):
         return False
     build()
-    mark_artifact(path, key)
+    # the main file last: a crash between marks leaves it unmarked, so the next run rebuilds all of them
+    for f in reversed(files):
+        mark_artifact(f, key)
     return True
 
 

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from quant_workbench import __version__
+from quant_workbench.config.extensions import extension_digests
 from quant_workbench.config.recipe import Recipe, accuracy_margin_for, drop_hash_neutral
 from quant_workbench.core.artifacts import (
     atomic_path,
@@ -87,6 +88,10 @@ log = logging.getLogger(__name__)
 def recipe_hash(recipe: Recipe) -> str:
     # The deploy section only packages finished artifacts: changing it must not start a new run.
     data = drop_hash_neutral(recipe.model_dump(mode="json", exclude={"deploy"}))
+    # an extension's code decides results, its location does not; recipes without any keep their run ids
+    data.pop("extensions")
+    if recipe.extensions:
+        data["extensions"] = extension_digests(recipe.extensions)
     if data.get("search") is None:
         data.pop("search", None)  # recipes without a search keep their run ids
     else:

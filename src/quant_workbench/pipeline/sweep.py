@@ -166,6 +166,8 @@ def load_sweep(path: Path | str) -> Sweep:
     path = Path(path)
     spec = read_sweep_spec(path)
     base, base_source = _read_base(spec, path)
+    # the base recipe's extensions are relative to its own folder (an inline base's: the sweep file's)
+    base_folder = Path(base_source).parent if not isinstance(spec.base, dict) else path.parent
     common = [set_item(k, v) for k, v in spec.set.items()]
     runs: list[PlannedRun] = []
     problems: list[str] = []
@@ -173,7 +175,9 @@ def load_sweep(path: Path | str) -> Sweep:
     expanded = expand(spec)
     for label, overrides in expanded:
         try:
-            recipe = recipe_from_dict(base, [*common, *overrides], source=f"of run '{label}' ({' '.join(overrides) or 'the base'})")
+            recipe = recipe_from_dict(
+                base, [*common, *overrides], source=f"of run '{label}' ({' '.join(overrides) or 'the base'})", base_dir=base_folder
+            )
             run_dir = run_dir_for(recipe)
             _check_run(recipe, run_dir)
         except WorkbenchError as exc:

@@ -373,17 +373,19 @@ def require_fp8_gpu() -> None:
 def plan_from_onnx(onnx_path: Path, plan_path: Path, settings: BuildSettings) -> BuildReport:
     """`build_engine` with a cache: a plan whose `.key` sidecar matches the ONNX bytes, the settings,
     the TensorRT version and the GPU is reused (its saved build report is returned, `cached` set)."""
-    from quant_workbench.core.artifacts import artifact_is_current, hash_json, mark_artifact, sha256_file
+    from quant_workbench.core.artifacts import cached, hash_json, sha256_file
 
     key = hash_json({"onnx": sha256_file(onnx_path), "settings": {**settings.to_dict(), "timing_cache": None}, "tensorrt": tensorrt_version(), "gpu": _gpu_name()})
     report_path = build_report_path(plan_path)
-    if artifact_is_current(plan_path, key) and report_path.is_file():
-        saved = json.loads(report_path.read_text())
-        return BuildReport(**{**saved, "cached": True})
-    report = build_engine(onnx_path, plan_path, settings)
-    write_json(report_path, asdict(report))
-    mark_artifact(plan_path, key)
-    return report
+    built: list[BuildReport] = []
+
+    def build() -> None:
+        built.append(build_engine(onnx_path, plan_path, settings))
+        write_json(report_path, asdict(built[0]))
+
+    if cached(plan_path, key, build, also=[report_path]):
+        return built[0]
+    return BuildReport(**{**json.loads(report_path.read_text()), "cached": True})
 
 
 def build_for_deploy(recipe: Recipe, spec: DeploySpec, onnx_path: Path, plan_path: Path, *, precision: Precision) -> Path:
