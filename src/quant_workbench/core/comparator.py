@@ -9,7 +9,8 @@ may also be outputs already computed (an array), such as the float model's, comp
 
 The run's checks (float ONNX vs PyTorch, Q/DQ ONNX vs fake quant per layer and end to end, the engine graphs
 vs fake quant or float, OpenVINO, the SmoothQuant rewrite vs float) each turn a Comparison into their own
-report.json dict; no other module computes a cosine or a max abs diff.
+report.json dict; no other module has a cosine or max-abs-diff formula of its own (the evaluation's cosine to
+float, measure/accuracy.py, is cosine_rows too).
 """
 
 from __future__ import annotations
