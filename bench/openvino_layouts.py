@@ -35,11 +35,12 @@ from openvino_common import fmt_ratio, machine, save, summarize, table, timed_ro
 
 from quant_workbench.config.recipe import load_recipe
 from quant_workbench.core.artifacts import artifact_is_current, hash_json, mark_artifact
+from quant_workbench.core.comparator import cosine_rows
 from quant_workbench.data.splits import load_splits
 from quant_workbench.export.openvino import nncf_quantize
 from quant_workbench.export.qdq import export_onnx
 from quant_workbench.measure.accuracy import LinearProbe, run_outputs
-from quant_workbench.measure.stats import cosine_rows, prediction_statistics
+from quant_workbench.measure.stats import prediction_statistics
 from quant_workbench.models.loading import load_model, to_torch, tokenize
 from quant_workbench.quantize.apply import apply_flags, prepare, set_scales
 from quant_workbench.quantize.plan import QuantPlan, build_plan

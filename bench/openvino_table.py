@@ -34,11 +34,12 @@ import numpy as np
 from openvino_common import fmt_ratio, machine, save, summarize, table, timed_rounds
 
 from quant_workbench.config.recipe import load_recipe
+from quant_workbench.core.comparator import cosine_rows
 from quant_workbench.core.machine import openvino_supports
 from quant_workbench.data.splits import load_splits
 from quant_workbench.measure.accuracy import LinearProbe, run_outputs
 from quant_workbench.measure.latency import make_feed
-from quant_workbench.measure.stats import cosine_rows, median_interval, prediction_statistics
+from quant_workbench.measure.stats import median_interval, prediction_statistics
 from quant_workbench.models.loading import load_model
 from quant_workbench.runtime.onnxruntime import OrtEngine
 from quant_workbench.runtime.openvino import OvEngine

@@ -18,6 +18,7 @@ from tiny_fixtures import TINY_SEQ, make_rows
 
 from quant_workbench.config.recipe import EngineSpec, ModelSpec, QuantSpec
 from quant_workbench.config.vocabulary import HF_PREFIX
+from quant_workbench.core.comparator import cosine_rows
 from quant_workbench.export.qdq import (
     export_onnx,
     find_linears,
@@ -25,7 +26,6 @@ from quant_workbench.export.qdq import (
     per_layer_fidelity,
     qdq_summary,
 )
-from quant_workbench.measure.stats import cosine_rows
 from quant_workbench.models.loading import LoadedModel, load_model, to_torch, tokenize
 from quant_workbench.quantize.apply import calibrate, prepare, quantizers, set_scales
 from quant_workbench.quantize.modules import QuantLinear
@@ -241,10 +241,10 @@ def test_every_quantized_matmul_has_dq_on_both_inputs(qdq: Callable[[str], Path]
 def test_per_layer_fidelity_fake_quant_vs_onnx(prepared: Prepared, qdq: Callable[[str], Path], method: str) -> None:
     path = qdq(method)
     layers = per_layer_fidelity(path, prepared.loaded.model, prepared.example, lambda b: OrtEngine(b, ENGINE, "layer"))
-    assert {x.module for x in layers} == set(_quantized_linears(prepared))
-    for x in layers:
-        assert x.cosine > 0.9999, (x.module, x.cosine)
-        assert x.ok()
+    assert set(layers) == set(_quantized_linears(prepared))
+    for module, x in layers.items():
+        assert x.mean_cosine > 0.9999, (module, x.mean_cosine)
+        assert x.passed and x.samples == 1
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -396,7 +396,7 @@ def test_attention_and_residual_quantization_end_to_end(fresh_pairs: Callable[[b
         got = eng({k: v.numpy() for k, v in p.example.items()})
     assert cosine_rows(got, p.fake_quant(p.example)).min() > 0.99
     layers = per_layer_fidelity(path, p.loaded.model, p.example, lambda b: OrtEngine(b, ENGINE, "layer"))
-    assert len(layers) == N_LINEARS and all(x.cosine > 0.9999 for x in layers)
+    assert len(layers) == N_LINEARS and all(x.mean_cosine > 0.9999 for x in layers.values())
     counts = optimized_op_counts(path, ENGINE)
     assert counts["integer_matmuls"] == N_LINEARS + N_ATTENTION_MATMULS
     assert counts["float_matmuls"] == 0

@@ -16,6 +16,7 @@ from tiny_fixtures import TINY_SEQ, make_rows, recipe_dict
 
 import quant_workbench.export.graphs as engine_graphs
 from quant_workbench.config.recipe import EngineSpec, ModelSpec, QuantSpec, recipe_from_dict
+from quant_workbench.core.comparator import cosine_rows
 from quant_workbench.core.errors import RecipeError
 from quant_workbench.core.results import VariantResult
 from quant_workbench.export.graphs import EngineGraphs
@@ -29,7 +30,6 @@ from quant_workbench.export.ort import (
     qdq_to_u8_activations,
 )
 from quant_workbench.export.qdq import export_onnx
-from quant_workbench.measure.stats import cosine_rows
 from quant_workbench.models.loading import LoadedModel, load_model, to_torch, tokenize
 from quant_workbench.quantize.apply import calibrate, prepare, set_scales
 from quant_workbench.quantize.modules import QuantLinear

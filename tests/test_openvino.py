@@ -22,11 +22,11 @@ import quant_workbench.core.machine as machine  # noqa: E402
 import quant_workbench.export.openvino as openvino_graphs  # noqa: E402
 import quant_workbench.runtime.openvino as ov_engine  # noqa: E402
 from quant_workbench.config.recipe import EngineSpec, ModelSpec, QuantSpec, Recipe, recipe_from_dict  # noqa: E402
+from quant_workbench.core.comparator import cosine_rows  # noqa: E402
 from quant_workbench.core.errors import ExportError, RecipeError, WorkbenchError  # noqa: E402
 from quant_workbench.core.results import RunResult, VariantResult  # noqa: E402
 from quant_workbench.export.openvino import ScaleSource, openvino_graph  # noqa: E402
 from quant_workbench.export.qdq import export_onnx
-from quant_workbench.measure.stats import cosine_rows  # noqa: E402
 from quant_workbench.models.loading import LoadedModel, load_model, to_torch, tokenize  # noqa: E402
 from quant_workbench.pipeline.engine_rows import EngineRows, other_rows  # noqa: E402
 from quant_workbench.quantize.apply import calibrate, prepare, set_scales  # noqa: E402
@@ -176,7 +176,7 @@ def _variant() -> VariantResult:
 def test_openvino_layout_adds_attention_qdq_and_runs_int8_attention(prepared: Prepared, tmp_path: Path, tiny_bert_dir: Path, tiny_csv: Path) -> None:
     recipe = _recipe(tmp_path, tiny_bert_dir, tiny_csv, runtimes=["onnxruntime", "openvino"])
     scales = ScaleSource(prepared.calibrators, "max", 99.99)
-    path, check = openvino_graph(recipe, prepared.out, prepared.loaded, "int8-max", prepared.qdq, prepared.example, _variant(), plan=prepared.plan, scales=scales)
+    path, check = openvino_graph(recipe, prepared.out, prepared.loaded, "int8-max", prepared.qdq, prepared.example, precision="int8", plan=prepared.plan, scales=scales)
     assert path.name == "int8-max.qk.qdq.onnx" and check["graph"] == "qdq-qk" and check["passed"]
     assert "2 attention score matmuls" in check["notes"][0]
     with OvEngine(path, SPEC, "q", inference_precision="f32") as eng:
@@ -187,10 +187,10 @@ def test_openvino_layout_adds_attention_qdq_and_runs_int8_attention(prepared: Pr
 
     assert not any(q.enabled for n, q in quantizers(prepared.loaded.model.hf).items() if "_matmul." in n)
     layout_qdq = recipe_from_dict({**recipe.model_dump(mode="json"), "engine": {**recipe.engine.model_dump(mode="json"), "openvino": {"int8_graph": "qdq"}}})
-    path, check = openvino_graph(layout_qdq, prepared.out, prepared.loaded, "int8-max", prepared.qdq, prepared.example, _variant(), plan=prepared.plan, scales=scales)
+    path, check = openvino_graph(layout_qdq, prepared.out, prepared.loaded, "int8-max", prepared.qdq, prepared.example, precision="int8", plan=prepared.plan, scales=scales)
     assert path == prepared.qdq and check["graph"] == "qdq"
     both = recipe_from_dict({**recipe.model_dump(mode="json"), "engine": {**recipe.engine.model_dump(mode="json"), "openvino": {"int8_graph": "qdq-attention"}}})
-    path, check = openvino_graph(both, prepared.out, prepared.loaded, "int8-max", prepared.qdq, prepared.example, _variant(), plan=prepared.plan, scales=scales)
+    path, check = openvino_graph(both, prepared.out, prepared.loaded, "int8-max", prepared.qdq, prepared.example, precision="int8", plan=prepared.plan, scales=scales)
     assert path.name == "int8-max.attention.qdq.onnx" and check["passed"] and "4 attention matmuls (QK^T, PV)" in check["notes"][0]
 
 
@@ -204,12 +204,12 @@ def test_an_openvino_graph_that_disagrees_falls_back_then_fails(prepared: Prepar
         return -out if ".qk." in path.name else out
 
     monkeypatch.setattr(openvino_graphs, "run_openvino", wrong_attention)
-    path, check = openvino_graph(recipe, prepared.out, prepared.loaded, "int8-max", prepared.qdq, prepared.example, _variant(), plan=prepared.plan, scales=scales)
+    path, check = openvino_graph(recipe, prepared.out, prepared.loaded, "int8-max", prepared.qdq, prepared.example, precision="int8", plan=prepared.plan, scales=scales)
     assert path == prepared.qdq and check["graph"] == "qdq"
     assert any("qdq-qk graph not used on OpenVINO: mean cosine" in n for n in check["notes"])
     monkeypatch.setattr(openvino_graphs, "run_openvino", lambda path, recipe, example, inference_precision="f32": -real(path, recipe, example, inference_precision))
     with pytest.raises(ExportError, match="no OpenVINO graph of int8-max passed"):
-        openvino_graph(recipe, prepared.out, prepared.loaded, "int8-max", prepared.qdq, prepared.example, _variant(), plan=prepared.plan, scales=scales)
+        openvino_graph(recipe, prepared.out, prepared.loaded, "int8-max", prepared.qdq, prepared.example, precision="int8", plan=prepared.plan, scales=scales)
 
 
 def test_openvino_gets_the_whole_quantization_noise_as_allowance() -> None:

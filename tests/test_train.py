@@ -109,8 +109,8 @@ def _quantized_tiny(loaded: LoadedModel, splits: Splits) -> None:
 def test_qat_learns_separable_task_and_exports_matching_qdq(tmp_path: Path, tiny_classifier_dir: Path, splits: Splits) -> None:
     """QAT from a random tiny classifier (PTQ max scales, learnable activation ranges, distillation on)."""
     from quant_workbench.config.recipe import EngineSpec
+    from quant_workbench.core.comparator import cosine_rows
     from quant_workbench.export.qdq import export_onnx
-    from quant_workbench.measure.stats import cosine_rows
     from quant_workbench.runtime.onnxruntime import OrtEngine
 
     loaded = _load(tiny_classifier_dir)
@@ -282,8 +282,8 @@ def test_gpu_finetune_in_bf16_autocast_then_qat_on_cuda(tmp_path: Path, tiny_cla
     """On a GPU the float fine-tune runs under bf16 autocast and QAT (fake quant, float32) on CUDA;
     the QAT model comes back to the CPU and exports the same Q/DQ ONNX as on a CPU-only machine."""
     from quant_workbench.config.recipe import EngineSpec
+    from quant_workbench.core.comparator import cosine_rows
     from quant_workbench.export.qdq import export_onnx
-    from quant_workbench.measure.stats import cosine_rows
     from quant_workbench.runtime.onnxruntime import OrtEngine
 
     loaded = _load(tiny_classifier_dir)

@@ -16,9 +16,9 @@ from tiny_fixtures import TINY_SEQ, make_rows, ort_qdq
 from torch import nn
 
 from quant_workbench.config.recipe import EngineSpec, ModelSpec, QuantSpec, recipe_from_dict
+from quant_workbench.core.comparator import cosine_rows
 from quant_workbench.core.errors import RecipeError
 from quant_workbench.export.qdq import export_onnx, per_layer_fidelity, qdq_summary
-from quant_workbench.measure.stats import cosine_rows
 from quant_workbench.models.loading import load_model, to_torch, tokenize
 from quant_workbench.quantize.apply import (
     calibrate,
@@ -255,9 +255,9 @@ def test_fp8_onnx_graph_uses_float8_zero_points_at_opset_19(fp8_export: dict[str
 def test_fp8_onnx_per_layer_matches_fake_quant(fp8_export: dict[str, Any]) -> None:
     layers = per_layer_fidelity(fp8_export["path"], fp8_export["loaded"].model, fp8_export["example"], lambda b: OrtEngine(b, ENGINE, "layer"))
     assert len(layers) == 12
-    for layer in layers:
-        assert layer.cosine >= 0.99999, layer
-        assert layer.max_abs_diff < 1e-4, layer
+    for module, layer in layers.items():
+        assert layer.mean_cosine >= 0.99999, (module, layer)
+        assert layer.max_abs_diff < 1e-4, (module, layer)
 
 
 def test_fp8_onnx_end_to_end_matches_fake_quant(fp8_export: dict[str, Any]) -> None:

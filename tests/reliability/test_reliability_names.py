@@ -30,11 +30,11 @@ from tiny_fixtures import TINY_SEQ, make_rows, recipe_dict
 import quant_workbench.export.graphs as engine_graphs
 from quant_workbench.config.recipe import ModelSpec, QuantSpec, recipe_from_dict
 from quant_workbench.config.vocabulary import HF_PREFIX
+from quant_workbench.core.comparator import cosine_rows
 from quant_workbench.core.results import VariantResult
 from quant_workbench.export.graphs import EngineGraphs
 from quant_workbench.export.ort import LoweringError, export_fused_float, lower_int8, qdq_to_u8_activations
 from quant_workbench.export.qdq import FOLDED_CALL, export_onnx, folded_calls, plan_names
-from quant_workbench.measure.stats import cosine_rows
 from quant_workbench.models.loading import LoadedModel, load_model, to_torch, tokenize
 from quant_workbench.quantize.apply import calibrate, prepare, quantizers, set_scales
 from quant_workbench.quantize.modules import QuantLinear

@@ -24,6 +24,7 @@ import torch
 from quant_workbench.config.catalog import REFERENCES
 from quant_workbench.config.recipe import Recipe
 from quant_workbench.core.artifacts import artifact_is_current, cached, hash_json, mark_artifact
+from quant_workbench.core.comparator import Comparator, max_abs_diff, mean_cosine, numpy_feed, torch_runner
 from quant_workbench.core.errors import ExportError
 from quant_workbench.core.machine import cpu_has_vnni
 from quant_workbench.core.results import VariantResult
@@ -45,7 +46,6 @@ from quant_workbench.export.references import (
     quantize_static_onnx,
     reference_name,
 )
-from quant_workbench.measure.stats import cosine_rows
 from quant_workbench.models.loading import LoadedModel, batches
 from quant_workbench.quantize.modules import QuantAdd, QuantMatMul
 from quant_workbench.quantize.plan import QuantPlan
@@ -60,13 +60,9 @@ ENGINE_GRAPH_VERSION = "2"
 Say = Callable[[str], None]
 
 
-def _feed(example: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    return {k: v.numpy() for k, v in example.items()}
-
-
 def _run(path: Path, recipe: Recipe, example: dict[str, torch.Tensor]) -> np.ndarray:
     with OrtEngine(path, recipe.engine, path.stem) as eng:
-        return eng(_feed(example))
+        return eng(numpy_feed(example))
 
 
 def _sidecar(path: Path) -> str:
@@ -123,17 +119,17 @@ class EngineGraphs:
         try:
             key = self._key(graph="fused-float")
             cached(path, key, lambda: export_fused_float(loaded.model, loaded.model.hf, path, example, loaded.input_names, loaded.output_name))
-            diff = float(np.abs(_run(path, self.recipe, example) - reference).max())
+            check = Comparator(reference).check(_run(path, self.recipe, example), max_abs_diff(self.recipe.export.float_tolerance))
         except ExportError as exc:
             self.say(f"  fused float graph unavailable ({exc}); the float baseline runs float.onnx")
             return float_path, {"graph": "float.onnx", "error": str(exc)}
         ops = fused_op_counts(path)
         info = {
-            "graph": f"models/{path.name}", "fused_ops": ops, "onnx_vs_pytorch_max_abs_diff": diff,
-            "tolerance": self.recipe.export.float_tolerance, "passed": diff <= self.recipe.export.float_tolerance,
+            "graph": f"models/{path.name}", "fused_ops": ops, "onnx_vs_pytorch_max_abs_diff": check.max_abs_diff,
+            "tolerance": check.threshold, "passed": check.passed,
         }
-        if not info["passed"]:
-            self.say(f"  fused float graph differs from PyTorch by {diff:.3g} (> {self.recipe.export.float_tolerance}); the float baseline runs float.onnx")
+        if not check.passed:
+            self.say(f"  fused float graph differs from PyTorch by {check.max_abs_diff:.3g} (> {check.threshold}); the float baseline runs float.onnx")
             return float_path, info
         self.fused_float_path, self.float_fused_ops = path, ops
         self.say(f"  fused float: {', '.join(f'{v} {k}' for k, v in ops.items())}")
@@ -171,7 +167,9 @@ class EngineGraphs:
         `scales` to add quantizers (export/openvino.py); without them it runs the Q/DQ export."""
         runtime = runtime or self.recipe.engine.runtime
         if runtime == "openvino":
-            path, check = openvino_graph(self.recipe, self.models_dir, loaded, name, qdq_path, example, variant, plan=plan, scales=scales, base_key=self.base_key)
+            path, check = openvino_graph(
+                self.recipe, self.models_dir, loaded, name, qdq_path, example, precision=variant.precision, plan=plan, scales=scales, base_key=self.base_key
+            )
             variant.fidelity["engine_graph"] = check
             return path
         if runtime != "onnxruntime" or not self.recipe.engine.ort_cpu_rows:
@@ -208,12 +206,12 @@ class EngineGraphs:
                 notes.append(f"fused INT8 graph not built ({type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''})")
         u8 = self.models_dir / f"{name}.u8.onnx"
         candidates.append(("qdq-u8", u8, {}))
-        with torch.no_grad():
-            fake = loaded.model(**example).numpy()
+        model = torch_runner(loaded.model)
+        fake = Comparator(model, numpy_feed(example))
         known = variant.fidelity.get("end_to_end", {}).get("fake_quant_vs_float_cosine")
         if known is None:  # no Q/DQ check ran (search.check_fidelity: false): measure the quantization noise here
-            with torch.no_grad(), float_mode(loaded.model):
-                known = float(cosine_rows(fake, loaded.model(**example).numpy()).mean())
+            with float_mode(loaded.model):
+                known = fake.measure(model).mean_cosine
         noise = 1.0 - float(known)
         allowed = end_to_end_allowance(noise, self.recipe.export.min_cosine)
         for graph, path, lowering_info in candidates:
@@ -224,15 +222,15 @@ class EngineGraphs:
                 if graph == "qdq-u8":
                     key = self._key(graph="qdq-u8", qdq=_sidecar(qdq_path))
                     cached(path, key, functools.partial(qdq_to_u8_activations, qdq_path, path))
-                cos = float(cosine_rows(_run(path, self.recipe, example), fake).mean())
+                verdict = fake.check(_run(path, self.recipe, example), mean_cosine(allowed))
             except Exception as exc:  # noqa: BLE001 - any failure of this graph means: use the next one
                 log.debug("engine graph %s of %s failed", graph, name, exc_info=True)
                 first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
                 notes.append(f"{graph} graph failed to build or load ({type(exc).__name__}: {first}); not used")
                 self.say(f"  {name}: {notes[-1]}")
                 continue
-            check = {"mean_cosine_vs_fake_quant": cos, "threshold": 1.0 - allowed, "passed": 1.0 - cos <= allowed}
-            if check["passed"]:
+            check = {"mean_cosine_vs_fake_quant": verdict.mean_cosine, "threshold": verdict.threshold, "passed": verdict.passed}
+            if verdict.passed:
                 ops = fused_op_counts(path)
                 lost = {k: v - ops.get(k, 0) for k, v in self.float_fused_ops.items() if ops.get(k, 0) < v}
                 variant.fidelity["engine_graph"] = {
@@ -242,7 +240,7 @@ class EngineGraphs:
                 self._requested_graph_not_used(name, graph, notes)
                 return path
             # A U8 x S8 kernel that saturates (16-bit pair sums on CPUs without VNNI) shows up here.
-            notes.append(f"{graph} graph disagrees with the fake-quant model (mean cosine {cos:.4f} < {1.0 - allowed:.4f}); not used")
+            notes.append(f"{graph} graph disagrees with the fake-quant model (mean cosine {verdict.mean_cosine:.4f} < {verdict.threshold:.4f}); not used")
             self.say(f"  {name}: {notes[-1]}")
         self.say(f"  {name}: running the S8 Q/DQ graph (slow on ONNX Runtime CPU) because no faster graph passed its check")
         variant.fidelity["engine_graph"] = {"graph": "qdq", "why": "fallback: no U8 graph passed the check", "notes": notes}
@@ -283,23 +281,21 @@ class EngineGraphs:
         out = self.models_dir / "int8-dynamic.onnx"
         key = self._key(graph="int8-dynamic", nodes=sorted(nodes), per_channel=self.recipe.quantization.per_channel_weights)
         cached(out, key, functools.partial(quantize_dynamic_onnx, self.fused_float_path, out, per_channel=self.recipe.quantization.per_channel_weights, nodes=nodes, op_types=["MatMul", "Attention"]))
-        cos = cosine_rows(_run(out, self.recipe, example), reference)
         noise = quantization_noise or 0.0
-        threshold = 1.0 - (noise + end_to_end_allowance(noise, self.recipe.export.min_cosine))
-        passed = bool(cos.mean() >= threshold)
+        check = Comparator(reference).check(_run(out, self.recipe, example), mean_cosine(noise + end_to_end_allowance(noise, self.recipe.export.min_cosine)))
         variant.fidelity = {
             "engine_graph": {
                 "graph": "dynamic", "path": f"models/{out.name}", "quantized_nodes": len(nodes),
                 "linears_quantized": sum(len(mapping[n]) for n in nodes), "linears_in_plan": len(wanted),
                 "notes": [f"{n}: Q/K/V share one fused projection and not all are in the plan; left float" for n in partial],
-                "mean_cosine_vs_float": float(cos.mean()), "threshold": threshold, "passed": passed,
+                "mean_cosine_vs_float": check.mean_cosine, "threshold": check.threshold, "passed": check.passed,
                 "static_max_fake_quant_vs_float_cosine": None if quantization_noise is None else 1.0 - noise,
                 "fused_ops": fused_op_counts(out),
             }
         }
-        if not passed:
+        if not check.passed:
             raise ExportError(
-                f"int8-dynamic failed its fidelity check: mean cosine to float {cos.mean():.4f} < {threshold:.4f} "
+                f"int8-dynamic failed its fidelity check: mean cosine to float {check.mean_cosine:.4f} < {check.threshold:.4f} "
                 f"(the static max-calibrated fake-quant model of the same Linears reaches {1.0 - noise:.4f}); the candidate is removed",
                 "on a CPU without VNNI, ONNX Runtime's U8 x S8 kernels can saturate; see the Engine graphs section",
             )
@@ -326,8 +322,8 @@ class EngineGraphs:
             try:
                 REFERENCE_BUILDERS.get(kind)(self, inputs, path)
                 with EngineFromOnnx(path, self.recipe, name, row.precision, runtime=row.runtime, inference_precision=row.inference_precision) as eng:
-                    got = eng(_feed(example))
-                check = {"graph": kind, "path": f"models/{path.name}", "mean_cosine_vs_float": float(cosine_rows(got, reference).mean()), "max_abs_diff_vs_float": float(np.abs(got - reference).max())}
+                    against_float = Comparator(reference, numpy_feed(example)).measure(eng)
+                check = {"graph": kind, "path": f"models/{path.name}", "mean_cosine_vs_float": against_float.mean_cosine, "max_abs_diff_vs_float": against_float.max_abs_diff}
                 if row.runtime == "onnxruntime":
                     check["fused_ops"] = fused_op_counts(path)
                 v.fidelity = {"engine_graph": check}

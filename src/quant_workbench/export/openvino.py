@@ -41,11 +41,10 @@ from quant_workbench.core.artifacts import (
     mark_artifact,
     temp_prefix,
 )
+from quant_workbench.core.comparator import Comparator, mean_cosine, numpy_feed, torch_runner
 from quant_workbench.core.errors import ExportError, OptionalDependencyError, WorkbenchError
-from quant_workbench.core.results import VariantResult
 from quant_workbench.export.qdq import export_onnx
 from quant_workbench.export.references import REFERENCE_BUILDERS
-from quant_workbench.measure.stats import cosine_rows
 from quant_workbench.models.loading import LoadedModel, batches
 from quant_workbench.quantize.apply import set_scales
 from quant_workbench.quantize.observers import HistogramCalibrator
@@ -76,15 +75,11 @@ def resolved_layout(recipe: Recipe) -> str:
     return "qdq-qk" if mode == "auto" else mode
 
 
-def _feed(example: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    return {k: v.numpy() for k, v in example.items()}
-
-
 def run_openvino(path: Path, recipe: Recipe, example: dict[str, torch.Tensor], inference_precision: str | None = "f32") -> np.ndarray:
     from quant_workbench.runtime.openvino import OvEngine
 
     with OvEngine(path, recipe.engine, path.stem, inference_precision=inference_precision) as eng:
-        return eng(_feed(example))
+        return eng(numpy_feed(example))
 
 
 def attention_plan(hf: torch.nn.Module, recipe: Recipe, plan: QuantPlan, *, pv: bool = False) -> QuantPlan:
@@ -127,32 +122,24 @@ def openvino_allowance(noise: float, min_cosine: float) -> float:
     return max(1.0 - min_cosine, noise)
 
 
-def _check_graph(graph: str, path: Path, recipe: Recipe, example: dict[str, torch.Tensor], fake: np.ndarray, noise: float) -> dict[str, Any]:
+def _check_graph(graph: str, path: Path, recipe: Recipe, example: dict[str, torch.Tensor], fake: Comparator, noise: float) -> dict[str, Any]:
     """OpenVINO (f32) on `path` vs the fake-quant model's outputs (openvino_allowance)."""
-    allowed = openvino_allowance(noise, recipe.export.min_cosine)
-    info: dict[str, Any] = {"graph": graph, "path": f"models/{path.name}", "threshold": 1.0 - allowed}
+    compare = mean_cosine(openvino_allowance(noise, recipe.export.min_cosine))
+    info: dict[str, Any] = {"graph": graph, "path": f"models/{path.name}", "threshold": compare.threshold}
     try:
         got = run_openvino(path, recipe, example)
     except Exception as exc:  # a compile error, a crash (found in the child process) or a failed inference: this graph only
         return {**info, "passed": False, "error": str(exc) if isinstance(exc, WorkbenchError) else f"{type(exc).__name__}: {exc}"}
-    cos = float(cosine_rows(got, fake).mean())
-    return {**info, "mean_cosine_vs_fake_quant": cos, "passed": 1.0 - cos <= allowed}
+    check = fake.check(got, compare)
+    return {**info, "mean_cosine_vs_fake_quant": check.mean_cosine, "passed": check.passed}
 
 
 def openvino_graph(
-    recipe: Recipe,
-    models_dir: Path,
-    loaded: LoadedModel,
-    name: str,
-    qdq_path: Path,
-    example: dict[str, torch.Tensor],
-    variant: VariantResult,
-    *,
-    plan: QuantPlan | None = None,
-    scales: ScaleSource | None = None,
-    base_key: str = "",
+    recipe: Recipe, models_dir: Path, loaded: LoadedModel, name: str, qdq_path: Path, example: dict[str, torch.Tensor], *,
+    precision: str, plan: QuantPlan | None = None, scales: ScaleSource | None = None, base_key: str = "",
 ) -> tuple[Path, dict[str, Any]]:
-    """The graph this quantized variant runs as on OpenVINO and its check (the row's fidelity["engine_graph"]).
+    """The graph the quantized variant `name` (of `precision`, its model in the variant's state) runs as on OpenVINO
+    and its check (the row's fidelity["engine_graph"]).
 
     Raises ExportError when no candidate graph passes (the variant's OpenVINO rows fail, the run goes on)."""
     hf = loaded.model.hf
@@ -162,8 +149,8 @@ def openvino_graph(
     if layout in ("qdq-qk", "qdq-attention"):
         wider = attention_plan(hf, recipe, plan, pv=layout == "qdq-attention") if plan is not None else None
         added = [] if wider is None or plan is None else [p.module for p, q in zip(wider.points, plan.points, strict=True) if p.enabled and not q.enabled]
-        if variant.precision != "int8":
-            notes.append(f"{variant.precision} variant: the Q/DQ export runs as it is")
+        if precision != "int8":
+            notes.append(f"{precision} variant: the Q/DQ export runs as it is")
         elif scales is None or wider is None:
             notes.append("no calibration statistics for this variant's state (QAT, search): its Q/DQ export runs as it is")
         elif not added:
@@ -181,11 +168,12 @@ def openvino_graph(
             what = "attention matmuls (QK^T, PV)" if layout == "qdq-attention" else "attention score matmuls (QK^T)"
             notes.append(f"Q/DQ added on {len(added)} {what} from the same statistics ({scales.method})")
     candidates.append(("qdq", qdq_path, plan))
+    model = torch_runner(loaded.model)
     for graph, path, graph_plan in candidates:
-        with _flags(hf, graph_plan) if graph_plan is not None else _unchanged(), torch.no_grad():
-            fake = loaded.model(**example).numpy()
+        with _flags(hf, graph_plan) if graph_plan is not None else _unchanged():
+            fake = Comparator(model, numpy_feed(example))
             with float_mode(loaded.model):
-                noise = 1.0 - float(cosine_rows(fake, loaded.model(**example).numpy()).mean())
+                noise = fake.measure(model).distance
         check = _check_graph(graph, path, recipe, example, fake, noise)
         if check["passed"]:
             return path, {**check, "notes": notes}
@@ -211,11 +199,10 @@ def float_check(path: Path, recipe: Recipe, example: dict[str, torch.Tensor], re
         got = run_openvino(path, recipe, example)
     except Exception as exc:  # the rows that would run it fail, not the run
         return {**info, "passed": False, "error": str(exc) if isinstance(exc, WorkbenchError) else f"{type(exc).__name__}: {exc}"}
-    cos = float(cosine_rows(got, reference).mean())
     # OpenVINO's f32 kernels sum in another order than PyTorch's: outputs agree to ~1e-5, so the check is
     # the float tolerance on the cosine distance rather than on the largest element difference
-    return {**info, "max_abs_diff_vs_pytorch": float(np.abs(got - reference).max()), "mean_cosine_vs_pytorch": cos,
-            "passed": 1.0 - cos <= recipe.export.float_tolerance}
+    check = Comparator(reference).check(got, mean_cosine(recipe.export.float_tolerance))
+    return {**info, "max_abs_diff_vs_pytorch": check.max_abs_diff, "mean_cosine_vs_pytorch": check.mean_cosine, "passed": check.passed}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from torch import nn
 
 from quant_workbench.config.vocabulary import HF_PREFIX
 from quant_workbench.core.artifacts import atomic_path
+from quant_workbench.core.comparator import Comparator, Comparison, layer_cosine
 from quant_workbench.core.errors import ExportError
 from quant_workbench.quantize.apply import set_export_mode
 from quant_workbench.quantize.modules import QuantLinear
@@ -520,15 +521,9 @@ def _weight_bytes(model: onnx.ModelProto) -> dict[str, int]:
     return {"stored": total, "deployed": total - quantized}
 
 
-@dataclass
-class LayerFidelity:
-    module: str
-    max_abs_diff: float
-    cosine: float
-    mismatch_fraction: float  # elements differing by more than half an output quantization-free tolerance
-
-    def ok(self, min_cosine: float = 0.9999) -> bool:
-        return self.cosine >= min_cosine
+# per_layer_fidelity's floor: one Linear call's Q/DQ subgraph against the fake-quant call's output, the whole
+# output read as one vector (core/comparator.py layer_cosine)
+LAYER_MIN_COSINE = 0.9999
 
 
 @dataclass
@@ -636,9 +631,10 @@ def per_layer_fidelity(
     fake_quant_model: nn.Module,
     example: dict[str, torch.Tensor],
     session_factory: Any,
-) -> list[LayerFidelity]:
+) -> dict[str, Comparison]:
     """Each quantized Linear call of the Q/DQ ONNX, run alone in the engine on the PyTorch call's real
-    input, against the fake-quant PyTorch call's output.
+    input, against the fake-quant PyTorch call's output (layer_cosine, floor LAYER_MIN_COSINE); by call, in
+    the order the model makes them.
 
     Call sites sharing a weight (one module per call) each need a Q/DQ MatMul of their own: a call
     whose name the graph does not tell (equal scales merged by the exporter) takes the best-matching
@@ -670,33 +666,17 @@ def per_layer_fidelity(
     folded = {f.initializer: f for f in folded_calls(model)}
     inits = {i.name: i for i in model.graph.initializer if i.name in folded}
 
-    def measure(module: str, nodes: LinearNodes) -> LayerFidelity:
-        x, _ = captured[module]
+    def measure(module: str, nodes: LinearNodes) -> Comparison:
+        x, out = captured[module]
         sub = extractor.extract_model([nodes.input_tensor], [nodes.output_tensor])
         engine = session_factory(sub.SerializeToString())
-        return compare(module, engine({nodes.input_tensor: x.numpy()}))
+        return Comparator(out.numpy(), {nodes.input_tensor: x.numpy()}).check(engine, layer_cosine(LAYER_MIN_COSINE))
 
-    def measure_folded(module: str, initializer: str) -> LayerFidelity:
-        got = onnx.numpy_helper.to_array(inits[initializer])
-        if got.shape != tuple(captured[module][1].shape):
-            raise ValueError(f"{initializer} is not the output of {module}")
-        return compare(module, got)
+    def measure_folded(module: str, initializer: str) -> Comparison:
+        # raises on another shape: the stored output of another call of the weight
+        return Comparator(captured[module][1].numpy()).check(onnx.numpy_helper.to_array(inits[initializer]), layer_cosine(LAYER_MIN_COSINE))
 
-    def compare(module: str, got: np.ndarray) -> LayerFidelity:
-        ref = captured[module][1].numpy()
-        diff = np.abs(got - ref)
-        denom = float(np.linalg.norm(got) * np.linalg.norm(ref))
-        tol = 1e-3 * float(np.abs(ref).max() or 1.0)
-        # both all zero (every input of the Linear rounds to zero, in both implementations): they agree
-        cosine = float(np.sum(got.astype(np.float64) * ref) / denom) if denom > 0 else float(not np.any(got) and not np.any(ref))
-        return LayerFidelity(
-            module=module,
-            max_abs_diff=float(diff.max()),
-            cosine=cosine,
-            mismatch_fraction=float((diff > tol).mean()),
-        )
-
-    results: dict[str, LayerFidelity] = {}
+    results: dict[str, Comparison] = {}
     claimed = {m for m in captured if m in linears}
     for module in captured:
         if module in linears:
@@ -706,7 +686,7 @@ def per_layer_fidelity(
             continue
         free = [k for k, v in linears.items() if k not in claimed and _parameter_id(fake_quant_model, v.weight_module) == weight_of[module]]
         free_folded = [k for k, f in folded.items() if k not in claimed and _parameter_id(fake_quant_model, f.weight_module) == weight_of[module]]
-        tried: dict[str, LayerFidelity] = {}
+        tried: dict[str, Comparison] = {}
         for k in free + free_folded:
             try:
                 tried[k] = measure(module, linears[k]) if k in linears else measure_folded(module, k)
@@ -714,10 +694,10 @@ def per_layer_fidelity(
                 continue
         if not tried:
             raise ExportError(f"quantized layer {module} has no Q/DQ MatMul nor folded output in {qdq_path.name}")
-        best = max(tried, key=lambda k: tried[k].cosine)
+        best = max(tried, key=lambda k: tried[k].mean_cosine)
         claimed.add(best)
         results[module] = tried[best]
-    return [results[m] for m in captured]
+    return {m: results[m] for m in captured}
 
 
 def _parameter_id(model: nn.Module, module: str) -> int | None:

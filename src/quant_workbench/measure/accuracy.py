@@ -15,19 +15,17 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from quant_workbench.config.recipe import Recipe, accuracy_margin_for
+from quant_workbench.core.comparator import Runner, cosine_rows
 from quant_workbench.core.errors import WorkbenchError
 from quant_workbench.core.results import FLOAT_PRECISIONS, VariantResult, accuracy_reference
 from quant_workbench.data.splits import Splits, TextSet
 from quant_workbench.measure.stats import (
-    cosine_rows,
     prediction_statistics,
     spending_boundaries,
     tango_statistic,
 )
 from quant_workbench.models.loading import LoadedModel, batches, tokenize
 from quant_workbench.runtime import Engine, EngineFromOnnx
-
-Runner = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 
 def run_outputs(

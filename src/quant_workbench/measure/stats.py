@@ -453,10 +453,3 @@ def interval_metrics(statistics: dict[str, Any]) -> dict[str, float]:
         )
     return out
 
-
-def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a.reshape(len(a), -1).astype(np.float64)
-    b = b.reshape(len(b), -1).astype(np.float64)
-    num = (a * b).sum(1)
-    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return np.asarray(num / np.maximum(den, 1e-12))

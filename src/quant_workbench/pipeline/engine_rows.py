@@ -124,7 +124,7 @@ class EngineRows:
         def graph(runtime: str) -> tuple[Path, dict[str, Any]]:
             """The file `runtime` runs for this variant, and its check."""
             if runtime == "openvino":
-                return openvino_graph(self.recipe, self.models_dir, loaded, base.name, qdq_path, example, base, plan=plan, scales=scales, base_key=base_key)
+                return openvino_graph(self.recipe, self.models_dir, loaded, base.name, qdq_path, example, precision=base.precision, plan=plan, scales=scales, base_key=base_key)
             if runtime == "onnxruntime" and ort_graph is not None:
                 probe = VariantResult(name=base.name, precision=base.precision, fidelity=copy.deepcopy(base.fidelity))
                 path = ort_graph(probe)

@@ -41,6 +41,7 @@ from quant_workbench.core.artifacts import (
     write_json,
     write_text,
 )
+from quant_workbench.core.comparator import Comparator, max_abs_diff, numpy_feed, torch_runner
 from quant_workbench.core.errors import ExportError, WorkbenchError
 from quant_workbench.core.machine import hardware
 from quant_workbench.core.results import RunResult, VariantResult, accuracy_reference
@@ -51,7 +52,6 @@ from quant_workbench.export.openvino import ScaleSource
 from quant_workbench.export.qdq import EXPORT_LAYOUT, export_onnx, plan_names
 from quant_workbench.measure.accuracy import evaluate_variants
 from quant_workbench.measure.latency import Resolution, benchmark_variants
-from quant_workbench.measure.stats import cosine_rows
 from quant_workbench.models.loading import load_model, to_torch, tokenize
 from quant_workbench.pipeline.calibration import calibration_statistics
 from quant_workbench.pipeline.engine_rows import (
@@ -232,16 +232,14 @@ def export_float_stage(state: RunState) -> None:
     with state.stage("export float"):
         float_path = state.float_path = models_dir / "float.onnx"
         cached(float_path, state.base_key, lambda: export_onnx(loaded.model, float_path, state.example, loaded.input_names, loaded.output_name, recipe.export.opset))
-        with torch.no_grad():
-            state.float_reference = ref = loaded.model(**state.example).numpy()
+        pytorch = Comparator(torch_runner(loaded.model), numpy_feed(state.example))
+        state.float_reference = ref = pytorch.reference
         with OrtEngine(float_path, recipe.engine, "float") as eng:
-            got = eng({k: v.numpy() for k, v in state.example.items()})
-        diff = float(np.abs(got - ref).max())
-        tolerance = recipe.export.float_tolerance
-        state.fidelity_float = {"onnx_vs_pytorch_max_abs_diff": diff, "tolerance": tolerance, "passed": diff <= tolerance, "samples": len(ref)}
-        if diff > tolerance:
+            check = pytorch.check(eng, max_abs_diff(recipe.export.float_tolerance))
+        state.fidelity_float = {"onnx_vs_pytorch_max_abs_diff": check.max_abs_diff, "tolerance": check.threshold, "passed": check.passed, "samples": check.samples}
+        if not check.passed:
             raise ExportError(
-                f"float ONNX disagrees with PyTorch: max abs diff {diff:.3g} > {tolerance}.",
+                f"float ONNX disagrees with PyTorch: max abs diff {check.max_abs_diff:.3g} > {check.threshold}.",
                 "the exporter mis-translated the model; try another export.opset or run with --debug",
             )
     graphs = state.graphs = EngineGraphs(recipe, models_dir, state.base_key, state.say)
@@ -349,9 +347,7 @@ def dynamic_stage(state: RunState) -> None:
         loaded = state.need_loaded()
         # the gate's yardstick: how far the static max-calibrated fake-quant model of the same Linears is from float
         set_scales(loaded.model, state.calibrators, "max", percentile=state.recipe.quantization.calibration.percentile)
-        with torch.no_grad():
-            fake = loaded.model(**state.example).numpy()
-        noise = float(1.0 - cosine_rows(fake, state.float_reference).mean())
+        noise = Comparator(state.float_reference, numpy_feed(state.example)).measure(torch_runner(loaded.model)).distance
         path = state.need_graphs().dynamic_variant(loaded, state.example, state.float_reference, dynamic, quantization_noise=noise)
         dynamic.artifacts = {"onnx": f"models/{path.name}"}
         dynamic.size_bytes = onnx_size(path)

@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from quant_workbench.core.artifacts import atomic_path
+from quant_workbench.core.comparator import Comparator, max_abs_diff, numpy_feed, torch_runner
 from quant_workbench.quantize.architectures import SmoothGroup, architecture_of
 from quant_workbench.quantize.architectures.base import quant_linear_at
 from quant_workbench.quantize.modules import QuantLinear
@@ -210,26 +211,23 @@ def apply_smoothquant(model: nn.Module, channel_amax: dict[str, torch.Tensor], a
     return state
 
 
-def _float_outputs(model: nn.Module, example: dict[str, torch.Tensor]) -> torch.Tensor:
-    with float_mode(model), torch.no_grad():
-        out: torch.Tensor = model(**example)
-    return out
-
-
 def checked_smoothquant(
     model: nn.Module, example: dict[str, torch.Tensor], channel_amax: dict[str, torch.Tensor], alpha: float, tolerance: float, *, ffn_out: bool = False
 ) -> tuple[SmoothState, dict[str, Any]]:
     """apply_smoothquant plus the check every SmoothQuant model passes before it is used (the PTQ families and
     the search's trials alike): in float, the rewrite must leave the outputs unchanged (max abs diff on
     `example` <= tolerance, export.float_tolerance). Returns the state (restore() undoes it) and the check."""
-    before = _float_outputs(model, example)
+    runner = torch_runner(model)
+    with float_mode(model):
+        before = Comparator(runner, numpy_feed(example))
     state = apply_smoothquant(model, channel_amax, alpha, ffn_out=ffn_out)
     try:
-        diff = float((_float_outputs(model, example) - before).abs().max())
+        with float_mode(model):
+            check = before.check(runner, max_abs_diff(tolerance))
     except BaseException:
         state.restore()
         raise
-    return state, {"float_max_abs_diff": diff, "tolerance": tolerance, "passed": diff <= tolerance}
+    return state, {"float_max_abs_diff": check.max_abs_diff, "tolerance": check.threshold, "passed": check.passed}
 
 
 def _save(state: SmoothState, model: nn.Module, pname: str) -> None:
