@@ -23,7 +23,7 @@ import torch
 
 from quant_workbench.config.catalog import REFERENCES
 from quant_workbench.config.recipe import Recipe
-from quant_workbench.core.artifacts import artifact_is_current, cached, hash_json, mark_artifact
+from quant_workbench.core.artifacts import cached, hash_json
 from quant_workbench.core.comparator import Comparator, max_abs_diff, mean_cosine, numpy_feed, torch_runner
 from quant_workbench.core.errors import ExportError
 from quant_workbench.core.machine import cpu_has_vnni
@@ -32,6 +32,7 @@ from quant_workbench.data.splits import Splits
 from quant_workbench.export.openvino import ScaleSource, openvino_graph
 from quant_workbench.export.ort import (
     LoweringError,
+    LoweringInfo,
     export_fused_float,
     fused_op_counts,
     lower_int8,
@@ -66,7 +67,7 @@ def _run(path: Path, recipe: Recipe, example: dict[str, torch.Tensor]) -> np.nda
 
 
 def _sidecar(path: Path) -> str:
-    """The cache key an artifact was written under (io.mark_artifact): what it was built from."""
+    """The cache key an artifact was written under (core.artifacts.mark_artifact): what it was built from."""
     side = path.with_name(path.name + ".key")
     return side.read_text().strip() if side.is_file() else ""
 
@@ -196,8 +197,10 @@ class EngineGraphs:
                     src = self._fused_for(loaded, example, self._key(alpha=alpha, weights=weights_key))
                 out = self.models_dir / f"{name}.fused.onnx"
                 key = self._key(graph="fused-int8", qdq=_sidecar(qdq_path), source=_sidecar(src))
-                lowered = lower_int8(src, loaded.model.hf, out if not artifact_is_current(out, key) else None)
-                mark_artifact(out, key)
+                built: list[LoweringInfo] = []
+                cached(out, key, lambda: built.append(lower_int8(src, loaded.model.hf, out)))
+                # a reused graph is still described (and its call sites checked) without being written again
+                lowered = built[0] if built else lower_int8(src, loaded.model.hf, None)
                 candidates.append(("fused-int8", out, lowered.to_dict()))
             except (LoweringError, ExportError) as exc:
                 notes.append(f"fused INT8 graph not built: {exc}")
@@ -356,10 +359,8 @@ def _ort_float_graph(graphs: EngineGraphs, inputs: ReferenceInputs) -> Path:
     """TorchScript export + the transformer optimizer's default fusions (SkipLayerNormalization included)."""
     path = graphs.models_dir / "ref-ort-float.onnx"
     key = graphs._key(graph="ref-ort-float")
-    if not artifact_is_current(path, key):
-        loaded = inputs.loaded
-        export_fused_float(loaded.model, loaded.model.hf, path, inputs.example, loaded.input_names, loaded.output_name, skip_layer_norm=True)
-        mark_artifact(path, key)
+    loaded = inputs.loaded
+    cached(path, key, lambda: export_fused_float(loaded.model, loaded.model.hf, path, inputs.example, loaded.input_names, loaded.output_name, skip_layer_norm=True))
     return path
 
 
@@ -375,12 +376,14 @@ def _build_ort_dynamic(graphs: EngineGraphs, inputs: ReferenceInputs, path: Path
 
 def _build_ort_static(graphs: EngineGraphs, inputs: ReferenceInputs, path: Path) -> None:
     key = graphs._key(graph="ref-ort-static", data=inputs.fingerprint, samples=len(inputs.splits.calibration))
-    if not artifact_is_current(path, key):
-        cal = graphs.recipe.quantization.calibration
-        loaded = inputs.loaded
+    cal = graphs.recipe.quantization.calibration
+    loaded = inputs.loaded
+
+    def build() -> None:
         feeds = batches(loaded.tokenizer, inputs.splits.calibration.texts, cal.batch_size, loaded.spec.max_seq_length, loaded.input_names)
         quantize_static_onnx(inputs.float_path, path, feeds)
-        mark_artifact(path, key)
+
+    cached(path, key, build)
 
 
 # The ONNX Runtime rows (config/catalog.py REFERENCES says what each is).

@@ -34,11 +34,9 @@ import torch
 
 from quant_workbench.config.recipe import Recipe
 from quant_workbench.core.artifacts import (
-    artifact_is_current,
     cached,
     hash_json,
     make_shareable,
-    mark_artifact,
     temp_prefix,
 )
 from quant_workbench.core.comparator import Comparator, mean_cosine, numpy_feed, torch_runner
@@ -228,11 +226,7 @@ def _build_openvino_nncf(graphs: EngineGraphs, inputs: ReferenceInputs, path: Pa
     item, as optimum-intel feeds it), every calibration text used; saved as OpenVINO IR (xml + bin)."""
     bin_path = path.with_suffix(".bin")
     key = graphs._key(graph="ref-openvino-nncf", data=inputs.fingerprint, samples=len(inputs.splits.calibration))
-    if artifact_is_current(path, key) and artifact_is_current(bin_path, key):
-        return
-    nncf_quantize(inputs.float_path, inputs.loaded, inputs.splits.calibration.texts, path)
-    mark_artifact(bin_path, key)
-    mark_artifact(path, key)
+    cached(path, key, lambda: nncf_quantize(inputs.float_path, inputs.loaded, inputs.splits.calibration.texts, path), also=[bin_path])
 
 
 def nncf_quantize(float_path: Path, loaded: LoadedModel, texts: Sequence[str] | Sequence[tuple[str, str]], path: Path) -> None:
