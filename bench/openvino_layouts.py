@@ -18,7 +18,7 @@ Every (layout, method) is exported once (cached under RUN_DIR/bench_openvino_lay
 OpenVINO at each precision, scored on the first --eval evaluation texts (probe trained on the float
 model's embeddings of the probe split, as the run does) and timed with ONNX Runtime's fused float (the
 run's float baseline) and OpenVINO's float rows in one loop, random order each round, A/A pair included.
-`--alpha A` applies SmoothQuant (the int8-smoothquant family's rewrite) first. `--sensitivity LAYOUT:METHOD` scores LAYOUT with each encoder layer and each Linear role kept float in
+`--alpha A` applies SmoothQuant (the int8-smoothquant scheme's rewrite) first. `--sensitivity LAYOUT:METHOD` scores LAYOUT with each encoder layer and each Linear role kept float in
 turn (accuracy, disagreement with float, cosine), untimed. Writes RUN_DIR/bench_openvino_layouts.json.
 """
 
@@ -90,7 +90,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--no-timing", action="store_true")
     ap.add_argument("--nncf", action="store_true", help="also nncf.quantize of the float model (the ref:openvino-nncf row)")
-    ap.add_argument("--alpha", type=float, default=None, help="SmoothQuant alpha applied before every layout (the int8-smoothquant family's rewrite)")
+    ap.add_argument("--alpha", type=float, default=None, help="SmoothQuant alpha applied before every layout (the int8-smoothquant scheme's rewrite)")
     ap.add_argument("--ffn-out", action="store_true", help="with --alpha: smooth FFN-out's input too (smoothquant.ffn_out)")
     ap.add_argument("--extra", nargs="*", default=[], help="NAME=PATH:PRECISION: more OpenVINO models to score and time (e.g. another run's layout)")
     ap.add_argument("--no-floats", action="store_true", help="skip the OpenVINO float candidates")
@@ -113,7 +113,7 @@ def main() -> None:
     channel_amax: dict[str, Any] = {}
     calibrators, _ = calibration_statistics(recipe, loaded, splits, full, progress=False, say=say, channel_amax=channel_amax)
     suffix = ""
-    if args.alpha is not None:  # SmoothQuant (the int8-smoothquant family's rewrite), statistics collected again after it
+    if args.alpha is not None:  # SmoothQuant (the int8-smoothquant scheme's rewrite), statistics collected again after it
         from quant_workbench.quantize.smoothquant import apply_smoothquant
 
         state = apply_smoothquant(loaded.model, channel_amax, args.alpha, ffn_out=args.ffn_out)

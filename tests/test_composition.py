@@ -47,11 +47,11 @@ def test_search_qat_compare_references_and_deploy_in_one_run(
     run_dir = run_dir_for(recipe)
 
     names = [v.name for v in result.variants]
-    # PTQ families (compare x methods), the search's baseline and choice, QAT, then the standard tools' rows
+    # PTQ schemes (compare x methods), the search's baseline and choice, QAT, then the standard tools' rows
     assert names[:4] == ["float", "int8-max", "int8-mse", "int8-dynamic"]
     assert names[4] == "int8-search" and names[5] == "int8-qat"
     assert names[6:] == ["ref:ort-float", "ref:ort-dynamic", "ref:ort-static"]
-    assert names.count("int8-max") == 1  # the search's all-INT8 max baseline is the PTQ family's int8-max
+    assert names.count("int8-max") == 1  # the search's all-INT8 max baseline is the PTQ scheme's int8-max
     failed = {v.name: v.error for v in result.variants if v.status != "ok"}
     assert not failed, failed
     assert all(v.metrics.get("accuracy") is not None for v in result.variants)

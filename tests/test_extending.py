@@ -16,7 +16,7 @@ import torch
 import yaml
 from tiny_fixtures import TINY_MAX_POSITIONS, TINY_SEQ, VOCAB, make_rows, save_tiny_tokenizer
 
-from quant_workbench.config.catalog import CALIBRATORS, ENGINES, FAMILIES
+from quant_workbench.config.catalog import CALIBRATORS, ENGINES, SCHEMES
 from quant_workbench.config.recipe import ModelSpec, QuantSpec, Recipe, recipe_from_dict
 from quant_workbench.core.errors import RecipeError
 from quant_workbench.quantize.architectures.registry import unregister
@@ -41,7 +41,7 @@ def extensions(tmp_path: Path) -> Iterator[list[str]]:
         modules = [m for m in list(sys.modules.values()) if getattr(m, "__file__", None) in files]
         CALIBRATORS.unregister("half-max")
         AMAX_METHODS.unregister("half-max")
-        FAMILIES.unregister("fp8-unclipped")
+        SCHEMES.unregister("fp8-unclipped")
         ENGINES.unregister("onnxruntime-1t")
         BACKENDS.unregister("onnxruntime-1t")
         for module in modules:
@@ -69,13 +69,13 @@ def test_the_page_has_one_example_file_per_extension_point() -> None:
 
 
 def test_a_recipe_listing_the_files_uses_the_declared_method_format_and_engine(extensions: list[str]) -> None:
-    from quant_workbench.quantize.formats import expand_families
+    from quant_workbench.quantize.formats import expand_schemes
 
     recipe = _recipe(USES_THEM, extensions)
     assert recipe.extensions == extensions
     assert recipe.quantization.calibration.methods == ["max", "half-max"]
     assert recipe.engine.runtime == "onnxruntime-1t"
-    assert [f.prefix for f in expand_families(recipe.quantization)] == ["int8", "fp8-unclipped"]
+    assert [s.prefix for s in expand_schemes(recipe.quantization)] == ["int8", "fp8-unclipped"]
     with pytest.raises(RecipeError, match="clips outliers FP8's range can hold"):
         _recipe([*USES_THEM[:1], "quantization.calibration.methods=[max, mse]", *USES_THEM[2:]], extensions)
     with pytest.raises(RecipeError, match="export.opset >= 19"):

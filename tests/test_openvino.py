@@ -330,7 +330,7 @@ def ov_run(tiny_bert_dir: Path, tiny_csv: Path, tmp_path_factory: pytest.TempPat
     data["engine"]["runtimes"] = ["onnxruntime", "openvino"]
     data["engine"]["openvino"] = {"precisions": ["f32", "bf16"] if machine.openvino_supports("bf16") else ["f32"]}
     data["references"] = ["ort-dynamic", "openvino-float", "openvino-nncf"]
-    # the default recipe's SmoothQuant family (alpha 0.95, FFN-out too) gets its OpenVINO rows from its own statistics
+    # the default recipe's SmoothQuant scheme (alpha 0.95, FFN-out too) gets its OpenVINO rows from its own statistics
     data["quantization"].update(compare=["int8", "int8-smoothquant"], smoothquant={"alpha": 0.95, "ffn_out": True})
     data["benchmark"].update(batch_sizes=[2], iterations=2, warmup=1)
     recipe = recipe_from_dict(data)

@@ -15,13 +15,13 @@ from quant_workbench.config.catalog import (
     CALIBRATORS,
     DEPLOY_TARGETS,
     ENGINES,
-    FAMILIES,
     REFERENCES,
+    SCHEMES,
     CalibrationMethod,
     DeployTargetFacts,
     EngineFacts,
     ReferenceRow,
-    VariantFamily,
+    SchemeFacts,
 )
 from quant_workbench.config.recipe import Recipe, load_recipe, recipe_from_dict
 from quant_workbench.core.artifacts import hash_json
@@ -35,7 +35,7 @@ RECIPES = ROOT / "recipes"
 @pytest.fixture
 def base() -> dict[str, Any]:
     data: dict[str, Any] = yaml.safe_load((RECIPES / "bert_int8.yaml").read_text(encoding="utf-8"))
-    # the tests below swap `compare` lists: without the SmoothQuant family its `smoothquant` section would be unused
+    # the tests below swap `compare` lists: without the SmoothQuant scheme its `smoothquant` section would be unused
     data["quantization"].pop("smoothquant", None)
     data["quantization"]["compare"] = ["int8", "int8-dynamic"]
     return data
@@ -100,7 +100,7 @@ def test_every_catalog_entry_has_its_implementation_and_no_more() -> None:
 
 def test_builtin_entries_in_their_documented_order() -> None:
     assert CALIBRATORS.names() == ("max", "percentile", "entropy", "mse")
-    assert FAMILIES.names() == ("int8", "int8-smoothquant", "fp8", "int8-dynamic")
+    assert SCHEMES.names() == ("int8", "int8-smoothquant", "fp8", "int8-dynamic")
     assert ENGINES.names() == ("onnxruntime", "openvino", "tensorrt")
     assert DEPLOY_TARGETS.names() == ("python-onnxruntime", "onnxruntime", "tensorrt", "python-openvino", "openvino")
     assert REFERENCES.names() == ("ort-float", "ort-dynamic", "ort-static", "openvino-float", "openvino-nncf")
@@ -146,35 +146,35 @@ def test_unknown_calibrator_lists_the_declared_ones(base: dict[str, Any], qat_ba
 
 
 # ---------------------------------------------------------------------------------------------
-# variant families: the recipe reads each family's needs from its declaration
+# quantization schemes: the recipe reads each scheme's needs from its declaration
 
 
-def test_a_declared_family_is_accepted_and_its_needs_are_checked(base: dict[str, Any]) -> None:
-    family = VariantFamily(precision="int8", min_opset=21, min_opset_why="a newer Q/DQ", rejects_methods={"entropy": "no integer grid"})
-    with FAMILIES.registered("int8-test", family):
+def test_a_declared_scheme_is_accepted_and_its_needs_are_checked(base: dict[str, Any]) -> None:
+    scheme = SchemeFacts(precision="int8", min_opset=21, min_opset_why="a newer Q/DQ", rejects_methods={"entropy": "no integer grid"})
+    with SCHEMES.registered("int8-test", scheme):
         r = recipe_from_dict(base, ["quantization.compare=[int8, int8-test]", "quantization.calibration.methods=[max]", "export.opset=21"])
-        assert r.quantization.families == ["int8", "int8-test"]
+        assert r.quantization.schemes == ["int8", "int8-test"]
         text = _error(base, ["quantization.compare=[int8-test]", "quantization.calibration.methods=[max]"])
         assert "int8-test quantization needs a newer Q/DQ, i.e. export.opset >= 21 (got 18); set export.opset: 21" in text
         text = _error(base, ["quantization.compare=[int8-test]", "quantization.calibration.methods=[max, entropy]", "export.opset=21"])
         assert "calibration method 'entropy' (no integer grid) is not defined for int8-test" in text
         assert "(max, percentile and mse work for int8-test)" in text
     text = _error(base, ["quantization.compare=[int8-test]"])
-    _assert_lists(text, "quantization.compare.0", "int8-test", FAMILIES.names())
+    _assert_lists(text, "quantization.compare.0", "int8-test", SCHEMES.names())
 
 
-def test_a_cpu_only_family_refuses_other_engines(base: dict[str, Any]) -> None:
-    with FAMILIES.registered("int8-cpu", VariantFamily(precision="int8", calibrated=False, ort_cpu_only="test kernels")):
+def test_a_cpu_only_scheme_refuses_other_engines(base: dict[str, Any]) -> None:
+    with SCHEMES.registered("int8-cpu", SchemeFacts(precision="int8", calibrated=False, ort_cpu_only="test kernels")):
         text = _error(base, ["quantization.compare=[int8-cpu]", "engine.provider=cuda", "references=[]"])
         assert "'int8-cpu', which runs on ONNX Runtime's CPU kernels only (test kernels)" in text
 
 
-def test_an_uncalibrated_family_yields_no_calibrated_variants(base: dict[str, Any]) -> None:
-    from quant_workbench.quantize.formats import expand_families
+def test_an_uncalibrated_scheme_yields_no_calibrated_variants(base: dict[str, Any]) -> None:
+    from quant_workbench.quantize.formats import expand_schemes
 
-    with FAMILIES.registered("int8-cpu", VariantFamily(precision="int8", calibrated=False)):
+    with SCHEMES.registered("int8-cpu", SchemeFacts(precision="int8", calibrated=False)):
         spec = recipe_from_dict(base, ["quantization.compare=[fp8, int8-cpu]", "export.opset=19", "quantization.calibration.methods=[max]"]).quantization
-        assert [(f.name, f.kind) for f in expand_families(spec)] == [("fp8", "fp8")]
+        assert [(s.name, s.kind) for s in expand_schemes(spec)] == [("fp8", "fp8")]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -259,7 +259,7 @@ def test_default_recipe_on_the_bundled_model(tmp_path: Path) -> None:
         "benchmark.batch_sizes=[1,4]",
         "benchmark.max_seconds=6",  # the adaptive length runs, capped
         "quantization.calibration.methods=[max,mse]",
-        # the SmoothQuant family is the tiny-model run's business (tests/test_openvino.py); here the plain rows
+        # the SmoothQuant scheme is the tiny-model run's business (tests/test_openvino.py); here the plain rows
         "quantization.compare=[int8,int8-dynamic]",
         "quantization.smoothquant=null",
         "export.fidelity_samples=16",

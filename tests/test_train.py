@@ -314,3 +314,30 @@ def test_gpu_finetune_in_bf16_autocast_then_qat_on_cuda(tmp_path: Path, tiny_cla
     with OrtEngine(path, EngineSpec(threads=1), "qat") as eng:
         got = eng({k: v.numpy() for k, v in feed.items()})
     assert cosine_rows(got, fake).min() > 0.999
+
+
+def test_qat_trains_in_the_int8_scheme_state_and_leaves_the_model_as_it_was(
+    tmp_path: Path, make_recipe: Callable[..., dict[str, Any]], tiny_classifier_dir: Path, splits: Splits
+) -> None:
+    """qat_model enters the int8 scheme through quantize/formats.py SchemeState (as PTQ and the search do): the
+    student is int8 whatever state the run's model was left in, and that state comes back afterwards."""
+    from quant_workbench.pipeline.training import qat_model
+    from quant_workbench.quantize.apply import set_format
+
+    data = make_recipe(model_dir=tiny_classifier_dir, task="sequence-classification", name="tinyqat")
+    data["data"].update(probe_samples=208, validation_samples=48, eval_samples=60)
+    data["qat"] = {"max_steps": 2, "batch_size": 16, "eval_every": 2, "checkpoint_dir": str(tmp_path / "ckpt"), "init_method": "max"}
+    recipe = recipe_from_dict(data)
+    loaded = _load(tiny_classifier_dir)
+    plan = build_plan(loaded.model.hf, QuantSpec())
+    prepare(loaded.model.hf, plan)
+
+    def loop(model: torch.nn.Module) -> None:
+        model(**to_torch(tokenize(loaded.tokenizer, splits.calibration.texts, TINY_SEQ, loaded.input_names)))
+
+    calibrators = calibrate(loaded.model, loop)
+    set_format(loaded.model, "fp8")  # a state some earlier step forgot to leave
+    student, info = qat_model(recipe, loaded, splits, calibrators, progress=False, say=lambda _: None)
+    assert {q.fmt.kind for q in quantizers(student).values()} == {"int8"}
+    assert {q.fmt.kind for q in quantizers(loaded.model).values()} == {"fp8"}
+    assert info["init_method"] == "max" and info["enabled_quantizers"] > 0

@@ -173,7 +173,7 @@ def _recipe(make_recipe: Any, **quant: Any) -> dict[str, Any]:
 
 def test_recipe_fp8_needs_opset_19(make_recipe: Any) -> None:
     d = _recipe(make_recipe, format="fp8")
-    assert recipe_from_dict(d).quantization.families == ["fp8"]
+    assert recipe_from_dict(d).quantization.schemes == ["fp8"]
     d["export"]["opset"] = 18
     with pytest.raises(RecipeError, match=r"export.opset >= 19"):
         recipe_from_dict(d)
@@ -190,12 +190,12 @@ def test_recipe_fp8_rejects_entropy_by_name(make_recipe: Any) -> None:
         recipe_from_dict(d)
 
 
-def test_recipe_families(make_recipe: Any) -> None:
-    assert recipe_from_dict(_recipe(make_recipe)).quantization.families == ["int8"]
+def test_recipe_schemes(make_recipe: Any) -> None:
+    assert recipe_from_dict(_recipe(make_recipe)).quantization.schemes == ["int8"]
     sq = recipe_from_dict(_recipe(make_recipe, smoothquant={"alpha": 0.5})).quantization
-    assert sq.families == ["int8-smoothquant"] and sq.smoothquant is not None and sq.smoothquant.alphas == [0.5]
+    assert sq.schemes == ["int8-smoothquant"] and sq.smoothquant is not None and sq.smoothquant.alphas == [0.5]
     both = recipe_from_dict(_recipe(make_recipe, compare=["int8", "int8-smoothquant", "fp8"], smoothquant={"alpha": [0.5, 0.75]}))
-    assert both.quantization.families == ["int8", "int8-smoothquant", "fp8"]
+    assert both.quantization.schemes == ["int8", "int8-smoothquant", "fp8"]
     bad: list[tuple[dict[str, Any], str]] = [
         ({"compare": ["int8", "int8-smoothquant"]}, "smoothquant is not set"),
         ({"compare": ["int8"], "smoothquant": {"alpha": 0.5}}, "no 'int8-smoothquant'"),

@@ -81,10 +81,10 @@ def test_resolved_recipe_of_an_fp8_trial_reruns_as_a_plain_recipe(tmp_path: Path
     data["search"] = {"formats": ["int8", "fp8"], "smoothquant_alphas": [0.5]}
     recipe = recipe_from_dict(data)
     fp8 = resolved_recipe(recipe, Config("max", format="fp8"), TrialRecord("study", Config("max", format="fp8")))
-    assert recipe_from_dict(fp8).quantization.families == ["fp8"]
+    assert recipe_from_dict(fp8).quantization.schemes == ["fp8"]
     sq = resolved_recipe(recipe, Config("mse", alpha=0.5), TrialRecord("study", Config("mse", alpha=0.5)))
     again = recipe_from_dict(sq)
-    assert again.quantization.families == ["int8-smoothquant"] and again.quantization.smoothquant is not None
+    assert again.quantization.schemes == ["int8-smoothquant"] and again.quantization.smoothquant is not None
     assert again.quantization.smoothquant.alphas == [0.5] and again.search is None
 
 
@@ -108,10 +108,10 @@ def test_fp8_survives_the_outlier_that_breaks_int8_and_is_selected(tmp_path: Pat
     run_dir = run_dir_for(recipe)
     s = json.loads((run_dir / "search.json").read_text())
 
-    by_family = {(r["config"]["format"], r["config"]["alpha"]): r for r in s["records"] if r["source"] == "study"}
-    assert set(by_family) == {("int8", None), ("fp8", None), ("int8", 0.5)}
-    int8, fp8 = by_family[("int8", None)], by_family[("fp8", None)]
-    assert all(r["status"] == "ok" for r in by_family.values()), [r["error"] for r in by_family.values()]
+    by_scheme = {(r["config"]["format"], r["config"]["alpha"]): r for r in s["records"] if r["source"] == "study"}
+    assert set(by_scheme) == {("int8", None), ("fp8", None), ("int8", 0.5)}
+    int8, fp8 = by_scheme[("int8", None)], by_scheme[("fp8", None)]
+    assert all(r["status"] == "ok" for r in by_scheme.values()), [r["error"] for r in by_scheme.values()]
     # the outlier (amax ~500) leaves INT8 a step of ~4 and rounds the other channels away; E4M3 keeps 3 mantissa bits at every scale
     assert fp8["accuracy"] >= s["threshold"] > int8["accuracy"]
     assert s["selected"]["config"]["format"] == "fp8" and s["selected_meets"]
@@ -120,7 +120,7 @@ def test_fp8_survives_the_outlier_that_breaks_int8_and_is_selected(tmp_path: Pat
     assert json.loads((run_dir / "best" / "config.json").read_text())["config"]["format"] == "fp8"
     # the base statistics plus one pass for the SmoothQuant alpha (its model's activations differ)
     assert s["calibration_passes"] == 2
-    scales = json.loads((run_dir / by_family[("int8", 0.5)]["artifacts"]["scales"]).read_text())
+    scales = json.loads((run_dir / by_scheme[("int8", 0.5)]["artifacts"]["scales"]).read_text())
     assert scales["smoothquant_alpha"] == 0.5
     md = (run_dir / "report.md").read_text()
     assert "| FP8 E4M3 |" in md and "| INT8 + SmoothQuant 0.5 |" in md and "Best configuration of each format" in md
@@ -128,12 +128,13 @@ def test_fp8_survives_the_outlier_that_breaks_int8_and_is_selected(tmp_path: Pat
 
 
 def test_the_same_gates_for_the_search_smoothquant_trials_and_its_variants(tmp_path: Path, tiny_bert_dir: Path, tiny_csv: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A SmoothQuant trial whose rewrite is not exact in float fails (the families' check, not skipped), and a
+    """A SmoothQuant trial whose rewrite is not exact in float fails (the PTQ schemes' gate, not skipped), and a
     configuration the search hands to the run that fails the full Q/DQ check is removed, saying why."""
+    import quant_workbench.quantize.formats as formats_mod
     import quant_workbench.search.sensitivity as sens_mod
     from quant_workbench.core.errors import ExportError
 
-    real = sens_mod.checked_smoothquant
+    real = formats_mod.checked_smoothquant
 
     def inexact(*a: Any, **kw: Any) -> Any:
         state, check = real(*a, **kw)
@@ -142,7 +143,7 @@ def test_the_same_gates_for_the_search_smoothquant_trials_and_its_variants(tmp_p
     def failing_check(self: Any, config: Any, rec: Any) -> Any:
         raise ExportError(f"Q/DQ ONNX {rec.key}.qdq.onnx disagrees with the fake-quant model (simulated)")
 
-    monkeypatch.setattr(sens_mod, "checked_smoothquant", inexact)
+    monkeypatch.setattr(formats_mod, "checked_smoothquant", inexact)
     monkeypatch.setattr(sens_mod.TrialRunner, "check", failing_check)
     data = recipe_dict(tmp_path, tiny_bert_dir, tiny_csv)
     data["benchmark"] = {"batch_sizes": [1], "seq_lengths": [16], "warmup": 1, "iterations": 2, "threads": 1}

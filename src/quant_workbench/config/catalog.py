@@ -1,21 +1,21 @@
-"""The facts a recipe validates, by name: calibration methods, number formats, engines, deploy targets and
-reference rows. The recipe schema (config/recipe.py) checks its values against these registries.
+"""The facts a recipe validates, by name: calibration methods, quantization schemes (number formats), engines,
+deploy targets and reference rows. The recipe schema (config/recipe.py) checks its values against these registries.
 
 Static data: this module imports nothing of the implementations (pydantic only, through core/registry.py),
 so loading and validating a recipe never imports torch, ONNX Runtime, OpenVINO, NNCF or transformers
 (tests/test_import_graph.py checks it in a fresh interpreter). Each implementation registers its behaviour
 under the same names in a registry of its own package:
 
-    calibration method -> quantize/methods.py   AMAX_METHODS  (the clipping range from a histogram)
-    number format      -> quantize/formats.py   reads FAMILIES (the facts below are all a format is)
-    engine             -> runtime/<engine>.py   BACKENDS      (runtime/base.py: open, preflight, summary)
-    deploy target      -> deploy/triton.py      TARGETS       (deploy/targets.py: the model folder builder)
-    reference row      -> export/graphs.py, export/openvino.py  REFERENCE_BUILDERS (export/references.py)
+    calibration method  -> quantize/methods.py   AMAX_METHODS  (the clipping range from a histogram)
+    quantization scheme -> quantize/formats.py   reads SCHEMES (the facts below are all a scheme is)
+    engine              -> runtime/<engine>.py   BACKENDS      (runtime/base.py: open, preflight, summary)
+    deploy target       -> deploy/triton.py      TARGETS       (deploy/targets.py: the model folder builder)
+    reference row       -> export/graphs.py, export/openvino.py  REFERENCE_BUILDERS (export/references.py)
 
-tests/test_registries.py checks that both sides name the same entries. Adding one is a declaration here
-plus the file that implements it (docs/extending.md); an extension outside the package declares both at
-run time (`Registry.register` / `Registry.registered`). Declaration order is the order of the names in
-recipe messages, defaults and the JSON schema.
+tests/test_registries.py checks that both sides name the same entries. Adding one is one file that declares
+both sides, listed in a recipe's `extensions` (config/extensions.py loads it before validation;
+docs/extending.md); built into the package, its facts are a declaration here. Declaration order is the
+order of the names in recipe messages, defaults and the JSON schema.
 """
 
 from __future__ import annotations
@@ -45,32 +45,34 @@ CALIBRATORS.register("mse", CalibrationMethod("the range minimising the expected
 
 
 # ---------------------------------------------------------------------------------------------
-# number formats of the variants (quantization.compare)
+# quantization schemes of the variants (quantization.compare): a number format and what is done to the
+# model for it (SmoothQuant)
 
 
 @dataclass(frozen=True)
-class VariantFamily:
-    """What a family of variants is and what it needs; the recipe validates against these facts."""
+class SchemeFacts:
+    """What a quantization scheme (an entry of quantization.compare) is and what it needs; the recipe validates
+    against these facts."""
 
     precision: Literal["int8", "fp8"]
     # False: no calibration and no Q/DQ export per method; the run builds its one variant itself
     calibrated: bool = True
-    # SmoothQuant-rewritten model, one family per quantization.smoothquant alpha
+    # SmoothQuant-rewritten model, one scheme per quantization.smoothquant alpha
     smoothquant: bool = False
     min_opset: int | None = None
     min_opset_why: str = ""
-    # calibration method -> why it is not defined for this family
+    # calibration method -> why it is not defined for this scheme
     rejects_methods: Mapping[str, str] = field(default_factory=dict)
-    # set when the family runs on ONNX Runtime's CPU kernels only: why
+    # set when the scheme runs on ONNX Runtime's CPU kernels only: why
     ort_cpu_only: str = ""
 
 
-FAMILIES: Registry[VariantFamily] = Registry("variant family")
-FAMILIES.register("int8", VariantFamily(precision="int8"))
-FAMILIES.register("int8-smoothquant", VariantFamily(precision="int8", smoothquant=True))
-FAMILIES.register(
+SCHEMES: Registry[SchemeFacts] = Registry("quantization scheme")
+SCHEMES.register("int8", SchemeFacts(precision="int8"))
+SCHEMES.register("int8-smoothquant", SchemeFacts(precision="int8", smoothquant=True))
+SCHEMES.register(
     "fp8",
-    VariantFamily(
+    SchemeFacts(
         precision="fp8",
         min_opset=19,
         min_opset_why="ONNX QuantizeLinear/DequantizeLinear with float8e4m3fn",
@@ -78,9 +80,9 @@ FAMILIES.register(
     ),
 )
 # built by the run itself from the fused float graph (export/graphs.py), no calibration
-FAMILIES.register(
+SCHEMES.register(
     "int8-dynamic",
-    VariantFamily(
+    SchemeFacts(
         precision="int8",
         calibrated=False,
         ort_cpu_only="activations are quantized at run time; TensorRT needs static scales",

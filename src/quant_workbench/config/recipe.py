@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from quant_workbench.config.catalog import CALIBRATORS, DEPLOY_TARGETS, ENGINES, FAMILIES, REFERENCES
+from quant_workbench.config.catalog import CALIBRATORS, DEPLOY_TARGETS, ENGINES, REFERENCES, SCHEMES
 from quant_workbench.config.extensions import load_extensions, resolve_extensions
 from quant_workbench.config.search import SearchSpec
 from quant_workbench.config.vocabulary import CALIB_METHODS, CalibMethod, Format, Strict
@@ -158,7 +158,7 @@ class CalibrationSpec(Strict):
 
 # The allowed values of these keys are the names declared in the extension-point registries
 # (config/catalog.py), read at validation time: a new entry is accepted without editing this file.
-QuantFamily = Annotated[str, RegistryName(FAMILIES)]
+SchemeName = Annotated[str, RegistryName(SCHEMES)]
 # Reference rows built with the standard tools on the same data, timed in the same loop, never selected
 # (declared in export/graphs.py, described in export/references.py).
 ReferenceKind = Annotated[str, RegistryName(REFERENCES)]
@@ -168,7 +168,7 @@ ALL_REFERENCES: Sequence[str] = NamesView(REFERENCES)
 class SmoothQuantSpec(Strict):
     """SmoothQuant (Xiao et al. 2022) for INT8: s_j = max|X_j|^alpha / max|W_j|^(1-alpha)."""
 
-    alpha: float | list[float] = Field(0.5, description="migration strength in [0, 1]; a list sweeps it (one variant family per alpha)")
+    alpha: float | list[float] = Field(0.5, description="migration strength in [0, 1]; a list sweeps it (one scheme per alpha)")
     ffn_out: bool = Field(
         False,
         description=(
@@ -210,12 +210,12 @@ class QuantSpec(Strict):
     quantize_attention_matmuls: bool = False
     quantize_residual_adds: bool = False
     smoothquant: SmoothQuantSpec | None = Field(None, description="INT8 only; null = off")
-    compare: list[QuantFamily] = Field(
-        default_factory=list, description="variant families compared in one run; empty = just `format` (+ smoothquant)"
+    compare: list[SchemeName] = Field(
+        default_factory=list, description="quantization schemes compared in one run; empty = just `format` (+ smoothquant)"
     )
 
     @model_validator(mode="after")
-    def _families_consistent(self) -> QuantSpec:
+    def _schemes_consistent(self) -> QuantSpec:
         if len(set(self.compare)) != len(self.compare):
             raise ValueError("quantization.compare entries must not repeat")
         if self.compare:
@@ -224,19 +224,19 @@ class QuantSpec(Strict):
                     f"quantization.format '{self.format}' conflicts with quantization.compare, which names the formats "
                     "itself; leave format at its default (int8) when compare is set"
                 )
-            smoothed = [name for name in self.compare if FAMILIES.get(name).smoothquant]
+            smoothed = [name for name in self.compare if SCHEMES.get(name).smoothquant]
             if smoothed and self.smoothquant is None:
                 raise ValueError(f"quantization.compare has '{smoothed[0]}' but quantization.smoothquant is not set; add smoothquant: {{alpha: 0.5}}")
             if self.smoothquant is not None and not smoothed:
-                names = " or ".join(f"'{name}'" for name, fam in FAMILIES.items() if fam.smoothquant)
-                raise ValueError(f"quantization.smoothquant is set but quantization.compare has no {names} family to use it")
+                names = " or ".join(f"'{name}'" for name, scheme in SCHEMES.items() if scheme.smoothquant)
+                raise ValueError(f"quantization.smoothquant is set but quantization.compare has no {names} scheme to use it")
         elif self.smoothquant is not None and self.format != "int8":
             raise ValueError(f"quantization.smoothquant applies to int8 only, not format '{self.format}'; remove smoothquant or use compare")
         return self
 
     @property
-    def families(self) -> list[QuantFamily]:
-        """The variant families this recipe runs, in order."""
+    def schemes(self) -> list[SchemeName]:
+        """The quantization schemes this recipe runs, in order."""
         if self.compare:
             return list(self.compare)
         if self.format == "fp8":
@@ -485,6 +485,8 @@ HASH_NEUTRAL_DEFAULTS: dict[tuple[str, str], tuple[Any, ...]] = {
 def drop_hash_neutral(data: dict[str, Any]) -> dict[str, Any]:
     """A recipe dump without the HASH_NEUTRAL_DEFAULTS keys that hold their neutral value."""
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    if out.get("extensions") == []:  # top level: recipes without extensions hash as before the key existed
+        del out["extensions"]
     for (section, key), neutral in HASH_NEUTRAL_DEFAULTS.items():
         part = out.get(section)
         if isinstance(part, dict) and key in part and part[key] in neutral:
@@ -642,8 +644,8 @@ class Recipe(Strict):
             )
         if len(set(self.references or [])) != len(self.references or []):
             raise ValueError("references entries must not repeat")
-        for name in self.quantization.families:
-            cpu_only = FAMILIES.get(name).ort_cpu_only
+        for name in self.quantization.schemes:
+            cpu_only = SCHEMES.get(name).ort_cpu_only
             if cpu_only and not self.engine.ort_cpu:
                 raise ValueError(
                     f"quantization.compare has '{name}', which runs on ONNX Runtime's CPU kernels only ({cpu_only}); the engine is "
@@ -660,34 +662,34 @@ class Recipe(Strict):
                 f"data.validation_samples={self.data.validation_samples} is carved from data.probe_samples="
                 f"{self.data.probe_samples} (the training pool) and must be smaller"
             )
-        # search trials use the plain families named like their format (int8, fp8)
+        # search trials use the plain schemes named like their format (int8, fp8)
         for fmt in self.search.formats if self.search is not None else []:
-            fam = FAMILIES.get(fmt)
-            if fam.min_opset is not None and self.export.opset < fam.min_opset:
+            scheme = SCHEMES.get(fmt)
+            if scheme.min_opset is not None and self.export.opset < scheme.min_opset:
                 raise ValueError(
-                    f"search.formats has {fmt}, which needs {fam.min_opset_why}, i.e. export.opset >= {fam.min_opset} "
-                    f"(got {self.export.opset}); set export.opset: {fam.min_opset}"
+                    f"search.formats has {fmt}, which needs {scheme.min_opset_why}, i.e. export.opset >= {scheme.min_opset} "
+                    f"(got {self.export.opset}); set export.opset: {scheme.min_opset}"
                 )
-        for name in self.quantization.families:
-            fam = FAMILIES.get(name)
-            if fam.min_opset is not None and self.export.opset < fam.min_opset:
+        for name in self.quantization.schemes:
+            scheme = SCHEMES.get(name)
+            if scheme.min_opset is not None and self.export.opset < scheme.min_opset:
                 raise ValueError(
-                    f"{name} quantization needs {fam.min_opset_why}, i.e. export.opset >= {fam.min_opset} "
-                    f"(got {self.export.opset}); set export.opset: {fam.min_opset}"
+                    f"{name} quantization needs {scheme.min_opset_why}, i.e. export.opset >= {scheme.min_opset} "
+                    f"(got {self.export.opset}); set export.opset: {scheme.min_opset}"
                 )
-            rejected = [m for m in self.quantization.calibration.methods if m in fam.rejects_methods]
+            rejected = [m for m in self.quantization.calibration.methods if m in scheme.rejects_methods]
             if rejected:
-                works = [m for m in CALIBRATORS.names() if m not in fam.rejects_methods]
+                works = [m for m in CALIBRATORS.names() if m not in scheme.rejects_methods]
                 raise ValueError(
-                    f"calibration method '{rejected[0]}' ({fam.rejects_methods[rejected[0]]}) is not defined for {name}; "
+                    f"calibration method '{rejected[0]}' ({scheme.rejects_methods[rejected[0]]}) is not defined for {name}; "
                     f"remove '{rejected[0]}' from quantization.calibration.methods ({_words(works)} work for {name})"
                 )
-        if self.search is not None and not self.quantization.compare and self.quantization.families != ["int8"]:
+        if self.search is not None and not self.quantization.compare and self.quantization.schemes != ["int8"]:
             # without compare, format/smoothquant would silently do nothing: the search takes its formats from its own space
             raise ValueError(
                 f"with a search section, quantization.format '{self.quantization.format}'"
                 f"{' and quantization.smoothquant' if self.quantization.smoothquant is not None else ''} would not be used: the search "
-                "takes its formats from search.formats and search.smoothquant_alphas. Move them there, or list the families in "
+                "takes its formats from search.formats and search.smoothquant_alphas. Move them there, or list the schemes in "
                 "quantization.compare (e.g. compare: [int8, fp8]) to build them as PTQ variants beside the search"
             )
         if self.search is not None and (self.search.latency.seq_length or 0) > self.model.max_seq_length:

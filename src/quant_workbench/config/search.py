@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from quant_workbench.config.catalog import FAMILIES
+from quant_workbench.config.catalog import SCHEMES
 from quant_workbench.config.vocabulary import CALIB_METHODS, CalibMethod, Format, Strict, format_label
 
 SearchMethod = CalibMethod
@@ -108,7 +108,7 @@ class SearchSpec(Strict):
         if "int8" not in self.formats:
             raise ValueError("search.formats must include int8: sensitivity and fallback run on INT8 (add int8; fp8 stays a study dimension)")
         if "fp8" in self.formats and not self.fp8_methods:
-            rejected = ", ".join(FAMILIES.get("fp8").rejects_methods)
+            rejected = ", ".join(SCHEMES.get("fp8").rejects_methods)
             raise ValueError(f"search.formats has fp8 but search.methods has only {rejected}, which FP8 cannot use; add another method (e.g. max or mse)")
         if self.smoothquant_alphas and "int8" not in self.formats:
             raise ValueError("search.smoothquant_alphas apply to INT8 trials, but search.formats has no int8")
@@ -124,10 +124,10 @@ class SearchSpec(Strict):
 
     @property
     def fp8_methods(self) -> list[SearchMethod]:
-        """The methods the fp8 family accepts (its declaration in quantize/formats.py says which it rejects and why)."""
-        return [m for m in self.methods if m not in FAMILIES.get("fp8").rejects_methods]
+        """The methods the fp8 scheme accepts (its declaration in config/catalog.py says which it rejects and why)."""
+        return [m for m in self.methods if m not in SCHEMES.get("fp8").rejects_methods]
 
 
-def family_label(config: dict[str, Any]) -> str:
+def scheme_label(config: dict[str, Any]) -> str:
     """INT8, INT8 + SmoothQuant 0.5, FP8 E4M3: the format dimension of a search configuration."""
     return format_label(config.get("format", "int8"), config.get("alpha"))

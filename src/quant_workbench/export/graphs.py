@@ -1,5 +1,5 @@
 """Which graph each variant runs as on the recipe's engine (engine-aware export), the standard tools'
-reference rows, and the dynamic INT8 family.
+reference rows, and the dynamic INT8 scheme.
 
 Every INT8 variant is exported once as Q/DQ ONNX (the TensorRT layout, fidelity-checked against the
 fake-quant model). On ONNX Runtime CPU that graph is not what runs: `EngineGraphs.for_variant` builds
@@ -342,7 +342,7 @@ class EngineGraphs:
 
 
 # ---------------------------------------------------------------------------------------------
-# declarations: the int8-dynamic family and the reference rows built here
+# declarations: the int8-dynamic scheme and the reference rows built here
 
 @dataclass(frozen=True)
 class ReferenceInputs:

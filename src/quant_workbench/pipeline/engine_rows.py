@@ -1,6 +1,6 @@
 """One row per (variant, engine, inference precision) in a run over several engines (`engine.runtimes`).
 
-The stages build each variant once (float, the PTQ families, QAT, the search's choice) and, as today,
+The stages build each variant once (float, the PTQ schemes, QAT, the search's choice) and, as today,
 its row on the reference engine (the first runtime; for it nothing changes). `add_engine_rows` then
 adds that variant's rows on every other engine, and on every other inference precision an engine has
 here (OpenVINO: f32, and bf16 where this CPU and OpenVINO support it, detected):

@@ -1,7 +1,7 @@
 """Run one recipe: an ordered list of stages over one typed run state (pipeline/state.py).
 
     data -> model -> [finetune] -> export float (+ fused engine graph) -> [references] -> calibrate
-    -> variants: PTQ families, [int8-dynamic], [search], [qat] -> evaluate -> [benchmark] -> select
+    -> variants: PTQ schemes, [int8-dynamic], [search], [qat] -> evaluate -> [benchmark] -> select
     -> report -> [deploy]
 
 Each stage reads what earlier stages put in the state and adds its own results; a bracketed stage
@@ -68,7 +68,8 @@ from quant_workbench.pipeline.sanity import (
 )
 from quant_workbench.pipeline.state import RunState
 from quant_workbench.quantize.apply import activation_quantizers, prepare, set_scales
-from quant_workbench.quantize.formats import family_variants
+from quant_workbench.quantize.formats import SmoothQuantInputs, scheme_variants
+from quant_workbench.quantize.observers import HistogramCalibrator
 from quant_workbench.quantize.plan import QuantPlan, build_plan
 from quant_workbench.report.markdown import results_table, write_report
 from quant_workbench.runtime import engine_summary, float_precision, preflight_runtime
@@ -88,8 +89,7 @@ log = logging.getLogger(__name__)
 def recipe_hash(recipe: Recipe) -> str:
     # The deploy section only packages finished artifacts: changing it must not start a new run.
     data = drop_hash_neutral(recipe.model_dump(mode="json", exclude={"deploy"}))
-    # an extension's code decides results, its location does not; recipes without any keep their run ids
-    data.pop("extensions")
+    # an extension's code decides results, its location does not
     if recipe.extensions:
         data["extensions"] = extension_digests(recipe.extensions)
     if data.get("search") is None:
@@ -273,7 +273,7 @@ def calibrate_stage(state: RunState) -> None:
     recipe, loaded, plan = state.recipe, state.need_loaded(), state.need_plan()
     prepare(loaded.model.hf, plan, per_channel_weights=recipe.quantization.per_channel_weights)
     with state.stage("calibrate"):
-        wants_channels = "int8-smoothquant" in recipe.quantization.families or bool(recipe.search and recipe.search.smoothquant_alphas)
+        wants_channels = "int8-smoothquant" in recipe.quantization.schemes or bool(recipe.search and recipe.search.smoothquant_alphas)
         state.calibrators, state.calibration = calibration_statistics(
             recipe, loaded, state.need_splits(), plan, progress=state.progress, say=state.say,
             channel_amax=state.channel_amax if wants_channels else None,
@@ -283,50 +283,53 @@ def calibrate_stage(state: RunState) -> None:
     state.calibration["methods"] = {}
 
 
-def _recalibrate(state: RunState) -> Callable[[dict[str, Any]], Any]:
-    """Another calibration pass of the same model in another state (a SmoothQuant rewrite), cached by `extra`."""
-    return lambda extra: calibration_statistics(
-        state.recipe, state.need_loaded(), state.need_splits(), state.need_plan(), progress=state.progress, say=state.say, extra_key=extra
-    )
+def smoothquant_inputs(state: RunState) -> SmoothQuantInputs:
+    """What a SmoothQuant scheme state is built from in this run (quantize/formats.py SchemeState): the
+    float-equivalence gate's example and tolerance, the per-channel statistics and another calibration pass
+    of the rewritten model, cached by what it was rewritten with."""
+
+    def recalibrate(extra: dict[str, Any]) -> tuple[dict[str, HistogramCalibrator], dict[str, Any]]:
+        return calibration_statistics(
+            state.recipe, state.need_loaded(), state.need_splits(), state.need_plan(), progress=state.progress, say=state.say, extra_key=extra
+        )
+
+    return SmoothQuantInputs(state.example, state.channel_amax, recalibrate, state.recipe.export.float_tolerance)
 
 
-def ptq_families_applies(recipe: Recipe) -> bool:
-    # A search explores formats and methods itself; PTQ families run beside it only when listed in compare.
+def ptq_applies(recipe: Recipe) -> bool:
+    # A search explores formats and methods itself; PTQ schemes run beside it only when listed in compare.
     return recipe.search is None or bool(recipe.quantization.compare)
 
 
 def ptq_stage(state: RunState) -> None:
-    """One family (int8 | int8 + SmoothQuant per alpha | fp8) after another, each with every method;
-    family_variants puts the model into the family's state and undoes it (quantize/formats.py)."""
+    """One scheme (int8 | int8 + SmoothQuant per alpha | fp8) after another, each with every method;
+    scheme_variants puts the model into the scheme's state and undoes it (quantize/formats.py SchemeState)."""
     recipe, loaded, plan, say = state.recipe, state.need_loaded(), state.need_plan(), state.say
     models_dir = state.run_dir / "models"
-    families = family_variants(
-        recipe.quantization, loaded.model, state.example, state.calibrators, state.channel_amax, _recalibrate(state),
-        float_tolerance=recipe.export.float_tolerance, say=say,
-    )
-    for family, method in families:
-        name = f"{family.prefix}-{method}"
-        variant = VariantResult(name=name, precision=family.precision, calibration_method=method)
+    for scheme, applied, method in scheme_variants(recipe.quantization, loaded.model, state.calibrators, smoothquant_inputs(state), say=say):
+        name = f"{scheme.prefix}-{method}"
+        variant = VariantResult(name=name, precision=scheme.precision, calibration_method=method)
         state.add_variant(variant)
-        if family.fidelity:
-            state.calibration.setdefault("families", {})[family.prefix] = family.fidelity
+        if applied.fidelity:
+            # report.json's key keeps its old name `families`: the schema and older reports stay readable
+            state.calibration.setdefault("families", {})[scheme.prefix] = applied.fidelity
         with state.stage(f"quantize {name}"), _recorded_failure(variant, say):
-            if family.error:
-                raise WorkbenchError(family.error, "see the family's checks in the report")
-            amax = set_scales(loaded.model, family.calibrators, method, percentile=recipe.quantization.calibration.percentile)
+            if applied.error:
+                raise WorkbenchError(applied.error, "see the scheme's checks in the report")
+            amax = set_scales(loaded.model, applied.calibrators, method, percentile=recipe.quantization.calibration.percentile)
             scales_path = models_dir / f"{name}.scales.json"
             write_json(scales_path, {"method": method, "amax": plan_names(amax)})
-            state.calibration["methods"][method if family.prefix == "int8" else name] = {
+            state.calibration["methods"][method if scheme.prefix == "int8" else name] = {
                 "quantizers": len(amax), "median_amax": float(np.median(list(amax.values()))) if amax else None
             }
             path = models_dir / f"{name}.qdq.onnx"
-            key = hash_json({"base": state.base_key, "plan": plan.to_rows(), "amax": amax, "weights": recipe.quantization.per_channel_weights, **family.key})
+            key = hash_json({"base": state.base_key, "plan": plan.to_rows(), "amax": amax, "weights": recipe.quantization.per_channel_weights, **applied.key})
             cached(path, key, partial(export_onnx, loaded.model, path, state.example, loaded.input_names, loaded.output_name, recipe.export.opset))
             variant.artifacts = {"onnx": f"models/{path.name}", "scales": f"models/{scales_path.name}"}
             variant.size_bytes = onnx_size(path)
-            variant.fidelity = {**qdq_fidelity(recipe, loaded, path, state.example), **family.fidelity}
-            scales = ScaleSource(family.calibrators, method, recipe.quantization.calibration.percentile)
-            graph_args: dict[str, Any] = {"alpha": family.alpha, "fp8": family.kind == "fp8", "plan": plan, "scales": scales}
+            variant.fidelity = {**qdq_fidelity(recipe, loaded, path, state.example), **applied.fidelity}
+            scales = ScaleSource(applied.calibrators, method, recipe.quantization.calibration.percentile)
+            graph_args: dict[str, Any] = {"alpha": scheme.alpha, "fp8": scheme.kind == "fp8", "plan": plan, "scales": scales}
             engine_path = state.need_graphs().for_variant(loaded, name, path, state.example, variant, **graph_args)
             variant.engine = engine_summary(engine_path, recipe)
             state.engine_paths[name] = engine_path
@@ -359,7 +362,7 @@ def dynamic_stage(state: RunState) -> None:
 def search_stage(state: RunState) -> None:
     from quant_workbench.search.study import search_stage as run_search
 
-    run_search(state, _recalibrate(state))
+    run_search(state, smoothquant_inputs(state))
 
 
 def qat_stage(state: RunState) -> None:
@@ -515,8 +518,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("export float", export_float_stage),
     Stage("references", references_stage, lambda r: bool(r.reference_kinds)),
     Stage("calibrate", calibrate_stage),
-    Stage("ptq", ptq_stage, ptq_families_applies),
-    Stage("int8-dynamic", dynamic_stage, lambda r: "int8-dynamic" in r.quantization.families and ptq_families_applies(r)),
+    Stage("ptq", ptq_stage, ptq_applies),
+    Stage("int8-dynamic", dynamic_stage, lambda r: "int8-dynamic" in r.quantization.schemes and ptq_applies(r)),
     Stage("search", search_stage, lambda r: r.search is not None),
     Stage("qat", qat_stage, lambda r: r.qat is not None),
     Stage("evaluate", evaluate_stage),
@@ -555,7 +558,7 @@ def dry_run(recipe: Recipe, say: Callable[[str], None] = print, run_id: str | No
     plan = build_plan(loaded.model.hf, recipe.quantization)
     say("# resolved recipe")
     say(recipe.to_yaml())
-    say(f"# quantization plan for {recipe.model.source} ({', '.join(recipe.quantization.families)}, activations per-tensor, "
+    say(f"# quantization plan for {recipe.model.source} ({', '.join(recipe.quantization.schemes)}, activations per-tensor, "
         f"weights {'per-channel (output axis)' if recipe.quantization.per_channel_weights else 'per-tensor'})")
     say(plan.describe())
     cal = recipe.quantization.calibration

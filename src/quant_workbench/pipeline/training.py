@@ -49,6 +49,7 @@ from quant_workbench.measure.accuracy import classification_metrics
 from quant_workbench.models import EncoderWithHead
 from quant_workbench.models.loading import LoadedModel, batches, to_torch, tokenize
 from quant_workbench.quantize.apply import activation_quantizers, quantizers, set_scales, strip_quantization
+from quant_workbench.quantize.formats import SchemeState, scheme_for
 from quant_workbench.quantize.observers import HistogramCalibrator, per_channel_amax
 from quant_workbench.quantize.quantizer import TensorQuantizer
 
@@ -617,20 +618,23 @@ def qat_model(
 ) -> tuple[EncoderWithHead, dict[str, Any]]:
     """Fine-tune a copy of the prepared (quantizer-carrying) model with fake quantization on.
 
-    Returns the QAT model (a copy; `loaded.model` is left alone) with its scales frozen for export.
+    The copy is taken with `loaded.model` in the int8 scheme's state (quantize/formats.py SchemeState, the
+    way the PTQ stage and the search enter a scheme). Returns the QAT model (a copy; `loaded.model` is left
+    as it was, apart from the scales the choice of the initial method set) with its scales frozen for export.
     """
     spec = recipe.qat
     assert isinstance(spec, QatSpec)
     cal = recipe.quantization.calibration
     train_set, val_set = train_validation(splits, recipe.data.validation_samples)
-    method, ptq_scores = choose_init_method(recipe, loaded, calibrators, val_set, say)
-    student = copy.deepcopy(loaded.model)
-    amax = set_scales(student, calibrators, method, percentile=cal.percentile)
-    teacher = None
-    if spec.distillation is not None and (spec.distillation.weight > 0 or spec.distillation.hidden_mse_weight > 0):
-        teacher = strip_quantization(copy.deepcopy(loaded.model)).eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
+    with SchemeState(scheme_for("int8", None, recipe.quantization), calibrators).applied(loaded.model) as int8:
+        method, ptq_scores = choose_init_method(recipe, loaded, int8.calibrators, val_set, say)
+        student = copy.deepcopy(loaded.model)
+        teacher = None
+        if spec.distillation is not None and (spec.distillation.weight > 0 or spec.distillation.hidden_mse_weight > 0):
+            teacher = strip_quantization(copy.deepcopy(loaded.model)).eval()
+            for p in teacher.parameters():
+                p.requires_grad_(False)
+    amax = set_scales(student, int8.calibrators, method, percentile=cal.percentile)
     learned = make_amax_learnable(student) if spec.learn_amax else []
     float_lr = (recipe.finetune.learning_rate if recipe.finetune and recipe.finetune.learning_rate else DEFAULT_FLOAT_LR)
     lr = spec.learning_rate or spec.lr_fraction * float_lr

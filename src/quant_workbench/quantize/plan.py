@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 from torch import nn
 
-from quant_workbench.config.catalog import FAMILIES
+from quant_workbench.config.catalog import SCHEMES
 from quant_workbench.config.recipe import QuantSpec
 from quant_workbench.core.errors import SelectionError
 from quant_workbench.quantize.architectures import Feature, architecture_of
@@ -94,7 +94,7 @@ def wanted_features(spec: QuantSpec) -> list[Feature]:
         wanted.append("attention_matmuls")
     if spec.quantize_residual_adds:
         wanted.append("residual_adds")
-    if any(FAMILIES.get(name).smoothquant for name in spec.families):
+    if any(SCHEMES.get(name).smoothquant for name in spec.schemes):
         wanted.append("smoothquant")
     return wanted
 

@@ -214,7 +214,7 @@ def apply_smoothquant(model: nn.Module, channel_amax: dict[str, torch.Tensor], a
 def checked_smoothquant(
     model: nn.Module, example: dict[str, torch.Tensor], channel_amax: dict[str, torch.Tensor], alpha: float, tolerance: float, *, ffn_out: bool = False
 ) -> tuple[SmoothState, dict[str, Any]]:
-    """apply_smoothquant plus the check every SmoothQuant model passes before it is used (the PTQ families and
+    """apply_smoothquant plus the check every SmoothQuant model passes before it is used (the PTQ schemes and
     the search's trials alike): in float, the rewrite must leave the outputs unchanged (max abs diff on
     `example` <= tolerance, export.float_tolerance). Returns the state (restore() undoes it) and the check."""
     runner = torch_runner(model)

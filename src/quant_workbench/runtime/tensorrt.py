@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from quant_workbench.config.catalog import FAMILIES
+from quant_workbench.config.catalog import SCHEMES
 from quant_workbench.core.artifacts import write_bytes, write_json
 from quant_workbench.core.errors import OptionalDependencyError, WorkbenchError
 from quant_workbench.core.results import Precision
@@ -366,7 +366,7 @@ def require_fp8_gpu() -> None:
         where = f"this GPU ({_gpu_name()}) has compute capability {cap[0]}.{cap[1]}" if cap else "no CUDA GPU is visible"
         raise WorkbenchError(
             f"FP8 TensorRT engines need compute capability {FP8_MIN_CAPABILITY[0]}.{FP8_MIN_CAPABILITY[1]} or newer (Ada, Hopper, Blackwell); {where}.",
-            "build the INT8 variants only on this GPU (drop fp8 from quantization.families), or build on an L4/L40/H100-class GPU",
+            "build the INT8 variants only on this GPU (drop fp8 from quantization.compare), or build on an L4/L40/H100-class GPU",
         )
 
 
@@ -717,7 +717,7 @@ def _preflight(recipe: Recipe) -> None:
             "run on a GPU machine with a CUDA build of torch, or set engine.runtime: onnxruntime",
         )
     settings_for_runtime(recipe, "float32")  # profile shapes are checked now, not at the first build
-    if any(FAMILIES.get(name).precision == "fp8" for name in recipe.quantization.families):
+    if any(SCHEMES.get(name).precision == "fp8" for name in recipe.quantization.schemes):
         require_fp8_gpu()
 
 

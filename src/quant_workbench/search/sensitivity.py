@@ -15,7 +15,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,6 @@ from quant_workbench.core.artifacts import (
     onnx_size,
     write_json,
 )
-from quant_workbench.core.errors import WorkbenchError
 from quant_workbench.core.results import VariantResult
 from quant_workbench.data.splits import Splits
 from quant_workbench.export.fidelity import qdq_fidelity
@@ -43,11 +42,16 @@ from quant_workbench.measure.accuracy import (
 from quant_workbench.measure.latency import aa_name, benchmark_interleaved, speedup
 from quant_workbench.measure.stats import interval_metrics, prediction_statistics, ratio_interval
 from quant_workbench.models.loading import LoadedModel
-from quant_workbench.quantize.apply import apply_flags, set_format, set_scales
-from quant_workbench.quantize.formats import Recalibrate
+from quant_workbench.quantize.apply import apply_flags, set_scales
+from quant_workbench.quantize.formats import (
+    MemoisedRecalibrate,
+    Scheme,
+    SchemeState,
+    SmoothQuantInputs,
+    scheme_for,
+)
 from quant_workbench.quantize.observers import HistogramCalibrator
 from quant_workbench.quantize.plan import QuantPlan
-from quant_workbench.quantize.smoothquant import checked_smoothquant
 from quant_workbench.runtime import EngineFromOnnx
 from quant_workbench.search.groups import LayerGroup, build_groups, only_groups, with_fallback
 
@@ -154,8 +158,7 @@ class TrialRunner:
         base_key: str,
         run_dir: Path,
         *,
-        channel_amax: dict[str, torch.Tensor] | None = None,
-        recalibrate: Recalibrate | None = None,
+        smoothquant: SmoothQuantInputs | None = None,
         progress: bool = False,
         say: Callable[[str], None] = print,
         engine_graphs: EngineGraphs | None = None,
@@ -165,9 +168,12 @@ class TrialRunner:
         self.loaded, self.splits, self.plan = loaded, splits, plan
         self.calibrators, self.example, self.float_path, self.base_key = calibrators, example, float_path, base_key
         self.run_dir, self.progress, self.say = run_dir, progress, say
-        self.channel_amax, self.recalibrate = channel_amax or {}, recalibrate
-        self.smooth_calibrators: dict[float, dict[str, HistogramCalibrator]] = {}
-        self.calibration_passes = 0  # SmoothQuant alphas whose statistics were collected during the search
+        # each SmoothQuant alpha's statistics are collected (or read from the cache) once for every trial
+        self.recalibration: MemoisedRecalibrate | None = None
+        self.smoothquant: SmoothQuantInputs | None = None
+        if smoothquant is not None:
+            self.recalibration = MemoisedRecalibrate(smoothquant.recalibrate)
+            self.smoothquant = replace(smoothquant, recalibrate=self.recalibration)
         self.trials_dir = run_dir / "search" / "trials"
         # Trials are timed as they would ship on this engine (export/graphs.py): the fused float baseline
         # and each configuration's engine graph, built in the trials folder from its own Q/DQ export.
@@ -231,41 +237,24 @@ class TrialRunner:
         self.records.append(rec)
         return rec
 
+    def scheme(self, config: Config) -> Scheme:
+        """The configuration's scheme: its format and SmoothQuant alpha, with the recipe's smoothquant.ffn_out."""
+        return scheme_for(config.format, config.alpha, self.recipe.quantization)  # type: ignore[arg-type]
+
     @contextmanager
-    def _format_state(self, config: Config) -> Iterator[dict[str, HistogramCalibrator]]:
-        """The model in the configuration's format (and SmoothQuant rewrite) while it is evaluated;
-        yields the calibration statistics that match that state."""
-        model = self.loaded.model
-        if config.alpha is None:
-            set_format(model, config.format)  # type: ignore[arg-type]
-            try:
-                yield self.calibrators
-            finally:
-                set_format(model, "int8")
-            return
-        # SmoothQuant groups are chosen on the recipe's whole plan, so a trial's float fallback does
-        # not change the rewrite (it is exact in float either way) nor the statistics collected for it.
-        apply_flags(model.hf, self.plan)
-        state, check = checked_smoothquant(model, self.example, self.channel_amax, config.alpha, self.recipe.export.float_tolerance)
-        try:
-            if not check["passed"]:  # the same gate as the PTQ SmoothQuant family (quantize/formats.py)
-                raise WorkbenchError(
-                    f"SmoothQuant (alpha {config.alpha:g}) changed the float model's outputs by {check['float_max_abs_diff']:.3g} > "
-                    f"{check['tolerance']:g}: the rewrite is not exact, so the trial is removed"
-                )
-            if config.alpha not in self.smooth_calibrators:
-                if self.recalibrate is None or not self.channel_amax:
-                    raise WorkbenchError("SmoothQuant trials need per-channel statistics and a calibration pass; none were given.")
-                groups = [g.describe() for g in state.groups]
-                calibrators, info = self.recalibrate({"smoothquant": {"alpha": config.alpha, "groups": groups}})
-                self.calibration_passes += 0 if info.get("cache_hit") else 1
-                self.smooth_calibrators[config.alpha] = calibrators
-            yield self.smooth_calibrators[config.alpha]
-        finally:
-            state.restore()
+    def _scheme_state(self, config: Config) -> Iterator[dict[str, HistogramCalibrator]]:
+        """The model in the configuration's scheme state while it is evaluated (quantize/formats.py SchemeState,
+        as the PTQ variants are); yields the calibration statistics that match that state."""
+        scheme = self.scheme(config)
+        if scheme.alpha is not None:
+            # SmoothQuant groups are chosen on the recipe's whole plan, so a trial's float fallback does
+            # not change the rewrite (it is exact in float either way) nor the statistics collected for it.
+            apply_flags(self.loaded.model.hf, self.plan)
+        with SchemeState(scheme, self.calibrators, smoothquant=self.smoothquant).applied(self.loaded.model) as applied:
+            yield applied.calibrators
 
     def _evaluate(self, config: Config, rec: TrialRecord) -> None:
-        with self._format_state(config) as calibrators:
+        with self._scheme_state(config) as calibrators:
             self._evaluate_in_state(config, rec, calibrators)
 
     def _evaluate_in_state(self, config: Config, rec: TrialRecord, calibrators: dict[str, HistogramCalibrator]) -> None:
@@ -275,6 +264,7 @@ class TrialRunner:
         apply_flags(loaded.model.hf, plan)
         pct = config.percentile if config.percentile is not None else recipe.quantization.calibration.percentile
         amax = set_scales(loaded.model, calibrators, config.method, percentile=pct)
+        ffn_out = self.scheme(config).ffn_out
         enabled = [p.module for p in plan.enabled]
         rec.quantized_ops = len(enabled)
         rec.float_modules = [p.module for p in plan.points if not p.enabled and p.reason.startswith("fallback")]
@@ -285,6 +275,7 @@ class TrialRunner:
                 # the int8 key is unchanged from earlier versions, so their trial results stay reusable
                 **({"format": config.format} if config.format != "int8" else {}),
                 **({"smoothquant": config.alpha} if config.alpha is not None else {}),
+                **({"smoothquant_ffn_out": True} if ffn_out else {}),  # FFN-out smoothed too: other weights
                 **({"engine_graph": self.trial_graphs.identity()} if self.trial_graphs is not None else {}),
                 # scored on the held-out selection split (trials scored on the evaluation split keep their old keys)
                 **({"scored_on": f"selection:{self.splits.fingerprint}"} if self.split_name == "selection" else {}),
@@ -365,7 +356,7 @@ class TrialRunner:
     def check(self, config: Config, rec: TrialRecord) -> dict[str, Any]:
         """The full Q/DQ fidelity check (per layer and end to end) of a configuration the search hands to the
         run, with the model put back in that configuration's state; raises ExportError when it fails."""
-        with self._format_state(config) as calibrators:
+        with self._scheme_state(config) as calibrators:
             plan = self.plan_for(config)
             apply_flags(self.loaded.model.hf, plan)
             pct = config.percentile if config.percentile is not None else self.recipe.quantization.calibration.percentile

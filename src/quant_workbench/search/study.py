@@ -31,12 +31,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from quant_workbench.config.recipe import DEFAULT_SPEED_MARGIN, Recipe
-from quant_workbench.config.search import SearchSpec, family_label
+from quant_workbench.config.search import SearchSpec, scheme_label
 from quant_workbench.core.artifacts import hash_json, pid_alive, write_json
 from quant_workbench.core.errors import WorkbenchError
 from quant_workbench.core.results import VariantResult
 from quant_workbench.quantize.apply import apply_flags
-from quant_workbench.quantize.formats import Recalibrate
+from quant_workbench.quantize.formats import SmoothQuantInputs
 from quant_workbench.search.groups import LayerGroup
 from quant_workbench.search.sensitivity import (
     Config,
@@ -277,7 +277,9 @@ def resolved_recipe(recipe: Recipe, config: Config, rec: TrialRecord) -> dict[st
         cal["percentile"] = config.percentile
     data["quantization"]["format"] = config.format
     data["quantization"]["compare"] = []
-    data["quantization"]["smoothquant"] = {"alpha": config.alpha} if config.alpha is not None else None
+    smooth = recipe.quantization.smoothquant
+    ffn_out = {"ffn_out": True} if smooth is not None and smooth.ffn_out else {}  # the trials' rewrite (quantize/formats.py scheme_for)
+    data["quantization"]["smoothquant"] = {"alpha": config.alpha, **ffn_out} if config.alpha is not None else None
     if config.format == "fp8":
         data["export"]["opset"] = max(int(data["export"]["opset"]), 19)
     data["quantization"]["ignore"] = list(data["quantization"]["ignore"]) + list(rec.float_modules)
@@ -538,13 +540,13 @@ def plot_pareto(records: Sequence[TrialRecord], selected: TrialRecord | None, fl
     if ok:
         pts = [(r.accuracy or 0.0, r.relative_latency or 0.0) for r in ok]
         front = pareto_front(pts)
-        by_family: dict[str, list[tuple[float, float]]] = {}
+        by_scheme: dict[str, list[tuple[float, float]]] = {}
         for r, p in zip(ok, pts, strict=True):
-            by_family.setdefault(family_label(r.config.to_dict()), []).append(p)
+            by_scheme.setdefault(scheme_label(r.config.to_dict()), []).append(p)
         markers = {"INT8": "o", "FP8 E4M3": "^"}
-        for i, (fam, fam_pts) in enumerate(sorted(by_family.items())):
-            label = "evaluated configs" if len(by_family) == 1 else fam
-            ax.scatter([p[1] for p in fam_pts], [p[0] * 100 for p in fam_pts], s=18, color=f"C{[0, 2, 4, 5, 6, 8, 9][i % 7]}", alpha=0.6, marker=markers.get(fam, "s"), label=label)
+        for i, (scheme, scheme_pts) in enumerate(sorted(by_scheme.items())):
+            label = "evaluated configs" if len(by_scheme) == 1 else scheme
+            ax.scatter([p[1] for p in scheme_pts], [p[0] * 100 for p in scheme_pts], s=18, color=f"C{[0, 2, 4, 5, 6, 8, 9][i % 7]}", alpha=0.6, marker=markers.get(scheme, "s"), label=label)
         ax.plot([pts[i][1] for i in front], [pts[i][0] * 100 for i in front], "-", color="C1", label="Pareto front")
     ax.scatter([1.0], [float_acc * 100], marker="s", color="k", label="float")
     ax.axhline(threshold * 100, color="C3", ls="--", lw=1, label="criterion")
@@ -565,10 +567,10 @@ def plot_pareto(records: Sequence[TrialRecord], selected: TrialRecord | None, fl
 # the run's search stage (run.STAGES runs it after the PTQ variants when recipe.search is set)
 
 
-def search_stage(state: RunState, recalibrate: Recalibrate) -> None:
+def search_stage(state: RunState, smoothquant: SmoothQuantInputs) -> None:
     """The run's search stage: sensitivity, fallback and the study from the run's cached statistics.
 
-    Adds two variants to the state (`int8-max`, the all-INT8 max baseline, unless a PTQ family already
+    Adds two variants to the state (`int8-max`, the all-INT8 max baseline, unless a PTQ scheme already
     built it, and `<format>-search`, the configuration the search selected), each with its engine
     graph; the run's own evaluate / benchmark / select / report stages score them with every other
     variant. The summary goes to `state.search` (search.json and the report's Search section).
@@ -580,7 +582,7 @@ def search_stage(state: RunState, recalibrate: Recalibrate) -> None:
     with state.stage("search: float baseline"):
         runner = TrialRunner(
             recipe, loaded, splits, plan, state.calibrators, state.example, state.need_float_path(), state.base_key, run_dir,
-            channel_amax=state.channel_amax, recalibrate=recalibrate, progress=state.progress, say=say, engine_graphs=state.graphs,
+            smoothquant=smoothquant, progress=state.progress, say=say, engine_graphs=state.graphs,
         )
         if not runner.groups:
             raise WorkbenchError("the search found no layer groups among the quantized ops.", "check quantization.targets (--dry-run)")
@@ -643,7 +645,7 @@ def search_stage(state: RunState, recalibrate: Recalibrate) -> None:
     search_name = f"{selected.config.format}-search" if selected is not None else "int8-search"
     for name, rec in (("int8-max", max_full), (search_name, selected)):
         if rec is None or rec.status != "ok" or state.variant(name) is not None:
-            continue  # a PTQ family's int8-max is the same configuration (the recipe's plan, max scales)
+            continue  # a PTQ scheme's int8-max is the same configuration (the recipe's plan, max scales)
         v = VariantResult(name=name, precision="fp8" if rec.config.format == "fp8" else "int8", calibration_method=rec.config.method, artifacts=dict(rec.artifacts), size_bytes=rec.size_bytes)
         if name == search_name:
             v.artifacts = {**v.artifacts, **{f"best_{k}": p for k, p in best_artifacts.items()}}
@@ -663,6 +665,7 @@ def search_stage(state: RunState, recalibrate: Recalibrate) -> None:
     front = [ok[i] for i in pareto_front([(r.accuracy or 0.0, r.relative_latency or 0.0) for r in ok])]
     trial_s = [r.seconds.get("total", 0.0) for r in runner.records if not r.reused]
     cal_info = state.calibration
+    recal = runner.recalibration
     state.search = {
         "criterion": spec.criterion.describe(),
         "split": runner.split_name,
@@ -673,9 +676,9 @@ def search_stage(state: RunState, recalibrate: Recalibrate) -> None:
         "latency_shape": {**spec.latency.model_dump(), "seq_length": spec.latency.seq_length or recipe.model.max_seq_length},
         "engine": "TensorRT" if recipe.engine.runtime == "tensorrt" else f"ONNX Runtime {recipe.engine.provider}",
         "groups": [g.to_dict() for g in runner.groups],
-        "calibration_passes": (0 if cal_info.get("cache_hit") else 1) + runner.calibration_passes,
+        "calibration_passes": (0 if cal_info.get("cache_hit") else 1) + (recal.passes if recal else 0),
         "calibration_source": ("the cache" if cal_info.get("cache_hit") else "one pass before the search")
-        + (f", plus {len(runner.smooth_calibrators)} SmoothQuant alpha(s) ({runner.calibration_passes} collected now, the rest cached)" if runner.smooth_calibrators else ""),
+        + (f", plus {len(recal)} SmoothQuant alpha(s) ({recal.passes} collected now, the rest cached)" if recal else ""),
         "space": {"formats": list(spec.formats), "smoothquant_alphas": list(spec.smoothquant_alphas), "methods": list(spec.methods), "percentiles": list(spec.percentiles)},
         "configs_evaluated": len(runner.records),
         "exports": runner.exports,

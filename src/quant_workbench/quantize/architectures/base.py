@@ -33,7 +33,7 @@ Role = Literal["attention-qkv", "attention-output", "ffn-in", "ffn-out"]
 FEATURE_KEYS: dict[Feature, str] = {
     "attention_matmuls": "quantization.quantize_attention_matmuls: true",
     "residual_adds": "quantization.quantize_residual_adds: true",
-    "smoothquant": "the int8-smoothquant variant family (quantization.smoothquant)",
+    "smoothquant": "the int8-smoothquant scheme (quantization.smoothquant)",
 }
 # the recipe change that drops a feature (a dry run fails on it too, so the message says it)
 FEATURE_FIXES: dict[Feature, str] = {

@@ -1,5 +1,5 @@
 """report.md section comparing numeric formats (float, INT8, INT8 + SmoothQuant, FP8): the best variant
-of each family side by side, and which of them can be fast on which hardware."""
+of each scheme side by side, and which of them can be fast on which hardware."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ HARDWARE_NOTES = [
 ]
 
 
-def _family(v: VariantResult) -> str:
+def _scheme(v: VariantResult) -> str:
     if v.precision == "float32":
         return "float"
     # a row on another engine or inference precision (`int8-sq0.95-max-bf16@openvino`) is its variant's format
@@ -34,28 +34,28 @@ def _family(v: VariantResult) -> str:
     return name.rsplit("-", 1)[0] if "-" in name else name
 
 
-def _describe(family: str) -> str:
-    if family == "float":
+def _describe(scheme: str) -> str:
+    if scheme == "float":
         return "float32"
-    kind, alpha = parse_format_prefix(family)
+    kind, alpha = parse_format_prefix(scheme)
     if kind == "fp8" or (kind == "int8" and alpha is None):
         return format_label(kind)
     if alpha is not None:
         return f"INT8 + SmoothQuant (alpha {alpha:g})"
-    return family
+    return scheme
 
 
 def formats_section(result: RunResult) -> list[str]:
     """Empty unless the run compares more than one quantized format (FP8 or SmoothQuant present)."""
     ok = [v for v in result.variants if v.status == "ok"]
-    if not any(v.precision == "fp8" or parse_format_prefix(_family(v))[1] is not None for v in result.variants):
+    if not any(v.precision == "fp8" or parse_format_prefix(_scheme(v))[1] is not None for v in result.variants):
         return []
     best: dict[str, VariantResult] = {}
     for v in ok:
-        fam = _family(v)
-        cur = best.get(fam)
+        scheme = _scheme(v)
+        cur = best.get(scheme)
         if cur is None or v.metrics.get(result.primary_metric, -1.0) > cur.metrics.get(result.primary_metric, -1.0):
-            best[fam] = v
+            best[scheme] = v
     ref = best.get("float")
     ref_acc = ref.metrics.get(result.primary_metric) if ref else None
     lines = [
@@ -68,7 +68,7 @@ def formats_section(result: RunResult) -> list[str]:
         "| Format | Variant | Accuracy (%) | Δ vs float (pts) | Cosine to float | ONNX size (MB) | Deployed weights (MB) | Integer MatMuls (this engine) |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for fam, v in best.items():
+    for scheme, v in best.items():
         acc = v.metrics.get(result.primary_metric)
         delta = "reference" if v is ref else (f"{100.0 * (acc - ref_acc):+.2f}" if acc is not None and ref_acc is not None else "—")
         ci, paired = v.intervals.get(result.primary_metric), v.intervals.get("vs_float")
@@ -82,7 +82,7 @@ def formats_section(result: RunResult) -> list[str]:
         dep = f"{deployed / 1e6:.2f}" if deployed else (size if v is ref else "—")
         imm = v.engine.get("integer_matmuls")
         lines.append(
-            f"| {_describe(fam)} | {v.name} | {acc_text} | {delta} | {'—' if cos is None else f'{cos:.4f}'} | {size} | {dep} | {'—' if imm is None else imm} |"
+            f"| {_describe(scheme)} | {v.name} | {acc_text} | {delta} | {'—' if cos is None else f'{cos:.4f}'} | {size} | {dep} | {'—' if imm is None else imm} |"
         )
     lines += ["", "Where each format can be fast:", ""]
     lines += [f"- {note}" for note in HARDWARE_NOTES]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from quant_workbench.config.search import family_label
+from quant_workbench.config.search import scheme_label
 from quant_workbench.report.format import ms, pct
 
 
@@ -86,18 +86,18 @@ def search_section(s: dict[str, Any]) -> str:
                   "per-group float fallback. The front is taken over every format together.", ""]
     lines += ["| config | format | source | accuracy | p50 | vs float | meets |", "|---|---|---|---:|---:|---:|---|"]
     for r in s["pareto"]:
-        lines.append(f"| {r['label']} | {family_label(r['config'])} | {r['source']} | {pct(r['accuracy'], ' %')} | {ms(r['p50_ms'], ' ms')} | {_rel(r['relative_latency'])} | {r['meets']} |")
-    families: dict[str, list[dict[str, Any]]] = {}
+        lines.append(f"| {r['label']} | {scheme_label(r['config'])} | {r['source']} | {pct(r['accuracy'], ' %')} | {ms(r['p50_ms'], ' ms')} | {_rel(r['relative_latency'])} | {r['meets']} |")
+    schemes: dict[str, list[dict[str, Any]]] = {}
     for r in s.get("records", []):
         if r.get("status") == "ok" and r.get("accuracy") is not None:
-            families.setdefault(family_label(r["config"]), []).append(r)
-    if len(families) > 1:
+            schemes.setdefault(scheme_label(r["config"]), []).append(r)
+    if len(schemes) > 1:
         lines += ["", "Best configuration of each format (every evaluated configuration, this worker):", "",
                   "| format | configs | best accuracy | its p50 vs float | fastest vs float | its accuracy |", "|---|---:|---:|---:|---:|---:|"]
-        for fam, recs in families.items():
+        for scheme, recs in schemes.items():
             acc = max(recs, key=lambda r: r["accuracy"])
             timed = [r for r in recs if r.get("relative_latency") is not None]
             fast = min(timed, key=lambda r: r["relative_latency"]) if timed else None
-            lines.append(f"| {fam} | {len(recs)} | {pct(acc['accuracy'], ' %')} | {_rel(acc.get('relative_latency'))} | "
+            lines.append(f"| {scheme} | {len(recs)} | {pct(acc['accuracy'], ' %')} | {_rel(acc.get('relative_latency'))} | "
                          f"{_rel(fast['relative_latency']) if fast else '—'} | {pct(fast['accuracy'], ' %') if fast else '—'} |")
     return "\n".join(lines) + "\n"
