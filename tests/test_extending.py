@@ -69,7 +69,7 @@ def test_the_page_has_one_example_file_per_extension_point() -> None:
 
 
 def test_a_recipe_listing_the_files_uses_the_declared_method_format_and_engine(extensions: list[str]) -> None:
-    from quant_workbench.quantize.formats import expand_schemes
+    from quant_workbench.quantize.schemes import expand_schemes
 
     recipe = _recipe(USES_THEM, extensions)
     assert recipe.extensions == extensions

@@ -170,7 +170,7 @@ def test_a_cpu_only_scheme_refuses_other_engines(base: dict[str, Any]) -> None:
 
 
 def test_an_uncalibrated_scheme_yields_no_calibrated_variants(base: dict[str, Any]) -> None:
-    from quant_workbench.quantize.formats import expand_schemes
+    from quant_workbench.quantize.schemes import expand_schemes
 
     with SCHEMES.registered("int8-cpu", SchemeFacts(precision="int8", calibrated=False)):
         spec = recipe_from_dict(base, ["quantization.compare=[fp8, int8-cpu]", "export.opset=19", "quantization.calibration.methods=[max]"]).quantization

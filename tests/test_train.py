@@ -319,7 +319,7 @@ def test_gpu_finetune_in_bf16_autocast_then_qat_on_cuda(tmp_path: Path, tiny_cla
 def test_qat_trains_in_the_int8_scheme_state_and_leaves_the_model_as_it_was(
     tmp_path: Path, make_recipe: Callable[..., dict[str, Any]], tiny_classifier_dir: Path, splits: Splits
 ) -> None:
-    """qat_model enters the int8 scheme through quantize/formats.py SchemeState (as PTQ and the search do): the
+    """qat_model enters the int8 scheme through quantize/schemes.py SchemeState (as PTQ and the search do): the
     student is int8 whatever state the run's model was left in, and that state comes back afterwards."""
     from quant_workbench.pipeline.training import qat_model
     from quant_workbench.quantize.apply import set_format

@@ -1,4 +1,4 @@
-"""The scheme modifier (quantize/formats.py SchemeState) on the tiny BERT: apply puts the model into a scheme's
+"""The scheme modifier (quantize/schemes.py SchemeState) on the tiny BERT: apply puts the model into a scheme's
 state and returns its statistics, checks and cache key, undo restores the model bit for bit, a failed
 float-equivalence gate leaves the model untouched and says why (PTQ records it, the search fails the trial),
 each SmoothQuant state's statistics are collected once, and the search's trials take the recipe's
@@ -15,11 +15,14 @@ import torch
 from tiny_fixtures import TINY_SEQ, make_rows, recipe_dict
 from torch import nn
 
-import quant_workbench.quantize.formats as formats_mod
+import quant_workbench.quantize.schemes as formats_mod
 from quant_workbench.config.recipe import ModelSpec, QuantSpec, Recipe, recipe_from_dict
 from quant_workbench.models.loading import LoadedModel, load_model, to_torch, tokenize
 from quant_workbench.quantize.apply import calibrate, prepare, quantizers, set_format, set_scales
-from quant_workbench.quantize.formats import (
+from quant_workbench.quantize.modules import QuantLinear
+from quant_workbench.quantize.observers import HistogramCalibrator
+from quant_workbench.quantize.plan import QuantPlan, build_plan
+from quant_workbench.quantize.schemes import (
     Applied,
     FloatEquivalenceError,
     MemoisedRecalibrate,
@@ -30,9 +33,6 @@ from quant_workbench.quantize.formats import (
     scheme_for,
     scheme_variants,
 )
-from quant_workbench.quantize.modules import QuantLinear
-from quant_workbench.quantize.observers import HistogramCalibrator
-from quant_workbench.quantize.plan import QuantPlan, build_plan
 from quant_workbench.quantize.smoothquant import ChannelAmaxCollector
 from quant_workbench.search.sensitivity import Config, TrialRunner
 from quant_workbench.search.study import resolved_recipe

@@ -130,7 +130,7 @@ def test_fp8_survives_the_outlier_that_breaks_int8_and_is_selected(tmp_path: Pat
 def test_the_same_gates_for_the_search_smoothquant_trials_and_its_variants(tmp_path: Path, tiny_bert_dir: Path, tiny_csv: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A SmoothQuant trial whose rewrite is not exact in float fails (the PTQ schemes' gate, not skipped), and a
     configuration the search hands to the run that fails the full Q/DQ check is removed, saying why."""
-    import quant_workbench.quantize.formats as formats_mod
+    import quant_workbench.quantize.schemes as formats_mod
     import quant_workbench.search.sensitivity as sens_mod
     from quant_workbench.core.errors import ExportError
 

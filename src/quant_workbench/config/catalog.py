@@ -7,7 +7,7 @@ so loading and validating a recipe never imports torch, ONNX Runtime, OpenVINO, 
 under the same names in a registry of its own package:
 
     calibration method  -> quantize/methods.py   AMAX_METHODS  (the clipping range from a histogram)
-    quantization scheme -> quantize/formats.py   reads SCHEMES (the facts below are all a scheme is)
+    quantization scheme -> quantize/schemes.py   reads SCHEMES (the facts below are all a scheme is)
     engine              -> runtime/<engine>.py   BACKENDS      (runtime/base.py: open, preflight, summary)
     deploy target       -> deploy/triton.py      TARGETS       (deploy/targets.py: the model folder builder)
     reference row       -> export/graphs.py, export/openvino.py  REFERENCE_BUILDERS (export/references.py)

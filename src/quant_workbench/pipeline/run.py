@@ -68,9 +68,9 @@ from quant_workbench.pipeline.sanity import (
 )
 from quant_workbench.pipeline.state import RunState
 from quant_workbench.quantize.apply import activation_quantizers, prepare, set_scales
-from quant_workbench.quantize.formats import SmoothQuantInputs, scheme_variants
 from quant_workbench.quantize.observers import HistogramCalibrator
 from quant_workbench.quantize.plan import QuantPlan, build_plan
+from quant_workbench.quantize.schemes import SmoothQuantInputs, scheme_variants
 from quant_workbench.report.markdown import results_table, write_report
 from quant_workbench.runtime import engine_summary, float_precision, preflight_runtime
 from quant_workbench.runtime.onnxruntime import OrtEngine, optimized_op_counts
@@ -284,7 +284,7 @@ def calibrate_stage(state: RunState) -> None:
 
 
 def smoothquant_inputs(state: RunState) -> SmoothQuantInputs:
-    """What a SmoothQuant scheme state is built from in this run (quantize/formats.py SchemeState): the
+    """What a SmoothQuant scheme state is built from in this run (quantize/schemes.py SchemeState): the
     float-equivalence gate's example and tolerance, the per-channel statistics and another calibration pass
     of the rewritten model, cached by what it was rewritten with."""
 
@@ -303,7 +303,7 @@ def ptq_applies(recipe: Recipe) -> bool:
 
 def ptq_stage(state: RunState) -> None:
     """One scheme (int8 | int8 + SmoothQuant per alpha | fp8) after another, each with every method;
-    scheme_variants puts the model into the scheme's state and undoes it (quantize/formats.py SchemeState)."""
+    scheme_variants puts the model into the scheme's state and undoes it (quantize/schemes.py SchemeState)."""
     recipe, loaded, plan, say = state.recipe, state.need_loaded(), state.need_plan(), state.say
     models_dir = state.run_dir / "models"
     for scheme, applied, method in scheme_variants(recipe.quantization, loaded.model, state.calibrators, smoothquant_inputs(state), say=say):

@@ -49,9 +49,9 @@ from quant_workbench.measure.accuracy import classification_metrics
 from quant_workbench.models import EncoderWithHead
 from quant_workbench.models.loading import LoadedModel, batches, to_torch, tokenize
 from quant_workbench.quantize.apply import activation_quantizers, quantizers, set_scales, strip_quantization
-from quant_workbench.quantize.formats import SchemeState, scheme_for
 from quant_workbench.quantize.observers import HistogramCalibrator, per_channel_amax
 from quant_workbench.quantize.quantizer import TensorQuantizer
+from quant_workbench.quantize.schemes import SchemeState, scheme_for
 
 log = logging.getLogger(__name__)
 
@@ -618,7 +618,7 @@ def qat_model(
 ) -> tuple[EncoderWithHead, dict[str, Any]]:
     """Fine-tune a copy of the prepared (quantizer-carrying) model with fake quantization on.
 
-    The copy is taken with `loaded.model` in the int8 scheme's state (quantize/formats.py SchemeState, the
+    The copy is taken with `loaded.model` in the int8 scheme's state (quantize/schemes.py SchemeState, the
     way the PTQ stage and the search enter a scheme). Returns the QAT model (a copy; `loaded.model` is left
     as it was, apart from the scales the choice of the initial method set) with its scales frozen for export.
     """

@@ -43,15 +43,15 @@ from quant_workbench.measure.latency import aa_name, benchmark_interleaved, spee
 from quant_workbench.measure.stats import interval_metrics, prediction_statistics, ratio_interval
 from quant_workbench.models.loading import LoadedModel
 from quant_workbench.quantize.apply import apply_flags, set_scales
-from quant_workbench.quantize.formats import (
+from quant_workbench.quantize.observers import HistogramCalibrator
+from quant_workbench.quantize.plan import QuantPlan
+from quant_workbench.quantize.schemes import (
     MemoisedRecalibrate,
     Scheme,
     SchemeState,
     SmoothQuantInputs,
     scheme_for,
 )
-from quant_workbench.quantize.observers import HistogramCalibrator
-from quant_workbench.quantize.plan import QuantPlan
 from quant_workbench.runtime import EngineFromOnnx
 from quant_workbench.search.groups import LayerGroup, build_groups, only_groups, with_fallback
 
@@ -243,7 +243,7 @@ class TrialRunner:
 
     @contextmanager
     def _scheme_state(self, config: Config) -> Iterator[dict[str, HistogramCalibrator]]:
-        """The model in the configuration's scheme state while it is evaluated (quantize/formats.py SchemeState,
+        """The model in the configuration's scheme state while it is evaluated (quantize/schemes.py SchemeState,
         as the PTQ variants are); yields the calibration statistics that match that state."""
         scheme = self.scheme(config)
         if scheme.alpha is not None:

@@ -36,7 +36,7 @@ from quant_workbench.core.artifacts import hash_json, pid_alive, write_json
 from quant_workbench.core.errors import WorkbenchError
 from quant_workbench.core.results import VariantResult
 from quant_workbench.quantize.apply import apply_flags
-from quant_workbench.quantize.formats import SmoothQuantInputs
+from quant_workbench.quantize.schemes import SmoothQuantInputs
 from quant_workbench.search.groups import LayerGroup
 from quant_workbench.search.sensitivity import (
     Config,
@@ -278,7 +278,7 @@ def resolved_recipe(recipe: Recipe, config: Config, rec: TrialRecord) -> dict[st
     data["quantization"]["format"] = config.format
     data["quantization"]["compare"] = []
     smooth = recipe.quantization.smoothquant
-    ffn_out = {"ffn_out": True} if smooth is not None and smooth.ffn_out else {}  # the trials' rewrite (quantize/formats.py scheme_for)
+    ffn_out = {"ffn_out": True} if smooth is not None and smooth.ffn_out else {}  # the trials' rewrite (quantize/schemes.py scheme_for)
     data["quantization"]["smoothquant"] = {"alpha": config.alpha, **ffn_out} if config.alpha is not None else None
     if config.format == "fp8":
         data["export"]["opset"] = max(int(data["export"]["opset"]), 19)
