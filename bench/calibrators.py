@@ -10,7 +10,7 @@ import statistics
 import time
 from pathlib import Path
 
-from quant_workbench.config.recipe import ALL_METHODS
+from quant_workbench.config.vocabulary import CALIB_METHODS
 from quant_workbench.quantize.observers import load_stats
 
 
@@ -20,7 +20,7 @@ def main() -> None:
     args = ap.parse_args()
     calibrators, _ = load_stats(args.stats)
     print(f"{len(calibrators)} quantizers from {args.stats}")
-    for method in ALL_METHODS:
+    for method in CALIB_METHODS:
         times = []
         for cal in calibrators.values():
             t0 = time.perf_counter()

@@ -32,7 +32,6 @@ from quant_workbench.config.vocabulary import CALIB_METHODS, CalibMethod, Format
 from quant_workbench.core.errors import RecipeError
 from quant_workbench.core.registry import NamesView, RegistryName
 
-ALL_METHODS = CALIB_METHODS  # the name bench/ and older callers use
 Task = Literal["embedding", "sequence-classification"]
 
 # Matches every Linear inside the encoder blocks of BERT-family models (bert, roberta, distilbert's
@@ -142,7 +141,7 @@ class DataSpec(Strict):
 
 
 class CalibrationSpec(Strict):
-    methods: list[CalibMethod] = Field(default_factory=lambda: list(ALL_METHODS), min_length=1)
+    methods: list[CalibMethod] = Field(default_factory=lambda: list(CALIB_METHODS), min_length=1)
     percentile: float = Field(99.99, gt=50.0, lt=100.0)
     batch_size: int = Field(32, ge=1)
     num_bins: int = Field(2048, ge=256, le=65536)

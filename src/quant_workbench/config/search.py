@@ -14,7 +14,6 @@ GroupKind = Literal["layer", "kind"]
 Objective = Literal["accuracy", "latency", "size"]
 
 
-_ALL_METHODS = CALIB_METHODS
 _GROUP_KINDS: tuple[GroupKind, ...] = ("layer", "kind")
 _OBJECTIVES: tuple[Objective, ...] = ("accuracy", "latency")
 _DEFAULT_FORMATS: tuple[Format, ...] = ("int8",)
@@ -57,7 +56,7 @@ class LatencyTarget(Strict):
 
 
 class SearchSpec(Strict):
-    methods: list[SearchMethod] = Field(default_factory=lambda: list(_ALL_METHODS), min_length=1)
+    methods: list[SearchMethod] = Field(default_factory=lambda: list(CALIB_METHODS), min_length=1)
     percentiles: list[float] = Field(default_factory=lambda: [99.9, 99.99, 99.999], min_length=1)
     groups: list[GroupKind] = Field(default_factory=lambda: list(_GROUP_KINDS), min_length=1, description="layer = per encoder layer; kind = per op kind")
     criterion: CriterionSpec = Field(default_factory=lambda: CriterionSpec(relative=0.01))
