@@ -82,6 +82,20 @@ def test_a_recipe_listing_the_files_uses_the_declared_method_format_and_engine(e
         _recipe([*USES_THEM[:2], "export.opset=18", *USES_THEM[3:]], extensions)
 
 
+def test_the_page_s_recipe_excerpt_validates_with_the_files_beside_it(extensions: list[str]) -> None:
+    excerpt = yaml.safe_load(re.findall(r"```yaml\n(.*?)```", (ROOT / "docs" / "extending.md").read_text(encoding="utf-8"), re.S)[0])
+    data: dict[str, Any] = yaml.safe_load((ROOT / "recipes" / "bert_int8.yaml").read_text(encoding="utf-8"))
+    data["quantization"].pop("smoothquant", None)
+    for key, value in excerpt.items():
+        data[key] = {**data[key], **value} if isinstance(value, dict) and isinstance(data.get(key), dict) else value
+    recipe = recipe_from_dict(data, base_dir=Path(extensions[0]).parent)  # the names are relative to the recipe's folder
+    assert recipe.extensions == extensions
+    assert (recipe.quantization.compare, recipe.quantization.calibration.methods, recipe.engine.runtime) == (
+        ["int8", "fp8-unclipped"], ["max", "half-max"], "onnxruntime-1t",
+    )
+    assert recipe.reference_kinds == []  # the standard tools' rows belong to the engine named onnxruntime
+
+
 def test_nothing_is_declared_without_the_files() -> None:
     with pytest.raises(RecipeError, match="half-max"):
         _recipe(USES_THEM)
